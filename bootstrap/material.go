@@ -1,0 +1,77 @@
+// Package bootstrap turns join material (apiserver address + bootstrap token +
+// CA pin, or a ready kubeconfig) into the credentials the kubelet starts with.
+// It does the kubeadm-style token discovery; TLS bootstrapping and client
+// certificate rotation are then the kubelet's own job.
+package bootstrap
+
+import (
+	"fmt"
+	"net/url"
+	"strings"
+
+	"k8s.io/client-go/tools/clientcmd"
+	bootstraputil "k8s.io/cluster-bootstrap/token/util"
+	"k8s.io/kubernetes/cmd/kubeadm/app/util/pubkeypin"
+)
+
+// Material is what a device needs to join a cluster. Exactly one of
+// (Token + CACertHashes) or Kubeconfig is set.
+type Material struct {
+	// APIServer is the https URL of the cluster's apiserver.
+	APIServer string `json:"apiServer,omitempty"`
+	// Token is a bootstrap token "<id>.<secret>".
+	Token string `json:"token,omitempty"`
+	// CACertHashes pins the cluster CA: "sha256:<hex of the DER SubjectPublicKeyInfo>".
+	CACertHashes []string `json:"caCertHashes,omitempty"`
+	// Kubeconfig is a whole kubeconfig (YAML) with embedded credentials
+	// that may create CSRs; it is used as the kubelet's bootstrap kubeconfig.
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+}
+
+// Validate checks the shape of the material without touching the network.
+func (m *Material) Validate() error {
+	switch {
+	case m.Kubeconfig != "" && m.Token != "":
+		return permanent(fmt.Errorf("join material has both a token and a kubeconfig; give one"))
+	case m.Kubeconfig != "":
+		cfg, err := clientcmd.Load([]byte(m.Kubeconfig))
+		if err != nil {
+			return permanent(fmt.Errorf("join kubeconfig does not parse: %w", err))
+		}
+		if err := clientcmd.Validate(*cfg); err != nil {
+			return permanent(fmt.Errorf("join kubeconfig is invalid: %w", err))
+		}
+		return nil
+	case m.Token == "":
+		return permanent(fmt.Errorf("join material has neither a bootstrap token nor a kubeconfig"))
+	}
+	if !bootstraputil.IsValidBootstrapToken(m.Token) {
+		// Never echo the secret half into logs.
+		return permanent(fmt.Errorf("bootstrap token %q is not of the form [a-z0-9]{6}.[a-z0-9]{16}", redact(m.Token)))
+	}
+	if len(m.CACertHashes) == 0 {
+		return permanent(fmt.Errorf("bootstrap token join needs at least one CA pin (sha256:<hex>); evelet never trusts an unpinned CA"))
+	}
+	if err := pubkeypin.NewSet().Allow(m.CACertHashes...); err != nil {
+		return permanent(fmt.Errorf("CA pin: %w", err))
+	}
+	u, err := url.Parse(m.APIServer)
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return permanent(fmt.Errorf("apiserver %q is not an https URL", m.APIServer))
+	}
+	return nil
+}
+
+// TokenID is the public half of the bootstrap token.
+func (m *Material) TokenID() string {
+	id, _, _ := strings.Cut(m.Token, ".")
+	return id
+}
+
+func redact(token string) string {
+	id, _, ok := strings.Cut(token, ".")
+	if !ok {
+		return "<malformed>"
+	}
+	return id + ".<redacted>"
+}
