@@ -1,0 +1,38 @@
+package cri
+
+import (
+	"context"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// imageService forwards ImageService calls to the default backend: images
+// live in containerd for every backend (VM disks are pulled as OCI images
+// too), so there is one image store and nothing to route.
+type imageService struct {
+	// Unsafe for the same reason as in runtimeService: a new RPC must break the build.
+	runtimeapi.UnsafeImageServiceServer
+	r *Router
+}
+
+var _ runtimeapi.ImageServiceServer = (*imageService)(nil)
+
+func (s *imageService) ListImages(ctx context.Context, req *runtimeapi.ListImagesRequest) (*runtimeapi.ListImagesResponse, error) {
+	return s.r.Default().ListImages(ctx, req)
+}
+
+func (s *imageService) ImageStatus(ctx context.Context, req *runtimeapi.ImageStatusRequest) (*runtimeapi.ImageStatusResponse, error) {
+	return s.r.Default().ImageStatus(ctx, req)
+}
+
+func (s *imageService) PullImage(ctx context.Context, req *runtimeapi.PullImageRequest) (*runtimeapi.PullImageResponse, error) {
+	return s.r.Default().PullImage(ctx, req)
+}
+
+func (s *imageService) RemoveImage(ctx context.Context, req *runtimeapi.RemoveImageRequest) (*runtimeapi.RemoveImageResponse, error) {
+	return s.r.Default().RemoveImage(ctx, req)
+}
+
+func (s *imageService) ImageFsInfo(ctx context.Context, req *runtimeapi.ImageFsInfoRequest) (*runtimeapi.ImageFsInfoResponse, error) {
+	return s.r.Default().ImageFsInfo(ctx, req)
+}

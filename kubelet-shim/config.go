@@ -1,0 +1,208 @@
+// Package kubeletshim owns the vendored kubelet: the KubeletConfiguration and
+// command line evelet generates for it, and the child process that runs it.
+// When the kubelet runs is the agent's decision, not this package's.
+package kubeletshim
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/lf-edge/evelet/internal/atomicfile"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+	kubeletv1beta1 "k8s.io/kubelet/config/v1beta1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
+)
+
+// Label keys evelet puts on its Node. They are outside kubernetes.io so
+// the NodeRestriction admission plugin lets the kubelet set them itself.
+const (
+	LabelDeviceUUID = "node.eve.lf-edge.org/device-uuid"
+	LabelOSVersion  = "node.eve.lf-edge.org/os-version"
+)
+
+// Options are the facts the agent knows about the device and its paths.
+type Options struct {
+	NodeName   string
+	DeviceUUID string
+	OSVersion  string
+	// NodeIP is passed to the kubelet when set; otherwise it detects one.
+	NodeIP string
+	// StateDir is persistent: kubelet root dir, pod logs, credentials.
+	StateDir string
+	// CredentialsDir holds the bootstrap kubeconfig, kubeconfig, pki, ca.crt.
+	CredentialsDir string
+	// CRIEndpoint is evelet's CRI socket ("unix:///run/evelet/cri.sock").
+	CRIEndpoint string
+	// CgroupDriver is "cgroupfs" (EVE) or "systemd".
+	CgroupDriver string
+	// CgroupV1 is true when the host mounts cgroup v1 (many EVE releases do).
+	CgroupV1      bool
+	ClusterDNS    []string
+	ClusterDomain string
+	// Port / HealthzPort override 10250 / 10248 (0 keeps the default).
+	Port        int32
+	HealthzPort int32
+}
+
+// Validate rejects options the kubelet would fail on later with a less
+// clear message.
+func (o *Options) Validate() error {
+	if errs := validation.IsDNS1123Subdomain(o.NodeName); len(errs) > 0 {
+		return fmt.Errorf("node name %q: %s", o.NodeName, strings.Join(errs, "; "))
+	}
+	for k, v := range o.labels() {
+		if errs := validation.IsValidLabelValue(v); len(errs) > 0 {
+			return fmt.Errorf("label %s=%q: %s", k, v, strings.Join(errs, "; "))
+		}
+	}
+	if o.StateDir == "" || o.CredentialsDir == "" || o.CRIEndpoint == "" {
+		return fmt.Errorf("kubelet options need StateDir, CredentialsDir and CRIEndpoint")
+	}
+	return nil
+}
+
+func (o *Options) labels() map[string]string {
+	l := map[string]string{}
+	if o.DeviceUUID != "" {
+		l[LabelDeviceUUID] = o.DeviceUUID
+	}
+	if o.OSVersion != "" {
+		l[LabelOSVersion] = SanitizeLabelValue(o.OSVersion)
+	}
+	return l
+}
+
+// SanitizeLabelValue maps an EVE version string such as
+// "14.5.1-lts-kvm-amd64" onto the label value alphabet.
+func SanitizeLabelValue(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			b[i] = '_'
+		}
+	}
+	v := strings.Trim(string(b), "-_.")
+	if len(v) > 63 {
+		v = strings.TrimRight(v[:63], "-_.")
+	}
+	return v
+}
+
+// ConfigPath, RootDir, PodLogsDir are where the generated files live.
+func (o *Options) ConfigPath() string { return filepath.Join(o.StateDir, "kubelet", "config.yaml") }
+func (o *Options) RootDir() string    { return filepath.Join(o.StateDir, "kubelet", "root") }
+func (o *Options) PodLogsDir() string { return filepath.Join(o.StateDir, "logs", "pods") }
+
+// Config returns the KubeletConfiguration for the device.
+//
+// Edge defaults (see docs/kubelet.md): the node heartbeat is the Lease,
+// renewed every 10 s of its 40 s duration, which the node lifecycle
+// controller needs to keep the node Ready; the full NodeStatus is only
+// re-sent every 5 min unless something changes, which keeps a metered
+// uplink quiet. Eviction thresholds are absolute so a small device keeps
+// working room for EVE itself.
+func (o *Options) Config() *kubeletv1beta1.KubeletConfiguration {
+	c := &kubeletv1beta1.KubeletConfiguration{
+		TypeMeta: metav1.TypeMeta{APIVersion: "kubelet.config.k8s.io/v1beta1", Kind: "KubeletConfiguration"},
+		Authentication: kubeletv1beta1.KubeletAuthentication{
+			Anonymous: kubeletv1beta1.KubeletAnonymousAuthentication{Enabled: ptr.To(false)},
+			Webhook:   kubeletv1beta1.KubeletWebhookAuthentication{Enabled: ptr.To(true)},
+			X509:      kubeletv1beta1.KubeletX509Authentication{ClientCAFile: filepath.Join(o.CredentialsDir, "ca.crt")},
+		},
+		Authorization:             kubeletv1beta1.KubeletAuthorization{Mode: kubeletv1beta1.KubeletAuthorizationModeWebhook},
+		RotateCertificates:        true,
+		ContainerRuntimeEndpoint:  o.CRIEndpoint,
+		CgroupDriver:              o.CgroupDriver,
+		ProviderID:                "eve://" + o.DeviceUUID,
+		PodLogsDir:                o.PodLogsDir(),
+		ReadOnlyPort:              0,
+		NodeStatusUpdateFrequency: metav1.Duration{Duration: 10 * time.Second},
+		NodeStatusReportFrequency: metav1.Duration{Duration: 5 * time.Minute},
+		NodeLeaseDurationSeconds:  40,
+		RuntimeRequestTimeout:     metav1.Duration{Duration: 2 * time.Minute},
+		// EVE may run with zram swap; the kubelet must not refuse to start.
+		FailSwapOn:    ptr.To(false),
+		ClusterDomain: o.ClusterDomain,
+		ClusterDNS:    o.ClusterDNS,
+		EvictionHard: map[string]string{
+			"memory.available":  "100Mi",
+			"nodefs.available":  "10%",
+			"imagefs.available": "15%",
+		},
+		ShutdownGracePeriod:             metav1.Duration{Duration: 30 * time.Second},
+		ShutdownGracePeriodCriticalPods: metav1.Duration{Duration: 10 * time.Second},
+		SerializeImagePulls:             ptr.To(false),
+		MaxParallelImagePulls:           ptr.To[int32](2),
+	}
+	if c.CgroupDriver == "" {
+		c.CgroupDriver = "cgroupfs"
+	}
+	if c.ClusterDomain == "" {
+		c.ClusterDomain = "cluster.local"
+	}
+	if o.CgroupV1 {
+		// kubelet 1.35 refuses cgroup v1 unless told otherwise; EVE still uses it.
+		c.FailCgroupV1 = ptr.To(false)
+	}
+	if o.Port != 0 {
+		c.Port = o.Port
+	}
+	if o.HealthzPort != 0 {
+		c.HealthzPort = ptr.To(o.HealthzPort)
+	}
+	return c
+}
+
+// WriteConfig writes the KubeletConfiguration to ConfigPath atomically.
+func (o *Options) WriteConfig() error {
+	if err := o.Validate(); err != nil {
+		return err
+	}
+	b, err := yaml.Marshal(o.Config())
+	if err != nil {
+		return err
+	}
+	for _, d := range []string{o.RootDir(), o.PodLogsDir()} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return err
+		}
+	}
+	return atomicfile.WriteFile(o.ConfigPath(), b, 0o600)
+}
+
+// Args is the kubelet command line (everything not expressible in the
+// config file).
+func (o *Options) Args() []string {
+	a := []string{
+		"--config=" + o.ConfigPath(),
+		"--bootstrap-kubeconfig=" + filepath.Join(o.CredentialsDir, "bootstrap-kubeconfig"),
+		"--kubeconfig=" + filepath.Join(o.CredentialsDir, "kubeconfig"),
+		"--cert-dir=" + filepath.Join(o.CredentialsDir, "pki"),
+		"--root-dir=" + o.RootDir(),
+		"--hostname-override=" + o.NodeName,
+	}
+	if l := o.labels(); len(l) > 0 {
+		kv := make([]string, 0, len(l))
+		for k, v := range l {
+			kv = append(kv, k+"="+v)
+		}
+		sort.Strings(kv)
+		a = append(a, "--node-labels="+strings.Join(kv, ","))
+	}
+	if o.NodeIP != "" {
+		a = append(a, "--node-ip="+o.NodeIP)
+	}
+	return a
+}
+
+// HostCgroupV1 reports whether /sys/fs/cgroup is a cgroup v1 hierarchy.
+func HostCgroupV1() bool {
+	_, err := os.Stat("/sys/fs/cgroup/cgroup.controllers")
+	return os.IsNotExist(err)
+}

@@ -1,0 +1,435 @@
+package containerd
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/vishvananda/netlink"
+)
+
+// runcContainer is what the forced cleanup needs to know about a container
+// that runc still has state for.
+type runcContainer struct {
+	root    string // runc --root
+	id      string
+	sandbox bool
+	netns   string // network namespace path of a sandbox, if any
+}
+
+// forceCleanup removes what a stopped containerd left behind: runc
+// containers, CNI attachments of their sandboxes, shims, mounts, the bridge.
+func (c *Containerd) forceCleanup() []error {
+	var errs []error
+	ctrs, err := c.runcContainers()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	// Application containers first, then sandboxes: a sandbox's pause holds
+	// the pod's namespaces.
+	sort.SliceStable(ctrs, func(i, j int) bool { return !ctrs[i].sandbox && ctrs[j].sandbox })
+	for _, ct := range ctrs {
+		out, err := exec.Command(c.l.runc, "--root", ct.root, "delete", "--force", ct.id).CombinedOutput()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("containerd: runc delete --force %s: %w: %s", ct.id, err, bytes.TrimSpace(out)))
+		}
+	}
+	for _, ct := range ctrs {
+		if ct.sandbox {
+			if err := c.cniDel(ct); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := c.killShims(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := unmountUnder(c.l.dir, c.l.socketDir); err != nil {
+		errs = append(errs, err)
+	}
+	if !c.bridgeExisted {
+		if link, err := netlink.LinkByName(c.l.bridge); err == nil {
+			if err := netlink.LinkDel(link); err != nil {
+				errs = append(errs, fmt.Errorf("containerd: deleting bridge %s: %w", c.l.bridge, err))
+			}
+		}
+	}
+	return errs
+}
+
+// runcContainers lists the containers runc has state for under our runc
+// root (one sub-directory per containerd namespace).
+func (c *Containerd) runcContainers() ([]runcContainer, error) {
+	nss, err := os.ReadDir(c.l.runcRoot)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("containerd: %w", err)
+	}
+	var res []runcContainer
+	var errs []error
+	for _, ns := range nss {
+		if !ns.IsDir() {
+			continue
+		}
+		root := filepath.Join(c.l.runcRoot, ns.Name())
+		out, err := exec.Command(c.l.runc, "--root", root, "list", "--format", "json").Output()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("containerd: runc --root %s list: %w", root, err))
+			continue
+		}
+		var list []struct {
+			ID          string            `json:"id"`
+			Bundle      string            `json:"bundle"`
+			Annotations map[string]string `json:"annotations"`
+		}
+		if s := bytes.TrimSpace(out); len(s) > 0 && !bytes.Equal(s, []byte("null")) {
+			if err := json.Unmarshal(s, &list); err != nil {
+				errs = append(errs, fmt.Errorf("containerd: runc list: %w", err))
+				continue
+			}
+		}
+		for _, e := range list {
+			ct := runcContainer{root: root, id: e.ID}
+			ct.sandbox = e.Annotations["io.kubernetes.cri.container-type"] == "sandbox"
+			if ct.sandbox {
+				ct.netns = bundleNetNS(e.Bundle)
+			}
+			res = append(res, ct)
+		}
+	}
+	return res, errors.Join(errs...)
+}
+
+// bundleNetNS reads the network namespace path from an OCI bundle's
+// config.json ("" if the sandbox has none, e.g. host network).
+func bundleNetNS(bundle string) string {
+	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return ""
+	}
+	var spec struct {
+		Linux struct {
+			Namespaces []struct {
+				Type string `json:"type"`
+				Path string `json:"path"`
+			} `json:"namespaces"`
+		} `json:"linux"`
+	}
+	if json.Unmarshal(b, &spec) != nil {
+		return ""
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == "network" {
+			return ns.Path
+		}
+	}
+	return ""
+}
+
+// cniDel runs CNI DEL for a sandbox that containerd never tore down, so the
+// bridge plugin drops its NAT rules and host-local frees the address. It
+// must run while the namespace's bind mount is still there.
+func (c *Containerd) cniDel(ct runcContainer) error {
+	if ct.netns == "" {
+		return nil
+	}
+	if _, err := os.Stat(ct.netns); err != nil {
+		return nil // no namespace, no attachment left
+	}
+	list, err := libcni.ConfListFromFile(filepath.Join(c.l.cniConfDir, conflistName))
+	if err != nil {
+		return fmt.Errorf("containerd: CNI DEL %s: %w", ct.id, err)
+	}
+	// The CRI attaches the loopback as a network of its own; deleting it
+	// too clears its entry from libcni's result cache (/var/lib/cni).
+	lo, err := libcni.ConfListFromBytes([]byte(loopbackConflist))
+	if err != nil {
+		return fmt.Errorf("containerd: %w", err)
+	}
+	cni := libcni.NewCNIConfig([]string{c.l.cniBinDir}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var errs []error
+	for _, n := range []struct {
+		list   *libcni.NetworkConfigList
+		ifName string
+	}{{list, "eth0"}, {lo, "lo"}} {
+		rt := &libcni.RuntimeConf{ContainerID: ct.id, NetNS: ct.netns, IfName: n.ifName}
+		if err := cni.DelNetworkList(ctx, n.list, rt); err != nil {
+			errs = append(errs, fmt.Errorf("containerd: CNI DEL %s %s: %w", n.list.Name, ct.id, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// loopbackConflist mirrors the loopback network containerd 1.6's CRI
+// configures for every pod (go-cni's "cni-loopback").
+const loopbackConflist = `{"cniVersion": "0.3.1", "name": "cni-loopback", "plugins": [{"type": "loopback"}]}`
+
+// shimPIDs finds the shims serving our containerd: their command line has
+// "-address <our socket>". They are not our children (a shim daemonizes),
+// so /proc is the way to find them.
+func (c *Containerd) shimPIDs() []int {
+	return findProcs(func(argv []string) bool {
+		if len(argv) == 0 || !strings.HasPrefix(filepath.Base(argv[0]), "containerd-shim") {
+			return false
+		}
+		for i, a := range argv {
+			if (a == "-address" || a == "--address") && i+1 < len(argv) && argv[i+1] == c.l.socket {
+				return true
+			}
+			if a == "-address="+c.l.socket || a == "--address="+c.l.socket {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// ShimPIDs reports the containerd-shim processes still serving this
+// containerd's socket (for tests that check nothing is left behind).
+func (c *Containerd) ShimPIDs() []int { return c.shimPIDs() }
+
+// killShims SIGKILLs our shims and whatever they still parent (container
+// init processes runc lost track of), then waits for them to disappear.
+func (c *Containerd) killShims() error {
+	shims := c.shimPIDs()
+	if len(shims) == 0 {
+		return nil
+	}
+	isShim := map[int]bool{}
+	for _, p := range shims {
+		isShim[p] = true
+	}
+	var sockets []string
+	for _, p := range shims {
+		if s := shimSocket(p); s != "" {
+			sockets = append(sockets, s)
+		}
+	}
+	children := findProcsByParent(isShim)
+	victims := append(children, shims...)
+	for _, p := range victims {
+		_ = syscall.Kill(p, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var alive []int
+		for _, p := range victims {
+			if processAlive(p) {
+				alive = append(alive, p)
+			}
+		}
+		if len(alive) == 0 {
+			// A killed shim cannot remove its socket: do it for it.
+			for _, s := range sockets {
+				if st, err := os.Lstat(s); err == nil && st.Mode()&os.ModeSocket != 0 {
+					os.Remove(s)
+				}
+			}
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("containerd: processes %v survived SIGKILL", alive)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// shimSocketDir is where containerd 1.6 puts every shim's ttrpc socket,
+// whatever its state directory (defaults.DefaultStateDir + "/s").
+const shimSocketDir = "/run/containerd/s"
+
+// shimSocket derives a shim's socket path from its command line the way
+// containerd 1.6 names it: sha256 of "<containerd address>/<namespace>/<id>"
+// under /run/containerd/s. "" if the command line lacks a part.
+func shimSocket(pid int) string {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return ""
+	}
+	argv := strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
+	flags := map[string]string{}
+	for i := 0; i+1 < len(argv); i++ {
+		if strings.HasPrefix(argv[i], "-") {
+			flags[strings.TrimLeft(argv[i], "-")] = argv[i+1]
+		}
+	}
+	addr, ns, id := flags["address"], flags["namespace"], flags["id"]
+	if addr == "" || ns == "" || id == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(filepath.Join(addr, ns, id)))
+	return filepath.Join(shimSocketDir, hex.EncodeToString(sum[:]))
+}
+
+// findProcs returns the pids whose argv satisfies match.
+func findProcs(match func(argv []string) bool) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		raw, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || len(raw) == 0 {
+			continue
+		}
+		argv := strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
+		if match(argv) && processAlive(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// findProcsByParent returns the live processes whose parent is in parents.
+func findProcsByParent(parents map[int]bool) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if ppid, state, ok := procStat(pid); ok && parents[ppid] && state != 'Z' {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// procStat reads the parent pid and state of pid from /proc/<pid>/stat.
+func procStat(pid int) (ppid int, state byte, ok bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, false
+	}
+	// comm is in parentheses and may contain anything: parse after the
+	// last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 || len(f[0]) != 1 {
+		return 0, 0, false
+	}
+	ppid, err = strconv.Atoi(f[1])
+	if err != nil {
+		return 0, 0, false
+	}
+	return ppid, f[0][0], true
+}
+
+// processAlive is false for gone processes and for zombies (dead, waiting
+// for their parent to reap them).
+func processAlive(pid int) bool {
+	_, state, ok := procStat(pid)
+	return ok && state != 'Z' && state != 'X'
+}
+
+// Mounts returns the mount points under dir (itself included), from
+// /proc/self/mountinfo, deepest first.
+func Mounts(dir string) ([]string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	dir = filepath.Clean(dir)
+	var res []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMountinfo(fields[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			res = append(res, mp)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	// Deepest first; for the same path, the later (upper) mount first.
+	for i, j := 0, len(res)-1; i < j; i, j = i+1, j-1 {
+		res[i], res[j] = res[j], res[i]
+	}
+	sort.SliceStable(res, func(i, j int) bool {
+		return strings.Count(res[i], "/") > strings.Count(res[j], "/")
+	})
+	return res, nil
+}
+
+// unescapeMountinfo undoes the octal escapes (\040 for space etc.) of
+// /proc/self/mountinfo.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// unmountUnder lazily unmounts everything mounted under the given
+// directories, deepest first, until nothing is left.
+func unmountUnder(dirs ...string) error {
+	var last []string
+	for pass := 0; pass < 5; pass++ {
+		var all []string
+		for _, d := range dirs {
+			m, err := Mounts(d)
+			if err != nil {
+				return fmt.Errorf("containerd: reading mounts: %w", err)
+			}
+			all = append(all, m...)
+		}
+		if len(all) == 0 {
+			return nil
+		}
+		last = all
+		for _, mp := range all {
+			err := syscall.Unmount(mp, syscall.MNT_DETACH)
+			if err != nil && err != syscall.EINVAL && err != syscall.ENOENT {
+				return fmt.Errorf("containerd: unmount %s: %w", mp, err)
+			}
+		}
+	}
+	return fmt.Errorf("containerd: still mounted after unmounting: %v", last)
+}

@@ -1,0 +1,155 @@
+package containerd
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestLayoutDefaults(t *testing.T) {
+	dir := t.TempDir()
+	l, err := newLayout(Options{Dir: dir, RuncBinary: "/bin/sh"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.ownSocketDir || !strings.HasPrefix(l.socket, l.dir+"/") {
+		t.Errorf("socket %s not under %s", l.socket, l.dir)
+	}
+	if l.cniBinDir != "/usr/lib/cni" || l.bridge != "evelet0" || l.podCIDR.String() != "10.88.0.0/16" ||
+		l.snapshotter != "overlayfs" || l.sandboxImage != "localhost/evelet/pause:3.10" {
+		t.Errorf("defaults: %+v", l)
+	}
+	if l.cniConfDir != filepath.Join(l.dir, "cni", "net.d") {
+		t.Errorf("CNI conf dir %s", l.cniConfDir)
+	}
+}
+
+func TestLayoutLongDirGetsShortSocket(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), strings.Repeat("d", 60), strings.Repeat("e", 60))
+	l, err := newLayout(Options{Dir: dir, RuncBinary: "/bin/sh"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(l.socketDir)
+	if !l.ownSocketDir || !strings.HasPrefix(l.socket, "/tmp/evctrd-") {
+		t.Errorf("socket %s for a long dir", l.socket)
+	}
+	if len(l.socket)+len(".ttrpc") >= maxSocketPath {
+		t.Errorf("socket path %d chars", len(l.socket))
+	}
+}
+
+func TestLayoutRejects(t *testing.T) {
+	for name, o := range map[string]Options{
+		"no dir":      {},
+		"long bridge": {Dir: t.TempDir(), BridgeName: "a-very-long-bridge0"},
+		"bad cidr":    {Dir: t.TempDir(), PodCIDR: "10.0.0.0"},
+		"quote":       {Dir: t.TempDir(), SandboxImage: `x"y`},
+	} {
+		o.RuncBinary = "/bin/sh"
+		if _, err := newLayout(o); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestConflist(t *testing.T) {
+	l, err := newLayout(Options{Dir: t.TempDir(), RuncBinary: "/bin/sh", PodCIDR: "10.99.0.0/24", BridgeName: "evtest9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := l.conflist()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conf struct {
+		CNIVersion string `json:"cniVersion"`
+		Name       string `json:"name"`
+		Plugins    []struct {
+			Type      string `json:"type"`
+			Bridge    string `json:"bridge"`
+			IsGateway bool   `json:"isGateway"`
+			IPMasq    bool   `json:"ipMasq"`
+			IPAM      struct {
+				Type   string `json:"type"`
+				Ranges [][]struct {
+					Subnet string `json:"subnet"`
+				} `json:"ranges"`
+				Routes []struct {
+					Dst string `json:"dst"`
+				} `json:"routes"`
+				DataDir string `json:"dataDir"`
+			} `json:"ipam"`
+		} `json:"plugins"`
+	}
+	if err := json.Unmarshal(b, &conf); err != nil {
+		t.Fatal(err)
+	}
+	if conf.CNIVersion != "1.0.0" || conf.Name != "evelet-default" || len(conf.Plugins) != 2 {
+		t.Fatalf("conflist %s", b)
+	}
+	br := conf.Plugins[0]
+	if br.Type != "bridge" || br.Bridge != "evtest9" || !br.IsGateway || !br.IPMasq ||
+		br.IPAM.Type != "host-local" || br.IPAM.Ranges[0][0].Subnet != "10.99.0.0/24" ||
+		br.IPAM.Routes[0].Dst != "0.0.0.0/0" || !strings.HasPrefix(br.IPAM.DataDir, l.dir+"/") {
+		t.Errorf("bridge plugin %+v", br)
+	}
+	if conf.Plugins[1].Type != "portmap" {
+		t.Errorf("second plugin %q, want portmap", conf.Plugins[1].Type)
+	}
+}
+
+// TestConfigParsedByContainerd has containerd itself parse the generated
+// configuration and checks the merged result.
+func TestConfigParsedByContainerd(t *testing.T) {
+	bin, err := findBinary("", "containerd")
+	if err != nil {
+		t.Skipf("needs containerd (apt-get install containerd): %v", err)
+	}
+	l, err := newLayout(Options{Dir: t.TempDir(), RuncBinary: "/bin/sh", RestrictOOMScoreAdj: true, SandboxImage: "localhost/x/pause:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.writeFiles(); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "--config", l.configPath, "config", "dump").CombinedOutput()
+	if err != nil {
+		t.Fatalf("containerd config dump: %v\n%s", err, out)
+	}
+	dump := string(out)
+	for _, want := range []string{
+		`root = "` + l.root + `"`,
+		`state = "` + l.state + `"`,
+		`address = "` + l.socket + `"`,
+		`sandbox_image = "localhost/x/pause:1"`,
+		`restrict_oom_score_adj = true`,
+		`disable_apparmor = true`,
+		`enable_selinux = false`,
+		`netns_mounts_under_state_dir = true`,
+		`bin_dir = "/usr/lib/cni"`,
+		`conf_dir = "` + l.cniConfDir + `"`,
+		`snapshotter = "overlayfs"`,
+		`runtime_type = "io.containerd.runc.v2"`,
+		`SystemdCgroup = false`,
+		`Root = "` + l.runcRoot + `"`,
+		`BinaryName = "/bin/sh"`,
+		`path = "` + l.optDir + `"`,
+	} {
+		if !strings.Contains(dump, want) {
+			t.Errorf("containerd's view of the config lacks %s", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("config dump:\n%s", dump)
+	}
+}
+
+func TestUnescapeMountinfo(t *testing.T) {
+	if got := unescapeMountinfo(`/a\040b\134c`); got != `/a b\c` {
+		t.Errorf("got %q", got)
+	}
+}
