@@ -1,0 +1,54 @@
+# evelet: an EVE device as a real Kubernetes node.
+# make demo   local control plane + simulated device, one node Ready, a pod Running
+# make test   unit + end-to-end tests (installs prerequisites, builds what it needs)
+
+GO       ?= go
+VERSION  ?= 0.1.0-dev+$(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+KUBE_VERSION := $(shell sh hack/kube-version.sh)
+KUBE_BIN := $(CURDIR)/_output/kube/$(KUBE_VERSION)
+LDFLAGS  := $(shell sh hack/ldflags.sh -X github.com/lf-edge/evelet/version.Version=$(VERSION))
+TAGS     := providerless
+export EVELET_BIN := $(CURDIR)/bin/evelet
+export KUBE_BIN_DIR := $(KUBE_BIN)
+
+.PHONY: all build prereqs kube test unit e2e fuzz bench demo demo-down fmt vet clean
+
+all: build
+
+build:
+	$(GO) build -tags $(TAGS) -trimpath -ldflags '$(LDFLAGS)' -o bin/evelet ./cmd/evelet
+
+prereqs:
+	sh hack/install-prereqs.sh
+
+kube:
+	sh hack/build-kube.sh >/dev/null
+
+unit:
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /tests/e2e)
+
+e2e: prereqs build kube
+	$(GO) test -count=1 -timeout 40m -v ./tests/e2e/...
+
+test: prereqs build kube
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 60m ./...
+
+bench: prereqs build kube
+	$(GO) test -run '^$$' -bench . -benchtime 20x -timeout 40m ./tests/e2e/ | tee _output/bench.txt
+	$(GO) test -run '^$$' -bench . ./cri/ | tee -a _output/bench.txt
+
+demo: prereqs build kube
+	$(GO) run ./tests/cmd/demo up
+
+demo-down:
+	$(GO) run ./tests/cmd/demo down
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+vet:
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin _output

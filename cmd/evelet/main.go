@@ -1,0 +1,46 @@
+// Command evelet is the multi-call binary that runs on the EVE device:
+//
+//	evelet agent    the supervisor (join, CRI shim, kubelet child)
+//	evelet kubelet  the vendored kubelet (started by the agent)
+//	evelet cri      the CRI shim alone (debugging, benchmarks)
+//	evelet status   what the agent is doing
+//	evelet version  evelet's and the vendored kubelet's versions
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+var commands = map[string]func(args []string) int{
+	"agent":   runAgent,
+	"kubelet": runKubelet,
+	"cri":     runCRI,
+	"status":  runStatus,
+	"version": runVersion,
+}
+
+func usage() {
+	fmt.Fprintf(os.Stderr, "usage: evelet <agent|kubelet|cri|status|version> [flags]\n")
+}
+
+func main() {
+	name := filepath.Base(os.Args[0])
+	args := os.Args[1:]
+	// Multi-call: a symlink named after a command runs that command.
+	if _, ok := commands[name]; !ok || name == "evelet" {
+		if len(args) == 0 {
+			usage()
+			os.Exit(2)
+		}
+		name, args = args[0], args[1:]
+	}
+	run, ok := commands[name]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "evelet: unknown command %q\n", name)
+		usage()
+		os.Exit(2)
+	}
+	os.Exit(run(args))
+}

@@ -1,0 +1,58 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/lf-edge/evelet/agent"
+)
+
+func runStatus(args []string) int {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	runDir := fs.String("run-dir", "/run/evelet", "agent's volatile state root")
+	out := fs.String("o", "", "output format: '' (table) or json")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	s, err := agent.ReadStatus(*runDir)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "evelet status: %v (is the agent running with --run-dir=%s?)\n", err, *runDir)
+		return 1
+	}
+	switch *out {
+	case "json":
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(s)
+	case "":
+		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		row := func(k, v string) {
+			if v != "" {
+				fmt.Fprintf(w, "%s:\t%s\n", k, v)
+			}
+		}
+		row("Phase", string(s.Phase))
+		row("Source", s.Source)
+		row("Cluster", s.APIServer)
+		row("Node", s.NodeName)
+		row("Device", s.DeviceUUID)
+		row("Credentials", s.Credentials)
+		if s.ClientCertExpiry != nil {
+			row("Client cert expires", s.ClientCertExpiry.Format(time.RFC3339))
+		}
+		if s.KubeletPID != 0 {
+			row("Kubelet", fmt.Sprintf("pid %d, %d restarts", s.KubeletPID, s.KubeletRestarts))
+		}
+		row("Last error", s.LastError)
+		row("Updated", s.Updated.Format(time.RFC3339))
+		w.Flush()
+	default:
+		fmt.Fprintf(os.Stderr, "evelet status: unknown output format %q\n", *out)
+		return 2
+	}
+	return 0
+}
