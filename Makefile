@@ -32,17 +32,19 @@ e2e: prereqs build kube
 
 test: prereqs build kube
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 60m ./...
+	$(GO) test -p 1 -count=1 -timeout 60m ./...
 
 bench: prereqs build kube
 	$(GO) test -run '^$$' -bench . -benchtime 20x -timeout 40m ./tests/e2e/ | tee _output/bench.txt
 	$(GO) test -run '^$$' -bench . ./cri/ | tee -a _output/bench.txt
 
 demo: prereqs build kube
-	$(GO) run ./tests/cmd/demo up
+	$(GO) build -o bin/evelet-demo ./tests/cmd/demo
+	bin/evelet-demo up
 
 demo-down:
-	$(GO) run ./tests/cmd/demo down
+	$(GO) build -o bin/evelet-demo ./tests/cmd/demo
+	bin/evelet-demo down
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -21,6 +21,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/lf-edge/evelet/internal/atomicfile"
 	"io"
 	"os"
 	"os/exec"
@@ -110,7 +111,7 @@ func writeImage(ref string, img v1.Image, tarPath, key string) error {
 	if err := os.Rename(tmpName, tarPath); err != nil {
 		return fmt.Errorf("images: %w", err)
 	}
-	return writeFileAtomic(tarPath+keySuffix, []byte(key+"\n"), 0o644)
+	return atomicfile.WriteFile(tarPath+keySuffix, []byte(key+"\n"), 0o644)
 }
 
 func syncFile(path string) error {
@@ -121,33 +122,6 @@ func syncFile(path string) error {
 	defer f.Close()
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("images: sync %s: %w", path, err)
-	}
-	return nil
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("images: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("images: %w", err)
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return fmt.Errorf("images: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("images: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("images: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("images: %w", err)
 	}
 	return nil
 }

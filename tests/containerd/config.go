@@ -3,6 +3,7 @@ package containerd
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/lf-edge/evelet/internal/atomicfile"
 	"net"
 	"os"
 	"path/filepath"
@@ -271,37 +272,12 @@ func (l *layout) writeFiles() error {
 			return fmt.Errorf("containerd: %w", err)
 		}
 	}
-	if err := writeFileAtomic(l.configPath, []byte(l.configTOML()), 0o644); err != nil {
+	if err := atomicfile.WriteFile(l.configPath, []byte(l.configTOML()), 0o644); err != nil {
 		return err
 	}
 	cl, err := l.conflist()
 	if err != nil {
 		return fmt.Errorf("containerd: %w", err)
 	}
-	return writeFileAtomic(filepath.Join(l.cniConfDir, conflistName), append(cl, '\n'), 0o644)
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("containerd: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Chmod(mode)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		return fmt.Errorf("containerd: writing %s: %w", path, err)
-	}
-	return nil
+	return atomicfile.WriteFile(filepath.Join(l.cniConfDir, conflistName), append(cl, '\n'), 0o644)
 }

@@ -1,0 +1,193 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lf-edge/evelet/agent"
+	"github.com/lf-edge/evelet/tests/containerd"
+	"sigs.k8s.io/yaml"
+)
+
+// device is one evelet agent process with its own state and run roots,
+// as on an EVE device (/persist/evelet, /run/evelet).
+type device struct {
+	t        testing.TB
+	dir      string
+	joinPath string
+	logPath  string
+	cmd      *exec.Cmd
+	done     chan struct{}
+}
+
+func (d *device) stateDir() string { return filepath.Join(d.dir, "persist") }
+func (d *device) runDir() string   { return filepath.Join(d.dir, "run") }
+func (d *device) credDir() string  { return filepath.Join(d.stateDir(), "credentials") }
+
+// newDevice prepares a device directory and writes its join file.
+func newDevice(t testing.TB, join agent.Join) *device {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "evdev-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &device{t: t, dir: dir, joinPath: filepath.Join(dir, "join.yaml"), logPath: filepath.Join(dir, "agent.log")}
+	d.writeJoin(join)
+	t.Cleanup(func() {
+		d.stop()
+		if t.Failed() {
+			t.Logf("agent log tail:\n%s", tail(d.log(), 60))
+		}
+		unmountAll(t, dir)
+		os.RemoveAll(dir)
+	})
+	return d
+}
+
+func (d *device) writeJoin(j agent.Join) {
+	b, err := yaml.Marshal(j)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	if err := os.WriteFile(d.joinPath, b, 0o600); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+// start runs `evelet agent` against the shared containerd.
+func (d *device) start() {
+	d.t.Helper()
+	f, err := os.OpenFile(d.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	d.cmd = exec.Command(env.evelet, "agent",
+		"--state-dir="+d.stateDir(), "--run-dir="+d.runDir(), "--join-file="+d.joinPath,
+		"--containerd="+env.ctrd.Endpoint(), "--log-level=debug")
+	d.cmd.Stdout, d.cmd.Stderr = f, f
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := d.cmd.Start(); err != nil {
+		d.t.Fatal(err)
+	}
+	d.done = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); f.Close(); close(done) }(d.cmd, d.done)
+}
+
+// stop sends SIGTERM (the agent stops the kubelet) and waits; anything still
+// alive in the agent's process group after 40 s is killed.
+func (d *device) stop() {
+	if d.cmd == nil {
+		return
+	}
+	pid := d.cmd.Process.Pid
+	syscall.Kill(pid, syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(40 * time.Second):
+		d.t.Errorf("agent did not stop within 40s of SIGTERM")
+		syscall.Kill(-pid, syscall.SIGKILL)
+		<-d.done
+	}
+	syscall.Kill(-pid, syscall.SIGKILL) // the kubelet runs in its own group; this is a no-op normally
+	d.cmd = nil
+}
+
+func (d *device) log() string {
+	b, _ := os.ReadFile(d.logPath)
+	return string(b)
+}
+
+// status runs `evelet status -o json`, as an operator would.
+func (d *device) status() (agent.Status, error) {
+	out, err := exec.Command(env.evelet, "status", "-o", "json", "--run-dir="+d.runDir()).Output()
+	var s agent.Status
+	if err != nil {
+		return s, err
+	}
+	return s, json.Unmarshal(out, &s)
+}
+
+func (d *device) waitStatus(timeout time.Duration, what string, ok func(agent.Status) bool) agent.Status {
+	d.t.Helper()
+	var last agent.Status
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if s, err := d.status(); err == nil {
+			last = s
+			if ok(s) {
+				return s
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	d.t.Fatalf("timed out after %v waiting for %s; last status %+v", timeout, what, last)
+	return last
+}
+
+func unmountAll(t testing.TB, dir string) {
+	mounts, err := containerd.Mounts(dir)
+	if err != nil {
+		t.Logf("mounts under %s: %v", dir, err)
+		return
+	}
+	for _, m := range mounts {
+		if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil {
+			t.Logf("unmount %s: %v", m, err)
+		}
+	}
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func waitFor(t testing.TB, timeout time.Duration, what string, f func() (bool, error)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var lastErr error
+	for time.Now().Before(deadline) {
+		ok, err := f()
+		if ok {
+			return
+		}
+		lastErr = err
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %v waiting for %s (last error: %v)", timeout, what, lastErr)
+}
+
+func testCtx(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func contains(haystack string, needles ...string) bool {
+	for _, n := range needles {
+		if !bytes.Contains([]byte(haystack), []byte(n)) {
+			return false
+		}
+	}
+	return true
+}
+
+func readDirNames(dir string) ([]string, error) {
+	ents, err := os.ReadDir(dir)
+	names := make([]string, 0, len(ents))
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return names, err
+}

@@ -1,0 +1,123 @@
+// Package e2e runs evelet against real parts: a kube-apiserver, controller-
+// manager, scheduler and etcd built from the pinned k8s.io/kubernetes module,
+// a real containerd with runc and the CNI bridge plugin, and the evelet
+// binary itself (agent + vendored kubelet + CRI shim).
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/lf-edge/evelet/images"
+	"github.com/lf-edge/evelet/tests/containerd"
+	"github.com/lf-edge/evelet/tests/controlplane"
+)
+
+// env is shared by every test in the package: one control plane, one
+// containerd. Devices (agents) are per test and never overlap, because two
+// kubelets on one host would fight over cgroups and ports.
+var env struct {
+	root    string // module root
+	evelet  string // evelet binary
+	cp      *controlplane.ControlPlane
+	ctrd    *containerd.Containerd
+	skipWhy string
+}
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		if err := setup(); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e setup:", err)
+			return 1
+		}
+		defer teardown()
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+func setup() error {
+	if os.Getuid() != 0 {
+		env.skipWhy = "e2e tests need root (network namespaces, containerd, kubelet cgroups); run `sudo make test`"
+		return nil
+	}
+	for _, bin := range []string{"containerd", "runc", "ctr"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			env.skipWhy = bin + " not installed; `make test` installs it (hack/install-prereqs.sh)"
+			return nil
+		}
+	}
+	_, file, _, _ := runtime.Caller(0)
+	env.root = filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+	env.evelet = os.Getenv("EVELET_BIN")
+	if env.evelet == "" {
+		// Outside make: build it the way `make build` does.
+		cmd := exec.Command("make", "-C", env.root, "build")
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("make build: %w", err)
+		}
+		env.evelet = filepath.Join(env.root, "bin", "evelet")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+
+	work, err := os.MkdirTemp("/tmp", "evelet-e2e-")
+	if err != nil {
+		return err
+	}
+	t0 := time.Now()
+	env.cp, err = controlplane.Start(ctx, controlplane.Options{
+		Dir: filepath.Join(work, "cp"), BinDir: os.Getenv("KUBE_BIN_DIR"),
+		NodeMonitorGracePeriod: 20 * time.Second,
+	})
+	if err != nil {
+		return fmt.Errorf("control plane: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "e2e: control plane ready at %s in %v\n", env.cp.URL(), time.Since(t0).Round(time.Millisecond))
+
+	imgDir := filepath.Join(env.root, "_output", "images")
+	pause, err := images.BuildPause(ctx, "", env.root, imgDir)
+	if err != nil {
+		return fmt.Errorf("pause image: %w", err)
+	}
+	busybox, err := images.BuildBusybox("/bin/busybox", imgDir)
+	if err != nil {
+		return fmt.Errorf("busybox image: %w", err)
+	}
+	env.ctrd, err = containerd.Start(ctx, containerd.Options{
+		Dir: filepath.Join(work, "containerd"), SandboxImage: images.PauseRef,
+		PodCIDR: "10.244.7.0/24", BridgeName: "evelet-e2e0", RestrictOOMScoreAdj: true,
+	})
+	if err != nil {
+		return fmt.Errorf("containerd: %w", err)
+	}
+	if err := env.ctrd.ImportImages(ctx, pause, busybox); err != nil {
+		return fmt.Errorf("import images: %w", err)
+	}
+	return nil
+}
+
+func teardown() {
+	if env.ctrd != nil {
+		env.ctrd.Stop()
+	}
+	if env.cp != nil {
+		env.cp.Stop()
+	}
+}
+
+// needEnv skips a test that needs the real parts when this machine truly
+// cannot provide them.
+func needEnv(t *testing.T) {
+	t.Helper()
+	if env.skipWhy != "" {
+		t.Skip(env.skipWhy)
+	}
+}
