@@ -36,6 +36,8 @@ type Config struct {
 	Log                             *logrus.Entry
 	// RetryMin/RetryMax bound the back-off while the apiserver is unreachable.
 	RetryMin, RetryMax time.Duration
+	// DrainTimeout bounds the drain when the device leaves a cluster.
+	DrainTimeout time.Duration
 }
 
 // CRISocket is where the kubelet finds evelet's CRI server.
@@ -119,11 +121,19 @@ func (a *Agent) Run(ctx context.Context) error {
 			if reflect.DeepEqual(u.Join, current) {
 				continue
 			}
+			// Leaving a cluster (intent removed, or a different cluster)
+			// drains while the kubelet still runs, so pods end gracefully.
+			if a.mustLeave(u.Join) {
+				a.leave(ctx, stop)
+			}
 			stop()
 			current = u.Join
 			if current == nil {
-				a.log.Info("no join intent: kubelet stopped")
-				a.publish(func(s *Status) { *s = Status{Phase: PhaseNoJoin, Source: s.Source} })
+				a.publish(func(s *Status) {
+					if s.Phase != PhaseLeft {
+						*s = Status{Phase: PhaseNoJoin, Source: s.Source}
+					}
+				})
 				continue
 			}
 			stopJoin, joinDone = a.startJoin(ctx, current)
@@ -171,6 +181,9 @@ func (a *Agent) join(ctx context.Context, j *Join) {
 		backoff = min(backoff*2, a.cfg.RetryMax)
 	}
 	log.WithField("credentials", outcome).Info("credentials ready")
+	if err := store.SetNodeName(j.NodeName); err != nil {
+		log.WithError(err).Warn("join record not updated")
+	}
 
 	opts := &kubeletshim.Options{
 		NodeName: j.NodeName, DeviceUUID: j.DeviceUUID, OSVersion: j.OSVersion, NodeIP: j.NodeIP,

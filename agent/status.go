@@ -18,6 +18,8 @@ const (
 	PhaseJoining  Phase = "Joining"   // discovery / waiting for the apiserver
 	PhaseRunning  Phase = "Running"   // kubelet running with credentials
 	PhaseFailed   Phase = "Failed"    // join intent refused; waiting for new intent
+	PhaseLeaving  Phase = "Leaving"   // draining and deleting the Node before leaving
+	PhaseLeft     Phase = "Left"      // left the cluster; credentials wiped
 )
 
 // Status is what `evelet status` shows; the agent rewrites it on change.

@@ -75,3 +75,19 @@ func redact(token string) string {
 	}
 	return id + ".<redacted>"
 }
+
+// Server is the apiserver URL the material points at: APIServer, or the
+// current cluster's server of a given kubeconfig.
+func (m *Material) Server() string {
+	if m.Kubeconfig == "" {
+		return m.APIServer
+	}
+	cfg, err := clientcmd.Load([]byte(m.Kubeconfig))
+	if err != nil {
+		return ""
+	}
+	if c := firstCluster(cfg); c != nil {
+		return c.Server
+	}
+	return ""
+}

@@ -31,6 +31,7 @@ func (s Store) joinRecordPath() string          { return filepath.Join(s.Dir, "j
 type JoinRecord struct {
 	APIServer string    `json:"apiServer"`
 	CAPin     string    `json:"caPin"`
+	NodeName  string    `json:"nodeName,omitempty"`
 	JoinedAt  time.Time `json:"joinedAt"`
 }
 
@@ -86,6 +87,22 @@ func (s Store) Record() (*JoinRecord, error) {
 	return &r, nil
 }
 
+// SetNodeName records which Node the credentials were issued for, so a
+// device that restarts after its cluster was removed still knows what to
+// drain and delete.
+func (s Store) SetNodeName(name string) error {
+	rec, err := s.Record()
+	if err != nil || rec == nil {
+		return fmt.Errorf("no join record to update: %v", err)
+	}
+	if rec.NodeName == name {
+		return nil
+	}
+	rec.NodeName = name
+	b, _ := json.MarshalIndent(rec, "", "  ")
+	return atomicfile.WriteFile(s.joinRecordPath(), b, 0o600)
+}
+
 // Outcome says what Prepare did.
 type Outcome string
 
@@ -106,7 +123,7 @@ func (s Store) Prepare(ctx context.Context, m *Material, now time.Time) (Outcome
 		return "", err
 	}
 	if _, ok, err := s.ClientCredentials(now); err == nil && ok {
-		if rec, _ := s.Record(); rec != nil && (m.APIServer == "" || rec.APIServer == m.APIServer) {
+		if rec, _ := s.Record(); rec != nil && rec.APIServer == m.Server() {
 			return Reused, nil
 		}
 	}

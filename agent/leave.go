@@ -1,0 +1,82 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/lf-edge/evelet/agent/drain"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// mustLeave reports whether the device holds credentials for a cluster
+// that next (nil: no cluster) is not.
+func (a *Agent) mustLeave(next *Join) bool {
+	rec, err := a.cfg.Credentials().Record()
+	if err != nil || rec == nil {
+		return false
+	}
+	return next == nil || next.Material.Server() != rec.APIServer
+}
+
+// leave cordons and drains the node with its own credentials, deletes the
+// Node object, stops the kubelet (stopKubelet) and wipes the credentials.
+// A cluster that cannot be reached does not keep the device hostage: the
+// drain error is reported and the device leaves anyway, because the owner
+// asked it to.
+func (a *Agent) leave(ctx context.Context, stopKubelet func()) {
+	store := a.cfg.Credentials()
+	rec, _ := store.Record()
+	node := rec.NodeName
+	if node == "" {
+		node = a.Status().NodeName
+	}
+	log := a.log.WithFields(map[string]any{"node": node, "apiserver": rec.APIServer})
+	a.publish(func(s *Status) { s.Phase = PhaseLeaving })
+	var errs []error
+	if node == "" {
+		errs = append(errs, errors.New("node name unknown; skipped drain"))
+	} else if cs, err := nodeClient(store.KubeconfigPath()); err != nil {
+		errs = append(errs, err)
+	} else {
+		d := &drain.Drainer{Client: cs, Node: node, Log: log, Timeout: a.cfg.DrainTimeout}
+		if err := d.Cordon(ctx, true); err != nil {
+			errs = append(errs, err)
+		} else if err := d.Drain(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		// Stop the kubelet before deleting the Node, or it re-registers it.
+		stopKubelet()
+		err := cs.CoreV1().Nodes().Delete(ctx, node, metav1.DeleteOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete node %s: %w", node, err))
+		}
+	}
+	stopKubelet()
+	if err := store.Wipe(); err != nil {
+		errs = append(errs, fmt.Errorf("wipe credentials: %w", err))
+	}
+	err := errors.Join(errs...)
+	if err != nil {
+		log.WithError(err).Warn("left the cluster with errors")
+	} else {
+		log.Info("left the cluster")
+	}
+	a.publish(func(s *Status) {
+		*s = Status{Phase: PhaseLeft, Source: s.Source, NodeName: s.NodeName, APIServer: s.APIServer}
+		if err != nil {
+			s.LastError, s.LastErrorTime = err.Error(), ptrNow()
+		}
+	})
+}
+
+func nodeClient(kubeconfig string) (kubernetes.Interface, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("node credentials: %w", err)
+	}
+	return kubernetes.NewForConfig(cfg)
+}
