@@ -11,7 +11,7 @@ TAGS     := providerless
 export EVELET_BIN := $(CURDIR)/bin/evelet
 export KUBE_BIN_DIR := $(KUBE_BIN)
 
-.PHONY: all build prereqs kube test unit e2e fuzz bench demo demo-down fmt vet clean
+.PHONY: proto all build prereqs kube test unit e2e fuzz bench demo demo-down fmt vet clean
 
 all: build
 
@@ -54,3 +54,6 @@ vet:
 
 clean:
 	rm -rf bin _output
+
+proto:
+	sh hack/proto.sh

@@ -16,6 +16,7 @@ import (
 	"github.com/lf-edge/evelet/bootstrap"
 	"github.com/lf-edge/evelet/cri"
 	"github.com/lf-edge/evelet/cri/containerd"
+	"github.com/lf-edge/evelet/cri/policy"
 	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
 	"github.com/sirupsen/logrus"
 )
@@ -224,7 +225,8 @@ func (a *Agent) runCRI(ctx context.Context) {
 		be, err := containerd.Dial(ctx, a.cfg.ContainerdEndpoint)
 		if err == nil {
 			var srv *cri.Server
-			if srv, err = cri.NewServer(cri.Config{Socket: a.cfg.CRISocket(), Backend: be, Log: log}); err == nil {
+			pol := a.policy()
+			if srv, err = cri.NewServer(cri.Config{Socket: a.cfg.CRISocket(), Backend: be, Log: log, Policy: &pol}); err == nil {
 				log.WithField("socket", a.cfg.CRISocket()).Info("CRI server listening")
 				backoff = a.cfg.RetryMin
 				err = srv.Serve(ctx)
@@ -242,6 +244,15 @@ func (a *Agent) runCRI(ctx context.Context) {
 		}
 		backoff = min(backoff*2, a.cfg.RetryMax)
 	}
+}
+
+// policy is the guardrail policy: production defaults, with the kubelet's
+// own directories under this agent's state root.
+func (a *Agent) policy() policy.Policy {
+	p := policy.Default()
+	dirs := kubeletshim.Options{StateDir: a.cfg.StateDir}
+	p.KubeletRootDir, p.PodLogsDir = dirs.RootDir(), dirs.PodLogsDir()
+	return p
 }
 
 func (a *Agent) fail(err error, msg string) {

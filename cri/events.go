@@ -21,6 +21,11 @@ func (s *runtimeService) GetContainerEvents(req *runtimeapi.GetEventsRequest, st
 	defer cancel()
 
 	backends := s.r.Backends()
+	if len(backends) == 1 {
+		noteBackend(stream.Context(), backends[0].Name())
+	} else {
+		noteBackend(stream.Context(), BackendAll)
+	}
 	events := make(chan *runtimeapi.ContainerEventResponse)
 	done := make(chan error, len(backends)) // buffered: senders never block after we return
 	for _, b := range backends {

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/lf-edge/evelet/cri/policy"
 	"github.com/lf-edge/evelet/version"
 )
 
@@ -52,8 +53,11 @@ var forwarded = []rpcCase{
 	rt("ListPodSandbox", rs.ListPodSandbox, &runtimeapi.ListPodSandboxRequest{Filter: &runtimeapi.PodSandboxFilter{
 		State: &runtimeapi.PodSandboxStateValue{State: runtimeapi.PodSandboxState_SANDBOX_READY}, LabelSelector: map[string]string{"a": "b"}}}),
 	rt("CreateContainer", rs.CreateContainer, &runtimeapi.CreateContainerRequest{
-		PodSandboxId:  "sb-cc",
-		Config:        &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "app"}, Image: &runtimeapi.ImageSpec{Image: "example.com/app:1"}, Args: []string{"-v"}},
+		PodSandboxId: "sb-cc",
+		Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "app"}, Image: &runtimeapi.ImageSpec{Image: "example.com/app:1"}, Args: []string{"-v"},
+			// What the kubelet always sends, and the guardrails require.
+			Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+				MaskedPaths: policy.BaselineMaskedPaths(), ReadonlyPaths: policy.BaselineReadonlyPaths()}}},
 		SandboxConfig: &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "web"}},
 	}),
 	rt("StartContainer", rs.StartContainer, &runtimeapi.StartContainerRequest{ContainerId: "ctr-start"}),

@@ -26,6 +26,7 @@ type env struct {
 	rt       runtimeapi.RuntimeServiceClient
 	im       runtimeapi.ImageServiceClient
 	stop     func() error // cancels Serve and returns its result
+	srv      *cri.Server
 }
 
 func quietLog() *logrus.Entry {
@@ -35,13 +36,20 @@ func quietLog() *logrus.Entry {
 	return logrus.NewEntry(l)
 }
 
-func newEnv(t testing.TB) *env {
+func newEnv(t testing.TB) *env { return newEnvWith(t, nil) }
+
+// newEnvWith is newEnv with the server's Config adjusted by mod.
+func newEnvWith(t testing.TB, mod func(*cri.Config)) *env {
 	t.Helper()
 	e := &env{fake: newFake()}
 	e.fakeSock, e.stopFake = serveFake(t, e.fake)
 	b := dialBackend(t, e.fakeSock)
 	e.sock = filepath.Join(shortDir(t), "run", "cri.sock")
-	e.stop = startServer(t, cri.Config{Socket: e.sock, Backend: b, Log: quietLog()})
+	cfg := cri.Config{Socket: e.sock, Backend: b, Log: quietLog()}
+	if mod != nil {
+		mod(&cfg)
+	}
+	e.srv, e.stop = serve(t, cfg)
 	conn := dialClient(t, e.sock)
 	e.rt = runtimeapi.NewRuntimeServiceClient(conn)
 	e.im = runtimeapi.NewImageServiceClient(conn)
@@ -64,6 +72,13 @@ func dialBackend(t testing.TB, sock string) cri.Backend {
 // startServer runs Serve in the background until the returned stop is
 // called (or the test ends) and waits for the socket to answer.
 func startServer(t testing.TB, cfg cri.Config) (stop func() error) {
+	t.Helper()
+	_, stop = serve(t, cfg)
+	return stop
+}
+
+// serve is startServer that also returns the Server.
+func serve(t testing.TB, cfg cri.Config) (_ *cri.Server, stop func() error) {
 	t.Helper()
 	s, err := cri.NewServer(cfg)
 	if err != nil {
@@ -88,7 +103,7 @@ func startServer(t testing.TB, cfg cri.Config) (stop func() error) {
 	}
 	t.Cleanup(func() { stop() })
 	waitForSocket(t, cfg.Socket, served)
-	return stop
+	return s, stop
 }
 
 // waitForSocket waits until something accepts connections on sock; a stale

@@ -18,21 +18,28 @@ type imageService struct {
 var _ runtimeapi.ImageServiceServer = (*imageService)(nil)
 
 func (s *imageService) ListImages(ctx context.Context, req *runtimeapi.ListImagesRequest) (*runtimeapi.ListImagesResponse, error) {
-	return s.r.Default().ListImages(ctx, req)
+	return s.backend(ctx).ListImages(ctx, req)
 }
 
 func (s *imageService) ImageStatus(ctx context.Context, req *runtimeapi.ImageStatusRequest) (*runtimeapi.ImageStatusResponse, error) {
-	return s.r.Default().ImageStatus(ctx, req)
+	return s.backend(ctx).ImageStatus(ctx, req)
 }
 
 func (s *imageService) PullImage(ctx context.Context, req *runtimeapi.PullImageRequest) (*runtimeapi.PullImageResponse, error) {
-	return s.r.Default().PullImage(ctx, req)
+	return s.backend(ctx).PullImage(ctx, req)
 }
 
 func (s *imageService) RemoveImage(ctx context.Context, req *runtimeapi.RemoveImageRequest) (*runtimeapi.RemoveImageResponse, error) {
-	return s.r.Default().RemoveImage(ctx, req)
+	return s.backend(ctx).RemoveImage(ctx, req)
 }
 
 func (s *imageService) ImageFsInfo(ctx context.Context, req *runtimeapi.ImageFsInfoRequest) (*runtimeapi.ImageFsInfoResponse, error) {
-	return s.r.Default().ImageFsInfo(ctx, req)
+	return s.backend(ctx).ImageFsInfo(ctx, req)
+}
+
+// backend is the default backend, noted for the metrics.
+func (s *imageService) backend(ctx context.Context) Backend {
+	b := s.r.Default()
+	noteBackend(ctx, b.Name())
+	return b
 }

@@ -2,10 +2,15 @@ package cri
 
 import (
 	"context"
+	"errors"
+	"sync/atomic"
 
 	"github.com/sirupsen/logrus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/lf-edge/evelet/cri/policy"
 	"github.com/lf-edge/evelet/version"
 )
 
@@ -28,6 +33,9 @@ type runtimeService struct {
 	log *logrus.Entry
 	// stopping is closed when the server begins to shut down.
 	stopping <-chan struct{}
+	// policy is the guardrail policy in force (Server.SetPolicy swaps it).
+	policy  *atomic.Pointer[policy.Policy]
+	metrics *Metrics // nil: none
 }
 
 var _ runtimeapi.RuntimeServiceServer = (*runtimeService)(nil)
@@ -36,7 +44,7 @@ func (s *runtimeService) Version(ctx context.Context, req *runtimeapi.VersionReq
 	// The kubelet checks the runtime with Version before anything else, so an
 	// unreachable backend must make it fail even though we answer for
 	// ourselves. Only the default backend counts, as for Status.
-	b := s.r.Default()
+	b := s.defaultBackend(ctx)
 	v, err := b.Version(ctx, req)
 	if err != nil {
 		return nil, err
@@ -56,11 +64,17 @@ func (s *runtimeService) Version(ctx context.Context, req *runtimeapi.VersionReq
 // Pod sandboxes.
 
 func (s *runtimeService) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandboxRequest) (*runtimeapi.RunPodSandboxResponse, error) {
-	return s.r.ForHandler(req.GetRuntimeHandler()).RunPodSandbox(ctx, req)
+	// The guardrails come first: nothing of a refused pod reaches a backend.
+	if err := s.admit(s.policy.Load().CheckSandbox(req.GetConfig())); err != nil {
+		return nil, err
+	}
+	b := s.r.ForHandler(req.GetRuntimeHandler())
+	noteBackend(ctx, b.Name())
+	return b.RunPodSandbox(ctx, req)
 }
 
 func (s *runtimeService) StopPodSandbox(ctx context.Context, req *runtimeapi.StopPodSandboxRequest) (*runtimeapi.StopPodSandboxResponse, error) {
-	b, err := s.r.ForSandbox(ctx, req.GetPodSandboxId())
+	b, err := s.sandboxBackend(ctx, req.GetPodSandboxId())
 	if err != nil {
 		return nil, err
 	}
@@ -68,7 +82,7 @@ func (s *runtimeService) StopPodSandbox(ctx context.Context, req *runtimeapi.Sto
 }
 
 func (s *runtimeService) RemovePodSandbox(ctx context.Context, req *runtimeapi.RemovePodSandboxRequest) (*runtimeapi.RemovePodSandboxResponse, error) {
-	b, err := s.r.ForSandbox(ctx, req.GetPodSandboxId())
+	b, err := s.sandboxBackend(ctx, req.GetPodSandboxId())
 	if err != nil {
 		return nil, err
 	}
@@ -76,7 +90,7 @@ func (s *runtimeService) RemovePodSandbox(ctx context.Context, req *runtimeapi.R
 }
 
 func (s *runtimeService) PodSandboxStatus(ctx context.Context, req *runtimeapi.PodSandboxStatusRequest) (*runtimeapi.PodSandboxStatusResponse, error) {
-	b, err := s.r.ForSandbox(ctx, req.GetPodSandboxId())
+	b, err := s.sandboxBackend(ctx, req.GetPodSandboxId())
 	if err != nil {
 		return nil, err
 	}
@@ -85,9 +99,9 @@ func (s *runtimeService) PodSandboxStatus(ctx context.Context, req *runtimeapi.P
 
 func (s *runtimeService) ListPodSandbox(ctx context.Context, req *runtimeapi.ListPodSandboxRequest) (*runtimeapi.ListPodSandboxResponse, error) {
 	if s.single() {
-		return s.r.Default().ListPodSandbox(ctx, req)
+		return s.defaultBackend(ctx).ListPodSandbox(ctx, req)
 	}
-	items, err := gather(s.r, func(b Backend) ([]*runtimeapi.PodSandbox, error) {
+	items, err := gather(ctx, s.r, func(b Backend) ([]*runtimeapi.PodSandbox, error) {
 		resp, err := b.ListPodSandbox(ctx, req)
 		return resp.GetItems(), err
 	})
@@ -100,7 +114,7 @@ func (s *runtimeService) ListPodSandbox(ctx context.Context, req *runtimeapi.Lis
 func (s *runtimeService) PortForward(ctx context.Context, req *runtimeapi.PortForwardRequest) (*runtimeapi.PortForwardResponse, error) {
 	// Like Exec and Attach, the answer is a URL on the backend's own streaming
 	// server, which the kubelet proxies; the stream never passes through us.
-	b, err := s.r.ForSandbox(ctx, req.GetPodSandboxId())
+	b, err := s.sandboxBackend(ctx, req.GetPodSandboxId())
 	if err != nil {
 		return nil, err
 	}
@@ -108,7 +122,7 @@ func (s *runtimeService) PortForward(ctx context.Context, req *runtimeapi.PortFo
 }
 
 func (s *runtimeService) UpdatePodSandboxResources(ctx context.Context, req *runtimeapi.UpdatePodSandboxResourcesRequest) (*runtimeapi.UpdatePodSandboxResourcesResponse, error) {
-	b, err := s.r.ForSandbox(ctx, req.GetPodSandboxId())
+	b, err := s.sandboxBackend(ctx, req.GetPodSandboxId())
 	if err != nil {
 		return nil, err
 	}
@@ -118,8 +132,12 @@ func (s *runtimeService) UpdatePodSandboxResources(ctx context.Context, req *run
 // Containers.
 
 func (s *runtimeService) CreateContainer(ctx context.Context, req *runtimeapi.CreateContainerRequest) (*runtimeapi.CreateContainerResponse, error) {
+	// The guardrails come before routing, which may ask the backends.
+	if err := s.admit(s.policy.Load().CheckContainer(req.GetSandboxConfig(), req.GetConfig())); err != nil {
+		return nil, err
+	}
 	// A container lives in its sandbox's backend.
-	b, err := s.r.ForSandbox(ctx, req.GetPodSandboxId())
+	b, err := s.sandboxBackend(ctx, req.GetPodSandboxId())
 	if err != nil {
 		return nil, err
 	}
@@ -127,7 +145,7 @@ func (s *runtimeService) CreateContainer(ctx context.Context, req *runtimeapi.Cr
 }
 
 func (s *runtimeService) StartContainer(ctx context.Context, req *runtimeapi.StartContainerRequest) (*runtimeapi.StartContainerResponse, error) {
-	b, err := s.r.ForContainer(ctx, req.GetContainerId())
+	b, err := s.containerBackend(ctx, req.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
@@ -135,7 +153,7 @@ func (s *runtimeService) StartContainer(ctx context.Context, req *runtimeapi.Sta
 }
 
 func (s *runtimeService) StopContainer(ctx context.Context, req *runtimeapi.StopContainerRequest) (*runtimeapi.StopContainerResponse, error) {
-	b, err := s.r.ForContainer(ctx, req.GetContainerId())
+	b, err := s.containerBackend(ctx, req.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +161,7 @@ func (s *runtimeService) StopContainer(ctx context.Context, req *runtimeapi.Stop
 }
 
 func (s *runtimeService) RemoveContainer(ctx context.Context, req *runtimeapi.RemoveContainerRequest) (*runtimeapi.RemoveContainerResponse, error) {
-	b, err := s.r.ForContainer(ctx, req.GetContainerId())
+	b, err := s.containerBackend(ctx, req.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
@@ -152,9 +170,9 @@ func (s *runtimeService) RemoveContainer(ctx context.Context, req *runtimeapi.Re
 
 func (s *runtimeService) ListContainers(ctx context.Context, req *runtimeapi.ListContainersRequest) (*runtimeapi.ListContainersResponse, error) {
 	if s.single() {
-		return s.r.Default().ListContainers(ctx, req)
+		return s.defaultBackend(ctx).ListContainers(ctx, req)
 	}
-	items, err := gather(s.r, func(b Backend) ([]*runtimeapi.Container, error) {
+	items, err := gather(ctx, s.r, func(b Backend) ([]*runtimeapi.Container, error) {
 		resp, err := b.ListContainers(ctx, req)
 		return resp.GetContainers(), err
 	})
@@ -165,7 +183,7 @@ func (s *runtimeService) ListContainers(ctx context.Context, req *runtimeapi.Lis
 }
 
 func (s *runtimeService) ContainerStatus(ctx context.Context, req *runtimeapi.ContainerStatusRequest) (*runtimeapi.ContainerStatusResponse, error) {
-	b, err := s.r.ForContainer(ctx, req.GetContainerId())
+	b, err := s.containerBackend(ctx, req.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
@@ -173,7 +191,7 @@ func (s *runtimeService) ContainerStatus(ctx context.Context, req *runtimeapi.Co
 }
 
 func (s *runtimeService) UpdateContainerResources(ctx context.Context, req *runtimeapi.UpdateContainerResourcesRequest) (*runtimeapi.UpdateContainerResourcesResponse, error) {
-	b, err := s.r.ForContainer(ctx, req.GetContainerId())
+	b, err := s.containerBackend(ctx, req.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +199,7 @@ func (s *runtimeService) UpdateContainerResources(ctx context.Context, req *runt
 }
 
 func (s *runtimeService) ReopenContainerLog(ctx context.Context, req *runtimeapi.ReopenContainerLogRequest) (*runtimeapi.ReopenContainerLogResponse, error) {
-	b, err := s.r.ForContainer(ctx, req.GetContainerId())
+	b, err := s.containerBackend(ctx, req.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
@@ -189,7 +207,7 @@ func (s *runtimeService) ReopenContainerLog(ctx context.Context, req *runtimeapi
 }
 
 func (s *runtimeService) ExecSync(ctx context.Context, req *runtimeapi.ExecSyncRequest) (*runtimeapi.ExecSyncResponse, error) {
-	b, err := s.r.ForContainer(ctx, req.GetContainerId())
+	b, err := s.containerBackend(ctx, req.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
@@ -197,7 +215,7 @@ func (s *runtimeService) ExecSync(ctx context.Context, req *runtimeapi.ExecSyncR
 }
 
 func (s *runtimeService) Exec(ctx context.Context, req *runtimeapi.ExecRequest) (*runtimeapi.ExecResponse, error) {
-	b, err := s.r.ForContainer(ctx, req.GetContainerId())
+	b, err := s.containerBackend(ctx, req.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
@@ -205,7 +223,7 @@ func (s *runtimeService) Exec(ctx context.Context, req *runtimeapi.ExecRequest) 
 }
 
 func (s *runtimeService) Attach(ctx context.Context, req *runtimeapi.AttachRequest) (*runtimeapi.AttachResponse, error) {
-	b, err := s.r.ForContainer(ctx, req.GetContainerId())
+	b, err := s.containerBackend(ctx, req.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
@@ -213,7 +231,7 @@ func (s *runtimeService) Attach(ctx context.Context, req *runtimeapi.AttachReque
 }
 
 func (s *runtimeService) CheckpointContainer(ctx context.Context, req *runtimeapi.CheckpointContainerRequest) (*runtimeapi.CheckpointContainerResponse, error) {
-	b, err := s.r.ForContainer(ctx, req.GetContainerId())
+	b, err := s.containerBackend(ctx, req.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
@@ -223,7 +241,7 @@ func (s *runtimeService) CheckpointContainer(ctx context.Context, req *runtimeap
 // Stats and metrics.
 
 func (s *runtimeService) ContainerStats(ctx context.Context, req *runtimeapi.ContainerStatsRequest) (*runtimeapi.ContainerStatsResponse, error) {
-	b, err := s.r.ForContainer(ctx, req.GetContainerId())
+	b, err := s.containerBackend(ctx, req.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
@@ -232,9 +250,9 @@ func (s *runtimeService) ContainerStats(ctx context.Context, req *runtimeapi.Con
 
 func (s *runtimeService) ListContainerStats(ctx context.Context, req *runtimeapi.ListContainerStatsRequest) (*runtimeapi.ListContainerStatsResponse, error) {
 	if s.single() {
-		return s.r.Default().ListContainerStats(ctx, req)
+		return s.defaultBackend(ctx).ListContainerStats(ctx, req)
 	}
-	items, err := gather(s.r, func(b Backend) ([]*runtimeapi.ContainerStats, error) {
+	items, err := gather(ctx, s.r, func(b Backend) ([]*runtimeapi.ContainerStats, error) {
 		resp, err := b.ListContainerStats(ctx, req)
 		return resp.GetStats(), err
 	})
@@ -245,7 +263,7 @@ func (s *runtimeService) ListContainerStats(ctx context.Context, req *runtimeapi
 }
 
 func (s *runtimeService) PodSandboxStats(ctx context.Context, req *runtimeapi.PodSandboxStatsRequest) (*runtimeapi.PodSandboxStatsResponse, error) {
-	b, err := s.r.ForSandbox(ctx, req.GetPodSandboxId())
+	b, err := s.sandboxBackend(ctx, req.GetPodSandboxId())
 	if err != nil {
 		return nil, err
 	}
@@ -254,9 +272,9 @@ func (s *runtimeService) PodSandboxStats(ctx context.Context, req *runtimeapi.Po
 
 func (s *runtimeService) ListPodSandboxStats(ctx context.Context, req *runtimeapi.ListPodSandboxStatsRequest) (*runtimeapi.ListPodSandboxStatsResponse, error) {
 	if s.single() {
-		return s.r.Default().ListPodSandboxStats(ctx, req)
+		return s.defaultBackend(ctx).ListPodSandboxStats(ctx, req)
 	}
-	items, err := gather(s.r, func(b Backend) ([]*runtimeapi.PodSandboxStats, error) {
+	items, err := gather(ctx, s.r, func(b Backend) ([]*runtimeapi.PodSandboxStats, error) {
 		resp, err := b.ListPodSandboxStats(ctx, req)
 		return resp.GetStats(), err
 	})
@@ -268,9 +286,9 @@ func (s *runtimeService) ListPodSandboxStats(ctx context.Context, req *runtimeap
 
 func (s *runtimeService) ListMetricDescriptors(ctx context.Context, req *runtimeapi.ListMetricDescriptorsRequest) (*runtimeapi.ListMetricDescriptorsResponse, error) {
 	if s.single() {
-		return s.r.Default().ListMetricDescriptors(ctx, req)
+		return s.defaultBackend(ctx).ListMetricDescriptors(ctx, req)
 	}
-	all, err := gather(s.r, func(b Backend) ([]*runtimeapi.MetricDescriptor, error) {
+	all, err := gather(ctx, s.r, func(b Backend) ([]*runtimeapi.MetricDescriptor, error) {
 		resp, err := b.ListMetricDescriptors(ctx, req)
 		return resp.GetDescriptors(), err
 	})
@@ -292,9 +310,9 @@ func (s *runtimeService) ListMetricDescriptors(ctx context.Context, req *runtime
 
 func (s *runtimeService) ListPodSandboxMetrics(ctx context.Context, req *runtimeapi.ListPodSandboxMetricsRequest) (*runtimeapi.ListPodSandboxMetricsResponse, error) {
 	if s.single() {
-		return s.r.Default().ListPodSandboxMetrics(ctx, req)
+		return s.defaultBackend(ctx).ListPodSandboxMetrics(ctx, req)
 	}
-	items, err := gather(s.r, func(b Backend) ([]*runtimeapi.PodSandboxMetrics, error) {
+	items, err := gather(ctx, s.r, func(b Backend) ([]*runtimeapi.PodSandboxMetrics, error) {
 		resp, err := b.ListPodSandboxMetrics(ctx, req)
 		return resp.GetPodMetrics(), err
 	})
@@ -308,6 +326,10 @@ func (s *runtimeService) ListPodSandboxMetrics(ctx context.Context, req *runtime
 
 func (s *runtimeService) UpdateRuntimeConfig(ctx context.Context, req *runtimeapi.UpdateRuntimeConfigRequest) (*runtimeapi.UpdateRuntimeConfigResponse, error) {
 	// The pod CIDR concerns every backend that sets up pod networking.
+	if s.single() {
+		return s.defaultBackend(ctx).UpdateRuntimeConfig(ctx, req)
+	}
+	noteBackend(ctx, BackendAll)
 	var resp *runtimeapi.UpdateRuntimeConfigResponse
 	for _, b := range s.r.Backends() {
 		r, err := b.UpdateRuntimeConfig(ctx, req)
@@ -324,20 +346,60 @@ func (s *runtimeService) UpdateRuntimeConfig(ctx context.Context, req *runtimeap
 func (s *runtimeService) Status(ctx context.Context, req *runtimeapi.StatusRequest) (*runtimeapi.StatusResponse, error) {
 	// Node readiness follows the default backend; a VM backend being down must
 	// not take the container pods' node out of service.
-	return s.r.Default().Status(ctx, req)
+	return s.defaultBackend(ctx).Status(ctx, req)
 }
 
 func (s *runtimeService) RuntimeConfig(ctx context.Context, req *runtimeapi.RuntimeConfigRequest) (*runtimeapi.RuntimeConfigResponse, error) {
 	// The cgroup driver is a property of the host, which the default backend reports.
-	return s.r.Default().RuntimeConfig(ctx, req)
+	return s.defaultBackend(ctx).RuntimeConfig(ctx, req)
 }
 
 func (s *runtimeService) single() bool { return len(s.r.Backends()) == 1 }
 
+// admit turns a policy refusal into the PermissionDenied error the kubelet
+// shows in the pod's events, and counts and logs it.
+func (s *runtimeService) admit(err error) error {
+	if err == nil {
+		return nil
+	}
+	var v *policy.Violation
+	if errors.As(err, &v) {
+		s.metrics.rejected(v.Rule)
+		s.log.WithField("rule", v.Rule).Warn(v.Error())
+		return status.Error(codes.PermissionDenied, v.Error())
+	}
+	return err
+}
+
+// defaultBackend, sandboxBackend and containerBackend pick the backend for a
+// call and note it for the metrics.
+func (s *runtimeService) defaultBackend(ctx context.Context) Backend {
+	b := s.r.Default()
+	noteBackend(ctx, b.Name())
+	return b
+}
+
+func (s *runtimeService) sandboxBackend(ctx context.Context, id string) (Backend, error) {
+	b, err := s.r.ForSandbox(ctx, id)
+	if err == nil {
+		noteBackend(ctx, b.Name())
+	}
+	return b, err
+}
+
+func (s *runtimeService) containerBackend(ctx context.Context, id string) (Backend, error) {
+	b, err := s.r.ForContainer(ctx, id)
+	if err == nil {
+		noteBackend(ctx, b.Name())
+	}
+	return b, err
+}
+
 // gather calls list on every backend in order and concatenates the results.
 // Any error fails the whole list: a partial list would make the kubelet
 // believe the missing pods are gone and kill or recreate them.
-func gather[T any](r *Router, list func(Backend) ([]T, error)) ([]T, error) {
+func gather[T any](ctx context.Context, r *Router, list func(Backend) ([]T, error)) ([]T, error) {
+	noteBackend(ctx, BackendAll)
 	var out []T
 	for _, b := range r.Backends() {
 		items, err := list(b)

@@ -11,9 +11,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/lf-edge/evelet/cri/policy"
 )
 
 const (
@@ -41,6 +44,13 @@ type Config struct {
 	Handlers map[string]Backend
 	// Log is the logger; nil means logrus' standard logger.
 	Log *logrus.Entry
+	// Policy is the EVE guardrail policy checked on RunPodSandbox and
+	// CreateContainer; nil means policy.Default(). SetPolicy replaces it
+	// while the server runs.
+	Policy *policy.Policy
+	// Metrics, if set, receives the server's Prometheus metrics
+	// (docs/metrics.md); nil means no metrics.
+	Metrics prometheus.Registerer
 }
 
 // Server is the CRI endpoint the kubelet talks to.
@@ -50,6 +60,7 @@ type Server struct {
 	grpc     *grpc.Server
 	stopping chan struct{}
 	started  atomic.Bool
+	policy   *atomic.Pointer[policy.Policy]
 }
 
 // NewServer checks cfg and sets up the gRPC services; Serve starts listening.
@@ -68,17 +79,47 @@ func NewServer(cfg Config) (*Server, error) {
 	if log == nil {
 		log = logrus.NewEntry(logrus.StandardLogger())
 	}
+	var metrics *Metrics
+	unary := []grpc.UnaryServerInterceptor{unaryLogger(log)}
+	stream := []grpc.StreamServerInterceptor{streamLogger(log)}
+	if cfg.Metrics != nil {
+		if metrics, err = NewMetrics(cfg.Metrics); err != nil {
+			return nil, fmt.Errorf("cri: metrics: %w", err)
+		}
+		// Outermost, so that the time measured includes the logging.
+		unary = append([]grpc.UnaryServerInterceptor{metrics.unaryInterceptor()}, unary...)
+		stream = append([]grpc.StreamServerInterceptor{metrics.streamInterceptor()}, stream...)
+	}
+	pol := &atomic.Pointer[policy.Policy]{}
+	p := policy.Default()
+	if cfg.Policy != nil {
+		p = cfg.Policy.Clone()
+	}
+	pol.Store(&p)
 	g := grpc.NewServer(
 		grpc.MaxRecvMsgSize(MaxMsgSize),
 		grpc.MaxSendMsgSize(MaxMsgSize),
-		grpc.ChainUnaryInterceptor(unaryLogger(log)),
-		grpc.ChainStreamInterceptor(streamLogger(log)),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
 	)
 	stopping := make(chan struct{})
-	runtimeapi.RegisterRuntimeServiceServer(g, &runtimeService{r: router, log: log, stopping: stopping})
+	runtimeapi.RegisterRuntimeServiceServer(g, &runtimeService{r: router, log: log, stopping: stopping, policy: pol, metrics: metrics})
 	runtimeapi.RegisterImageServiceServer(g, &imageService{r: router})
-	return &Server{socket: cfg.Socket, log: log, grpc: g, stopping: stopping}, nil
+	return &Server{socket: cfg.Socket, log: log, grpc: g, stopping: stopping, policy: pol}, nil
 }
+
+// SetPolicy replaces the guardrail policy, for calls that start from now
+// on; it is safe while the server runs. Pods and containers that already
+// exist are not touched: the device owner's stricter policy applies to new
+// ones (and to new containers of existing pods).
+func (s *Server) SetPolicy(p policy.Policy) {
+	p = p.Clone()
+	s.policy.Store(&p)
+	s.log.WithField("policy", fmt.Sprintf("%+v", p)).Info("CRI guardrail policy set")
+}
+
+// Policy returns the guardrail policy in force.
+func (s *Server) Policy() policy.Policy { return s.policy.Load().Clone() }
 
 // Serve listens on the socket and serves until ctx is done, then stops
 // gracefully (for at most a short grace period) and removes the socket.

@@ -44,7 +44,10 @@ func newDevice(t testing.TB, join agent.Join) *device {
 	t.Cleanup(func() {
 		d.stop()
 		if t.Failed() {
-			t.Logf("agent log tail:\n%s", tail(d.log(), 60))
+			// Keep the whole log for post-mortems; the tail goes to the test output.
+			keep := filepath.Join(os.TempDir(), "evelet-e2e-failed-"+filepath.Base(dir)+".log")
+			os.WriteFile(keep, []byte(d.log()), 0o644)
+			t.Logf("agent log tail (whole log: %s):\n%s", keep, tail(d.log(), 60))
 		}
 		unmountAll(t, dir)
 		os.RemoveAll(dir)

@@ -1,0 +1,172 @@
+package policy
+
+import (
+	"fmt"
+	"path"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Config item keys (EdgeDevConfig configItems) that change the policy.
+const (
+	KeyPrefix               = configItemsPrefix + "policy."
+	KeyAllowPrivileged      = KeyPrefix + "allow-privileged"
+	KeyAllowHostPID         = KeyPrefix + "allow-host-pid"
+	KeyAllowHostIPC         = KeyPrefix + "allow-host-ipc"
+	KeyAllowHostNetwork     = KeyPrefix + "allow-host-network"
+	KeyAllowUnmaskedProc    = KeyPrefix + "allow-unmasked-proc"
+	KeyAllowedHostPaths     = KeyPrefix + "allowed-host-paths"
+	KeyAllowedCapabilities  = KeyPrefix + "allowed-capabilities"
+	KeyAllowedDevices       = KeyPrefix + "allowed-devices"
+	KeyAllowedUnsafeSysctls = KeyPrefix + "allowed-unsafe-sysctls"
+)
+
+func isListKey(k string) bool {
+	switch k {
+	case KeyAllowedHostPaths, KeyAllowedCapabilities, KeyAllowedDevices, KeyAllowedUnsafeSysctls:
+		return true
+	}
+	return false
+}
+
+// FromConfigItems builds a policy from the device's config items: Default,
+// changed by every evelet.policy.* key. Keys outside evelet.policy. are
+// ignored (other parts of evelet, or EVE, own them). An unknown
+// evelet.policy.* key, or a value that does not parse, gives an error naming
+// the key and leaves that key's setting at its default (for a list: the
+// whole list, never a part of it); the other keys still apply. An empty
+// value means the default.
+//
+// KubeletRootDir and PodLogsDir are not config items: the caller sets them.
+func FromConfigItems(items map[string]string) (Policy, []error) {
+	p := Default()
+	var errs []error
+	keys := make([]string, 0, len(items))
+	for k := range items {
+		if strings.HasPrefix(k, KeyPrefix) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys) // errors in a stable order
+	for _, k := range keys {
+		v := strings.TrimSpace(items[k])
+		if err := apply(&p, k, v); err != nil {
+			errs = append(errs, fmt.Errorf("config item %s=%q: %w", k, items[k], err))
+		}
+	}
+	return p, errs
+}
+
+func apply(p *Policy, key, v string) error {
+	switch key {
+	case KeyAllowPrivileged:
+		return parseBool(v, &p.AllowPrivileged)
+	case KeyAllowHostPID:
+		return parseBool(v, &p.AllowHostPID)
+	case KeyAllowHostIPC:
+		return parseBool(v, &p.AllowHostIPC)
+	case KeyAllowHostNetwork:
+		return parseBool(v, &p.AllowHostNetwork)
+	case KeyAllowUnmaskedProc:
+		return parseBool(v, &p.AllowUnmaskedProc)
+	case KeyAllowedHostPaths:
+		return parseList(v, &p.AllowedHostPaths, parseHostPath)
+	case KeyAllowedCapabilities:
+		return parseList(v, &p.AllowedCapabilities, parseCapability)
+	case KeyAllowedDevices:
+		return parseList(v, &p.AllowedDevices, parseDevice)
+	case KeyAllowedUnsafeSysctls:
+		return parseList(v, &p.AllowedUnsafeSysctls, parseSysctlPattern)
+	}
+	return fmt.Errorf("unknown evelet policy key")
+}
+
+func parseBool(v string, dst *bool) error {
+	if v == "" {
+		*dst = false
+		return nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return fmt.Errorf("want true or false")
+	}
+	*dst = b
+	return nil
+}
+
+// parseList splits a comma list, checks and normalizes every entry, and sets
+// dst only if all of them are good.
+func parseList(v string, dst *[]string, entry func(string) (string, error)) error {
+	var out []string
+	for _, e := range strings.Split(v, ",") {
+		e = strings.TrimSpace(e)
+		if e == "" {
+			continue
+		}
+		n, err := entry(e)
+		if err != nil {
+			return fmt.Errorf("entry %q: %w", e, err)
+		}
+		out = append(out, n)
+	}
+	*dst = out
+	return nil
+}
+
+func parseHostPath(e string) (string, error) {
+	if !strings.HasPrefix(e, "/") {
+		return "", fmt.Errorf("not an absolute path")
+	}
+	if hasDotDot(e) {
+		return "", fmt.Errorf(`".." is not allowed`)
+	}
+	return filepath.Clean(e), nil
+}
+
+func parseCapability(e string) (string, error) {
+	c := normalizeCap(e)
+	if c != "ALL" && !knownCaps[c] {
+		return "", fmt.Errorf("not a Linux capability")
+	}
+	return c, nil
+}
+
+func parseDevice(e string) (string, error) {
+	if strings.HasPrefix(e, "/") {
+		if hasDotDot(e) {
+			return "", fmt.Errorf(`".." is not allowed`)
+		}
+		if _, err := path.Match(e, ""); err != nil {
+			return "", fmt.Errorf("bad wildcard pattern: %v", err)
+		}
+		return path.Clean(e), nil
+	}
+	// A CDI device name: vendor.com/class=name.
+	slash, eq := strings.Index(e, "/"), strings.Index(e, "=")
+	if slash <= 0 || eq < slash+2 || eq == len(e)-1 {
+		return "", fmt.Errorf("neither an absolute device path nor a CDI device name (vendor.com/class=name)")
+	}
+	return e, nil
+}
+
+func parseSysctlPattern(e string) (string, error) {
+	n := normalizeSysctl(e)
+	if i := strings.Index(n, "*"); i >= 0 && i != len(n)-1 {
+		return "", fmt.Errorf(`"*" may only end a sysctl prefix`)
+	}
+	if sysctlNamespace(n) == "" {
+		return "", fmt.Errorf("not a namespaced sysctl (only net.*, fs.mqueue.* and the IPC kernel.sem, kernel.shm*, kernel.msg* ones can be allowed)")
+	}
+	return n, nil
+}
+
+func hasDotDot(p string) bool {
+	for _, el := range strings.Split(p, "/") {
+		if el == ".." {
+			return true
+		}
+	}
+	return false
+}

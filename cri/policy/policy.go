@@ -1,0 +1,151 @@
+// Package policy is the EVE guardrail policy of evelet's CRI shim: what a
+// Kubernetes pod may ask of the device. The EVE controller owns the device
+// and Kubernetes is a tenant, so a pod gets nothing that would let it reach
+// past its own sandbox (host namespaces, privileged mode, host files and
+// devices, extra capabilities, device-wide sysctls, an unmasked /proc)
+// unless the device owner allowed it with an evelet.policy.* config item.
+//
+// The shim checks RunPodSandbox and CreateContainer requests with
+// CheckSandbox and CheckContainer before anything reaches a backend; a
+// refusal is a *Violation, which the shim turns into a PermissionDenied gRPC
+// error whose one-line message names the rule and the config item that would
+// allow the request. docs/guardrails.md explains every rule and key.
+package policy
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Rule names, as they appear in refusals and in the
+// evelet_cri_policy_rejections_total{rule} metric.
+const (
+	RulePrivileged    = "no-privileged"
+	RuleHostPID       = "no-host-pid"
+	RuleHostIPC       = "no-host-ipc"
+	RuleHostNetwork   = "no-host-network"
+	RuleHostPath      = "no-host-path"
+	RuleCapabilities  = "no-extra-capabilities"
+	RuleDevices       = "no-devices"
+	RuleSysctls       = "no-unsafe-sysctls"
+	RuleUnmaskedProc  = "no-unmasked-proc"
+	configItemsPrefix = "evelet."
+)
+
+// Rules lists every rule name.
+func Rules() []string {
+	return []string{RulePrivileged, RuleHostPID, RuleHostIPC, RuleHostNetwork, RuleHostPath,
+		RuleCapabilities, RuleDevices, RuleSysctls, RuleUnmaskedProc}
+}
+
+// Production locations of the kubelet's directories: the kubelet-shim layout
+// under the agent's default state directory (/persist/evelet). The agent
+// should set the real ones (kubeletshim.Options.RootDir, PodLogsDir).
+const (
+	DefaultKubeletRootDir = "/persist/evelet/kubelet/root"
+	DefaultPodLogsDir     = "/persist/evelet/logs/pods"
+)
+
+// Policy is what pods may ask for. The zero value denies everything the
+// rules cover, including every host path; Default adds the production
+// kubelet directories. A Policy is a plain value: the shim copies it when it
+// is installed, and it is safe for concurrent checks.
+type Policy struct {
+	// AllowPrivileged admits privileged sandboxes and containers.
+	AllowPrivileged bool
+	// AllowHostPID, AllowHostIPC and AllowHostNetwork admit pods and
+	// containers sharing the device's PID, IPC or network namespace.
+	AllowHostPID     bool
+	AllowHostIPC     bool
+	AllowHostNetwork bool
+	// AllowUnmaskedProc admits containers that ask for an unmasked /proc
+	// (ProcMount: Unmasked, or masked/read-only path lists without the
+	// runtime's defaults).
+	AllowUnmaskedProc bool
+
+	// KubeletRootDir is the kubelet's --root-dir. A container may mount
+	// what lies under KubeletRootDir/pods/<its pod's UID>/: the kubelet puts
+	// the pod's volumes, /etc/hosts and termination-log there. Other pods'
+	// directories and the rest of the root dir (plugin and pod-resources
+	// sockets) stay out of reach. It must be the real path, without bind
+	// mounts in between; symbolic links are resolved. Empty: none.
+	KubeletRootDir string
+	// PodLogsDir is the kubelet's podLogsDir; a container may mount its own
+	// pod's log directory under it (PodLogsDir/<namespace>_<name>_<uid>/).
+	// Empty: none.
+	PodLogsDir string
+	// AllowedHostPaths are further absolute path prefixes that containers
+	// may bind-mount (hostPath volumes, local persistent volumes). A prefix
+	// covers itself and everything below it, by whole path elements.
+	AllowedHostPaths []string
+
+	// AllowedCapabilities are capabilities a container may add beyond the
+	// runtime's default set (which it may always re-add); names without
+	// "CAP_", upper case, or "ALL".
+	AllowedCapabilities []string
+	// AllowedDevices are the device nodes a container may be given: host
+	// paths, with path.Match wildcards ("/dev/ttyUSB*"), and CDI device
+	// names ("vendor.com/class=name").
+	AllowedDevices []string
+	// AllowedUnsafeSysctls are namespaced sysctls, or prefixes ending in
+	// "*", that pods may set beyond the Kubernetes safe set. Entries that
+	// are not namespaced are ignored: they would change the whole device.
+	AllowedUnsafeSysctls []string
+}
+
+// Default is the production policy: everything denied, pods may mount their
+// own kubelet directories at the production locations.
+func Default() Policy {
+	return Policy{KubeletRootDir: DefaultKubeletRootDir, PodLogsDir: DefaultPodLogsDir}
+}
+
+// Clone returns a copy that shares no slices with p.
+func (p Policy) Clone() Policy {
+	p.AllowedHostPaths = slices.Clone(p.AllowedHostPaths)
+	p.AllowedCapabilities = slices.Clone(p.AllowedCapabilities)
+	p.AllowedDevices = slices.Clone(p.AllowedDevices)
+	p.AllowedUnsafeSysctls = slices.Clone(p.AllowedUnsafeSysctls)
+	return p
+}
+
+// Violation is a refused request. Its message is one line:
+//
+//	evelet guardrail "no-privileged": container "main" of pod default/x asks
+//	for privileged mode; the device owner can allow it with config item
+//	evelet.policy.allow-privileged=true
+type Violation struct {
+	// Rule is one of the Rule* names.
+	Rule string
+	// Subject is `pod ns/name` or `container "c" of pod ns/name`.
+	Subject string
+	// Detail says what was asked for, e.g. `asks for privileged mode`.
+	Detail string
+	// Key is the config item that would allow the request, "" if none can.
+	Key string
+	// Value is what Key needs: "true" for a switch, or the entry to add to
+	// a list.
+	Value string
+}
+
+func (v *Violation) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "evelet guardrail %q: %s %s; ", v.Rule, v.Subject, v.Detail)
+	switch {
+	case v.Key == "":
+		b.WriteString("no config item can allow this")
+	case isListKey(v.Key):
+		fmt.Fprintf(&b, "the device owner can allow it by adding %q to config item %s", v.Value, v.Key)
+	default:
+		fmt.Fprintf(&b, "the device owner can allow it with config item %s=%s", v.Key, v.Value)
+	}
+	return b.String()
+}
+
+// GRPCStatus makes a Violation a PermissionDenied error for gRPC.
+func (v *Violation) GRPCStatus() *status.Status {
+	return status.New(codes.PermissionDenied, v.Error())
+}
