@@ -18,6 +18,7 @@ import (
 	"github.com/lf-edge/evelet/cri/containerd"
 	"github.com/lf-edge/evelet/cri/policy"
 	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 )
 
@@ -39,6 +40,8 @@ type Config struct {
 	RetryMin, RetryMax time.Duration
 	// DrainTimeout bounds the drain when the device leaves a cluster.
 	DrainTimeout time.Duration
+	// Metrics receives the CRI metrics; nil: none.
+	Metrics prometheus.Registerer
 }
 
 // CRISocket is where the kubelet finds evelet's CRI server.
@@ -57,6 +60,8 @@ type Agent struct {
 	mu     sync.Mutex
 	status Status
 	sup    *kubeletshim.Supervisor
+	cri    *cri.Server
+	items  map[string]string // the owner's "evelet." config items
 }
 
 func New(cfg Config) *Agent {
@@ -95,6 +100,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		joinDone                    = make(chan struct{})
 		tick                        = time.NewTicker(5 * time.Second)
 		updates                     = a.cfg.Source.Watch(ctx)
+		srcErr   string             // last refused intent, cleared by a good one
 	)
 	close(joinDone)
 	defer tick.Stop()
@@ -117,7 +123,13 @@ func (a *Agent) Run(ctx context.Context) error {
 				// Keep whatever runs now: bad input must not take a
 				// working node down.
 				a.fail(u.Err, "join intent refused; keeping the current state")
+				srcErr = u.Err.Error()
 				continue
+			}
+			a.setConfigItems(u.ConfigItems)
+			if srcErr != "" {
+				a.clearSourceError(srcErr)
+				srcErr = ""
 			}
 			if reflect.DeepEqual(u.Join, current) {
 				continue
@@ -226,10 +238,18 @@ func (a *Agent) runCRI(ctx context.Context) {
 		if err == nil {
 			var srv *cri.Server
 			pol := a.policy()
-			if srv, err = cri.NewServer(cri.Config{Socket: a.cfg.CRISocket(), Backend: be, Log: log, Policy: &pol}); err == nil {
+			if srv, err = cri.NewServer(cri.Config{Socket: a.cfg.CRISocket(), Backend: be, Log: log, Policy: &pol, Metrics: a.cfg.Metrics}); err == nil {
+				a.mu.Lock()
+				a.cri = srv
+				a.mu.Unlock()
+				// Items may have changed between policy() and publishing srv.
+				srv.SetPolicy(a.policy())
 				log.WithField("socket", a.cfg.CRISocket()).Info("CRI server listening")
 				backoff = a.cfg.RetryMin
 				err = srv.Serve(ctx)
+				a.mu.Lock()
+				a.cri = nil
+				a.mu.Unlock()
 			}
 			be.Close()
 		}
@@ -249,10 +269,34 @@ func (a *Agent) runCRI(ctx context.Context) {
 // policy is the guardrail policy: production defaults, with the kubelet's
 // own directories under this agent's state root.
 func (a *Agent) policy() policy.Policy {
-	p := policy.Default()
+	a.mu.Lock()
+	items := a.items
+	a.mu.Unlock()
+	p, errs := policy.FromConfigItems(items)
+	for _, err := range errs {
+		a.log.WithError(err).Error("guardrail config item ignored")
+	}
 	dirs := kubeletshim.Options{StateDir: a.cfg.StateDir}
 	p.KubeletRootDir, p.PodLogsDir = dirs.RootDir(), dirs.PodLogsDir()
 	return p
+}
+
+// setConfigItems applies the owner's config items; the CRI server enforces
+// the new guardrail policy from its next call on.
+func (a *Agent) setConfigItems(items map[string]string) {
+	a.mu.Lock()
+	if reflect.DeepEqual(items, a.items) {
+		a.mu.Unlock()
+		return
+	}
+	a.items = items
+	srv := a.cri
+	a.mu.Unlock()
+	p := a.policy()
+	if srv != nil {
+		srv.SetPolicy(p)
+	}
+	a.log.WithField("items", items).Info("device owner's evelet config items applied")
 }
 
 func (a *Agent) fail(err error, msg string) {
@@ -298,6 +342,23 @@ func (a *Agent) Status() Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.status
+}
+
+// clearSourceError forgets a refused intent once the Source delivers a
+// good one again (the failure was about the intent, not the cluster).
+func (a *Agent) clearSourceError(msg string) {
+	a.publish(func(s *Status) {
+		if s.LastError != msg {
+			return
+		}
+		s.LastError, s.LastErrorTime = "", nil
+		if s.Phase == PhaseFailed {
+			s.Phase = PhaseNoJoin
+			if s.KubeletPID != 0 || a.sup != nil {
+				s.Phase = PhaseRunning
+			}
+		}
+	})
 }
 
 func ptrNow() *time.Time { t := time.Now().UTC(); return &t }

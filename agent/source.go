@@ -37,7 +37,10 @@ func (j *Join) Validate() error {
 // reading it. Join == nil with Err == nil means "not in a cluster".
 type Update struct {
 	Join *Join
-	Err  error
+	// ConfigItems are the device owner's "evelet." settings (guardrail
+	// policy knobs among them); nil when the Source has none.
+	ConfigItems map[string]string
+	Err         error
 }
 
 // Source delivers join intent. Watch sends the current state first and

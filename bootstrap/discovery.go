@@ -3,7 +3,9 @@ package bootstrap
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -69,7 +71,11 @@ func Discover(ctx context.Context, m *Material) (*clientcmdapi.Config, error) {
 	if err != nil {
 		return nil, permanent(fmt.Errorf("cluster-info CA does not parse: %w", err))
 	}
-	if err := checkPins(m.CACertHashes, cas); err != nil {
+	if len(m.CACertHashes) > 0 {
+		if err := checkPins(m.CACertHashes, cas); err != nil {
+			return nil, err
+		}
+	} else if err := checkBundle(m.CABundleHashes, cluster.CertificateAuthorityData); err != nil {
 		return nil, err
 	}
 
@@ -102,6 +108,20 @@ func checkPins(pins []string, cas []*x509.Certificate) error {
 			strings.Join(pins, " or "), strings.Join(actual, ", ")))
 	}
 	return nil
+}
+
+// checkBundle compares sha256 of the CA bundle bytes with the k3s-style
+// pins (the K10 token prefix).
+func checkBundle(pins []string, bundle []byte) error {
+	sum := sha256.Sum256(bundle)
+	actual := "sha256:" + hex.EncodeToString(sum[:])
+	for _, p := range pins {
+		if strings.EqualFold(p, actual) {
+			return nil
+		}
+	}
+	return permanent(fmt.Errorf("cluster CA bundle does not match the pin: expected %s, cluster-info CA bundle is %s",
+		strings.Join(pins, " or "), actual))
 }
 
 func fetchClusterInfo(ctx context.Context, cfg *rest.Config) (*corev1.ConfigMap, error) {

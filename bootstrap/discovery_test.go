@@ -2,6 +2,8 @@ package bootstrap
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"net/http"
@@ -183,5 +185,20 @@ func TestPrepareWritesBootstrapKubeconfig0600(t *testing.T) {
 	rec, err := s.Record()
 	if err != nil || rec.APIServer != srv.URL || rec.CAPin != pin {
 		t.Fatalf("record = %+v, %v", rec, err)
+	}
+}
+
+func TestDiscoverCABundleHash(t *testing.T) {
+	srv, _ := clusterInfoServer(t, tokenSecret, false)
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	sum := sha256.Sum256(caPEM)
+	good := "sha256:" + hex.EncodeToString(sum[:])
+	if _, err := Discover(ctx(t), &Material{APIServer: srv.URL, Token: token, CABundleHashes: []string{good}}); err != nil {
+		t.Fatal(err)
+	}
+	wrong := "sha256:" + strings.Repeat("0", 64)
+	_, err := Discover(ctx(t), &Material{APIServer: srv.URL, Token: token, CABundleHashes: []string{wrong}})
+	if err == nil || !IsPermanent(err) || !strings.Contains(err.Error(), wrong) || !strings.Contains(err.Error(), good) {
+		t.Fatalf("err = %v, want a permanent error naming %s and %s", err, wrong, good)
 	}
 }

@@ -7,6 +7,7 @@ package bootstrap
 import (
 	"fmt"
 	"net/url"
+	"regexp"
 	"strings"
 
 	"k8s.io/client-go/tools/clientcmd"
@@ -23,6 +24,10 @@ type Material struct {
 	Token string `json:"token,omitempty"`
 	// CACertHashes pins the cluster CA: "sha256:<hex of the DER SubjectPublicKeyInfo>".
 	CACertHashes []string `json:"caCertHashes,omitempty"`
+	// CABundleHashes pins the cluster CA the k3s way (the "K10<hex>" token
+	// prefix): "sha256:<hex>" of the CA bundle bytes exactly as cluster-info
+	// carries them (certificate-authority-data). Either kind of pin suffices.
+	CABundleHashes []string `json:"caBundleHashes,omitempty"`
 	// Kubeconfig is a whole kubeconfig (YAML) with embedded credentials
 	// that may create CSRs; it is used as the kubelet's bootstrap kubeconfig.
 	Kubeconfig string `json:"kubeconfig,omitempty"`
@@ -49,11 +54,18 @@ func (m *Material) Validate() error {
 		// Never echo the secret half into logs.
 		return permanent(fmt.Errorf("bootstrap token %q is not of the form [a-z0-9]{6}.[a-z0-9]{16}", redact(m.Token)))
 	}
-	if len(m.CACertHashes) == 0 {
+	if len(m.CACertHashes) == 0 && len(m.CABundleHashes) == 0 {
 		return permanent(fmt.Errorf("bootstrap token join needs at least one CA pin (sha256:<hex>); evelet never trusts an unpinned CA"))
 	}
-	if err := pubkeypin.NewSet().Allow(m.CACertHashes...); err != nil {
-		return permanent(fmt.Errorf("CA pin: %w", err))
+	if len(m.CACertHashes) > 0 {
+		if err := pubkeypin.NewSet().Allow(m.CACertHashes...); err != nil {
+			return permanent(fmt.Errorf("CA pin: %w", err))
+		}
+	}
+	for _, h := range m.CABundleHashes {
+		if !reBundleHash.MatchString(h) {
+			return permanent(fmt.Errorf("CA bundle hash %q is not of the form sha256:<64 hex>", h))
+		}
 	}
 	u, err := url.Parse(m.APIServer)
 	if err != nil || u.Scheme != "https" || u.Host == "" {
@@ -67,6 +79,8 @@ func (m *Material) TokenID() string {
 	id, _, _ := strings.Cut(m.Token, ".")
 	return id
 }
+
+var reBundleHash = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 
 func redact(token string) string {
 	id, _, ok := strings.Cut(token, ".")

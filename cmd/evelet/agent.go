@@ -4,12 +4,19 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/lf-edge/evelet/agent"
+	"github.com/lf-edge/evelet/agent/eve"
+	"github.com/lf-edge/evelet/agent/eve/pubsub"
 	"github.com/lf-edge/evelet/version"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/sirupsen/logrus"
 )
 
@@ -28,7 +35,12 @@ func runAgent(args []string) int {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	stateDir := fs.String("state-dir", "/persist/evelet", "persistent state root (credentials, kubelet root, logs)")
 	runDir := fs.String("run-dir", "/run/evelet", "volatile state root (sockets, status)")
-	joinFile := fs.String("join-file", "", "YAML join material (apiServer, token, caCertHashes or kubeconfig; nodeName, deviceUUID)")
+	joinFile := fs.String("join-file", "", "YAML join material (apiServer, token, caCertHashes or kubeconfig; nodeName, deviceUUID); replaces the EVE channel")
+	eveRun := fs.String("eve-run", "/run", "EVE's volatile root (pubsub topics)")
+	evePersist := fs.String("eve-persist", "/persist", "EVE's persistent root (checkpoint, device ECDH key, persistent topics)")
+	eveCerts := fs.String("eve-controller-certs", "", "controller certificates (default <eve-persist>/status/zedagent/ControllerCert)")
+	drainTimeout := fs.Duration("drain-timeout", 5*time.Minute, "how long a drain may take when leaving a cluster")
+	metricsAddr := fs.String("metrics-addr", "127.0.0.1:10260", "address of the Prometheus /metrics endpoint (empty: off)")
 	ctrd := fs.String("containerd", "unix:///run/containerd-user/containerd.sock", "containerd CRI endpoint pods run on")
 	kubeletPort := fs.Int("kubelet-port", 0, "kubelet API port (0: 10250)")
 	healthzPort := fs.Int("kubelet-healthz-port", 0, "kubelet healthz port (0: 10248)")
@@ -42,9 +54,22 @@ func runAgent(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	if *joinFile == "" {
-		log.Error("--join-file is required (the EVE channel is not wired yet)")
-		return 2
+	var src agent.Source = &eve.Source{Root: pubsub.Root{Run: *eveRun, Persist: *evePersist}, ControllerCerts: *eveCerts, Log: log.WithField("component", "eve")}
+	if *joinFile != "" {
+		src = &agent.JoinFile{Path: *joinFile}
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if *metricsAddr != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		srv := &http.Server{Addr: *metricsAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := srv.ListenAndServe(); err != nil && err != http.ErrServerClosed {
+				log.WithError(err).Error("metrics endpoint")
+			}
+		}()
+		defer srv.Close()
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -56,7 +81,7 @@ func runAgent(args []string) int {
 	log.WithField("version", version.String()).Info("evelet agent starting")
 	a := agent.New(agent.Config{
 		StateDir: *stateDir, RunDir: *runDir, ContainerdEndpoint: *ctrd,
-		Source: &agent.JoinFile{Path: *joinFile}, Self: self,
+		Source: src, Self: self, DrainTimeout: *drainTimeout, Metrics: reg,
 		KubeletPort: int32(*kubeletPort), KubeletHealthzPort: int32(*healthzPort),
 		CgroupDriver: *cgroupDriver, Log: log,
 	})

@@ -1,0 +1,202 @@
+package eve
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/lf-edge/evelet/agent"
+	"github.com/lf-edge/evelet/agent/eve/evecfg"
+	"github.com/lf-edge/evelet/agent/eve/evecfg/evepb"
+	"github.com/lf-edge/evelet/agent/eve/evecrypt"
+	"github.com/lf-edge/evelet/agent/eve/pubsub"
+	"github.com/lf-edge/evelet/bootstrap"
+)
+
+// Config items (EdgeDevConfig.configItems) evelet reads; all start with
+// "evelet." so they never collide with EVE's own. See docs/eve-channel.md.
+const (
+	// ItemAPIServerURL overrides https://<join_server_ip>:6443.
+	ItemAPIServerURL = "evelet.apiserver-url"
+)
+
+// Inputs is everything the EVE side offers at one moment.
+type Inputs struct {
+	Snapshot        pubsub.Snapshot
+	Checkpoint      *evecfg.Checkpoint
+	CheckpointErr   error
+	DeviceKeyPath   string
+	ControllerCerts string // directory
+}
+
+// Resolved is the outcome of Resolve: join intent (nil: not in a cluster)
+// and the owner's config items.
+type Resolved struct {
+	Join        *agent.Join
+	ConfigItems map[string]string
+	// ClusterKey identifies the cluster intent (name/id/server) for logs.
+	ClusterKey string
+}
+
+// Resolve turns EVE-side inputs into join intent. Every failure is one
+// error saying which input is wrong; nothing partial is returned.
+func Resolve(in Inputs) (*Resolved, error) {
+	cp := in.Checkpoint
+	out := &Resolved{ConfigItems: map[string]string{}}
+	if cp != nil {
+		for k, v := range cp.ConfigItems() {
+			if strings.HasPrefix(k, "evelet.") {
+				out.ConfigItems[k] = v
+			}
+		}
+	}
+	if err := firstPubsubError(in.Snapshot); err != nil {
+		return nil, err
+	}
+
+	// Cluster intent: zedagent's pubsub topic, else the checkpoint.
+	var (
+		valid            bool
+		name, id, joinIP string
+		block            *evepb.CipherBlock
+	)
+	if cc := in.Snapshot.ClusterConfig; cc != nil {
+		valid = cc.Valid
+		name, id = cc.ClusterName, cc.ClusterID.UUID.String()
+		if cc.JoinServerIP != nil {
+			joinIP = cc.JoinServerIP.String()
+		}
+		if t := cc.CipherToken; t.IsCipher || len(t.CipherData) > 0 {
+			block = &evepb.CipherBlock{CipherContextId: t.CipherContextID, InitialValue: t.InitialValue, CipherData: t.CipherData, ClearTextSha256: t.ClearTextHash}
+		}
+	} else if cp != nil && cp.Cluster() != nil {
+		c := cp.Cluster()
+		valid = true
+		name, id, joinIP, block = c.GetClusterName(), c.GetClusterId(), c.GetJoinServerIp(), c.GetEncryptedClusterToken()
+	} else if in.CheckpointErr != nil && !isNotExist(in.CheckpointErr) {
+		return nil, fmt.Errorf("no cluster intent in pubsub and the checkpoint is unusable: %w", in.CheckpointErr)
+	}
+	if !valid {
+		return out, nil
+	}
+	out.ClusterKey = fmt.Sprintf("%s/%s@%s", name, id, joinIP)
+
+	// Device identity: EdgeNodeInfo, else the checkpoint.
+	devName, devID := "", ""
+	if ni := in.Snapshot.NodeInfo; ni != nil {
+		devName, devID = ni.DeviceName, ni.DeviceID
+	} else if cp != nil {
+		devName, devID = cp.Config.GetDeviceName(), cp.DeviceUUID()
+	}
+	if devID == "" {
+		return nil, errors.New("device id unknown: neither EdgeNodeInfo nor the checkpoint names it")
+	}
+
+	token, err := clusterToken(in, block, name)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := evecrypt.ParseTokenPayload(token)
+	if err != nil {
+		return nil, fmt.Errorf("cluster token: %w", err)
+	}
+	m := bootstrap.Material{}
+	switch tok.Kind {
+	case evecrypt.KindKubeconfig:
+		m.Kubeconfig = string(tok.Kubeconfig)
+	default:
+		m.Token = tok.BootstrapToken()
+		if tok.CAHashKind == evecrypt.CAHashCertBundle {
+			m.CABundleHashes = tok.CAHashes
+		} else {
+			m.CACertHashes = tok.CAHashes
+		}
+		m.APIServer = tok.APIServer
+		if u := out.ConfigItems[ItemAPIServerURL]; u != "" {
+			m.APIServer = u
+		}
+		if m.APIServer == "" {
+			ip := net.ParseIP(joinIP)
+			if ip == nil {
+				return nil, fmt.Errorf("cluster %q: join server IP %q is not an IP address", name, joinIP)
+			}
+			m.APIServer = "https://" + net.JoinHostPort(ip.String(), "6443")
+		}
+	}
+	j := &agent.Join{
+		Material:   m,
+		NodeName:   NodeName(devName, devID),
+		DeviceUUID: devID,
+		OSVersion:  osVersion(in.Snapshot),
+	}
+	if err := j.Validate(); err != nil {
+		return nil, err
+	}
+	out.Join = j
+	return out, nil
+}
+
+// clusterToken returns the clear-text token: zedkube's plaintext status
+// when it exists for this cluster, else the decrypted cipher block.
+func clusterToken(in Inputs, block *evepb.CipherBlock, cluster string) (string, error) {
+	if st := in.Snapshot.ClusterStatus; st != nil && st.EncryptedClusterToken != "" && (st.ClusterName == "" || st.ClusterName == cluster) {
+		return st.EncryptedClusterToken, nil
+	}
+	if block == nil || len(block.GetCipherData()) == 0 {
+		return "", fmt.Errorf("cluster %q carries no encrypted cluster token", cluster)
+	}
+	if in.Checkpoint == nil {
+		return "", fmt.Errorf("cipher context %q: no checkpointed config to read it from: %v", block.GetCipherContextId(), in.CheckpointErr)
+	}
+	cctx, err := in.Checkpoint.CipherContext(block.GetCipherContextId())
+	if err != nil {
+		return "", fmt.Errorf("wrong cipher context: %w", err)
+	}
+	key, err := evecrypt.LoadDeviceKey(in.DeviceKeyPath)
+	if err != nil {
+		return "", fmt.Errorf("device ECDH key: %w", err)
+	}
+	certs, err := LoadControllerCerts(in.ControllerCerts)
+	if err != nil {
+		return "", err
+	}
+	cert, err := evecrypt.FindControllerCert(certs, cctx.GetControllerCertHash())
+	if err != nil {
+		return "", fmt.Errorf("cipher context %q: %w", cctx.GetContextId(), err)
+	}
+	eb, err := evecrypt.DecryptEncryptionBlock(block, cctx, key, cert)
+	if err != nil {
+		return "", fmt.Errorf("decrypt cluster token: %w", err)
+	}
+	if eb.GetClusterToken() == "" {
+		return "", errors.New("decrypted EncryptionBlock has no cluster_token")
+	}
+	return eb.GetClusterToken(), nil
+}
+
+// osVersion is the running partition's EVE version.
+func osVersion(s pubsub.Snapshot) string {
+	for _, z := range s.Zboot {
+		if z.CurrentPartition {
+			return z.ShortVersion
+		}
+	}
+	return ""
+}
+
+// firstPubsubError reports a broken topic evelet depends on. Other topics'
+// errors (network instances, OS update) do not block joining.
+func firstPubsubError(s pubsub.Snapshot) error {
+	for path, err := range s.Errors {
+		if strings.Contains(path, pubsub.TopicEdgeNodeClusterConfig) || strings.Contains(path, pubsub.TopicEdgeNodeInfo) {
+			return err
+		}
+	}
+	return nil
+}
+
+func isNotExist(err error) bool {
+	var le *evecfg.LoadError
+	return errors.As(err, &le) && le.NotExist()
+}

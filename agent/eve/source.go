@@ -1,0 +1,129 @@
+package eve
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"reflect"
+	"time"
+
+	"github.com/lf-edge/evelet/agent"
+	"github.com/lf-edge/evelet/agent/eve/evecfg"
+	"github.com/lf-edge/evelet/agent/eve/pubsub"
+	"github.com/sirupsen/logrus"
+)
+
+// Source is the agent's EVE channel: an agent.Source fed by zedagent's
+// pubsub topics and the checkpointed config under Root.
+type Source struct {
+	Root pubsub.Root
+	// ControllerCerts is the directory of controller certificates
+	// (default <Persist>/status/zedagent/ControllerCert).
+	ControllerCerts string
+	// Poll is how often the checkpoint is re-read (it is not a pubsub topic).
+	Poll time.Duration
+	Log  *logrus.Entry
+}
+
+func (s *Source) Name() string { return "eve " + s.Root.Run + "," + s.Root.Persist }
+
+func (s *Source) certDir() string {
+	if s.ControllerCerts != "" {
+		return s.ControllerCerts
+	}
+	return filepath.Join(s.Root.Persist, "status", "zedagent", "ControllerCert")
+}
+
+// Watch reports join intent whenever the EVE side changes it. The same
+// intent twice is reported once; an error is reported once per distinct
+// message, and the agent keeps its last good state meanwhile.
+func (s *Source) Watch(ctx context.Context) <-chan agent.Update {
+	out := make(chan agent.Update, 1)
+	poll := s.Poll
+	if poll == 0 {
+		poll = 2 * time.Second
+	}
+	log := s.Log
+	if log == nil {
+		log = logrus.NewEntry(logrus.StandardLogger())
+	}
+	snaps := pubsub.NewWatcher(s.Root, pubsub.WatchOptions{Log: log}).Watch(ctx)
+	go func() {
+		defer close(out)
+		var (
+			snap     pubsub.Snapshot
+			haveSnap bool
+			cpRaw    []byte
+			cp       *evecfg.Checkpoint
+			cpErr    error
+			last     *agent.Update
+			tick     = time.NewTicker(poll)
+		)
+		defer tick.Stop()
+		readCheckpoint := func() bool {
+			raw, _ := os.ReadFile(s.Root.Checkpoint())
+			bak, _ := os.ReadFile(s.Root.Checkpoint() + ".bak")
+			key := append(append([]byte{}, raw...), bak...)
+			if cp != nil || cpErr != nil {
+				if bytes.Equal(key, cpRaw) {
+					return false
+				}
+			}
+			cpRaw = key
+			cp, cpErr = evecfg.LoadCheckpoint(s.Root.Checkpoint())
+			if cpErr != nil {
+				cp = nil
+			}
+			return true
+		}
+		readCheckpoint()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case sn, ok := <-snaps:
+				if !ok {
+					return
+				}
+				snap, haveSnap = sn, true
+			case <-tick.C:
+				if !readCheckpoint() {
+					continue
+				}
+			}
+			if !haveSnap {
+				continue
+			}
+			u := s.update(snap, cp, cpErr)
+			if last != nil && sameUpdate(*last, u) {
+				continue
+			}
+			last = &u
+			select {
+			case out <- u:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out
+}
+
+func (s *Source) update(snap pubsub.Snapshot, cp *evecfg.Checkpoint, cpErr error) agent.Update {
+	r, err := Resolve(Inputs{Snapshot: snap, Checkpoint: cp, CheckpointErr: cpErr, DeviceKeyPath: s.Root.DeviceECDHKey(), ControllerCerts: s.certDir()})
+	if err != nil {
+		return agent.Update{Err: err}
+	}
+	return agent.Update{Join: r.Join, ConfigItems: r.ConfigItems}
+}
+
+func sameUpdate(a, b agent.Update) bool {
+	if (a.Err == nil) != (b.Err == nil) {
+		return false
+	}
+	if a.Err != nil {
+		return a.Err.Error() == b.Err.Error()
+	}
+	return reflect.DeepEqual(a.Join, b.Join) && reflect.DeepEqual(a.ConfigItems, b.ConfigItems)
+}
