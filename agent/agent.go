@@ -131,13 +131,22 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.clearSourceError(srcErr)
 				srcErr = ""
 			}
-			if reflect.DeepEqual(u.Join, current) {
-				continue
-			}
 			// Leaving a cluster (intent removed, or a different cluster)
 			// drains while the kubelet still runs, so pods end gracefully.
+			// Checked first: an agent restarted after its cluster was
+			// removed has no current intent but still holds credentials.
 			if a.mustLeave(u.Join) {
 				a.leave(ctx, stop)
+			}
+			if reflect.DeepEqual(u.Join, current) {
+				if current == nil {
+					a.publish(func(s *Status) {
+						if s.Phase == PhaseStarting {
+							s.Phase = PhaseNoJoin
+						}
+					})
+				}
+				continue
 			}
 			stop()
 			current = u.Join

@@ -137,8 +137,11 @@ func (o *Options) Config() *kubeletv1beta1.KubeletConfiguration {
 		},
 		ShutdownGracePeriod:             metav1.Duration{Duration: 30 * time.Second},
 		ShutdownGracePeriodCriticalPods: metav1.Duration{Duration: 10 * time.Second},
-		SerializeImagePulls:             ptr.To(false),
-		MaxParallelImagePulls:           ptr.To[int32](2),
+		// Pods without a seccomp profile get the runtime's default one
+		// rather than none: a tenant's syscalls are filtered unless it asks.
+		SeccompDefault:        ptr.To(true),
+		SerializeImagePulls:   ptr.To(false),
+		MaxParallelImagePulls: ptr.To[int32](2),
 	}
 	if c.CgroupDriver == "" {
 		c.CgroupDriver = "cgroupfs"

@@ -67,6 +67,13 @@ func (c *checker) container(sb *runtimeapi.PodSandboxConfig, cc *runtimeapi.Cont
 	if v := c.namespaces(subj, sc.GetNamespaceOptions()); v != nil {
 		return v
 	}
+	// Kubernetes lets only privileged containers propagate mounts back to
+	// the host; a container that could would reach past its own mounts.
+	for _, m := range cc.GetMounts() {
+		if m.GetPropagation() == runtimeapi.MountPropagation_PROPAGATION_BIDIRECTIONAL && !c.p.AllowPrivileged {
+			return &Violation{RulePrivileged, subj, fmt.Sprintf("mounts %q with bidirectional propagation, which needs privileged mode", m.GetContainerPath()), KeyAllowPrivileged, "true"}
+		}
+	}
 	// A privileged container (allowed, if we get here) has every capability
 	// and device and an unmasked /proc anyway.
 	if !privileged {

@@ -230,6 +230,16 @@ func TestContainerNamespacesAndPrivileged(t *testing.T) {
 	if err := (Policy{AllowPrivileged: true}).CheckContainer(sb, c); err != nil {
 		t.Errorf("allowed privileged container refused: %v", err)
 	}
+	// Bidirectional mount propagation is for privileged containers only.
+	bidi := ctr("c", kubeletSC())
+	bidi.Mounts = []*runtimeapi.Mount{{ContainerPath: "/mnt", Propagation: runtimeapi.MountPropagation_PROPAGATION_BIDIRECTIONAL}}
+	if got := ruleOf(Default().CheckContainer(sb, bidi)); got != RulePrivileged {
+		t.Errorf("bidirectional propagation: %q", got)
+	}
+	bidi.Mounts[0].Propagation = runtimeapi.MountPropagation_PROPAGATION_HOST_TO_CONTAINER
+	if err := Default().CheckContainer(sb, bidi); err != nil {
+		t.Errorf("host-to-container propagation: %v", err)
+	}
 	// The sandbox is checked again at CreateContainer.
 	hostNet := withSC(pod("default", "p", "u", nil), &runtimeapi.LinuxSandboxSecurityContext{NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE}})
 	if got := ruleOf(Default().CheckContainer(hostNet, ctr("c", kubeletSC()))); got != RuleHostNetwork {

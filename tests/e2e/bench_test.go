@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lf-edge/evelet/cri/policy"
 	"github.com/lf-edge/evelet/images"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -130,6 +131,10 @@ func startPod(rs runtimeapi.RuntimeServiceClient, name string) (time.Duration, e
 			Image:    &runtimeapi.ImageSpec{Image: images.BusyboxRef},
 			Command:  []string{"sleep", "3600"},
 			LogPath:  "main.log",
+			// What the kubelet sends for a default (masked) /proc.
+			Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+				MaskedPaths: policy.BaselineMaskedPaths(), ReadonlyPaths: policy.BaselineReadonlyPaths(),
+			}},
 		},
 	})
 	if err != nil {

@@ -26,6 +26,9 @@ type device struct {
 	logPath  string
 	cmd      *exec.Cmd
 	done     chan struct{}
+	// source are the agent flags naming where join intent comes from;
+	// default: the join file.
+	source []string
 }
 
 func (d *device) stateDir() string { return filepath.Join(d.dir, "persist") }
@@ -35,12 +38,19 @@ func (d *device) credDir() string  { return filepath.Join(d.stateDir(), "credent
 // newDevice prepares a device directory and writes its join file.
 func newDevice(t testing.TB, join agent.Join) *device {
 	t.Helper()
+	d := newBareDevice(t)
+	d.writeJoin(join)
+	return d
+}
+
+// newBareDevice prepares a device directory without join intent.
+func newBareDevice(t testing.TB) *device {
+	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", "evdev-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	d := &device{t: t, dir: dir, joinPath: filepath.Join(dir, "join.yaml"), logPath: filepath.Join(dir, "agent.log")}
-	d.writeJoin(join)
 	t.Cleanup(func() {
 		d.stop()
 		if t.Failed() {
@@ -72,9 +82,13 @@ func (d *device) start() {
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	d.cmd = exec.Command(env.evelet, "agent",
-		"--state-dir="+d.stateDir(), "--run-dir="+d.runDir(), "--join-file="+d.joinPath,
-		"--containerd="+env.ctrd.Endpoint(), "--log-level=debug")
+	src := d.source
+	if src == nil {
+		src = []string{"--join-file=" + d.joinPath}
+	}
+	args := append([]string{"agent", "--state-dir=" + d.stateDir(), "--run-dir=" + d.runDir(),
+		"--containerd=" + env.ctrd.Endpoint(), "--log-level=debug", "--drain-timeout=1m"}, src...)
+	d.cmd = exec.Command(env.evelet, args...)
 	d.cmd.Stdout, d.cmd.Stderr = f, f
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := d.cmd.Start(); err != nil {

@@ -68,6 +68,15 @@ func waitNodeReady(t testing.TB, node string, timeout time.Duration) *corev1.Nod
 	return got
 }
 
+func isReady(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
 func csrCount(t *testing.T) int {
 	l, err := env.cp.Client().CertificatesV1().CertificateSigningRequests().List(testCtx(t, 10*time.Second), metav1.ListOptions{})
 	if err != nil {
