@@ -137,6 +137,10 @@ func (o *Options) Config() *kubeletv1beta1.KubeletConfiguration {
 		},
 		ShutdownGracePeriod:             metav1.Duration{Duration: 30 * time.Second},
 		ShutdownGracePeriodCriticalPods: metav1.Duration{Duration: 10 * time.Second},
+		// The kubelet passes every namespaced sysctl on to the CRI, where
+		// evelet's guardrail decides (one place of enforcement, one knob:
+		// evelet.policy.allowed-unsafe-sysctls).
+		AllowedUnsafeSysctls: []string{"kernel.shm*", "kernel.msg*", "kernel.sem", "fs.mqueue.*", "net.*"},
 		// Pods without a seccomp profile get the runtime's default one
 		// rather than none: a tenant's syscalls are filtered unless it asks.
 		SeccompDefault:        ptr.To(true),

@@ -2,6 +2,8 @@ package controlplane
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -11,6 +13,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/clientcmd"
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
 	bootstraputil "k8s.io/cluster-bootstrap/token/util"
 )
@@ -310,4 +313,23 @@ func (c *ControlPlane) waitClusterInfoSignature(ctx context.Context, id string, 
 		}
 		return nil
 	})
+}
+
+// K10Token is token in the k3s-style secure form evelet accepts from the
+// EVE controller: "K10" + sha256 hex of the CA bundle exactly as
+// kube-public/cluster-info carries it + "::" + the bootstrap token.
+func (c *ControlPlane) K10Token(ctx context.Context, token string) (string, error) {
+	cm, err := c.Client().CoreV1().ConfigMaps(metav1.NamespacePublic).Get(ctx, "cluster-info", metav1.GetOptions{})
+	if err != nil {
+		return "", err
+	}
+	kc, err := clientcmd.Load([]byte(cm.Data["kubeconfig"]))
+	if err != nil {
+		return "", fmt.Errorf("cluster-info kubeconfig: %w", err)
+	}
+	for _, cl := range kc.Clusters {
+		sum := sha256.Sum256(cl.CertificateAuthorityData)
+		return "K10" + hex.EncodeToString(sum[:]) + "::" + token, nil
+	}
+	return "", errors.New("cluster-info has no cluster")
 }

@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,28 +13,7 @@ import (
 	"github.com/lf-edge/evelet/tests/controlplane"
 	"github.com/lf-edge/evelet/tests/evesim"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/clientcmd"
 )
-
-// k10Token builds the k3s-style secure token for cp: K10 + sha256 of the CA
-// bundle exactly as cluster-info carries it, then the bootstrap token.
-func k10Token(t *testing.T, cp *controlplane.ControlPlane, token string) string {
-	t.Helper()
-	cm, err := cp.Client().CoreV1().ConfigMaps("kube-public").Get(testCtx(t, 10*time.Second), "cluster-info", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	kc, err := clientcmd.Load([]byte(cm.Data["kubeconfig"]))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range kc.Clusters {
-		sum := sha256.Sum256(c.CertificateAuthorityData)
-		return "K10" + hex.EncodeToString(sum[:]) + "::" + token
-	}
-	t.Fatal("cluster-info has no cluster")
-	return ""
-}
 
 // newSimDevice is a simulated EVE device whose agent reads only EVE-side
 // inputs: pubsub files, the checkpoint, the device ECDH key.
@@ -55,9 +32,13 @@ func simCluster(t *testing.T, cp *controlplane.ControlPlane, name, id string) ev
 	if err != nil {
 		t.Fatal(err)
 	}
+	k10, err := cp.K10Token(testCtx(t, time.Minute), tok)
+	if err != nil {
+		t.Fatal(err)
+	}
 	return evesim.Cluster{
 		Name: name, ID: id, JoinServerIP: "127.0.0.1",
-		Token: k10Token(t, cp, tok),
+		Token: k10,
 		// The test apiserver is not on 6443.
 		ConfigItems: map[string]string{"evelet.apiserver-url": cp.URL()},
 	}

@@ -24,17 +24,15 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/lf-edge/evelet/agent"
-	"github.com/lf-edge/evelet/bootstrap"
 	"github.com/lf-edge/evelet/images"
 	"github.com/lf-edge/evelet/internal/atomicfile"
 	"github.com/lf-edge/evelet/tests/containerd"
 	"github.com/lf-edge/evelet/tests/controlplane"
+	"github.com/lf-edge/evelet/tests/evesim"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
-	"sigs.k8s.io/yaml"
 )
 
 const nodeName = "eve-demo-device"
@@ -212,16 +210,22 @@ func serve(root, dir string) error {
 	if err != nil {
 		return fail(err)
 	}
+	// The device gets its join material the EVE way: a simulated zedagent
+	// publishes the cluster intent and the encrypted token (K10 form).
 	devDir := filepath.Join(dir, "device")
-	join := agent.Join{
-		Material:   bootstrap.Material{APIServer: cp.URL(), Token: token, CACertHashes: []string{cp.CAPin()}},
-		NodeName:   nodeName,
-		DeviceUUID: "5c1ba3b0-7a8e-4c5e-9a57-2f6d3b3e0d42",
-		OSVersion:  "14.5.1-lts-kvm-amd64",
+	sim, err := evesim.New(filepath.Join(devDir, "eve"), nodeName)
+	if err != nil {
+		return fail(err)
 	}
-	jb, _ := yaml.Marshal(join)
-	joinPath := filepath.Join(devDir, "join.yaml")
-	if err := atomicfile.WriteFile(joinPath, jb, 0o600); err != nil {
+	k10, err := cp.K10Token(ctx, token)
+	if err != nil {
+		return fail(err)
+	}
+	if err := sim.SetCluster(evesim.Cluster{
+		Name: "demo", ID: "5c1ba3b0-7a8e-4c5e-9a57-2f6d3b3e0d42", JoinServerIP: "127.0.0.1", Token: k10,
+		// The demo apiserver listens on a free port, not 6443.
+		ConfigItems: map[string]string{"evelet.apiserver-url": cp.URL()},
+	}); err != nil {
 		return fail(err)
 	}
 	alog, err := os.Create(filepath.Join(devDir, "agent.log"))
@@ -230,7 +234,8 @@ func serve(root, dir string) error {
 	}
 	ag := exec.Command(filepath.Join(root, "bin", "evelet"), "agent",
 		"--state-dir="+filepath.Join(devDir, "persist"), "--run-dir="+filepath.Join(devDir, "run"),
-		"--join-file="+joinPath, "--containerd="+ctrd.Endpoint())
+		"--eve-run="+sim.Root.Run, "--eve-persist="+sim.Root.Persist,
+		"--containerd="+ctrd.Endpoint())
 	ag.Stdout, ag.Stderr = alog, alog
 	ag.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := ag.Start(); err != nil {
