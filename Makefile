@@ -33,10 +33,21 @@ e2e: prereqs build kube
 test: prereqs build kube
 	$(GO) vet ./...
 	$(GO) test -p 1 -count=1 -timeout 60m ./...
+	$(MAKE) fuzz
+
+# Brief fuzzing of the parsers that take input from the EVE side (the seed
+# corpora under testdata/fuzz also run in every plain `go test`). A count,
+# not a duration, so a loaded CI machine does the same work.
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParseCheckpoint$$' -fuzztime 20000x ./agent/eve/evecfg/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseTokenPayload$$' -fuzztime 20000x ./agent/eve/evecrypt/
 
 bench: prereqs build kube
-	$(GO) test -run '^$$' -bench . -benchtime 20x -timeout 40m ./tests/e2e/ | tee _output/bench.txt
-	$(GO) test -run '^$$' -bench . ./cri/ | tee -a _output/bench.txt
+	mkdir -p _output
+	$(GO) test -run '^$$' -bench . -benchtime 10x -timeout 40m ./tests/e2e/ | grep -E '^(Benchmark|ok|FAIL)' | tee _output/bench.txt
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./tests/criconformance/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
+	$(GO) test -run '^$$' -bench . ./cri/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
+	@ls -l bin/evelet | awk '{printf "binary size: bin/evelet %.1f MiB\n", $$5/1048576}' | tee -a _output/bench.txt
 
 demo: prereqs build kube
 	$(GO) build -o bin/evelet-demo ./tests/cmd/demo

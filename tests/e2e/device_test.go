@@ -208,3 +208,16 @@ func readDirNames(dir string) ([]string, error) {
 	}
 	return names, err
 }
+
+// kill9 kills the agent with SIGKILL, as a crash or the OOM killer would,
+// and waits until it is reaped. The kubelet child dies with it (Pdeathsig);
+// pods keep running in containerd.
+func (d *device) kill9() {
+	d.t.Helper()
+	if d.cmd == nil {
+		return
+	}
+	syscall.Kill(d.cmd.Process.Pid, syscall.SIGKILL)
+	<-d.done
+	d.cmd = nil
+}
