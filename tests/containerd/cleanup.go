@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/lf-edge/evelet/tests/internal/proc"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -315,40 +316,18 @@ func findProcsByParent(parents map[int]bool) []int {
 		if err != nil {
 			continue
 		}
-		if ppid, state, ok := procStat(pid); ok && parents[ppid] && state != 'Z' {
+		if st, ok := proc.ReadStat(pid); ok && parents[st.PPID] && st.State != 'Z' {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
 }
 
-// procStat reads the parent pid and state of pid from /proc/<pid>/stat.
-func procStat(pid int) (ppid int, state byte, ok bool) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, 0, false
-	}
-	// comm is in parentheses and may contain anything: parse after the
-	// last ')'.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, 0, false
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 2 || len(f[0]) != 1 {
-		return 0, 0, false
-	}
-	ppid, err = strconv.Atoi(f[1])
-	if err != nil {
-		return 0, 0, false
-	}
-	return ppid, f[0][0], true
-}
-
 // processAlive is false for gone processes and for zombies (dead, waiting
 // for their parent to reap them).
 func processAlive(pid int) bool {
-	_, state, ok := procStat(pid)
+	st, ok := proc.ReadStat(pid)
+	state := st.State
 	return ok && state != 'Z' && state != 'X'
 }
 

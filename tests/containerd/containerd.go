@@ -17,10 +17,10 @@
 package containerd
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/lf-edge/evelet/tests/internal/proc"
 	"io"
 	"os"
 	"os/exec"
@@ -296,49 +296,23 @@ func (c *Containerd) exitStatus() string {
 // logTail summarizes containerd's log since its last start: every warning
 // or error line, then the last lines, each cut to a readable length.
 func (c *Containerd) logTail() string {
-	f, err := os.Open(c.l.logPath)
+	lines, err := proc.TailLines(c.l.logPath, startMarker, logTailSize, 400)
 	if err != nil {
 		return err.Error()
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return err.Error()
-	}
-	off := st.Size() - logTailSize
-	if off < 0 {
-		off = 0
-	}
-	buf := make([]byte, st.Size()-off)
-	n, _ := f.ReadAt(buf, off)
-	buf = buf[:n]
-	if i := bytes.LastIndex(buf, []byte(startMarker)); i >= 0 {
-		buf = buf[i:]
-	} else if off > 0 {
-		if i := bytes.IndexByte(buf, '\n'); i >= 0 {
-			buf = buf[i+1:]
-		}
-	}
-	lines := strings.Split(strings.TrimRight(string(buf), "\n"), "\n")
-	cut := func(l string) string {
-		if len(l) > 400 {
-			return l[:400] + " [...]"
-		}
-		return l
 	}
 	var b strings.Builder
 	const lastN = 12
 	for _, l := range lines[:max(0, len(lines)-lastN)] {
 		if strings.Contains(l, "level=warning") || strings.Contains(l, "level=error") ||
 			strings.Contains(l, "level=fatal") || strings.Contains(l, "level=panic") {
-			b.WriteString(cut(l) + "\n")
+			b.WriteString(l + "\n")
 		}
 	}
 	if len(lines) > lastN {
 		b.WriteString("[...]\n")
 	}
 	for _, l := range lines[max(0, len(lines)-lastN):] {
-		b.WriteString(cut(l) + "\n")
+		b.WriteString(l + "\n")
 	}
 	return b.String()
 }

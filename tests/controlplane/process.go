@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	procfs "github.com/lf-edge/evelet/tests/internal/proc"
 	"io"
 	"os"
 	"os/exec"
@@ -185,35 +186,12 @@ func groupPIDs(pgid int) []int {
 		if err != nil {
 			continue
 		}
-		state, pg, ok := procStat(pid)
-		if ok && pg == pgid && state != 'Z' && state != 'X' {
+		st, ok := procfs.ReadStat(pid)
+		if ok && st.PGRP == pgid && st.State != 'Z' && st.State != 'X' {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
-}
-
-// procStat reads a process's state and process group from /proc/<pid>/stat.
-func procStat(pid int) (state byte, pgrp int, ok bool) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, 0, false
-	}
-	// comm is in parentheses and may contain anything: parse after the
-	// last ')'. Then: state ppid pgrp ...
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, 0, false
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 3 || len(f[0]) != 1 {
-		return 0, 0, false
-	}
-	pgrp, err = strconv.Atoi(f[2])
-	if err != nil {
-		return 0, 0, false
-	}
-	return f[0][0], pgrp, true
 }
 
 // logTail summarizes the process's log since its last start: the klog
@@ -223,39 +201,16 @@ func (p *proc) logTail() string {
 }
 
 func logTail(path string) string {
-	f, err := os.Open(path)
+	lines, err := procfs.TailLines(path, startMarker, logTailSize, 500)
 	if err != nil {
 		return err.Error()
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return err.Error()
-	}
-	off := max(st.Size()-logTailSize, 0)
-	buf := make([]byte, st.Size()-off)
-	n, _ := f.ReadAt(buf, off)
-	buf = buf[:n]
-	if i := bytes.LastIndex(buf, []byte(startMarker)); i >= 0 {
-		buf = buf[i:]
-	} else if off > 0 {
-		if i := bytes.IndexByte(buf, '\n'); i >= 0 {
-			buf = buf[i+1:]
-		}
-	}
-	lines := strings.Split(strings.TrimRight(string(buf), "\n"), "\n")
-	cut := func(l string) string {
-		if len(l) > 500 {
-			return l[:500] + " [...]"
-		}
-		return l
 	}
 	const lastN, maxErrors = 15, 15
 	var b strings.Builder
 	var errs []string
 	for _, l := range lines[:max(0, len(lines)-lastN)] {
 		if isErrorLine(l) {
-			errs = append(errs, cut(l))
+			errs = append(errs, l)
 		}
 	}
 	if len(errs) > maxErrors {
@@ -268,7 +223,7 @@ func logTail(path string) string {
 		b.WriteString("[...]\n")
 	}
 	for _, l := range lines[max(0, len(lines)-lastN):] {
-		b.WriteString(cut(l) + "\n")
+		b.WriteString(l + "\n")
 	}
 	return b.String()
 }
@@ -394,7 +349,8 @@ func pidRefersTo(pid int, dir string) bool {
 // PIDAlive is false for processes that are gone and for zombies (dead,
 // waiting to be reaped).
 func PIDAlive(pid int) bool {
-	state, _, ok := procStat(pid)
+	st, ok := procfs.ReadStat(pid)
+	state := st.State
 	return ok && state != 'Z' && state != 'X'
 }
 

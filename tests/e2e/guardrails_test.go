@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -135,6 +137,17 @@ func TestGuardrails(t *testing.T) {
 	}
 	deletePods()
 
+	// The refusals are counted per rule on the agent's metrics endpoint.
+	metrics := scrapeAgentMetrics(t)
+	for _, c := range cases {
+		if !strings.Contains(metrics, fmt.Sprintf(`evelet_cri_policy_rejections_total{rule=%q}`, c.rule)) {
+			t.Errorf("metrics lack rejections for %s", c.rule)
+		}
+	}
+	if !strings.Contains(metrics, `evelet_cri_requests_total{`) || !strings.Contains(metrics, `evelet_cri_request_duration_seconds_bucket{`) {
+		t.Errorf("metrics lack CRI call counts or latency histograms")
+	}
+
 	// The owner enables every knob through the EVE controller's config.
 	items := map[string]string{"evelet.apiserver-url": env.cp.URL()}
 	for _, c := range cases {
@@ -167,4 +180,19 @@ func TestGuardrails(t *testing.T) {
 	if st, _ := d.status(); st.Phase != agent.PhaseRunning {
 		t.Errorf("phase %s", st.Phase)
 	}
+}
+
+// scrapeAgentMetrics reads the agent's Prometheus endpoint (default address).
+func scrapeAgentMetrics(t *testing.T) string {
+	t.Helper()
+	resp, err := http.Get("http://127.0.0.1:10260/metrics")
+	if err != nil {
+		t.Fatalf("metrics endpoint: %v", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("metrics endpoint: %d %v", resp.StatusCode, err)
+	}
+	return string(b)
 }
