@@ -67,4 +67,5 @@ clean:
 	rm -rf bin _output
 
 proto:
+	@command -v protoc >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler >/dev/null; }
 	sh hack/proto.sh

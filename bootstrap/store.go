@@ -122,6 +122,11 @@ func (s Store) Prepare(ctx context.Context, m *Material, now time.Time) (Outcome
 	if err := m.Validate(); err != nil {
 		return "", err
 	}
+	// The kubelet adds files (pki/) with its own modes; the directory
+	// keeps all of them private.
+	if err := os.Chmod(s.Dir, 0o700); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
 	if _, ok, err := s.ClientCredentials(now); err == nil && ok {
 		if rec, _ := s.Record(); rec != nil && rec.APIServer == m.Server() {
 			return Reused, nil
@@ -160,6 +165,9 @@ func (s Store) write(boot *clientcmdapi.Config) error {
 		return err
 	}
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return err
+	}
+	if err := os.Chmod(s.Dir, 0o700); err != nil {
 		return err
 	}
 	// Old client credentials belong to whatever we joined before; the kubelet

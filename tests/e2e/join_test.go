@@ -2,6 +2,10 @@ package e2e
 
 import (
 	"fmt"
+	"io/fs"
+	"k8s.io/client-go/tools/clientcmd"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -191,6 +195,7 @@ func TestJoinRunPodAndRestart(t *testing.T) {
 	if !approved || csrCount(t) <= csrsBefore {
 		t.Errorf("no approved bootstrap CSR was issued (before %d, now %d)", csrsBefore, csrCount(t))
 	}
+	assertCredentialModes(t, d)
 	st := d.waitStatus(30*time.Second, "status Running/bootstrapped", func(s agent.Status) bool {
 		return s.Phase == agent.PhaseRunning && s.Credentials == string(bootstrap.Bootstrapped) && s.ClientCertExpiry != nil
 	})
@@ -335,4 +340,57 @@ func assertNoCredentials(t *testing.T, d *device) {
 	if entries, err := readDirNames(d.credDir()); err == nil && len(entries) > 0 {
 		t.Fatalf("credentials written despite a refused join: %v", entries)
 	}
+}
+
+// assertCredentialModes: the credentials directory is 0700 and every
+// credential file in it (bootstrap kubeconfig, the kubelet's kubeconfig,
+// client certificate and keys, CA, join record) is 0600.
+func assertCredentialModes(t *testing.T, d *device) {
+	t.Helper()
+	n := 0
+	err := filepath.WalkDir(d.credDir(), func(p string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() || e.Type()&fs.ModeSymlink != 0 {
+			return err
+		}
+		info, err := e.Info()
+		if err != nil {
+			return err
+		}
+		n++
+		// The kubelet writes its self-signed serving certificate (public)
+		// 0644; the directory's 0700 keeps even that private.
+		if info.Mode().Perm() != 0o600 && !strings.HasSuffix(p, ".crt") {
+			t.Errorf("%s has mode %v, want 0600", p, info.Mode().Perm())
+		}
+		return nil
+	})
+	if st, err := os.Stat(d.credDir()); err != nil || st.Mode().Perm() != 0o700 {
+		t.Errorf("credentials dir %s: %v %v, want mode 0700", d.credDir(), st.Mode().Perm(), err)
+	}
+	if err != nil || n < 4 {
+		t.Errorf("credential files: %d found, %v", n, err)
+	}
+}
+
+// TestJoinWithKubeconfig: join material can be a ready kubeconfig (here a
+// bootstrap-token kubeconfig); the kubelet bootstraps from it.
+func TestJoinWithKubeconfig(t *testing.T) {
+	needEnv(t)
+	node := "edge-kubeconfig"
+	deleteNodeAtEnd(t, node)
+	kc := bootstrap.BootstrapKubeconfig(env.cp.URL(), env.cp.CACertPEM(), newToken(t))
+	b, err := clientcmd.Write(*kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := joinFor(node, "")
+	j.Material = bootstrap.Material{Kubeconfig: string(b)}
+	d := newDevice(t, j)
+	d.start()
+	waitNodeReady(t, node, 3*time.Minute)
+	st := d.waitStatus(30*time.Second, "Running", func(s agent.Status) bool { return s.Phase == agent.PhaseRunning })
+	if st.APIServer != "" && st.APIServer != env.cp.URL() {
+		t.Errorf("status apiserver %q", st.APIServer)
+	}
+	assertCredentialModes(t, d)
 }
