@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -50,6 +51,11 @@ func (s *Supervisor) PID() int {
 // stops it (SIGTERM, SIGKILL after StopGrace) and returns.
 func (s *Supervisor) Run(ctx context.Context) error {
 	s.defaults()
+	// Linux delivers Pdeathsig when the *thread* that forked the child
+	// exits, not the process; keep this goroutine on one thread for as long
+	// as it owns children so the kubelet is not signalled early.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	backoff := s.MinBackoff
 	for first := true; ; first = false {
 		if !first {

@@ -84,7 +84,7 @@ func TestEVEJoinLeaveRejoin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cp2, err := controlplane.Start(ctx, controlplane.Options{Dir: filepath.Join(dir, "cp"), BinDir: env.cp.BinDir()})
+	cp2, err := controlplane.Start(ctx, controlplane.Options{Dir: filepath.Join(dir, "cp"), BinDir: env.cp.BinDir(), NodeMonitorGracePeriod: 20 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,6 +99,19 @@ func TestEVEJoinLeaveRejoin(t *testing.T) {
 	d.waitStatus(time.Minute, "Running in cluster 2", func(s agent.Status) bool {
 		return s.Phase == agent.PhaseRunning && s.APIServer == cp2.URL()
 	})
+
+	// The cluster is removed while the agent is down: on its next start it
+	// still leaves, with the credentials it kept.
+	d.stop()
+	if err := sim.RemoveCluster(); err != nil {
+		t.Fatal(err)
+	}
+	d.start()
+	d.waitStatus(2*time.Minute, "Left after a restart", func(s agent.Status) bool { return s.Phase == agent.PhaseLeft })
+	waitFor(t, 2*time.Minute, "node gone, or cordoned and NotReady, in cluster 2", func() (bool, error) { return nodeLeft(cp2.Client(), node) })
+	if _, err := os.Stat(d.credDir()); !os.IsNotExist(err) {
+		t.Errorf("credentials remain after leaving: %v", err)
+	}
 }
 
 // TestEVEBadInput: on a running node, each kind of bad EVE input gives one

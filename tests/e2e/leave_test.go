@@ -63,7 +63,7 @@ func TestLeaveAndRejoinAnotherCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cp2, err := controlplane.Start(ctx, controlplane.Options{Dir: filepath.Join(dir, "cp"), BinDir: env.cp.BinDir()})
+	cp2, err := controlplane.Start(ctx, controlplane.Options{Dir: filepath.Join(dir, "cp"), BinDir: env.cp.BinDir(), NodeMonitorGracePeriod: 20 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
