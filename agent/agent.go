@@ -98,7 +98,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		current  *Join
 		stopJoin context.CancelFunc = func() {}
 		joinDone                    = make(chan struct{})
-		tick                        = time.NewTicker(5 * time.Second)
+		tick                        = time.NewTicker(2 * time.Second)
 		updates                     = a.cfg.Source.Watch(ctx)
 		srcErr   string             // last refused intent, cleared by a good one
 	)
