@@ -57,6 +57,9 @@ type Agent struct {
 	cfg Config
 	log *logrus.Entry
 
+	writeMu sync.Mutex
+	written *Status // last status written to status.json
+
 	mu     sync.Mutex
 	status Status
 	sup    *kubeletshim.Supervisor
@@ -173,9 +176,10 @@ func (a *Agent) startJoin(ctx context.Context, j *Join) (context.CancelFunc, cha
 // join prepares credentials (retrying while the apiserver is unreachable)
 // and then keeps the kubelet running until ctx ends.
 func (a *Agent) join(ctx context.Context, j *Join) {
-	log := a.log.WithFields(logrus.Fields{"node": j.NodeName, "apiserver": j.APIServer})
+	server := j.Material.Server()
+	log := a.log.WithFields(logrus.Fields{"node": j.NodeName, "apiserver": server})
 	a.publish(func(s *Status) {
-		s.Phase, s.NodeName, s.DeviceUUID, s.APIServer = PhaseJoining, j.NodeName, j.DeviceUUID, j.APIServer
+		s.Phase, s.NodeName, s.DeviceUUID, s.APIServer = PhaseJoining, j.NodeName, j.DeviceUUID, server
 	})
 	store := a.cfg.Credentials()
 	backoff := a.cfg.RetryMin
@@ -246,12 +250,13 @@ func (a *Agent) runCRI(ctx context.Context) {
 		be, err := containerd.Dial(ctx, a.cfg.ContainerdEndpoint)
 		if err == nil {
 			var srv *cri.Server
-			pol := a.policy()
-			if srv, err = cri.NewServer(cri.Config{Socket: a.cfg.CRISocket(), Backend: be, Log: log, Policy: &pol, Metrics: a.cfg.Metrics}); err == nil {
+			if srv, err = cri.NewServer(cri.Config{Socket: a.cfg.CRISocket(), Backend: be, Log: log, Metrics: a.cfg.Metrics}); err == nil {
+				// Publish srv before computing the policy, so config items
+				// that arrive meanwhile reach it through setConfigItems.
+				// Nothing is served before Serve.
 				a.mu.Lock()
 				a.cri = srv
 				a.mu.Unlock()
-				// Items may have changed between policy() and publishing srv.
 				srv.SetPolicy(a.policy())
 				log.WithField("socket", a.cfg.CRISocket()).Info("CRI server listening")
 				backoff = a.cfg.RetryMin
@@ -336,14 +341,24 @@ func (a *Agent) refresh() {
 	})
 }
 
+// publish applies change and writes status.json if the status differs from
+// what was last written: the 2 s refresh must not rewrite an unchanged file.
 func (a *Agent) publish(change func(*Status)) {
+	// writeMu first, so writes happen in the order of the changes.
+	a.writeMu.Lock()
+	defer a.writeMu.Unlock()
 	a.mu.Lock()
 	change(&a.status)
 	s := a.status
 	a.mu.Unlock()
+	if a.written != nil && reflect.DeepEqual(*a.written, s) {
+		return
+	}
 	if err := writeStatus(a.cfg.RunDir, s); err != nil {
 		a.log.WithError(err).Warn("status not written")
+		return
 	}
+	a.written = &s
 }
 
 // Status returns a copy of the current status.

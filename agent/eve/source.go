@@ -1,11 +1,12 @@
 package eve
 
 import (
-	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
+	"syscall"
 	"time"
 
 	"github.com/lf-edge/evelet/agent"
@@ -54,23 +55,23 @@ func (s *Source) Watch(ctx context.Context) <-chan agent.Update {
 		var (
 			snap     pubsub.Snapshot
 			haveSnap bool
-			cpRaw    []byte
+			cpSig    = "unread"
 			cp       *evecfg.Checkpoint
 			cpErr    error
 			last     *agent.Update
 			tick     = time.NewTicker(poll)
 		)
 		defer tick.Stop()
+		// The non-pubsub inputs (checkpoint and its .bak, device key,
+		// controller certificates) are polled by file signature; the
+		// checkpoint is re-parsed only when one of them changed.
 		readCheckpoint := func() bool {
-			raw, _ := os.ReadFile(s.Root.Checkpoint())
-			bak, _ := os.ReadFile(s.Root.Checkpoint() + ".bak")
-			key := append(append([]byte{}, raw...), bak...)
-			if cp != nil || cpErr != nil {
-				if bytes.Equal(key, cpRaw) {
-					return false
-				}
+			sig := fileSig(s.Root.Checkpoint()) + "|" + fileSig(s.Root.Checkpoint()+".bak") + "|" +
+				fileSig(s.Root.DeviceECDHKey()) + "|" + fileSig(s.certDir())
+			if sig == cpSig {
+				return false
 			}
-			cpRaw = key
+			cpSig = sig
 			cp, cpErr = evecfg.LoadCheckpoint(s.Root.Checkpoint())
 			if cpErr != nil {
 				cp = nil
@@ -126,4 +127,18 @@ func sameUpdate(a, b agent.Update) bool {
 		return a.Err.Error() == b.Err.Error()
 	}
 	return reflect.DeepEqual(a.Join, b.Join) && reflect.DeepEqual(a.ConfigItems, b.ConfigItems)
+}
+
+// fileSig identifies a file's version without reading it: inode, size and
+// modification time change on every rename-into-place.
+func fileSig(path string) string {
+	st, err := os.Stat(path)
+	if err != nil {
+		return "absent"
+	}
+	ino := uint64(0)
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		ino = sys.Ino
+	}
+	return fmt.Sprintf("%d/%d/%d", ino, st.Size(), st.ModTime().UnixNano())
 }
