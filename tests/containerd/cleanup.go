@@ -282,17 +282,9 @@ func shimSocket(pid int) string {
 
 // findProcs returns the pids whose argv satisfies match.
 func findProcs(match func(argv []string) bool) []int {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
 	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		raw, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+	for _, pid := range proc.PIDs() {
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		if err != nil || len(raw) == 0 {
 			continue
 		}
@@ -306,16 +298,8 @@ func findProcs(match func(argv []string) bool) []int {
 
 // findProcsByParent returns the live processes whose parent is in parents.
 func findProcsByParent(parents map[int]bool) []int {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
 	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
+	for _, pid := range proc.PIDs() {
 		if st, ok := proc.ReadStat(pid); ok && parents[st.PPID] && st.State != 'Z' {
 			pids = append(pids, pid)
 		}

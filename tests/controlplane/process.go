@@ -176,16 +176,8 @@ func killGroup(pgid int) error {
 
 // groupPIDs lists the live (not zombie) processes of process group pgid.
 func groupPIDs(pgid int) []int {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
 	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
+	for _, pid := range procfs.PIDs() {
 		st, ok := procfs.ReadStat(pid)
 		if ok && st.PGRP == pgid && st.State != 'Z' && st.State != 'X' {
 			pids = append(pids, pid)

@@ -271,8 +271,8 @@ func TestWrongCAPin(t *testing.T) {
 		t.Errorf("agent log does not carry the pin error")
 	}
 	assertNoCredentials(t, d)
-	if st.KubeletPID != 0 {
-		t.Errorf("kubelet started despite the refused join")
+	if _, err := env.cp.Client().CoreV1().Nodes().Get(testCtx(t, 10*time.Second), node, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("a Node exists despite the refused join: %v", err)
 	}
 }
 
@@ -389,8 +389,8 @@ func TestJoinWithKubeconfig(t *testing.T) {
 	d.start()
 	waitNodeReady(t, node, 3*time.Minute)
 	st := d.waitStatus(30*time.Second, "Running", func(s agent.Status) bool { return s.Phase == agent.PhaseRunning })
-	if st.APIServer != "" && st.APIServer != env.cp.URL() {
-		t.Errorf("status apiserver %q", st.APIServer)
+	if st.APIServer != env.cp.URL() {
+		t.Errorf("status apiserver %q, want the kubeconfig's server %s", st.APIServer, env.cp.URL())
 	}
 	assertCredentialModes(t, d)
 }

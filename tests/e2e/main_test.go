@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
@@ -53,8 +52,10 @@ func setup() error {
 			return nil
 		}
 	}
-	_, file, _, _ := runtime.Caller(0)
-	env.root = filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+	var err error
+	if env.root, err = controlplane.ModuleRoot(); err != nil {
+		return err
+	}
 	env.evelet = os.Getenv("EVELET_BIN")
 	if env.evelet == "" {
 		// Outside make: build it the way `make build` does.

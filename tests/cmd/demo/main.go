@@ -20,7 +20,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -46,7 +45,7 @@ type state struct {
 }
 
 func main() {
-	root, err := moduleRoot()
+	root, err := controlplane.ModuleRoot()
 	if err != nil {
 		fatal(err)
 	}
@@ -324,16 +323,4 @@ func unmount(dir string) {
 	for _, m := range mounts {
 		syscall.Unmount(m, syscall.MNT_DETACH)
 	}
-}
-
-func moduleRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", err
-	}
-	mod := strings.TrimSpace(string(out))
-	if mod == "" || mod == os.DevNull {
-		return "", errors.New("run the demo from the evelet checkout (make demo)")
-	}
-	return filepath.Dir(mod), nil
 }

@@ -43,6 +43,22 @@ func ReadStat(pid int) (Stat, bool) {
 	return Stat{State: f[0][0], PPID: ppid, PGRP: pgrp}, true
 }
 
+// PIDs lists the processes in /proc, except the caller itself.
+func PIDs() []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	self := os.Getpid()
+	var pids []int
+	for _, e := range ents {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && pid != self {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
 // TailLines returns the lines of the log at path written since the last
 // line containing startMarker (the harness writes one at every start),
 // reading at most maxBytes from the end; each line is cut to maxLine bytes.
