@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/lf-edge/evelet/agent/intent"
+
 	"github.com/lf-edge/evelet/bootstrap"
 	"github.com/lf-edge/evelet/cri"
 	"github.com/lf-edge/evelet/cri/containerd"
@@ -28,7 +30,7 @@ type Config struct {
 	StateDir, RunDir string
 	// ContainerdEndpoint is EVE's user containerd CRI endpoint.
 	ContainerdEndpoint string
-	Source             Source
+	Source             intent.Source
 	// Self is the evelet binary the kubelet child is started from.
 	Self string
 	// KubeletLog receives the kubelet's stdout/stderr.
@@ -98,7 +100,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); a.runCRI(ctx) }()
 
 	var (
-		current  *Join
+		current  *intent.Join
 		stopJoin context.CancelFunc = func() {}
 		joinDone                    = make(chan struct{})
 		tick                        = time.NewTicker(2 * time.Second)
@@ -166,7 +168,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-func (a *Agent) startJoin(ctx context.Context, j *Join) (context.CancelFunc, chan struct{}) {
+func (a *Agent) startJoin(ctx context.Context, j *intent.Join) (context.CancelFunc, chan struct{}) {
 	jctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); a.join(jctx, j) }()
@@ -175,7 +177,7 @@ func (a *Agent) startJoin(ctx context.Context, j *Join) (context.CancelFunc, cha
 
 // join prepares credentials (retrying while the apiserver is unreachable)
 // and then keeps the kubelet running until ctx ends.
-func (a *Agent) join(ctx context.Context, j *Join) {
+func (a *Agent) join(ctx context.Context, j *intent.Join) {
 	server := j.Material.Server()
 	log := a.log.WithFields(logrus.Fields{"node": j.NodeName, "apiserver": server})
 	a.publish(func(s *Status) {

@@ -8,6 +8,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/lf-edge/evelet/agent/intent"
+
 	"github.com/lf-edge/evelet/bootstrap"
 	"sigs.k8s.io/yaml"
 )
@@ -23,7 +25,7 @@ type JoinFile struct {
 func (f *JoinFile) Name() string { return "join-file " + f.Path }
 
 // Load parses the join file. A missing file means "not in a cluster".
-func (f *JoinFile) Load() (*Join, []byte, error) {
+func (f *JoinFile) Load() (*intent.Join, []byte, error) {
 	b, err := os.ReadFile(f.Path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil, nil
@@ -37,8 +39,8 @@ func (f *JoinFile) Load() (*Join, []byte, error) {
 
 // ParseJoin strictly decodes a join file: unknown fields are an error so
 // a typo ("caCertHash") does not silently join unpinned.
-func ParseJoin(b []byte) (*Join, error) {
-	var j Join
+func ParseJoin(b []byte) (*intent.Join, error) {
+	var j intent.Join
 	if err := yaml.UnmarshalStrict(b, &j); err != nil {
 		return nil, &bootstrap.PermanentError{Err: fmt.Errorf("join file: %w", err)}
 	}
@@ -48,8 +50,8 @@ func ParseJoin(b []byte) (*Join, error) {
 	return &j, nil
 }
 
-func (f *JoinFile) Watch(ctx context.Context) <-chan Update {
-	ch := make(chan Update, 1)
+func (f *JoinFile) Watch(ctx context.Context) <-chan intent.Update {
+	ch := make(chan intent.Update, 1)
 	interval := f.Interval
 	if interval == 0 {
 		interval = 2 * time.Second
@@ -62,7 +64,7 @@ func (f *JoinFile) Watch(ctx context.Context) <-chan Update {
 			j, raw, err := f.Load()
 			if first || !bytes.Equal(raw, last) {
 				select {
-				case ch <- Update{Join: j, Err: err}:
+				case ch <- intent.Update{Join: j, Err: err}:
 				case <-ctx.Done():
 					return
 				}

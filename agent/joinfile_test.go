@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lf-edge/evelet/agent/intent"
+
 	"github.com/lf-edge/evelet/bootstrap"
 )
 
@@ -46,14 +48,14 @@ func TestJoinFileWatchReportsChangesOnly(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ch := f.Watch(ctx)
-	next := func() Update {
+	next := func() intent.Update {
 		select {
 		case u := <-ch:
 			return u
 		case <-time.After(2 * time.Second):
 			t.Fatal("no update")
 		}
-		return Update{}
+		return intent.Update{}
 	}
 	if u := next(); u.Join != nil || u.Err != nil {
 		t.Fatalf("missing file: %+v, want not-joined", u)

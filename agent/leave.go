@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/lf-edge/evelet/agent/intent"
+
 	"github.com/lf-edge/evelet/agent/drain"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -14,7 +16,7 @@ import (
 
 // mustLeave reports whether the device holds credentials for a cluster
 // that next (nil: no cluster) is not.
-func (a *Agent) mustLeave(next *Join) bool {
+func (a *Agent) mustLeave(next *intent.Join) bool {
 	rec, err := a.cfg.Credentials().Record()
 	if err != nil || rec == nil {
 		return false

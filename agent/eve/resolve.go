@@ -6,11 +6,11 @@ import (
 	"net"
 	"strings"
 
-	"github.com/lf-edge/evelet/agent"
 	"github.com/lf-edge/evelet/agent/eve/evecfg"
 	"github.com/lf-edge/evelet/agent/eve/evecfg/evepb"
 	"github.com/lf-edge/evelet/agent/eve/evecrypt"
 	"github.com/lf-edge/evelet/agent/eve/pubsub"
+	"github.com/lf-edge/evelet/agent/intent"
 	"github.com/lf-edge/evelet/bootstrap"
 )
 
@@ -33,7 +33,7 @@ type Inputs struct {
 // Resolved is the outcome of Resolve: join intent (nil: not in a cluster)
 // and the owner's config items.
 type Resolved struct {
-	Join        *agent.Join
+	Join        *intent.Join
 	ConfigItems map[string]string
 	// ClusterKey identifies the cluster intent (name/id/server) for logs.
 	ClusterKey string
@@ -124,7 +124,7 @@ func Resolve(in Inputs) (*Resolved, error) {
 			m.APIServer = "https://" + net.JoinHostPort(ip.String(), "6443")
 		}
 	}
-	j := &agent.Join{
+	j := &intent.Join{
 		Material:   m,
 		NodeName:   NodeName(devName, devID),
 		DeviceUUID: devID,

@@ -9,13 +9,13 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/lf-edge/evelet/agent"
 	"github.com/lf-edge/evelet/agent/eve/evecfg"
 	"github.com/lf-edge/evelet/agent/eve/pubsub"
+	"github.com/lf-edge/evelet/agent/intent"
 	"github.com/sirupsen/logrus"
 )
 
-// Source is the agent's EVE channel: an agent.Source fed by zedagent's
+// Source is the agent's EVE channel: an intent.Source fed by zedagent's
 // pubsub topics and the checkpointed config under Root.
 type Source struct {
 	Root pubsub.Root
@@ -39,8 +39,8 @@ func (s *Source) certDir() string {
 // Watch reports join intent whenever the EVE side changes it. The same
 // intent twice is reported once; an error is reported once per distinct
 // message, and the agent keeps its last good state meanwhile.
-func (s *Source) Watch(ctx context.Context) <-chan agent.Update {
-	out := make(chan agent.Update, 1)
+func (s *Source) Watch(ctx context.Context) <-chan intent.Update {
+	out := make(chan intent.Update, 1)
 	poll := s.Poll
 	if poll == 0 {
 		poll = 2 * time.Second
@@ -58,7 +58,7 @@ func (s *Source) Watch(ctx context.Context) <-chan agent.Update {
 			cpSig    = "unread"
 			cp       *evecfg.Checkpoint
 			cpErr    error
-			last     *agent.Update
+			last     *intent.Update
 			tick     = time.NewTicker(poll)
 		)
 		defer tick.Stop()
@@ -111,15 +111,15 @@ func (s *Source) Watch(ctx context.Context) <-chan agent.Update {
 	return out
 }
 
-func (s *Source) update(snap pubsub.Snapshot, cp *evecfg.Checkpoint, cpErr error) agent.Update {
+func (s *Source) update(snap pubsub.Snapshot, cp *evecfg.Checkpoint, cpErr error) intent.Update {
 	r, err := Resolve(Inputs{Snapshot: snap, Checkpoint: cp, CheckpointErr: cpErr, DeviceKeyPath: s.Root.DeviceECDHKey(), ControllerCerts: s.certDir()})
 	if err != nil {
-		return agent.Update{Err: err}
+		return intent.Update{Err: err}
 	}
-	return agent.Update{Join: r.Join, ConfigItems: r.ConfigItems}
+	return intent.Update{Join: r.Join, ConfigItems: r.ConfigItems}
 }
 
-func sameUpdate(a, b agent.Update) bool {
+func sameUpdate(a, b intent.Update) bool {
 	if (a.Err == nil) != (b.Err == nil) {
 		return false
 	}

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lf-edge/evelet/agent"
+	"github.com/lf-edge/evelet/agent/intent"
 	"github.com/lf-edge/evelet/tests/evesim"
 )
 
@@ -20,7 +20,7 @@ func TestSourceWatchNoticesDeviceKeyChange(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ch := (&Source{Root: sim.Root, ControllerCerts: sim.ControllerCertDir(), Poll: 20 * time.Millisecond}).Watch(ctx)
-	next := func() agent.Update {
+	next := func() intent.Update {
 		t.Helper()
 		select {
 		case u := <-ch:
@@ -28,7 +28,7 @@ func TestSourceWatchNoticesDeviceKeyChange(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatal("no update")
 		}
-		return agent.Update{}
+		return intent.Update{}
 	}
 	if u := next(); u.Err != nil || u.Join == nil {
 		t.Fatalf("first update: %+v", u)

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/lf-edge/evelet/agent/intent"
+
 	"github.com/lf-edge/evelet/agent"
 	"github.com/lf-edge/evelet/agent/eve"
 	"github.com/lf-edge/evelet/agent/eve/pubsub"
@@ -54,7 +56,7 @@ func runAgent(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	var src agent.Source = &eve.Source{Root: pubsub.Root{Run: *eveRun, Persist: *evePersist}, ControllerCerts: *eveCerts, Log: log.WithField("component", "eve")}
+	var src intent.Source = &eve.Source{Root: pubsub.Root{Run: *eveRun, Persist: *evePersist}, ControllerCerts: *eveCerts, Log: log.WithField("component", "eve")}
 	if *joinFile != "" {
 		src = &agent.JoinFile{Path: *joinFile}
 	}

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lf-edge/evelet/agent/intent"
+
 	"github.com/lf-edge/evelet/agent"
 	"github.com/lf-edge/evelet/tests/containerd"
 	"sigs.k8s.io/yaml"
@@ -36,7 +38,7 @@ func (d *device) runDir() string   { return filepath.Join(d.dir, "run") }
 func (d *device) credDir() string  { return filepath.Join(d.stateDir(), "credentials") }
 
 // newDevice prepares a device directory and writes its join file.
-func newDevice(t testing.TB, join agent.Join) *device {
+func newDevice(t testing.TB, join intent.Join) *device {
 	t.Helper()
 	d := newBareDevice(t)
 	d.writeJoin(join)
@@ -65,7 +67,7 @@ func newBareDevice(t testing.TB) *device {
 	return d
 }
 
-func (d *device) writeJoin(j agent.Join) {
+func (d *device) writeJoin(j intent.Join) {
 	b, err := yaml.Marshal(j)
 	if err != nil {
 		d.t.Fatal(err)

@@ -3,12 +3,14 @@ package e2e
 import (
 	"fmt"
 	"io/fs"
-	"k8s.io/client-go/tools/clientcmd"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lf-edge/evelet/agent/intent"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/lf-edge/evelet/agent"
 	"github.com/lf-edge/evelet/bootstrap"
@@ -25,11 +27,11 @@ import (
 
 const kubeletVersion = "v1.35.4"
 
-func joinFor(node, token string, pins ...string) agent.Join {
+func joinFor(node, token string, pins ...string) intent.Join {
 	if len(pins) == 0 {
 		pins = []string{env.cp.CAPin()}
 	}
-	return agent.Join{
+	return intent.Join{
 		Material:   bootstrap.Material{APIServer: env.cp.URL(), Token: token, CACertHashes: pins},
 		NodeName:   node,
 		DeviceUUID: fmt.Sprintf("6ba7b810-9dad-11d1-80b4-%012d", time.Now().UnixNano()%1e12),

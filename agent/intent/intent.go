@@ -1,4 +1,7 @@
-package agent
+// Package intent holds the join intent a Source delivers to the agent. It is
+// a leaf: the agent and every Source (agent/eve, the join file) import it,
+// and it imports neither.
+package intent
 
 import (
 	"context"
