@@ -108,6 +108,7 @@ func fullConfig() *evepb.EdgeDevConfig {
 			ClusterName: "c", ClusterId: "cid", ClusterInterface: "mgmt0", ClusterIpPrefix: "10.244.244.2/28",
 			IsWorkerNode: true, JoinServerIp: "10.244.244.1", EncryptedClusterToken: fullCipherBlock(),
 			ClusterType: evepb.ClusterType_CLUSTER_TYPE_REPLICATED_STORAGE, TieBreakerNodeId: "tb",
+			HaScheme:                     evepb.HAScheme_HA_SCHEME_K3S_EMBEDDED,
 			LoadBalancerService:          &evepb.LoadBalancerService{Interfaces: []*evepb.LoadBalancerInterface{{InterfaceName: "eth1", AddressCidrs: []string{"192.168.1.24/29"}}}},
 			MasterNodeUuids:              []string{"m1"},
 			EnableNativeK8SOrchestration: true,
@@ -144,7 +145,7 @@ func TestWireNumbersAndTypes(t *testing.T) {
 	wireFields(t, "CipherContext", c[19], map[protowire.Number]protowire.Type{1: bT, 2: vT, 3: vT, 4: vT, 5: bT, 6: bT})
 	wireFields(t, "BaseOS", c[26], map[protowire.Number]protowire.Type{1: bT, 2: bT, 3: vT, 4: bT})
 	cl := wireFields(t, "EdgeNodeCluster", c[43], map[protowire.Number]protowire.Type{
-		1: bT, 2: bT, 3: bT, 4: bT, 5: vT, 6: bT, 7: bT, 8: vT, 9: bT, 12: bT, 13: bT, 14: vT,
+		1: bT, 2: bT, 3: bT, 4: bT, 5: vT, 6: bT, 7: bT, 8: vT, 9: bT, 11: vT, 12: bT, 13: bT, 14: vT,
 	})
 	wireFields(t, "CipherBlock", cl[7], map[protowire.Number]protowire.Type{1: bT, 2: bT, 3: bT, 4: bT})
 	lb := wireFields(t, "LoadBalancerService", cl[12], map[protowire.Number]protowire.Type{1: bT})
@@ -185,7 +186,7 @@ func TestWireDecodeHandBuilt(t *testing.T) {
 
 	block := msg(str(1, "ctx1"), byt(2, []byte("iv-iv-iv-iv-iv-!")), byt(3, []byte{9, 9}), byt(4, make([]byte, 32)))
 	cluster := msg(str(1, "name"), str(2, "cid"), str(3, "mgmt0"), str(4, "10.244.244.2/28"), vnt(5, 1),
-		str(6, "10.244.244.1"), byt(7, block), vnt(8, 2), str(9, "tb"), vnt(10, 1), vnt(11, 7), str(13, "m1"), str(13, "m2"), vnt(14, 1))
+		str(6, "10.244.244.1"), byt(7, block), vnt(8, 2), str(9, "tb"), vnt(10, 1), vnt(11, 1), str(13, "m1"), str(13, "m2"), vnt(14, 1))
 	cctx := msg(str(1, "ctx1"), vnt(2, 2), vnt(3, 1), vnt(4, 1), byt(5, []byte{5}), byt(6, []byte{6}))
 	ipr := msg(str(1, "10.1.0.2"), str(2, "10.1.0.9"))
 	ips := msg(vnt(2, 1), str(3, "10.1.0.0/24"), str(5, "10.1.0.1"), str(6, "lan"), str(7, "ntp"), str(8, "1.1.1.1"), str(8, "8.8.8.8"), byt(9, ipr))
@@ -213,11 +214,12 @@ func TestWireDecodeHandBuilt(t *testing.T) {
 	if cl.GetClusterName() != "name" || cl.GetClusterId() != "cid" || cl.GetClusterInterface() != "mgmt0" ||
 		cl.GetClusterIpPrefix() != "10.244.244.2/28" || !cl.GetIsWorkerNode() || cl.GetJoinServerIp() != "10.244.244.1" ||
 		cl.GetClusterType() != evepb.ClusterType_CLUSTER_TYPE_REPLICATED_STORAGE || cl.GetTieBreakerNodeId() != "tb" ||
-		len(cl.GetMasterNodeUuids()) != 2 || !cl.GetEnableNativeK8SOrchestration() {
+		len(cl.GetMasterNodeUuids()) != 2 || !cl.GetEnableNativeK8SOrchestration() ||
+		cl.GetHaScheme() != evepb.HAScheme_HA_SCHEME_K3S_EMBEDDED {
 		t.Errorf("cluster: %v", cl)
 	}
 	if len(cl.ProtoReflect().GetUnknown()) == 0 {
-		t.Errorf("undeclared cluster fields 10/11 should be kept as unknown fields")
+		t.Errorf("undeclared cluster field 10 should be kept as an unknown field")
 	}
 	if b := cl.GetEncryptedClusterToken(); b.GetCipherContextId() != "ctx1" || string(b.GetInitialValue()) != "iv-iv-iv-iv-iv-!" || len(b.GetClearTextSha256()) != 32 {
 		t.Errorf("cipher block: %v", b)

@@ -245,30 +245,34 @@ const (
 	AddressTypeIPV6 AddressType = 2
 )
 
-// IPRange is pillar's types.IPRange.
+// IPRange is pillar's types.IPRange (types/dpc.go): an unset end is left
+// out of the JSON, as EVE's omitempty tags do.
 type IPRange struct {
-	Start net.IP
-	End   net.IP
+	Start net.IP `json:",omitempty"`
+	End   net.IP `json:",omitempty"`
 }
 
 // NetworkInstanceConfig is the subset of pillar's types.NetworkInstanceConfig
-// that NetworkInstanceStatus embeds and evelet reads. UUIDandVersion is
-// embedded as in EVE, so "UUID" and "Version" are top-level JSON keys.
+// (types/zedroutertypes.go) that NetworkInstanceStatus embeds and evelet
+// reads. UUIDandVersion is embedded as in EVE, so "UUID" and "Version" are
+// top-level JSON keys.
 type NetworkInstanceConfig struct {
 	UUIDandVersion
 	DisplayName string
 	Type        NetworkInstanceType
 	// Activate is shadowed in NetworkInstanceStatus's JSON by the status's
 	// own uint64 Activate, exactly as in EVE.
-	Activate         bool
-	PortLogicalLabel string
-	IpType           AddressType
-	Subnet           net.IPNet
-	Gateway          net.IP
-	DomainName       string
-	DnsServers       []net.IP
-	DhcpRange        IPRange
-	MTU              uint16
+	Activate bool
+	// PortLabel names the port(s) for external connectivity: one port's
+	// logical label or a shared label such as "uplink" matching several.
+	// (EVE before 13.0 had PortLogicalLabel instead; not read.)
+	PortLabel  string
+	IpType     AddressType
+	Subnet     *net.IPNet
+	Gateway    net.IP
+	DomainName string
+	DnsServers []net.IP
+	DhcpRange  IPRange
 	ErrorAndTime
 }
 
@@ -283,21 +287,40 @@ type NetworkInstanceInfo struct {
 	BridgeIfindex int
 }
 
+// ChangeInProgressType is pillar's types.ChangeInProgressType.
+type ChangeInProgressType int32
+
+// ChangeInProgressType values: readers should wait while it is not None.
+const (
+	ChangeInProgressTypeNone   ChangeInProgressType = 0
+	ChangeInProgressTypeCreate ChangeInProgressType = 1
+	ChangeInProgressTypeModify ChangeInProgressType = 2
+	ChangeInProgressTypeDelete ChangeInProgressType = 3
+)
+
 // NetworkInstanceStatus is the subset of pillar's types.NetworkInstanceStatus
-// published by zedrouter, one file per NI UUID.
+// (types/zedroutertypes.go, EVE 13.0 and later) published by zedrouter, one
+// file per NI UUID. The *Err fields are nested objects, not embedded.
 type NetworkInstanceStatus struct {
 	NetworkInstanceConfig
+	NetworkInstanceInfo
 	// Activate is a counter in the status (EVE: "Make sure the Activate
 	// from the config isn't exposed as a boolean").
 	Activate         uint64
-	ChangeInProgress int32
-	NIConflict       bool
 	Activated        bool
-	NetworkInstanceInfo
-	SelectedUplinkLogicalLabel string
-	SelectedUplinkIntfName     string
-	RunningUplinkProbing       bool
-	WaitingForUplink           bool
+	ChangeInProgress ChangeInProgressType
+	// IPConflictErr is set when the NI subnet overlaps a device port's or
+	// another NI's (EVE before 12.0 had a NIConflict bool instead).
+	IPConflictErr ErrorAndTime
+	// MTU is the MTU in use (the config's requested MTU is shadowed in JSON).
+	MTU            uint16
+	MTUConflictErr ErrorAndTime
+	// Ports are the logical labels of the device ports in use for external
+	// connectivity; empty for an air-gapped NI.
+	Ports   []string
+	PortErr ErrorAndTime
+	// ErrorAndTime is the combined error EVE reports for the NI.
+	ErrorAndTime
 }
 
 // BaseOsConfig is pillar's types.BaseOsConfig, published by zedagent, one
@@ -351,26 +374,36 @@ type ZbootStatus struct {
 	TestComplete     bool
 }
 
-// NodeAgentStatus is pillar's types.NodeAgentStatus, published by nodeagent
-// under key "nodeagent" (its Name).
+// MaintenanceModeReason is pillar's types.MaintenanceModeReason, the
+// eve-api info.MaintenanceModeReason enum number.
+type MaintenanceModeReason int32
+
+// NodeAgentStatus is pillar's types.NodeAgentStatus (types/zedagenttypes.go),
+// published by nodeagent under key "nodeagent" (its Name).
 type NodeAgentStatus struct {
 	Name             string
 	CurPart          string
 	UpdateInprogress bool
 	// RemainingTestTime is encoded as integer nanoseconds.
-	RemainingTestTime          time.Duration
-	DeviceReboot               bool
-	DeviceShutdown             bool
-	DevicePoweroff             bool
-	AllDomainsHalted           bool
-	RebootReason               string
-	BootReason                 uint8
-	RebootStack                string
-	RebootTime                 time.Time
-	RestartCounter             uint32
-	RebootImage                string
-	LocalMaintenanceMode       bool
-	LocalMaintenanceModeReason uint8
+	RemainingTestTime    time.Duration
+	DeviceReboot         bool
+	DeviceShutdown       bool
+	DevicePoweroff       bool
+	AllDomainsHalted     bool
+	RebootReason         string
+	BootReason           uint8
+	RebootStack          string
+	RebootTime           time.Time
+	RestartCounter       uint32
+	RebootImage          string
+	LocalMaintenanceMode bool
+	// LocalMaintenanceModeReasons lists every reason (EVE before 14.3 had
+	// one LocalMaintenanceModeReason; not read).
+	LocalMaintenanceModeReasons []MaintenanceModeReason
+	HVTypeKube                  bool
+	// WaitDrainInProgress: nodeagent holds a reboot/shutdown until the
+	// node drain it requested completes.
+	WaitDrainInProgress bool
 }
 
 // DrainStatus is pkg/pillar/kubeapi.DrainStatus.

@@ -146,8 +146,10 @@ func TestRoundTripEdgeNodeInfo(t *testing.T) {
 
 func TestRoundTripNetworkInstanceStatus(t *testing.T) {
 	ni := roundTrip[NetworkInstanceStatus](t, "NetworkInstanceStatus.json",
-		"NtpServers", "DnsNameToIPList", "PropagateConnRoutes", "StaticRoutes",
-		"IPAssignments", "Vifs", "VlanMap", "NumTrunkPorts")
+		"NtpServers", "DnsNameToIPList", "PropagateConnRoutes", "StaticRoutes", "EnableFlowlog",
+		"STPConfig", "VlanAccessPorts", "ForwardLLDP", "MirrorIfName", "IPAssignments", "Vifs",
+		"VlanMap", "NumTrunkPorts", "ValidationErr", "AllocationErr", "CombinedNTPServers",
+		"IntendedRoutes", "CurrentRoutes", "ReconcileErr")
 	if ni.UUID != "8b2d7c3a-55aa-4e8f-9b1c-0d2e3f4a5b6c" || ni.Type != NetworkInstanceTypeLocal ||
 		ni.Activate != 4 || !ni.Activated {
 		t.Errorf("ids/flags: %+v", ni)
@@ -158,6 +160,11 @@ func TestRoundTripNetworkInstanceStatus(t *testing.T) {
 	if ni.Subnet.String() != "10.11.12.0/24" || !ni.DhcpRange.End.Equal(net.ParseIP("10.11.12.254")) ||
 		len(ni.DnsServers) != 1 || ni.MTU != 1500 {
 		t.Errorf("ip config: %v %v %v %d", ni.Subnet.String(), ni.DhcpRange, ni.DnsServers, ni.MTU)
+	}
+	if ni.PortLabel != "uplink" || strings.Join(ni.Ports, ",") != "eth0,eth1" ||
+		!ni.IPConflictErr.HasError() || ni.IPConflictErr.ErrorSeverity != 2 || ni.MTUConflictErr.HasError() ||
+		ni.ChangeInProgress != ChangeInProgressTypeNone {
+		t.Errorf("ports/conflicts: %q %q %+v", ni.PortLabel, ni.Ports, ni.IPConflictErr)
 	}
 }
 
@@ -180,6 +187,9 @@ func TestRoundTripNodeAgentStatus(t *testing.T) {
 	n := roundTrip[NodeAgentStatus](t, "NodeAgentStatus.json")
 	if n.RemainingTestTime != 10*time.Minute || n.RebootImage != "IMGB" || n.RebootTime.Nanosecond() != 123456789 {
 		t.Errorf("%+v", n)
+	}
+	if !n.LocalMaintenanceMode || !reflect.DeepEqual(n.LocalMaintenanceModeReasons, []MaintenanceModeReason{1, 3}) || !n.WaitDrainInProgress {
+		t.Errorf("maintenance/drain: %+v", n)
 	}
 }
 

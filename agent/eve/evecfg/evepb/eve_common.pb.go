@@ -1,5 +1,6 @@
 // evelet's own, wire-compatible subset of the EVE API (lf-edge/eve-api,
-// proto/evecommon). Written from the published field numbers and types; only
+// proto/evecommon: evecommon.proto, devmodelcommon.proto, netcmn.proto,
+// acipherinfo.proto). Written from the published field numbers and types; only
 // what evelet reads is declared. Fields that are not declared here are kept
 // by protobuf-go as unknown fields, so nothing is lost on a round trip.
 // See docs/eve-config.md for the sources and the assumptions.
@@ -13,12 +14,11 @@
 package evepb
 
 import (
+	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
+	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
-
-	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
-	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 )
 
 const (
@@ -81,26 +81,29 @@ func (HashAlgorithm) EnumDescriptor() ([]byte, []int) {
 }
 
 // Physical I/O type of an adapter (used by config.Adapter.type).
+// eve-api proto/evecommon/devmodelcommon.proto: USB controller/device took
+// 13/14, so the CAN types are 15-17.
 type PhyIoType int32
 
 const (
-	PhyIoType_PhyIoNoop    PhyIoType = 0
-	PhyIoType_PhyIoNetEth  PhyIoType = 1
-	PhyIoType_PhyIoUSB     PhyIoType = 2
-	PhyIoType_PhyIoCOM     PhyIoType = 3
-	PhyIoType_PhyIoAudio   PhyIoType = 4
-	PhyIoType_PhyIoNetWLAN PhyIoType = 5
-	PhyIoType_PhyIoNetWWAN PhyIoType = 6
-	PhyIoType_PhyIoHDMI    PhyIoType = 7
-	// 8 is not used
-	PhyIoType_PhyIoNVMEStorage PhyIoType = 9
-	PhyIoType_PhyIoSATAStorage PhyIoType = 10
-	PhyIoType_PhyIoNetEthPF    PhyIoType = 11
-	PhyIoType_PhyIoNetEthVF    PhyIoType = 12
-	PhyIoType_PhyIoCAN         PhyIoType = 13
-	PhyIoType_PhyIoVCAN        PhyIoType = 14
-	PhyIoType_PhyIoLCAN        PhyIoType = 15
-	PhyIoType_PhyIoOther       PhyIoType = 255
+	PhyIoType_PhyIoNoop          PhyIoType = 0
+	PhyIoType_PhyIoNetEth        PhyIoType = 1
+	PhyIoType_PhyIoUSB           PhyIoType = 2
+	PhyIoType_PhyIoCOM           PhyIoType = 3
+	PhyIoType_PhyIoAudio         PhyIoType = 4
+	PhyIoType_PhyIoNetWLAN       PhyIoType = 5
+	PhyIoType_PhyIoNetWWAN       PhyIoType = 6
+	PhyIoType_PhyIoHDMI          PhyIoType = 7
+	PhyIoType_PhyIoNVMEStorage   PhyIoType = 9
+	PhyIoType_PhyIoSATAStorage   PhyIoType = 10
+	PhyIoType_PhyIoNetEthPF      PhyIoType = 11
+	PhyIoType_PhyIoNetEthVF      PhyIoType = 12
+	PhyIoType_PhyIoUSBController PhyIoType = 13
+	PhyIoType_PhyIoUSBDevice     PhyIoType = 14
+	PhyIoType_PhyIoCAN           PhyIoType = 15
+	PhyIoType_PhyIoVCAN          PhyIoType = 16
+	PhyIoType_PhyIoLCAN          PhyIoType = 17
+	PhyIoType_PhyIoOther         PhyIoType = 255
 )
 
 // Enum value maps for PhyIoType.
@@ -118,28 +121,32 @@ var (
 		10:  "PhyIoSATAStorage",
 		11:  "PhyIoNetEthPF",
 		12:  "PhyIoNetEthVF",
-		13:  "PhyIoCAN",
-		14:  "PhyIoVCAN",
-		15:  "PhyIoLCAN",
+		13:  "PhyIoUSBController",
+		14:  "PhyIoUSBDevice",
+		15:  "PhyIoCAN",
+		16:  "PhyIoVCAN",
+		17:  "PhyIoLCAN",
 		255: "PhyIoOther",
 	}
 	PhyIoType_value = map[string]int32{
-		"PhyIoNoop":        0,
-		"PhyIoNetEth":      1,
-		"PhyIoUSB":         2,
-		"PhyIoCOM":         3,
-		"PhyIoAudio":       4,
-		"PhyIoNetWLAN":     5,
-		"PhyIoNetWWAN":     6,
-		"PhyIoHDMI":        7,
-		"PhyIoNVMEStorage": 9,
-		"PhyIoSATAStorage": 10,
-		"PhyIoNetEthPF":    11,
-		"PhyIoNetEthVF":    12,
-		"PhyIoCAN":         13,
-		"PhyIoVCAN":        14,
-		"PhyIoLCAN":        15,
-		"PhyIoOther":       255,
+		"PhyIoNoop":          0,
+		"PhyIoNetEth":        1,
+		"PhyIoUSB":           2,
+		"PhyIoCOM":           3,
+		"PhyIoAudio":         4,
+		"PhyIoNetWLAN":       5,
+		"PhyIoNetWWAN":       6,
+		"PhyIoHDMI":          7,
+		"PhyIoNVMEStorage":   9,
+		"PhyIoSATAStorage":   10,
+		"PhyIoNetEthPF":      11,
+		"PhyIoNetEthVF":      12,
+		"PhyIoUSBController": 13,
+		"PhyIoUSBDevice":     14,
+		"PhyIoCAN":           15,
+		"PhyIoVCAN":          16,
+		"PhyIoLCAN":          17,
+		"PhyIoOther":         255,
 	}
 )
 
@@ -168,6 +175,59 @@ func (x PhyIoType) Number() protoreflect.EnumNumber {
 // Deprecated: Use PhyIoType.Descriptor instead.
 func (PhyIoType) EnumDescriptor() ([]byte, []int) {
 	return file_eve_common_proto_rawDescGZIP(), []int{1}
+}
+
+// How an address is obtained (netcmn.proto).
+type DHCPType int32
+
+const (
+	DHCPType_DHCPNoop DHCPType = 0
+	DHCPType_Static   DHCPType = 1
+	DHCPType_DHCPNone DHCPType = 2
+	DHCPType_Client   DHCPType = 4
+)
+
+// Enum value maps for DHCPType.
+var (
+	DHCPType_name = map[int32]string{
+		0: "DHCPNoop",
+		1: "Static",
+		2: "DHCPNone",
+		4: "Client",
+	}
+	DHCPType_value = map[string]int32{
+		"DHCPNoop": 0,
+		"Static":   1,
+		"DHCPNone": 2,
+		"Client":   4,
+	}
+)
+
+func (x DHCPType) Enum() *DHCPType {
+	p := new(DHCPType)
+	*p = x
+	return p
+}
+
+func (x DHCPType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DHCPType) Descriptor() protoreflect.EnumDescriptor {
+	return file_eve_common_proto_enumTypes[2].Descriptor()
+}
+
+func (DHCPType) Type() protoreflect.EnumType {
+	return &file_eve_common_proto_enumTypes[2]
+}
+
+func (x DHCPType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DHCPType.Descriptor instead.
+func (DHCPType) EnumDescriptor() ([]byte, []int) {
+	return file_eve_common_proto_rawDescGZIP(), []int{2}
 }
 
 // Key agreement used by a cipher context.
@@ -201,11 +261,11 @@ func (x KeyExchangeScheme) String() string {
 }
 
 func (KeyExchangeScheme) Descriptor() protoreflect.EnumDescriptor {
-	return file_eve_common_proto_enumTypes[2].Descriptor()
+	return file_eve_common_proto_enumTypes[3].Descriptor()
 }
 
 func (KeyExchangeScheme) Type() protoreflect.EnumType {
-	return &file_eve_common_proto_enumTypes[2]
+	return &file_eve_common_proto_enumTypes[3]
 }
 
 func (x KeyExchangeScheme) Number() protoreflect.EnumNumber {
@@ -214,7 +274,7 @@ func (x KeyExchangeScheme) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use KeyExchangeScheme.Descriptor instead.
 func (KeyExchangeScheme) EnumDescriptor() ([]byte, []int) {
-	return file_eve_common_proto_rawDescGZIP(), []int{2}
+	return file_eve_common_proto_rawDescGZIP(), []int{3}
 }
 
 // Symmetric cipher used by a cipher context.
@@ -248,11 +308,11 @@ func (x EncryptionScheme) String() string {
 }
 
 func (EncryptionScheme) Descriptor() protoreflect.EnumDescriptor {
-	return file_eve_common_proto_enumTypes[3].Descriptor()
+	return file_eve_common_proto_enumTypes[4].Descriptor()
 }
 
 func (EncryptionScheme) Type() protoreflect.EnumType {
-	return &file_eve_common_proto_enumTypes[3]
+	return &file_eve_common_proto_enumTypes[4]
 }
 
 func (x EncryptionScheme) Number() protoreflect.EnumNumber {
@@ -261,7 +321,7 @@ func (x EncryptionScheme) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EncryptionScheme.Descriptor instead.
 func (EncryptionScheme) EnumDescriptor() ([]byte, []int) {
-	return file_eve_common_proto_rawDescGZIP(), []int{3}
+	return file_eve_common_proto_rawDescGZIP(), []int{4}
 }
 
 // Who the generic part (user, encrypted_data) of an EncryptionBlock is for.
@@ -295,11 +355,11 @@ func (x EncryptionBlockUser) String() string {
 }
 
 func (EncryptionBlockUser) Descriptor() protoreflect.EnumDescriptor {
-	return file_eve_common_proto_enumTypes[4].Descriptor()
+	return file_eve_common_proto_enumTypes[5].Descriptor()
 }
 
 func (EncryptionBlockUser) Type() protoreflect.EnumType {
-	return &file_eve_common_proto_enumTypes[4]
+	return &file_eve_common_proto_enumTypes[5]
 }
 
 func (x EncryptionBlockUser) Number() protoreflect.EnumNumber {
@@ -308,7 +368,163 @@ func (x EncryptionBlockUser) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EncryptionBlockUser.Descriptor instead.
 func (EncryptionBlockUser) EnumDescriptor() ([]byte, []int) {
-	return file_eve_common_proto_rawDescGZIP(), []int{4}
+	return file_eve_common_proto_rawDescGZIP(), []int{5}
+}
+
+// The IP range of a DHCP pool (eve-api proto/evecommon/netcmn.proto).
+type IpRange struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Start         string                 `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	End           string                 `protobuf:"bytes,2,opt,name=end,proto3" json:"end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IpRange) Reset() {
+	*x = IpRange{}
+	mi := &file_eve_common_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IpRange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IpRange) ProtoMessage() {}
+
+func (x *IpRange) ProtoReflect() protoreflect.Message {
+	mi := &file_eve_common_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IpRange.ProtoReflect.Descriptor instead.
+func (*IpRange) Descriptor() ([]byte, []int) {
+	return file_eve_common_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *IpRange) GetStart() string {
+	if x != nil {
+		return x.Start
+	}
+	return ""
+}
+
+func (x *IpRange) GetEnd() string {
+	if x != nil {
+		return x.End
+	}
+	return ""
+}
+
+// IP configuration of a port or network instance (netcmn.proto). Not
+// declared: dhcp_options_ignore = 11.
+type Ipspec struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Dhcp  DHCPType               `protobuf:"varint,2,opt,name=dhcp,proto3,enum=org.lfedge.eve.common.DHCPType" json:"dhcp,omitempty"`
+	// CIDR
+	Subnet        string   `protobuf:"bytes,3,opt,name=subnet,proto3" json:"subnet,omitempty"`
+	Gateway       string   `protobuf:"bytes,5,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	Domain        string   `protobuf:"bytes,6,opt,name=domain,proto3" json:"domain,omitempty"`
+	Ntp           string   `protobuf:"bytes,7,opt,name=ntp,proto3" json:"ntp,omitempty"`
+	Dns           []string `protobuf:"bytes,8,rep,name=dns,proto3" json:"dns,omitempty"`
+	DhcpRange     *IpRange `protobuf:"bytes,9,opt,name=dhcpRange,proto3" json:"dhcpRange,omitempty"`
+	MoreNtp       []string `protobuf:"bytes,10,rep,name=more_ntp,json=moreNtp,proto3" json:"more_ntp,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Ipspec) Reset() {
+	*x = Ipspec{}
+	mi := &file_eve_common_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Ipspec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Ipspec) ProtoMessage() {}
+
+func (x *Ipspec) ProtoReflect() protoreflect.Message {
+	mi := &file_eve_common_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Ipspec.ProtoReflect.Descriptor instead.
+func (*Ipspec) Descriptor() ([]byte, []int) {
+	return file_eve_common_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Ipspec) GetDhcp() DHCPType {
+	if x != nil {
+		return x.Dhcp
+	}
+	return DHCPType_DHCPNoop
+}
+
+func (x *Ipspec) GetSubnet() string {
+	if x != nil {
+		return x.Subnet
+	}
+	return ""
+}
+
+func (x *Ipspec) GetGateway() string {
+	if x != nil {
+		return x.Gateway
+	}
+	return ""
+}
+
+func (x *Ipspec) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+func (x *Ipspec) GetNtp() string {
+	if x != nil {
+		return x.Ntp
+	}
+	return ""
+}
+
+func (x *Ipspec) GetDns() []string {
+	if x != nil {
+		return x.Dns
+	}
+	return nil
+}
+
+func (x *Ipspec) GetDhcpRange() *IpRange {
+	if x != nil {
+		return x.DhcpRange
+	}
+	return nil
+}
+
+func (x *Ipspec) GetMoreNtp() []string {
+	if x != nil {
+		return x.MoreNtp
+	}
+	return nil
 }
 
 // CipherContext says how the CipherBlocks that name it were encrypted:
@@ -330,7 +546,7 @@ type CipherContext struct {
 
 func (x *CipherContext) Reset() {
 	*x = CipherContext{}
-	mi := &file_eve_common_proto_msgTypes[0]
+	mi := &file_eve_common_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -342,7 +558,7 @@ func (x *CipherContext) String() string {
 func (*CipherContext) ProtoMessage() {}
 
 func (x *CipherContext) ProtoReflect() protoreflect.Message {
-	mi := &file_eve_common_proto_msgTypes[0]
+	mi := &file_eve_common_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -355,7 +571,7 @@ func (x *CipherContext) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CipherContext.ProtoReflect.Descriptor instead.
 func (*CipherContext) Descriptor() ([]byte, []int) {
-	return file_eve_common_proto_rawDescGZIP(), []int{0}
+	return file_eve_common_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *CipherContext) GetContextId() string {
@@ -416,7 +632,7 @@ type CipherBlock struct {
 
 func (x *CipherBlock) Reset() {
 	*x = CipherBlock{}
-	mi := &file_eve_common_proto_msgTypes[1]
+	mi := &file_eve_common_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -428,7 +644,7 @@ func (x *CipherBlock) String() string {
 func (*CipherBlock) ProtoMessage() {}
 
 func (x *CipherBlock) ProtoReflect() protoreflect.Message {
-	mi := &file_eve_common_proto_msgTypes[1]
+	mi := &file_eve_common_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -441,7 +657,7 @@ func (x *CipherBlock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CipherBlock.ProtoReflect.Descriptor instead.
 func (*CipherBlock) Descriptor() ([]byte, []int) {
-	return file_eve_common_proto_rawDescGZIP(), []int{1}
+	return file_eve_common_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CipherBlock) GetCipherContextId() string {
@@ -488,9 +704,9 @@ type EncryptionBlock struct {
 	EncryptedData             string              `protobuf:"bytes,10,opt,name=encrypted_data,json=encryptedData,proto3" json:"encrypted_data,omitempty"`
 	CellularNetAttachUsername string              `protobuf:"bytes,11,opt,name=cellular_net_attach_username,json=cellularNetAttachUsername,proto3" json:"cellular_net_attach_username,omitempty"`
 	CellularNetAttachPassword string              `protobuf:"bytes,12,opt,name=cellular_net_attach_password,json=cellularNetAttachPassword,proto3" json:"cellular_net_attach_password,omitempty"`
-	// gzip-compressed registration manifest (EVE-k). Some eve-api revisions
-	// use field 13 for an eSIM message instead; both are length-delimited, so
-	// parsing never fails on it, evelet just does not interpret it.
+	// gzip-compressed registration manifest (EVE-k). Some earlier eve-api
+	// revisions used field 13 for an eSIM message; both are length-delimited,
+	// so parsing never fails on it, evelet just does not interpret it.
 	GzipRegistrationManifestYaml []byte `protobuf:"bytes,13,opt,name=gzip_registration_manifest_yaml,json=gzipRegistrationManifestYaml,proto3" json:"gzip_registration_manifest_yaml,omitempty"`
 	unknownFields                protoimpl.UnknownFields
 	sizeCache                    protoimpl.SizeCache
@@ -498,7 +714,7 @@ type EncryptionBlock struct {
 
 func (x *EncryptionBlock) Reset() {
 	*x = EncryptionBlock{}
-	mi := &file_eve_common_proto_msgTypes[2]
+	mi := &file_eve_common_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -510,7 +726,7 @@ func (x *EncryptionBlock) String() string {
 func (*EncryptionBlock) ProtoMessage() {}
 
 func (x *EncryptionBlock) ProtoReflect() protoreflect.Message {
-	mi := &file_eve_common_proto_msgTypes[2]
+	mi := &file_eve_common_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -523,7 +739,7 @@ func (x *EncryptionBlock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptionBlock.ProtoReflect.Descriptor instead.
 func (*EncryptionBlock) Descriptor() ([]byte, []int) {
-	return file_eve_common_proto_rawDescGZIP(), []int{2}
+	return file_eve_common_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *EncryptionBlock) GetDsAPIKey() string {
@@ -621,7 +837,20 @@ var File_eve_common_proto protoreflect.FileDescriptor
 
 const file_eve_common_proto_rawDesc = "" +
 	"\n" +
-	"\x10eve_common.proto\x12\x15org.lfedge.eve.common\"\xf8\x02\n" +
+	"\x10eve_common.proto\x12\x15org.lfedge.eve.common\"1\n" +
+	"\aipRange\x12\x14\n" +
+	"\x05start\x18\x01 \x01(\tR\x05start\x12\x10\n" +
+	"\x03end\x18\x02 \x01(\tR\x03end\"\x84\x02\n" +
+	"\x06ipspec\x123\n" +
+	"\x04dhcp\x18\x02 \x01(\x0e2\x1f.org.lfedge.eve.common.DHCPTypeR\x04dhcp\x12\x16\n" +
+	"\x06subnet\x18\x03 \x01(\tR\x06subnet\x12\x18\n" +
+	"\agateway\x18\x05 \x01(\tR\agateway\x12\x16\n" +
+	"\x06domain\x18\x06 \x01(\tR\x06domain\x12\x10\n" +
+	"\x03ntp\x18\a \x01(\tR\x03ntp\x12\x10\n" +
+	"\x03dns\x18\b \x03(\tR\x03dns\x12<\n" +
+	"\tdhcpRange\x18\t \x01(\v2\x1e.org.lfedge.eve.common.ipRangeR\tdhcpRange\x12\x19\n" +
+	"\bmore_ntp\x18\n" +
+	" \x03(\tR\amoreNtp\"\xf8\x02\n" +
 	"\rCipherContext\x12\x1c\n" +
 	"\tcontextId\x18\x01 \x01(\tR\tcontextId\x12D\n" +
 	"\n" +
@@ -658,7 +887,7 @@ const file_eve_common_proto_rawDesc = "" +
 	"\rHashAlgorithm\x12\x1a\n" +
 	"\x16HASH_ALGORITHM_INVALID\x10\x00\x12!\n" +
 	"\x1dHASH_ALGORITHM_SHA256_16BYTES\x10\x01\x12!\n" +
-	"\x1dHASH_ALGORITHM_SHA256_32BYTES\x10\x02*\x99\x02\n" +
+	"\x1dHASH_ALGORITHM_SHA256_32BYTES\x10\x02*\xcb\x02\n" +
 	"\tPhyIoType\x12\r\n" +
 	"\tPhyIoNoop\x10\x00\x12\x0f\n" +
 	"\vPhyIoNetEth\x10\x01\x12\f\n" +
@@ -673,12 +902,21 @@ const file_eve_common_proto_rawDesc = "" +
 	"\x10PhyIoSATAStorage\x10\n" +
 	"\x12\x11\n" +
 	"\rPhyIoNetEthPF\x10\v\x12\x11\n" +
-	"\rPhyIoNetEthVF\x10\f\x12\f\n" +
-	"\bPhyIoCAN\x10\r\x12\r\n" +
-	"\tPhyIoVCAN\x10\x0e\x12\r\n" +
-	"\tPhyIoLCAN\x10\x0f\x12\x0f\n" +
+	"\rPhyIoNetEthVF\x10\f\x12\x16\n" +
+	"\x12PhyIoUSBController\x10\r\x12\x12\n" +
+	"\x0ePhyIoUSBDevice\x10\x0e\x12\f\n" +
+	"\bPhyIoCAN\x10\x0f\x12\r\n" +
+	"\tPhyIoVCAN\x10\x10\x12\r\n" +
+	"\tPhyIoLCAN\x10\x11\x12\x0f\n" +
 	"\n" +
-	"PhyIoOther\x10\xff\x01*/\n" +
+	"PhyIoOther\x10\xff\x01\"\x04\b\b\x10\b*D\n" +
+	"\bDHCPType\x12\f\n" +
+	"\bDHCPNoop\x10\x00\x12\n" +
+	"\n" +
+	"\x06Static\x10\x01\x12\f\n" +
+	"\bDHCPNone\x10\x02\x12\n" +
+	"\n" +
+	"\x06Client\x10\x04\"\x04\b\x03\x10\x03*/\n" +
 	"\x11KeyExchangeScheme\x12\f\n" +
 	"\bKEA_NONE\x10\x00\x12\f\n" +
 	"\bKEA_ECDH\x10\x01*3\n" +
@@ -701,28 +939,33 @@ func file_eve_common_proto_rawDescGZIP() []byte {
 	return file_eve_common_proto_rawDescData
 }
 
-var file_eve_common_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_eve_common_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_eve_common_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_eve_common_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_eve_common_proto_goTypes = []any{
 	(HashAlgorithm)(0),       // 0: org.lfedge.eve.common.HashAlgorithm
 	(PhyIoType)(0),           // 1: org.lfedge.eve.common.PhyIoType
-	(KeyExchangeScheme)(0),   // 2: org.lfedge.eve.common.KeyExchangeScheme
-	(EncryptionScheme)(0),    // 3: org.lfedge.eve.common.EncryptionScheme
-	(EncryptionBlockUser)(0), // 4: org.lfedge.eve.common.EncryptionBlockUser
-	(*CipherContext)(nil),    // 5: org.lfedge.eve.common.CipherContext
-	(*CipherBlock)(nil),      // 6: org.lfedge.eve.common.CipherBlock
-	(*EncryptionBlock)(nil),  // 7: org.lfedge.eve.common.EncryptionBlock
+	(DHCPType)(0),            // 2: org.lfedge.eve.common.DHCPType
+	(KeyExchangeScheme)(0),   // 3: org.lfedge.eve.common.KeyExchangeScheme
+	(EncryptionScheme)(0),    // 4: org.lfedge.eve.common.EncryptionScheme
+	(EncryptionBlockUser)(0), // 5: org.lfedge.eve.common.EncryptionBlockUser
+	(*IpRange)(nil),          // 6: org.lfedge.eve.common.ipRange
+	(*Ipspec)(nil),           // 7: org.lfedge.eve.common.ipspec
+	(*CipherContext)(nil),    // 8: org.lfedge.eve.common.CipherContext
+	(*CipherBlock)(nil),      // 9: org.lfedge.eve.common.CipherBlock
+	(*EncryptionBlock)(nil),  // 10: org.lfedge.eve.common.EncryptionBlock
 }
 var file_eve_common_proto_depIdxs = []int32{
-	0, // 0: org.lfedge.eve.common.CipherContext.hashScheme:type_name -> org.lfedge.eve.common.HashAlgorithm
-	2, // 1: org.lfedge.eve.common.CipherContext.keyExchangeScheme:type_name -> org.lfedge.eve.common.KeyExchangeScheme
-	3, // 2: org.lfedge.eve.common.CipherContext.encryptionScheme:type_name -> org.lfedge.eve.common.EncryptionScheme
-	4, // 3: org.lfedge.eve.common.EncryptionBlock.user:type_name -> org.lfedge.eve.common.EncryptionBlockUser
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	2, // 0: org.lfedge.eve.common.ipspec.dhcp:type_name -> org.lfedge.eve.common.DHCPType
+	6, // 1: org.lfedge.eve.common.ipspec.dhcpRange:type_name -> org.lfedge.eve.common.ipRange
+	0, // 2: org.lfedge.eve.common.CipherContext.hashScheme:type_name -> org.lfedge.eve.common.HashAlgorithm
+	3, // 3: org.lfedge.eve.common.CipherContext.keyExchangeScheme:type_name -> org.lfedge.eve.common.KeyExchangeScheme
+	4, // 4: org.lfedge.eve.common.CipherContext.encryptionScheme:type_name -> org.lfedge.eve.common.EncryptionScheme
+	5, // 5: org.lfedge.eve.common.EncryptionBlock.user:type_name -> org.lfedge.eve.common.EncryptionBlockUser
+	6, // [6:6] is the sub-list for method output_type
+	6, // [6:6] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_eve_common_proto_init() }
@@ -735,8 +978,8 @@ func file_eve_common_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_eve_common_proto_rawDesc), len(file_eve_common_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   3,
+			NumEnums:      6,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -11,12 +11,11 @@
 package evepb
 
 import (
+	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
+	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
-
-	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
-	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 )
 
 const (
@@ -25,59 +24,6 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
-
-type DHCPType int32
-
-const (
-	DHCPType_DHCPNoop DHCPType = 0
-	DHCPType_Static   DHCPType = 1
-	DHCPType_DHCPNone DHCPType = 2
-	// 3 is not used
-	DHCPType_Client DHCPType = 4
-)
-
-// Enum value maps for DHCPType.
-var (
-	DHCPType_name = map[int32]string{
-		0: "DHCPNoop",
-		1: "Static",
-		2: "DHCPNone",
-		4: "Client",
-	}
-	DHCPType_value = map[string]int32{
-		"DHCPNoop": 0,
-		"Static":   1,
-		"DHCPNone": 2,
-		"Client":   4,
-	}
-)
-
-func (x DHCPType) Enum() *DHCPType {
-	p := new(DHCPType)
-	*p = x
-	return p
-}
-
-func (x DHCPType) String() string {
-	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
-}
-
-func (DHCPType) Descriptor() protoreflect.EnumDescriptor {
-	return file_eve_config_proto_enumTypes[0].Descriptor()
-}
-
-func (DHCPType) Type() protoreflect.EnumType {
-	return &file_eve_config_proto_enumTypes[0]
-}
-
-func (x DHCPType) Number() protoreflect.EnumNumber {
-	return protoreflect.EnumNumber(x)
-}
-
-// Deprecated: Use DHCPType.Descriptor instead.
-func (DHCPType) EnumDescriptor() ([]byte, []int) {
-	return file_eve_config_proto_rawDescGZIP(), []int{0}
-}
 
 type ZNetworkInstType int32
 
@@ -127,11 +73,11 @@ func (x ZNetworkInstType) String() string {
 }
 
 func (ZNetworkInstType) Descriptor() protoreflect.EnumDescriptor {
-	return file_eve_config_proto_enumTypes[1].Descriptor()
+	return file_eve_config_proto_enumTypes[0].Descriptor()
 }
 
 func (ZNetworkInstType) Type() protoreflect.EnumType {
-	return &file_eve_config_proto_enumTypes[1]
+	return &file_eve_config_proto_enumTypes[0]
 }
 
 func (x ZNetworkInstType) Number() protoreflect.EnumNumber {
@@ -140,7 +86,7 @@ func (x ZNetworkInstType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ZNetworkInstType.Descriptor instead.
 func (ZNetworkInstType) EnumDescriptor() ([]byte, []int) {
-	return file_eve_config_proto_rawDescGZIP(), []int{1}
+	return file_eve_config_proto_rawDescGZIP(), []int{0}
 }
 
 type AddressType int32
@@ -185,11 +131,11 @@ func (x AddressType) String() string {
 }
 
 func (AddressType) Descriptor() protoreflect.EnumDescriptor {
-	return file_eve_config_proto_enumTypes[2].Descriptor()
+	return file_eve_config_proto_enumTypes[1].Descriptor()
 }
 
 func (AddressType) Type() protoreflect.EnumType {
-	return &file_eve_config_proto_enumTypes[2]
+	return &file_eve_config_proto_enumTypes[1]
 }
 
 func (x AddressType) Number() protoreflect.EnumNumber {
@@ -198,7 +144,7 @@ func (x AddressType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AddressType.Descriptor instead.
 func (AddressType) EnumDescriptor() ([]byte, []int) {
-	return file_eve_config_proto_rawDescGZIP(), []int{2}
+	return file_eve_config_proto_rawDescGZIP(), []int{1}
 }
 
 type ClusterType int32
@@ -206,7 +152,9 @@ type ClusterType int32
 const (
 	ClusterType_CLUSTER_TYPE_UNSPECIFIED        ClusterType = 0
 	ClusterType_CLUSTER_TYPE_K3S_BASE           ClusterType = 1
-	ClusterType_CLUSTER_TYPE_REPLICATED_STORAGE ClusterType = 2 // value 3 ("HA") is reserved by EVE for future use; not named here
+	ClusterType_CLUSTER_TYPE_REPLICATED_STORAGE ClusterType = 2
+	// Deprecated: Marked as deprecated in eve_config.proto.
+	ClusterType_CLUSTER_TYPE_HA ClusterType = 3
 )
 
 // Enum value maps for ClusterType.
@@ -215,11 +163,13 @@ var (
 		0: "CLUSTER_TYPE_UNSPECIFIED",
 		1: "CLUSTER_TYPE_K3S_BASE",
 		2: "CLUSTER_TYPE_REPLICATED_STORAGE",
+		3: "CLUSTER_TYPE_HA",
 	}
 	ClusterType_value = map[string]int32{
 		"CLUSTER_TYPE_UNSPECIFIED":        0,
 		"CLUSTER_TYPE_K3S_BASE":           1,
 		"CLUSTER_TYPE_REPLICATED_STORAGE": 2,
+		"CLUSTER_TYPE_HA":                 3,
 	}
 )
 
@@ -234,11 +184,11 @@ func (x ClusterType) String() string {
 }
 
 func (ClusterType) Descriptor() protoreflect.EnumDescriptor {
-	return file_eve_config_proto_enumTypes[3].Descriptor()
+	return file_eve_config_proto_enumTypes[2].Descriptor()
 }
 
 func (ClusterType) Type() protoreflect.EnumType {
-	return &file_eve_config_proto_enumTypes[3]
+	return &file_eve_config_proto_enumTypes[2]
 }
 
 func (x ClusterType) Number() protoreflect.EnumNumber {
@@ -247,6 +197,54 @@ func (x ClusterType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ClusterType.Descriptor instead.
 func (ClusterType) EnumDescriptor() ([]byte, []int) {
+	return file_eve_config_proto_rawDescGZIP(), []int{2}
+}
+
+// High-availability scheme of the cluster control plane.
+type HAScheme int32
+
+const (
+	HAScheme_HA_SCHEME_UNSPECIFIED HAScheme = 0
+	// k3s embedded etcd/raft with 3, 5, ... control-plane nodes
+	HAScheme_HA_SCHEME_K3S_EMBEDDED HAScheme = 1
+)
+
+// Enum value maps for HAScheme.
+var (
+	HAScheme_name = map[int32]string{
+		0: "HA_SCHEME_UNSPECIFIED",
+		1: "HA_SCHEME_K3S_EMBEDDED",
+	}
+	HAScheme_value = map[string]int32{
+		"HA_SCHEME_UNSPECIFIED":  0,
+		"HA_SCHEME_K3S_EMBEDDED": 1,
+	}
+)
+
+func (x HAScheme) Enum() *HAScheme {
+	p := new(HAScheme)
+	*p = x
+	return p
+}
+
+func (x HAScheme) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HAScheme) Descriptor() protoreflect.EnumDescriptor {
+	return file_eve_config_proto_enumTypes[3].Descriptor()
+}
+
+func (HAScheme) Type() protoreflect.EnumType {
+	return &file_eve_config_proto_enumTypes[3]
+}
+
+func (x HAScheme) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HAScheme.Descriptor instead.
+func (HAScheme) EnumDescriptor() ([]byte, []int) {
 	return file_eve_config_proto_rawDescGZIP(), []int{3}
 }
 
@@ -538,160 +536,6 @@ func (x *Adapter) GetEthVf() *EthVF {
 	return nil
 }
 
-type IpRange struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Start         string                 `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
-	End           string                 `protobuf:"bytes,2,opt,name=end,proto3" json:"end,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *IpRange) Reset() {
-	*x = IpRange{}
-	mi := &file_eve_config_proto_msgTypes[5]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *IpRange) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*IpRange) ProtoMessage() {}
-
-func (x *IpRange) ProtoReflect() protoreflect.Message {
-	mi := &file_eve_config_proto_msgTypes[5]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use IpRange.ProtoReflect.Descriptor instead.
-func (*IpRange) Descriptor() ([]byte, []int) {
-	return file_eve_config_proto_rawDescGZIP(), []int{5}
-}
-
-func (x *IpRange) GetStart() string {
-	if x != nil {
-		return x.Start
-	}
-	return ""
-}
-
-func (x *IpRange) GetEnd() string {
-	if x != nil {
-		return x.End
-	}
-	return ""
-}
-
-// IP configuration of a network instance.
-type Ipspec struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	Dhcp  DHCPType               `protobuf:"varint,2,opt,name=dhcp,proto3,enum=org.lfedge.eve.config.DHCPType" json:"dhcp,omitempty"`
-	// CIDR
-	Subnet        string   `protobuf:"bytes,3,opt,name=subnet,proto3" json:"subnet,omitempty"`
-	Gateway       string   `protobuf:"bytes,5,opt,name=gateway,proto3" json:"gateway,omitempty"`
-	Domain        string   `protobuf:"bytes,6,opt,name=domain,proto3" json:"domain,omitempty"`
-	Ntp           string   `protobuf:"bytes,7,opt,name=ntp,proto3" json:"ntp,omitempty"`
-	Dns           []string `protobuf:"bytes,8,rep,name=dns,proto3" json:"dns,omitempty"`
-	DhcpRange     *IpRange `protobuf:"bytes,9,opt,name=dhcpRange,proto3" json:"dhcpRange,omitempty"`
-	MoreNtp       []string `protobuf:"bytes,10,rep,name=moreNtp,proto3" json:"moreNtp,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Ipspec) Reset() {
-	*x = Ipspec{}
-	mi := &file_eve_config_proto_msgTypes[6]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Ipspec) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Ipspec) ProtoMessage() {}
-
-func (x *Ipspec) ProtoReflect() protoreflect.Message {
-	mi := &file_eve_config_proto_msgTypes[6]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Ipspec.ProtoReflect.Descriptor instead.
-func (*Ipspec) Descriptor() ([]byte, []int) {
-	return file_eve_config_proto_rawDescGZIP(), []int{6}
-}
-
-func (x *Ipspec) GetDhcp() DHCPType {
-	if x != nil {
-		return x.Dhcp
-	}
-	return DHCPType_DHCPNoop
-}
-
-func (x *Ipspec) GetSubnet() string {
-	if x != nil {
-		return x.Subnet
-	}
-	return ""
-}
-
-func (x *Ipspec) GetGateway() string {
-	if x != nil {
-		return x.Gateway
-	}
-	return ""
-}
-
-func (x *Ipspec) GetDomain() string {
-	if x != nil {
-		return x.Domain
-	}
-	return ""
-}
-
-func (x *Ipspec) GetNtp() string {
-	if x != nil {
-		return x.Ntp
-	}
-	return ""
-}
-
-func (x *Ipspec) GetDns() []string {
-	if x != nil {
-		return x.Dns
-	}
-	return nil
-}
-
-func (x *Ipspec) GetDhcpRange() *IpRange {
-	if x != nil {
-		return x.DhcpRange
-	}
-	return nil
-}
-
-func (x *Ipspec) GetMoreNtp() []string {
-	if x != nil {
-		return x.MoreNtp
-	}
-	return nil
-}
-
 type NetworkInstanceConfig struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Uuidandversion *UUIDandVersion        `protobuf:"bytes,1,opt,name=uuidandversion,proto3" json:"uuidandversion,omitempty"`
@@ -708,7 +552,7 @@ type NetworkInstanceConfig struct {
 
 func (x *NetworkInstanceConfig) Reset() {
 	*x = NetworkInstanceConfig{}
-	mi := &file_eve_config_proto_msgTypes[7]
+	mi := &file_eve_config_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -720,7 +564,7 @@ func (x *NetworkInstanceConfig) String() string {
 func (*NetworkInstanceConfig) ProtoMessage() {}
 
 func (x *NetworkInstanceConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_eve_config_proto_msgTypes[7]
+	mi := &file_eve_config_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -733,7 +577,7 @@ func (x *NetworkInstanceConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkInstanceConfig.ProtoReflect.Descriptor instead.
 func (*NetworkInstanceConfig) Descriptor() ([]byte, []int) {
-	return file_eve_config_proto_rawDescGZIP(), []int{7}
+	return file_eve_config_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *NetworkInstanceConfig) GetUuidandversion() *UUIDandVersion {
@@ -806,7 +650,7 @@ type BaseOS struct {
 
 func (x *BaseOS) Reset() {
 	*x = BaseOS{}
-	mi := &file_eve_config_proto_msgTypes[8]
+	mi := &file_eve_config_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -818,7 +662,7 @@ func (x *BaseOS) String() string {
 func (*BaseOS) ProtoMessage() {}
 
 func (x *BaseOS) ProtoReflect() protoreflect.Message {
-	mi := &file_eve_config_proto_msgTypes[8]
+	mi := &file_eve_config_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -831,7 +675,7 @@ func (x *BaseOS) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BaseOS.ProtoReflect.Descriptor instead.
 func (*BaseOS) Descriptor() ([]byte, []int) {
-	return file_eve_config_proto_rawDescGZIP(), []int{8}
+	return file_eve_config_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *BaseOS) GetContentTreeUuid() string {
@@ -872,7 +716,7 @@ type LoadBalancerInterface struct {
 
 func (x *LoadBalancerInterface) Reset() {
 	*x = LoadBalancerInterface{}
-	mi := &file_eve_config_proto_msgTypes[9]
+	mi := &file_eve_config_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -884,7 +728,7 @@ func (x *LoadBalancerInterface) String() string {
 func (*LoadBalancerInterface) ProtoMessage() {}
 
 func (x *LoadBalancerInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_eve_config_proto_msgTypes[9]
+	mi := &file_eve_config_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -897,7 +741,7 @@ func (x *LoadBalancerInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadBalancerInterface.ProtoReflect.Descriptor instead.
 func (*LoadBalancerInterface) Descriptor() ([]byte, []int) {
-	return file_eve_config_proto_rawDescGZIP(), []int{9}
+	return file_eve_config_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *LoadBalancerInterface) GetInterfaceName() string {
@@ -923,7 +767,7 @@ type LoadBalancerService struct {
 
 func (x *LoadBalancerService) Reset() {
 	*x = LoadBalancerService{}
-	mi := &file_eve_config_proto_msgTypes[10]
+	mi := &file_eve_config_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -935,7 +779,7 @@ func (x *LoadBalancerService) String() string {
 func (*LoadBalancerService) ProtoMessage() {}
 
 func (x *LoadBalancerService) ProtoReflect() protoreflect.Message {
-	mi := &file_eve_config_proto_msgTypes[10]
+	mi := &file_eve_config_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -948,7 +792,7 @@ func (x *LoadBalancerService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadBalancerService.ProtoReflect.Descriptor instead.
 func (*LoadBalancerService) Descriptor() ([]byte, []int) {
-	return file_eve_config_proto_rawDescGZIP(), []int{10}
+	return file_eve_config_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *LoadBalancerService) GetInterfaces() []*LoadBalancerInterface {
@@ -958,9 +802,9 @@ func (x *LoadBalancerService) GetInterfaces() []*LoadBalancerInterface {
 	return nil
 }
 
-// Cluster membership intent for this device. Field 10 and 11 (ha_scheme)
-// are deliberately not declared: evelet does not use them and their types
-// are not published where we could verify them.
+// Cluster membership intent for this device (eve-api
+// proto/config/edge_node_cluster.proto; 13 and 14 from the revision EVE
+// vendors, eve-api go 99d02ddcfcb0). There is no field 10.
 type EdgeNodeCluster struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	ClusterName string                 `protobuf:"bytes,1,opt,name=cluster_name,json=clusterName,proto3" json:"cluster_name,omitempty"`
@@ -974,6 +818,7 @@ type EdgeNodeCluster struct {
 	EncryptedClusterToken        *CipherBlock         `protobuf:"bytes,7,opt,name=encrypted_cluster_token,json=encryptedClusterToken,proto3" json:"encrypted_cluster_token,omitempty"`
 	ClusterType                  ClusterType          `protobuf:"varint,8,opt,name=cluster_type,json=clusterType,proto3,enum=org.lfedge.eve.config.ClusterType" json:"cluster_type,omitempty"`
 	TieBreakerNodeId             string               `protobuf:"bytes,9,opt,name=tie_breaker_node_id,json=tieBreakerNodeId,proto3" json:"tie_breaker_node_id,omitempty"`
+	HaScheme                     HAScheme             `protobuf:"varint,11,opt,name=ha_scheme,json=haScheme,proto3,enum=org.lfedge.eve.config.HAScheme" json:"ha_scheme,omitempty"`
 	LoadBalancerService          *LoadBalancerService `protobuf:"bytes,12,opt,name=load_balancer_service,json=loadBalancerService,proto3" json:"load_balancer_service,omitempty"`
 	MasterNodeUuids              []string             `protobuf:"bytes,13,rep,name=master_node_uuids,json=masterNodeUuids,proto3" json:"master_node_uuids,omitempty"`
 	EnableNativeK8SOrchestration bool                 `protobuf:"varint,14,opt,name=enable_native_k8s_orchestration,json=enableNativeK8sOrchestration,proto3" json:"enable_native_k8s_orchestration,omitempty"`
@@ -983,7 +828,7 @@ type EdgeNodeCluster struct {
 
 func (x *EdgeNodeCluster) Reset() {
 	*x = EdgeNodeCluster{}
-	mi := &file_eve_config_proto_msgTypes[11]
+	mi := &file_eve_config_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -995,7 +840,7 @@ func (x *EdgeNodeCluster) String() string {
 func (*EdgeNodeCluster) ProtoMessage() {}
 
 func (x *EdgeNodeCluster) ProtoReflect() protoreflect.Message {
-	mi := &file_eve_config_proto_msgTypes[11]
+	mi := &file_eve_config_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1008,7 +853,7 @@ func (x *EdgeNodeCluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeNodeCluster.ProtoReflect.Descriptor instead.
 func (*EdgeNodeCluster) Descriptor() ([]byte, []int) {
-	return file_eve_config_proto_rawDescGZIP(), []int{11}
+	return file_eve_config_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *EdgeNodeCluster) GetClusterName() string {
@@ -1074,6 +919,13 @@ func (x *EdgeNodeCluster) GetTieBreakerNodeId() string {
 	return ""
 }
 
+func (x *EdgeNodeCluster) GetHaScheme() HAScheme {
+	if x != nil {
+		return x.HaScheme
+	}
+	return HAScheme_HA_SCHEME_UNSPECIFIED
+}
+
 func (x *EdgeNodeCluster) GetLoadBalancerService() *LoadBalancerService {
 	if x != nil {
 		return x.LoadBalancerService
@@ -1118,7 +970,7 @@ type EdgeDevConfig struct {
 
 func (x *EdgeDevConfig) Reset() {
 	*x = EdgeDevConfig{}
-	mi := &file_eve_config_proto_msgTypes[12]
+	mi := &file_eve_config_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1130,7 +982,7 @@ func (x *EdgeDevConfig) String() string {
 func (*EdgeDevConfig) ProtoMessage() {}
 
 func (x *EdgeDevConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_eve_config_proto_msgTypes[12]
+	mi := &file_eve_config_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1143,7 +995,7 @@ func (x *EdgeDevConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeDevConfig.ProtoReflect.Descriptor instead.
 func (*EdgeDevConfig) Descriptor() ([]byte, []int) {
-	return file_eve_config_proto_rawDescGZIP(), []int{12}
+	return file_eve_config_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *EdgeDevConfig) GetId() *UUIDandVersion {
@@ -1262,7 +1114,7 @@ type ConfigResponse struct {
 
 func (x *ConfigResponse) Reset() {
 	*x = ConfigResponse{}
-	mi := &file_eve_config_proto_msgTypes[13]
+	mi := &file_eve_config_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1274,7 +1126,7 @@ func (x *ConfigResponse) String() string {
 func (*ConfigResponse) ProtoMessage() {}
 
 func (x *ConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eve_config_proto_msgTypes[13]
+	mi := &file_eve_config_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1287,7 +1139,7 @@ func (x *ConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigResponse.ProtoReflect.Descriptor instead.
 func (*ConfigResponse) Descriptor() ([]byte, []int) {
-	return file_eve_config_proto_rawDescGZIP(), []int{13}
+	return file_eve_config_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ConfigResponse) GetConfig() *EdgeDevConfig {
@@ -1327,20 +1179,7 @@ const file_eve_config_proto_rawDesc = "" +
 	"\aAdapter\x124\n" +
 	"\x04type\x18\x01 \x01(\x0e2 .org.lfedge.eve.common.PhyIoTypeR\x04type\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x123\n" +
-	"\x06eth_vf\x18\x03 \x01(\v2\x1c.org.lfedge.eve.config.EthVFR\x05ethVf\"1\n" +
-	"\aipRange\x12\x14\n" +
-	"\x05start\x18\x01 \x01(\tR\x05start\x12\x10\n" +
-	"\x03end\x18\x02 \x01(\tR\x03end\"\x83\x02\n" +
-	"\x06ipspec\x123\n" +
-	"\x04dhcp\x18\x02 \x01(\x0e2\x1f.org.lfedge.eve.config.DHCPTypeR\x04dhcp\x12\x16\n" +
-	"\x06subnet\x18\x03 \x01(\tR\x06subnet\x12\x18\n" +
-	"\agateway\x18\x05 \x01(\tR\agateway\x12\x16\n" +
-	"\x06domain\x18\x06 \x01(\tR\x06domain\x12\x10\n" +
-	"\x03ntp\x18\a \x01(\tR\x03ntp\x12\x10\n" +
-	"\x03dns\x18\b \x03(\tR\x03dns\x12<\n" +
-	"\tdhcpRange\x18\t \x01(\v2\x1e.org.lfedge.eve.config.ipRangeR\tdhcpRange\x12\x18\n" +
-	"\amoreNtp\x18\n" +
-	" \x03(\tR\amoreNtp\"\x9a\x03\n" +
+	"\x06eth_vf\x18\x03 \x01(\v2\x1c.org.lfedge.eve.config.EthVFR\x05ethVf\"\x9a\x03\n" +
 	"\x15NetworkInstanceConfig\x12M\n" +
 	"\x0euuidandversion\x18\x01 \x01(\v2%.org.lfedge.eve.config.UUIDandVersionR\x0euuidandversion\x12 \n" +
 	"\vdisplayname\x18\x02 \x01(\tR\vdisplayname\x12C\n" +
@@ -1348,7 +1187,7 @@ const file_eve_config_proto_rawDesc = "" +
 	"\bactivate\x18\x05 \x01(\bR\bactivate\x122\n" +
 	"\x04port\x18\x14 \x01(\v2\x1e.org.lfedge.eve.config.AdapterR\x04port\x12:\n" +
 	"\x06ipType\x18' \x01(\x0e2\".org.lfedge.eve.config.AddressTypeR\x06ipType\x12-\n" +
-	"\x02ip\x18( \x01(\v2\x1d.org.lfedge.eve.config.ipspecR\x02ip\x12\x10\n" +
+	"\x02ip\x18( \x01(\v2\x1d.org.lfedge.eve.common.ipspecR\x02ip\x12\x10\n" +
 	"\x03mtu\x18, \x01(\rR\x03mtu\"\xc0\x01\n" +
 	"\x06BaseOS\x12*\n" +
 	"\x11content_tree_uuid\x18\x01 \x01(\tR\x0fcontentTreeUuid\x12F\n" +
@@ -1361,7 +1200,7 @@ const file_eve_config_proto_rawDesc = "" +
 	"\x13LoadBalancerService\x12L\n" +
 	"\n" +
 	"interfaces\x18\x01 \x03(\v2,.org.lfedge.eve.config.LoadBalancerInterfaceR\n" +
-	"interfaces\"\x9d\x05\n" +
+	"interfaces\"\xdb\x05\n" +
 	"\x0fEdgeNodeCluster\x12!\n" +
 	"\fcluster_name\x18\x01 \x01(\tR\vclusterName\x12\x1d\n" +
 	"\n" +
@@ -1372,7 +1211,8 @@ const file_eve_config_proto_rawDesc = "" +
 	"\x0ejoin_server_ip\x18\x06 \x01(\tR\fjoinServerIp\x12Z\n" +
 	"\x17encrypted_cluster_token\x18\a \x01(\v2\".org.lfedge.eve.common.CipherBlockR\x15encryptedClusterToken\x12E\n" +
 	"\fcluster_type\x18\b \x01(\x0e2\".org.lfedge.eve.config.ClusterTypeR\vclusterType\x12-\n" +
-	"\x13tie_breaker_node_id\x18\t \x01(\tR\x10tieBreakerNodeId\x12^\n" +
+	"\x13tie_breaker_node_id\x18\t \x01(\tR\x10tieBreakerNodeId\x12<\n" +
+	"\tha_scheme\x18\v \x01(\x0e2\x1f.org.lfedge.eve.config.HASchemeR\bhaScheme\x12^\n" +
 	"\x15load_balancer_service\x18\f \x01(\v2*.org.lfedge.eve.config.LoadBalancerServiceR\x13loadBalancerService\x12*\n" +
 	"\x11master_node_uuids\x18\r \x03(\tR\x0fmasterNodeUuids\x12E\n" +
 	"\x1fenable_native_k8s_orchestration\x18\x0e \x01(\bR\x1cenableNativeK8sOrchestration\"\xc3\x06\n" +
@@ -1398,14 +1238,7 @@ const file_eve_config_proto_rawDesc = "" +
 	"\x06config\x18\x01 \x01(\v2$.org.lfedge.eve.config.EdgeDevConfigR\x06config\x12\x1e\n" +
 	"\n" +
 	"configHash\x18\x02 \x01(\tR\n" +
-	"configHash*>\n" +
-	"\bDHCPType\x12\f\n" +
-	"\bDHCPNoop\x10\x00\x12\n" +
-	"\n" +
-	"\x06Static\x10\x01\x12\f\n" +
-	"\bDHCPNone\x10\x02\x12\n" +
-	"\n" +
-	"\x06Client\x10\x04*\xb3\x01\n" +
+	"configHash*\xb3\x01\n" +
 	"\x10ZNetworkInstType\x12\x11\n" +
 	"\rZNetInstFirst\x10\x00\x12\x12\n" +
 	"\x0eZnetInstSwitch\x10\x01\x12\x11\n" +
@@ -1423,11 +1256,15 @@ const file_eve_config_proto_rawDesc = "" +
 	"CryptoIPV4\x10\x03\x12\x0e\n" +
 	"\n" +
 	"CryptoIPV6\x10\x04\x12\t\n" +
-	"\x04Last\x10\xff\x01*k\n" +
+	"\x04Last\x10\xff\x01*\x84\x01\n" +
 	"\vClusterType\x12\x1c\n" +
 	"\x18CLUSTER_TYPE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15CLUSTER_TYPE_K3S_BASE\x10\x01\x12#\n" +
-	"\x1fCLUSTER_TYPE_REPLICATED_STORAGE\x10\x02B2Z0github.com/lf-edge/evelet/agent/eve/evecfg/evepbb\x06proto3"
+	"\x1fCLUSTER_TYPE_REPLICATED_STORAGE\x10\x02\x12\x17\n" +
+	"\x0fCLUSTER_TYPE_HA\x10\x03\x1a\x02\b\x01*A\n" +
+	"\bHAScheme\x12\x19\n" +
+	"\x15HA_SCHEME_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16HA_SCHEME_K3S_EMBEDDED\x10\x01B2Z0github.com/lf-edge/evelet/agent/eve/evecfg/evepbb\x06proto3"
 
 var (
 	file_eve_config_proto_rawDescOnce sync.Once
@@ -1442,59 +1279,57 @@ func file_eve_config_proto_rawDescGZIP() []byte {
 }
 
 var file_eve_config_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_eve_config_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_eve_config_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_eve_config_proto_goTypes = []any{
-	(DHCPType)(0),                 // 0: org.lfedge.eve.config.DHCPType
-	(ZNetworkInstType)(0),         // 1: org.lfedge.eve.config.ZNetworkInstType
-	(AddressType)(0),              // 2: org.lfedge.eve.config.AddressType
-	(ClusterType)(0),              // 3: org.lfedge.eve.config.ClusterType
+	(ZNetworkInstType)(0),         // 0: org.lfedge.eve.config.ZNetworkInstType
+	(AddressType)(0),              // 1: org.lfedge.eve.config.AddressType
+	(ClusterType)(0),              // 2: org.lfedge.eve.config.ClusterType
+	(HAScheme)(0),                 // 3: org.lfedge.eve.config.HAScheme
 	(*UUIDandVersion)(nil),        // 4: org.lfedge.eve.config.UUIDandVersion
 	(*DeviceOpsCmd)(nil),          // 5: org.lfedge.eve.config.DeviceOpsCmd
 	(*ConfigItem)(nil),            // 6: org.lfedge.eve.config.ConfigItem
 	(*EthVF)(nil),                 // 7: org.lfedge.eve.config.EthVF
 	(*Adapter)(nil),               // 8: org.lfedge.eve.config.Adapter
-	(*IpRange)(nil),               // 9: org.lfedge.eve.config.ipRange
-	(*Ipspec)(nil),                // 10: org.lfedge.eve.config.ipspec
-	(*NetworkInstanceConfig)(nil), // 11: org.lfedge.eve.config.NetworkInstanceConfig
-	(*BaseOS)(nil),                // 12: org.lfedge.eve.config.BaseOS
-	(*LoadBalancerInterface)(nil), // 13: org.lfedge.eve.config.LoadBalancerInterface
-	(*LoadBalancerService)(nil),   // 14: org.lfedge.eve.config.LoadBalancerService
-	(*EdgeNodeCluster)(nil),       // 15: org.lfedge.eve.config.EdgeNodeCluster
-	(*EdgeDevConfig)(nil),         // 16: org.lfedge.eve.config.EdgeDevConfig
-	(*ConfigResponse)(nil),        // 17: org.lfedge.eve.config.ConfigResponse
-	(PhyIoType)(0),                // 18: org.lfedge.eve.common.PhyIoType
-	(*CipherBlock)(nil),           // 19: org.lfedge.eve.common.CipherBlock
-	(*CipherContext)(nil),         // 20: org.lfedge.eve.common.CipherContext
+	(*NetworkInstanceConfig)(nil), // 9: org.lfedge.eve.config.NetworkInstanceConfig
+	(*BaseOS)(nil),                // 10: org.lfedge.eve.config.BaseOS
+	(*LoadBalancerInterface)(nil), // 11: org.lfedge.eve.config.LoadBalancerInterface
+	(*LoadBalancerService)(nil),   // 12: org.lfedge.eve.config.LoadBalancerService
+	(*EdgeNodeCluster)(nil),       // 13: org.lfedge.eve.config.EdgeNodeCluster
+	(*EdgeDevConfig)(nil),         // 14: org.lfedge.eve.config.EdgeDevConfig
+	(*ConfigResponse)(nil),        // 15: org.lfedge.eve.config.ConfigResponse
+	(PhyIoType)(0),                // 16: org.lfedge.eve.common.PhyIoType
+	(*Ipspec)(nil),                // 17: org.lfedge.eve.common.ipspec
+	(*CipherBlock)(nil),           // 18: org.lfedge.eve.common.CipherBlock
+	(*CipherContext)(nil),         // 19: org.lfedge.eve.common.CipherContext
 }
 var file_eve_config_proto_depIdxs = []int32{
-	18, // 0: org.lfedge.eve.config.Adapter.type:type_name -> org.lfedge.eve.common.PhyIoType
+	16, // 0: org.lfedge.eve.config.Adapter.type:type_name -> org.lfedge.eve.common.PhyIoType
 	7,  // 1: org.lfedge.eve.config.Adapter.eth_vf:type_name -> org.lfedge.eve.config.EthVF
-	0,  // 2: org.lfedge.eve.config.ipspec.dhcp:type_name -> org.lfedge.eve.config.DHCPType
-	9,  // 3: org.lfedge.eve.config.ipspec.dhcpRange:type_name -> org.lfedge.eve.config.ipRange
-	4,  // 4: org.lfedge.eve.config.NetworkInstanceConfig.uuidandversion:type_name -> org.lfedge.eve.config.UUIDandVersion
-	1,  // 5: org.lfedge.eve.config.NetworkInstanceConfig.instType:type_name -> org.lfedge.eve.config.ZNetworkInstType
-	8,  // 6: org.lfedge.eve.config.NetworkInstanceConfig.port:type_name -> org.lfedge.eve.config.Adapter
-	2,  // 7: org.lfedge.eve.config.NetworkInstanceConfig.ipType:type_name -> org.lfedge.eve.config.AddressType
-	10, // 8: org.lfedge.eve.config.NetworkInstanceConfig.ip:type_name -> org.lfedge.eve.config.ipspec
-	5,  // 9: org.lfedge.eve.config.BaseOS.retry_update:type_name -> org.lfedge.eve.config.DeviceOpsCmd
-	13, // 10: org.lfedge.eve.config.LoadBalancerService.interfaces:type_name -> org.lfedge.eve.config.LoadBalancerInterface
-	19, // 11: org.lfedge.eve.config.EdgeNodeCluster.encrypted_cluster_token:type_name -> org.lfedge.eve.common.CipherBlock
-	3,  // 12: org.lfedge.eve.config.EdgeNodeCluster.cluster_type:type_name -> org.lfedge.eve.config.ClusterType
-	14, // 13: org.lfedge.eve.config.EdgeNodeCluster.load_balancer_service:type_name -> org.lfedge.eve.config.LoadBalancerService
-	4,  // 14: org.lfedge.eve.config.EdgeDevConfig.id:type_name -> org.lfedge.eve.config.UUIDandVersion
-	5,  // 15: org.lfedge.eve.config.EdgeDevConfig.reboot:type_name -> org.lfedge.eve.config.DeviceOpsCmd
-	6,  // 16: org.lfedge.eve.config.EdgeDevConfig.configItems:type_name -> org.lfedge.eve.config.ConfigItem
-	11, // 17: org.lfedge.eve.config.EdgeDevConfig.networkInstances:type_name -> org.lfedge.eve.config.NetworkInstanceConfig
-	20, // 18: org.lfedge.eve.config.EdgeDevConfig.cipherContexts:type_name -> org.lfedge.eve.common.CipherContext
-	12, // 19: org.lfedge.eve.config.EdgeDevConfig.baseos:type_name -> org.lfedge.eve.config.BaseOS
-	5,  // 20: org.lfedge.eve.config.EdgeDevConfig.shutdown:type_name -> org.lfedge.eve.config.DeviceOpsCmd
-	15, // 21: org.lfedge.eve.config.EdgeDevConfig.cluster:type_name -> org.lfedge.eve.config.EdgeNodeCluster
-	16, // 22: org.lfedge.eve.config.ConfigResponse.config:type_name -> org.lfedge.eve.config.EdgeDevConfig
-	23, // [23:23] is the sub-list for method output_type
-	23, // [23:23] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	4,  // 2: org.lfedge.eve.config.NetworkInstanceConfig.uuidandversion:type_name -> org.lfedge.eve.config.UUIDandVersion
+	0,  // 3: org.lfedge.eve.config.NetworkInstanceConfig.instType:type_name -> org.lfedge.eve.config.ZNetworkInstType
+	8,  // 4: org.lfedge.eve.config.NetworkInstanceConfig.port:type_name -> org.lfedge.eve.config.Adapter
+	1,  // 5: org.lfedge.eve.config.NetworkInstanceConfig.ipType:type_name -> org.lfedge.eve.config.AddressType
+	17, // 6: org.lfedge.eve.config.NetworkInstanceConfig.ip:type_name -> org.lfedge.eve.common.ipspec
+	5,  // 7: org.lfedge.eve.config.BaseOS.retry_update:type_name -> org.lfedge.eve.config.DeviceOpsCmd
+	11, // 8: org.lfedge.eve.config.LoadBalancerService.interfaces:type_name -> org.lfedge.eve.config.LoadBalancerInterface
+	18, // 9: org.lfedge.eve.config.EdgeNodeCluster.encrypted_cluster_token:type_name -> org.lfedge.eve.common.CipherBlock
+	2,  // 10: org.lfedge.eve.config.EdgeNodeCluster.cluster_type:type_name -> org.lfedge.eve.config.ClusterType
+	3,  // 11: org.lfedge.eve.config.EdgeNodeCluster.ha_scheme:type_name -> org.lfedge.eve.config.HAScheme
+	12, // 12: org.lfedge.eve.config.EdgeNodeCluster.load_balancer_service:type_name -> org.lfedge.eve.config.LoadBalancerService
+	4,  // 13: org.lfedge.eve.config.EdgeDevConfig.id:type_name -> org.lfedge.eve.config.UUIDandVersion
+	5,  // 14: org.lfedge.eve.config.EdgeDevConfig.reboot:type_name -> org.lfedge.eve.config.DeviceOpsCmd
+	6,  // 15: org.lfedge.eve.config.EdgeDevConfig.configItems:type_name -> org.lfedge.eve.config.ConfigItem
+	9,  // 16: org.lfedge.eve.config.EdgeDevConfig.networkInstances:type_name -> org.lfedge.eve.config.NetworkInstanceConfig
+	19, // 17: org.lfedge.eve.config.EdgeDevConfig.cipherContexts:type_name -> org.lfedge.eve.common.CipherContext
+	10, // 18: org.lfedge.eve.config.EdgeDevConfig.baseos:type_name -> org.lfedge.eve.config.BaseOS
+	5,  // 19: org.lfedge.eve.config.EdgeDevConfig.shutdown:type_name -> org.lfedge.eve.config.DeviceOpsCmd
+	13, // 20: org.lfedge.eve.config.EdgeDevConfig.cluster:type_name -> org.lfedge.eve.config.EdgeNodeCluster
+	14, // 21: org.lfedge.eve.config.ConfigResponse.config:type_name -> org.lfedge.eve.config.EdgeDevConfig
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_eve_config_proto_init() }
@@ -1509,7 +1344,7 @@ func file_eve_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_eve_config_proto_rawDesc), len(file_eve_config_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   14,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
