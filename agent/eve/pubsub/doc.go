@@ -21,4 +21,9 @@
 //
 // Watcher follows a set of topics and delivers a debounced Snapshot whenever
 // the content changes; a file that fails to decode keeps its last good value.
+//
+// Reading files is enough to follow EVE, because every EVE publisher writes
+// them. Publishing to EVE is not: EVE's subscribers of a non-persistent topic
+// read the publisher's unix socket, never the directory. What evelet
+// publishes for EVE goes through package socketpub (files and socket).
 package pubsub

@@ -196,16 +196,18 @@ func readFile(path string) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// Write publishes v at path the way EVE's pubsub does: compact
+// Write writes v at path the way EVE's pubsub writes its files: compact
 // encoding/json output, written to a temp file in the same directory and
-// renamed over path. Missing directories are created. Write does not
-// validate: the simulator may publish whatever zedagent could.
+// renamed over path, mode 0600 (missing directories are created 0700).
+// Write does not validate: the simulator may publish whatever zedagent
+// could. It writes the file only: what evelet publishes for EVE's agents
+// must also be served on the topic's socket, which package socketpub does.
 func Write[T any](path string, v T) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("eve pubsub file %s: encode: %w", path, err)
 	}
-	return atomicfile.WriteFile(path, data, 0o644)
+	return atomicfile.WriteFile(path, data, 0o600)
 }
 
 // Unpublish removes a key's file, as EVE's Unpublish does. A missing file
@@ -215,11 +217,6 @@ func Unpublish(path string) error {
 		return err
 	}
 	return nil
-}
-
-// WriteDrainStatus writes <Run>/zedkube/NodeDrainStatus/global.json.
-func WriteDrainStatus(root Root, s NodeDrainStatus) error {
-	return Write(root.NodeDrainStatus(), s)
 }
 
 // topicKey is the key of a file path: its base name without ".json".

@@ -87,9 +87,9 @@ func TestReadAllSkipsTempFilesAndReportsBadOnes(t *testing.T) {
 	fileErr(t, err, r.ZbootStatus(PartitionIMGB), "")
 }
 
-func TestWriteDrainStatusShape(t *testing.T) {
+func TestWriteShape(t *testing.T) {
 	r := testRoot(t)
-	if err := WriteDrainStatus(r, NodeDrainStatus{Status: DrainStatusCordoned, RequestedBy: DrainRequesterUpdate}); err != nil {
+	if err := Write(r.NodeDrainStatus(), NodeDrainStatus{Status: DrainStatusCordoned, RequestedBy: DrainRequesterUpdate}); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(r.NodeDrainStatus())
@@ -98,6 +98,9 @@ func TestWriteDrainStatusShape(t *testing.T) {
 	}
 	if string(b) != `{"Status":5,"RequestedBy":3}` {
 		t.Fatalf("wrote %s", b)
+	}
+	if st, err := os.Stat(r.NodeDrainStatus()); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v, %v; want 0600 as EVE's files", st.Mode().Perm(), err)
 	}
 	ents, _ := os.ReadDir(filepath.Dir(r.NodeDrainStatus()))
 	if len(ents) != 1 {
