@@ -97,7 +97,8 @@ type Publication struct {
 // previous run left there (so a restarted evelet serves what it served
 // before, as socketdriver's publisher does), and listens on the socket. A
 // socket file left by a dead publisher is replaced; one that a live
-// process answers on is an error.
+// process answers on is an error. Only non-persistent publications (files
+// under <Run>) are supported: evelet publishes nothing persistent for EVE.
 func Open(root pubsub.Root, agent, topic string, opts Options) (*Publication, error) {
 	if err := checkName("agent", agent); err != nil {
 		return nil, err
