@@ -23,11 +23,13 @@ const (
 
 // Inputs is everything the EVE side offers at one moment.
 type Inputs struct {
-	Snapshot        pubsub.Snapshot
-	Checkpoint      *evecfg.Checkpoint
-	CheckpointErr   error
-	DeviceKeyPath   string
-	ControllerCerts string // directory
+	Snapshot      pubsub.Snapshot
+	Checkpoint    *evecfg.Checkpoint
+	CheckpointErr error
+	DeviceKeyPath string
+	// ControllerCertDirs are searched for the controller certificate a
+	// cipher context names (see ControllerCertDirs).
+	ControllerCertDirs []string
 }
 
 // Resolved is the outcome of Resolve: join intent (nil: not in a cluster)
@@ -55,13 +57,23 @@ func Resolve(in Inputs) (*Resolved, error) {
 		return nil, err
 	}
 
-	// Cluster intent: zedagent's pubsub topic, else the checkpoint.
+	// Cluster intent, in this order (docs/eve-channel.md):
+	//  1. the run-time topic: <Run>/zedagent/EdgeNodeClusterConfig, or on
+	//     EVE before 16.12.0 the <Persist>/status copy, which is where those
+	//     releases publish it;
+	//  2. the checkpoint, which zedagent replays at boot before it publishes;
+	//  3. the <Persist>/status copy, only when the EVE version is unknown.
+	// On 16.12.0 and later the <Persist>/status copy is a leftover that
+	// nothing removes; it never counts, or a device removed from a cluster
+	// would rejoin it at every boot until zedagent publishes.
+	rel := ReleaseOf(in.Snapshot)
+	ccRun, ccLast := pickTopic(in.Snapshot.ClusterConfig, in.Snapshot.ClusterConfigPersistent, rel)
 	var (
 		valid            bool
 		name, id, joinIP string
 		block            *evepb.CipherBlock
 	)
-	if cc := in.Snapshot.ClusterConfig; cc != nil {
+	fromTopic := func(cc *pubsub.EdgeNodeClusterConfig) {
 		valid = cc.Valid
 		name, id = cc.ClusterName, cc.ClusterID.UUID.String()
 		if cc.JoinServerIP != nil {
@@ -70,11 +82,18 @@ func Resolve(in Inputs) (*Resolved, error) {
 		if t := cc.CipherToken; t.IsCipher || len(t.CipherData) > 0 {
 			block = &evepb.CipherBlock{CipherContextId: t.CipherContextID, InitialValue: t.InitialValue, CipherData: t.CipherData, ClearTextSha256: t.ClearTextHash}
 		}
-	} else if cp != nil && cp.Cluster() != nil {
-		c := cp.Cluster()
-		valid = true
-		name, id, joinIP, block = c.GetClusterName(), c.GetClusterId(), c.GetJoinServerIp(), c.GetEncryptedClusterToken()
-	} else if in.CheckpointErr != nil && !isNotExist(in.CheckpointErr) {
+	}
+	switch {
+	case ccRun != nil:
+		fromTopic(ccRun)
+	case cp != nil:
+		if c := cp.Cluster(); c != nil {
+			valid = true
+			name, id, joinIP, block = c.GetClusterName(), c.GetClusterId(), c.GetJoinServerIp(), c.GetEncryptedClusterToken()
+		}
+	case ccLast != nil:
+		fromTopic(ccLast)
+	case in.CheckpointErr != nil && !isNotExist(in.CheckpointErr):
 		return nil, fmt.Errorf("no cluster intent in pubsub and the checkpoint is unusable: %w", in.CheckpointErr)
 	}
 	if !valid {
@@ -82,12 +101,17 @@ func Resolve(in Inputs) (*Resolved, error) {
 	}
 	out.ClusterKey = fmt.Sprintf("%s/%s@%s", name, id, joinIP)
 
-	// Device identity: EdgeNodeInfo, else the checkpoint.
+	// Device identity: EdgeNodeInfo, else the checkpoint, with the same
+	// precedence as the cluster intent.
 	devName, devID := "", ""
-	if ni := in.Snapshot.NodeInfo; ni != nil {
-		devName, devID = ni.DeviceName, ni.DeviceID
-	} else if cp != nil {
+	niRun, niLast := pickTopic(in.Snapshot.NodeInfo, in.Snapshot.NodeInfoPersistent, rel)
+	switch {
+	case niRun != nil:
+		devName, devID = niRun.DeviceName, niRun.DeviceID
+	case cp != nil:
 		devName, devID = cp.Config.GetDeviceName(), cp.DeviceUUID()
+	case niLast != nil:
+		devName, devID = niLast.DeviceName, niLast.DeviceID
 	}
 	if devID == "" {
 		return nil, errors.New("device id unknown: neither EdgeNodeInfo nor the checkpoint names it")
@@ -157,13 +181,13 @@ func clusterToken(in Inputs, block *evepb.CipherBlock, cluster string) (string, 
 	if err != nil {
 		return "", fmt.Errorf("device ECDH key: %w", err)
 	}
-	certs, err := LoadControllerCerts(in.ControllerCerts)
-	if err != nil {
-		return "", err
-	}
-	cert, err := evecrypt.FindControllerCert(certs, cctx.GetControllerCertHash())
+	certs, err := LoadControllerCerts(in.ControllerCertDirs)
 	if err != nil {
 		return "", fmt.Errorf("cipher context %q: %w", cctx.GetContextId(), err)
+	}
+	cert, err := evecrypt.FindControllerCert(certs.Certs, cctx.GetControllerCertHash())
+	if err != nil {
+		return "", fmt.Errorf("cipher context %q: %w in %s%s", cctx.GetContextId(), err, strings.Join(in.ControllerCertDirs, ", "), problemText(certs.Problems))
 	}
 	eb, err := evecrypt.DecryptEncryptionBlock(block, cctx, key, cert)
 	if err != nil {
@@ -173,6 +197,38 @@ func clusterToken(in Inputs, block *evepb.CipherBlock, cluster string) (string, 
 		return "", errors.New("decrypted EncryptionBlock has no cluster_token")
 	}
 	return eb.GetClusterToken(), nil
+}
+
+// pickTopic sorts the two copies of a topic EVE 16.12.0 moved from
+// <Persist>/status to <Run>: runtime is the copy the running EVE publishes
+// (the <Run> one, or on an older EVE the persistent one), lastResort the
+// persistent copy when the version is unknown (ranked after the checkpoint).
+// Topics zedagent publishes as "noise" (Initialized and Valid both false,
+// pillar zedkube handleEdgeNodeClusterConfigImpl) do not count.
+func pickTopic[T pubsub.EdgeNodeClusterConfig | pubsub.EdgeNodeInfo](run, persist *T, rel Release) (runtime, lastResort *T) {
+	if noise(run) {
+		run = nil
+	}
+	if noise(persist) {
+		persist = nil
+	}
+	switch {
+	case run != nil:
+		return run, nil
+	case rel.PersistentTopics():
+		return persist, nil
+	case rel.Known():
+		return nil, nil
+	default:
+		return nil, persist
+	}
+}
+
+func noise[T pubsub.EdgeNodeClusterConfig | pubsub.EdgeNodeInfo](v *T) bool {
+	if cc, ok := any(v).(*pubsub.EdgeNodeClusterConfig); ok && cc != nil {
+		return !cc.Initialized && !cc.Valid
+	}
+	return false
 }
 
 // osVersion is the running partition's EVE version.

@@ -2,7 +2,6 @@ package eve
 
 import (
 	"encoding/json"
-	"os"
 	"strings"
 	"testing"
 
@@ -21,7 +20,8 @@ func inputs(t *testing.T, sim *evesim.Device) Inputs {
 	t.Helper()
 	snap := pubsub.ReadSnapshot(sim.Root)
 	cp, err := evecfg.LoadCheckpoint(sim.Root.Checkpoint())
-	return Inputs{Snapshot: snap, Checkpoint: cp, CheckpointErr: err, DeviceKeyPath: sim.Root.DeviceECDHKey(), ControllerCerts: sim.ControllerCertDir()}
+	return Inputs{Snapshot: snap, Checkpoint: cp, CheckpointErr: err, DeviceKeyPath: sim.Root.DeviceECDHKey(),
+		ControllerCertDirs: ControllerCertDirs(sim.Root, ReleaseOf(snap))}
 }
 
 func newSim(t *testing.T) *evesim.Device {
@@ -56,10 +56,15 @@ func TestResolveFallsBackToCheckpoint(t *testing.T) {
 		ConfigItems: map[string]string{"evelet.apiserver-url": "https://api.example:7443", "other.item": "x"}}); err != nil {
 		t.Fatal(err)
 	}
-	// No pubsub topics at all (zedagent not running yet): the checkpoint
-	// carries cluster intent and device identity.
-	os.RemoveAll(sim.Root.Run)
-	os.RemoveAll(sim.Root.EdgeNodeInfoPersistent())
+	// After a reboot zedagent has published only the controller
+	// certificates yet: the checkpoint carries cluster intent and device
+	// identity.
+	if err := sim.Reboot(evesim.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sim.PublishControllerCerts(); err != nil {
+		t.Fatal(err)
+	}
 	r, err := Resolve(inputs(t, sim))
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"reflect"
 	"syscall"
 	"time"
@@ -19,8 +18,10 @@ import (
 // pubsub topics and the checkpointed config under Root.
 type Source struct {
 	Root pubsub.Root
-	// ControllerCerts is the directory of controller certificates
-	// (default <Persist>/status/zedagent/ControllerCert).
+	// ControllerCerts, if set, is the only directory searched for
+	// controller certificates. Empty: where the running EVE publishes them
+	// (ControllerCertDirs: <Run>/zedagent/ControllerCert since 16.12.0,
+	// <Persist>/status/zedagent/ControllerCert before).
 	ControllerCerts string
 	// Poll is how often the checkpoint is re-read (it is not a pubsub topic).
 	Poll time.Duration
@@ -29,11 +30,11 @@ type Source struct {
 
 func (s *Source) Name() string { return "eve " + s.Root.Run + "," + s.Root.Persist }
 
-func (s *Source) certDir() string {
+func (s *Source) certDirs(rel Release) []string {
 	if s.ControllerCerts != "" {
-		return s.ControllerCerts
+		return []string{s.ControllerCerts}
 	}
-	return filepath.Join(s.Root.Persist, "status", "zedagent", "ControllerCert")
+	return ControllerCertDirs(s.Root, rel)
 }
 
 // Watch reports join intent whenever the EVE side changes it. The same
@@ -67,7 +68,8 @@ func (s *Source) Watch(ctx context.Context) <-chan intent.Update {
 		// checkpoint is re-parsed only when one of them changed.
 		readCheckpoint := func() bool {
 			sig := fileSig(s.Root.Checkpoint()) + "|" + fileSig(s.Root.Checkpoint()+".bak") + "|" +
-				fileSig(s.Root.DeviceECDHKey()) + "|" + fileSig(s.certDir())
+				fileSig(s.Root.DeviceECDHKey()) + "|" + fileSig(s.Root.ControllerCertDir()) + "|" +
+				fileSig(s.Root.ControllerCertDirPersistent()) + "|" + fileSig(s.ControllerCerts)
 			if sig == cpSig {
 				return false
 			}
@@ -112,7 +114,8 @@ func (s *Source) Watch(ctx context.Context) <-chan intent.Update {
 }
 
 func (s *Source) update(snap pubsub.Snapshot, cp *evecfg.Checkpoint, cpErr error) intent.Update {
-	r, err := Resolve(Inputs{Snapshot: snap, Checkpoint: cp, CheckpointErr: cpErr, DeviceKeyPath: s.Root.DeviceECDHKey(), ControllerCerts: s.certDir()})
+	r, err := Resolve(Inputs{Snapshot: snap, Checkpoint: cp, CheckpointErr: cpErr, DeviceKeyPath: s.Root.DeviceECDHKey(),
+		ControllerCertDirs: s.certDirs(ReleaseOf(snap))})
 	if err != nil {
 		return intent.Update{Err: err}
 	}

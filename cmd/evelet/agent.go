@@ -40,7 +40,7 @@ func runAgent(args []string) int {
 	joinFile := fs.String("join-file", "", "YAML join material (apiServer, token, caCertHashes or kubeconfig; nodeName, deviceUUID); replaces the EVE channel")
 	eveRun := fs.String("eve-run", "/run", "EVE's volatile root (pubsub topics)")
 	evePersist := fs.String("eve-persist", "/persist", "EVE's persistent root (checkpoint, device ECDH key, persistent topics)")
-	eveCerts := fs.String("eve-controller-certs", "", "controller certificates (default <eve-persist>/status/zedagent/ControllerCert)")
+	eveCerts := fs.String("eve-controller-certs", "", "only directory searched for controller certificates (default: where the running EVE publishes them: <eve-run>/zedagent/ControllerCert since 16.12.0, <eve-persist>/status/zedagent/ControllerCert before)")
 	drainTimeout := fs.Duration("drain-timeout", 5*time.Minute, "how long a drain may take when leaving a cluster")
 	metricsAddr := fs.String("metrics-addr", "127.0.0.1:10260", "address of the Prometheus /metrics endpoint (empty: off)")
 	ctrd := fs.String("containerd", "unix:///run/containerd-user/containerd.sock", "containerd CRI endpoint pods run on")

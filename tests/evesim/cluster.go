@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -105,7 +106,7 @@ func (d *Device) SetConfigItems(items map[string]string) error {
 // RemoveCluster is the controller taking the device out of its cluster: a
 // new checkpoint without cluster and without cipher contexts (config items
 // are kept), and EdgeNodeClusterConfig{Initialized: true, Valid: false} as
-// current zedagent publishes it (older releases unpublished the key instead).
+// current zedagent publishes it (an OldEVE device unpublishes the key).
 func (d *Device) RemoveCluster() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -115,10 +116,7 @@ func (d *Device) RemoveCluster() error {
 		d.cl = old
 		return err
 	}
-	if err := pubsub.Write(d.Root.EdgeNodeClusterConfig(), pubsub.EdgeNodeClusterConfig{Initialized: true}); err != nil {
-		return fmt.Errorf("evesim: %w", err)
-	}
-	return nil
+	return d.publishClusterConfigLocked()
 }
 
 // PublishZedkubeToken writes <Run>/zedkube/EdgeNodeClusterStatus/global.json
@@ -154,7 +152,7 @@ func (d *Device) setCluster(c Cluster, blockCtxID string, tamper bool) error {
 	if err != nil {
 		return err
 	}
-	ctx := evecrypt.NewCipherContext(c.CipherContextID, d.DeviceCert, d.ControllerCert)
+	ctx := evecrypt.NewCipherContext(c.CipherContextID, deviceCertHash(d.DeviceCert), d.ControllerCertHash())
 	block, err := evecrypt.EncryptEncryptionBlock(&evepb.EncryptionBlock{ClusterToken: c.Token}, ctx, d.ControllerKey, d.DeviceCert)
 	if err != nil {
 		return fmt.Errorf("evesim: encrypt cluster token: %w", err)
@@ -175,10 +173,14 @@ func (d *Device) setCluster(c Cluster, blockCtxID string, tamper bool) error {
 		d.items, d.cl = oldItems, oldCl
 		return err
 	}
-	if err := pubsub.Write(d.Root.EdgeNodeClusterConfig(), d.clusterConfigLocked()); err != nil {
-		return fmt.Errorf("evesim: %w", err)
-	}
-	return nil
+	return d.publishClusterConfigLocked()
+}
+
+// deviceCertHash is how the simulated controller names the device's ECDH
+// certificate: sha256 of the PEM the device sent. evelet does not read it.
+func deviceCertHash(c *x509.Certificate) []byte {
+	h := sha256.Sum256(pemCert(c))
+	return h[:]
 }
 
 // normalize fills in defaults and refuses what zedagent could not parse.

@@ -3,28 +3,38 @@
 // and the controller would leave on a device, so evelet's EVE source can be
 // exercised with EVE-side inputs only. Nothing here reads evelet's output.
 //
-// On-disk layout, relative to the simulator's directory (Root.Run = <dir>/run,
-// Root.Persist = <dir>/persist):
+// By default the device behaves like a current EVE (16.12.0 and later):
+// zedagent publishes ControllerCert, EdgeNodeInfo and EdgeNodeClusterConfig
+// under <Run> only (pillar cmd/zedagent/zedagent.go, Persistent: false).
+// With Options.OldEVE it behaves like an EVE before 16.12.0, which published
+// those three under <Persist>/status. Reboot switches between the two the
+// way an upgrade does: <Run> is emptied, <Persist> (with any old copies) stays.
 //
+// On-disk layout, relative to the simulator's directory (Root.Run = <dir>/run,
+// Root.Persist = <dir>/persist); <Z> is run/zedagent on a current EVE and
+// persist/status/zedagent with OldEVE:
+//
+//	run/eve-release                   the running version (EVE's init copies /etc/eve-release there)
 //	persist/certs/ecdh.key.pem        device ECDH key, PEM "EC PRIVATE KEY" (SEC 1), P-256, mode 0600
 //	persist/certs/ecdh.cert.pem       device ECDH certificate, PEM
-//	persist/status/zedagent/ControllerCert/<hex CertHash>.json
-//	                                  one pubsub item per controller certificate (types.ControllerCert)
-//	persist/status/zedagent/ControllerCert/controller-certs.pem
-//	                                  the same certificates as a PEM bundle, for humans
-//	persist/status/zedagent/EdgeNodeInfo/global.json
-//	                                  EdgeNodeInfo (zedagent publishes it persistently)
+//	<Z>/ControllerCert/<hex CertHash>.json
+//	                                  one pubsub item per controller certificate (types.ControllerCert),
+//	                                  shaped as Adam makes them: PEM without its trailing newline,
+//	                                  CertHash = first 16 bytes of sha256 over exactly those bytes
+//	<Z>/EdgeNodeInfo/global.json      EdgeNodeInfo
+//	<Z>/EdgeNodeClusterConfig/global.json   (after SetCluster / RemoveCluster)
 //	persist/checkpoint/lastconfig     signed AuthContainer{ConfigResponse{EdgeDevConfig}}
 //	persist/checkpoint/lastconfig.bak the previous (last known good) checkpoint
 //	run/baseosmgr/ZbootStatus/IMGA.json, IMGB.json
-//	run/zedagent/EdgeNodeClusterConfig/global.json   (after SetCluster / RemoveCluster)
 //	run/zedkube/EdgeNodeClusterStatus/global.json    (after PublishZedkubeToken)
 package evesim
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
@@ -32,19 +42,44 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
 
-	"github.com/lf-edge/evelet/agent/eve/evecfg"
 	"github.com/lf-edge/evelet/agent/eve/evecfg/evepb"
+	"github.com/lf-edge/evelet/agent/eve/evecrypt"
 	"github.com/lf-edge/evelet/agent/eve/pubsub"
 	"github.com/lf-edge/evelet/internal/atomicfile"
 )
 
-// DefaultOSVersion is the EVE version New puts in ZbootStatus.
-const DefaultOSVersion = "14.5.1-lts-kvm-amd64"
+// DefaultOSVersion is the EVE version New gives a current device, and
+// OldOSVersion the one it gives a device with Options.OldEVE.
+const (
+	DefaultOSVersion = "16.12.0-kvm-amd64"
+	OldOSVersion     = "14.5.1-lts-kvm-amd64"
+)
+
+// Options shape a simulated device.
+type Options struct {
+	// OldEVE: publish ControllerCert, EdgeNodeInfo and EdgeNodeClusterConfig
+	// under <Persist>/status, as EVE before 16.12.0 did.
+	OldEVE bool
+	// OSVersion is the running version (default DefaultOSVersion, or
+	// OldOSVersion with OldEVE).
+	OSVersion string
+}
+
+func (o Options) withDefaults() Options {
+	if o.OSVersion == "" {
+		o.OSVersion = DefaultOSVersion
+		if o.OldEVE {
+			o.OSVersion = OldOSVersion
+		}
+	}
+	return o
+}
 
 // Project and enterprise names New publishes in EdgeNodeInfo and the config.
 const (
@@ -64,15 +99,24 @@ const (
 )
 
 // ControllerCert is pillar's types.ControllerCert as zedagent publishes it
-// (persistent topic "ControllerCert", key = hex of CertHash). Cert holds the
-// PEM bytes as received from the controller (base64 in JSON, as for every Go
-// []byte); CertHash is sha256 over those PEM bytes (evecfg.CertHash), all 32
-// bytes, hence HashAlgo = HASH_ALGORITHM_SHA256_32BYTES (2).
-type ControllerCert struct {
-	HashAlgo int32
-	Type     int32
-	Cert     []byte
-	CertHash []byte
+// (topic "ControllerCert", key = hex of CertHash). Cert holds the bytes as
+// received from the controller (base64 in JSON, as for every Go []byte).
+// The simulated controller makes them as Adam does (lf-edge/adam
+// pkg/server/apiHandlerv2.go, getCertChain and certs): the PEM with its
+// trailing newline trimmed, CertHash = the first 16 bytes of sha256 over
+// exactly those bytes, HashAlgo = HASH_ALGORITHM_SHA256_16BYTES (1).
+type ControllerCert = evecrypt.ControllerCert
+
+// controllerCertRecord makes c's record as Adam does.
+func controllerCertRecord(c *x509.Certificate, typ int32) ControllerCert {
+	trimmed := bytes.TrimSpace(pemCert(c))
+	h := sha256.Sum256(trimmed)
+	return ControllerCert{
+		HashAlgo: int32(evepb.HashAlgorithm_HASH_ALGORITHM_SHA256_16BYTES),
+		Type:     typ,
+		Cert:     trimmed,
+		CertHash: h[:16],
+	}
 }
 
 // Device is one simulated EVE device. Its methods may be called from several
@@ -99,8 +143,11 @@ type Device struct {
 	SigningKey  *ecdsa.PrivateKey
 	SigningCert *x509.Certificate
 
-	// OSVersion is the running EVE version (ZbootStatus IMGA ShortVersion).
+	// OSVersion is the running EVE version (<Run>/eve-release, ZbootStatus
+	// IMGA ShortVersion). Set by New and Reboot.
 	OSVersion string
+	// OldEVE: the device publishes like EVE before 16.12.0 (Options.OldEVE).
+	OldEVE bool
 
 	dir          string
 	projectID    string
@@ -112,10 +159,15 @@ type Device struct {
 	cl      *clusterState     // current cluster, nil when none
 }
 
-// New creates a simulated device under dir: keys and certificates, the
-// controller certificates as zedagent keeps them, EdgeNodeInfo, ZbootStatus
-// and an initial checkpoint (config version "1", no cluster).
-func New(dir, name string) (*Device, error) {
+// New creates a simulated current EVE device under dir: keys and
+// certificates, the controller certificates as zedagent publishes them,
+// EdgeNodeInfo, ZbootStatus and an initial checkpoint (config version "1",
+// no cluster).
+func New(dir, name string) (*Device, error) { return NewWithOptions(dir, name, Options{}) }
+
+// NewWithOptions is New for the device opt describes.
+func NewWithOptions(dir, name string, opt Options) (*Device, error) {
+	opt = opt.withDefaults()
 	if dir == "" {
 		return nil, errors.New("evesim: empty directory")
 	}
@@ -139,7 +191,8 @@ func New(dir, name string) (*Device, error) {
 		Root:         pubsub.Root{Run: filepath.Join(abs, "run"), Persist: filepath.Join(abs, "persist")},
 		UUID:         id,
 		Name:         name,
-		OSVersion:    DefaultOSVersion,
+		OSVersion:    opt.OSVersion,
+		OldEVE:       opt.OldEVE,
 		dir:          abs,
 		projectID:    projectID,
 		enterpriseID: enterpriseID,
@@ -159,20 +212,7 @@ func New(dir, name string) (*Device, error) {
 	if err := atomicfile.WriteFile(d.deviceCertPath(), pemCert(d.DeviceCert), 0o644); err != nil {
 		return nil, fmt.Errorf("evesim: %w", err)
 	}
-	if err := d.writeControllerCerts(); err != nil {
-		return nil, err
-	}
-	if err := pubsub.Write(d.Root.EdgeNodeInfoPersistent(), pubsub.EdgeNodeInfo{
-		DeviceName:     name,
-		DeviceID:       id,
-		ProjectName:    ProjectName,
-		ProjectID:      projectID,
-		EnterpriseName: EnterpriseName,
-		EnterpriseID:   enterpriseID,
-	}); err != nil {
-		return nil, fmt.Errorf("evesim: %w", err)
-	}
-	if err := d.writeZboot(); err != nil {
+	if err := d.writeBoot(); err != nil {
 		return nil, err
 	}
 	d.mu.Lock()
@@ -180,21 +220,124 @@ func New(dir, name string) (*Device, error) {
 	if err := d.writeCheckpointLocked(); err != nil {
 		return nil, err
 	}
+	if err := d.publishZedagentLocked(); err != nil {
+		return nil, err
+	}
 	return d, nil
+}
+
+// Reboot is the device restarting into opt's release (an upgrade or a
+// downgrade when the version changes): <Run> is a tmpfs and starts empty,
+// <Persist> keeps everything, including the <Persist>/status copies an
+// older release published. Init writes <Run>/eve-release and baseosmgr
+// ZbootStatus; zedagent has not published yet: call PublishZedagent for that.
+func (d *Device) Reboot(opt Options) error {
+	opt = opt.withDefaults()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := os.RemoveAll(d.Root.Run); err != nil {
+		return fmt.Errorf("evesim: %w", err)
+	}
+	d.OSVersion, d.OldEVE = opt.OSVersion, opt.OldEVE
+	return d.writeBoot()
+}
+
+// PublishZedagent is zedagent starting after a Reboot: it replays the
+// checkpoint and publishes the controller certificates, EdgeNodeInfo and
+// EdgeNodeClusterConfig (the current cluster, or Initialized only) where
+// this release publishes them.
+func (d *Device) PublishZedagent() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.publishZedagentLocked()
+}
+
+// PublishControllerCerts is the first thing zedagent publishes after a
+// Reboot: the controller certificates, restored from its own checkpoint of
+// them, before it has parsed the config.
+func (d *Device) PublishControllerCerts() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.writeControllerCerts()
+}
+
+func (d *Device) publishZedagentLocked() error {
+	if err := d.writeControllerCerts(); err != nil {
+		return err
+	}
+	if err := pubsub.Write(d.EdgeNodeInfoPath(), pubsub.EdgeNodeInfo{
+		DeviceName:     d.Name,
+		DeviceID:       d.UUID,
+		ProjectName:    ProjectName,
+		ProjectID:      d.projectID,
+		EnterpriseName: EnterpriseName,
+		EnterpriseID:   d.enterpriseID,
+	}); err != nil {
+		return fmt.Errorf("evesim: %w", err)
+	}
+	return d.publishClusterConfigLocked()
+}
+
+// publishClusterConfigLocked publishes EdgeNodeClusterConfig for the current
+// cluster. Without one, current zedagent publishes {Initialized: true}
+// (pillar cmd/zedagent/parseconfig.go publishEmptyENCC); releases before
+// 16.12.0 unpublished the key instead.
+func (d *Device) publishClusterConfigLocked() error {
+	var err error
+	switch {
+	case d.cl != nil:
+		err = pubsub.Write(d.ClusterConfigPath(), d.clusterConfigLocked())
+	case d.OldEVE:
+		err = pubsub.Unpublish(d.ClusterConfigPath())
+	default:
+		err = pubsub.Write(d.ClusterConfigPath(), pubsub.EdgeNodeClusterConfig{Initialized: true})
+	}
+	if err != nil {
+		return fmt.Errorf("evesim: %w", err)
+	}
+	return nil
+}
+
+// writeBoot writes what exists before zedagent runs: eve-release, ZbootStatus.
+func (d *Device) writeBoot() error {
+	if err := atomicfile.WriteFile(d.Root.EVERelease(), []byte(d.OSVersion+"\n"), 0o644); err != nil {
+		return fmt.Errorf("evesim: %w", err)
+	}
+	return d.writeZboot()
 }
 
 // Dir is the simulator's directory (absolute).
 func (d *Device) Dir() string { return d.dir }
 
-// ControllerCertDir is <Persist>/status/zedagent/ControllerCert, where
-// zedagent keeps the controller's certificates.
-func (d *Device) ControllerCertDir() string {
-	return d.Root.PersistentTopicDir(pubsub.AgentZedAgent, "ControllerCert")
+// zedagentTopicDir is where this release publishes topic: <Run>/zedagent,
+// or <Persist>/status/zedagent on an OldEVE device.
+func (d *Device) zedagentTopicDir(topic string) string {
+	if d.OldEVE {
+		return d.Root.PersistentTopicDir(pubsub.AgentZedAgent, topic)
+	}
+	return d.Root.TopicDir(pubsub.AgentZedAgent, topic)
 }
 
-// ControllerCertBundle is the PEM bundle New writes next to the JSON items.
-func (d *Device) ControllerCertBundle() string {
-	return filepath.Join(d.ControllerCertDir(), "controller-certs.pem")
+// ControllerCertDir is where this release publishes the controller
+// certificates: <Run>/zedagent/ControllerCert, or
+// <Persist>/status/zedagent/ControllerCert on an OldEVE device.
+func (d *Device) ControllerCertDir() string { return d.zedagentTopicDir(pubsub.TopicControllerCert) }
+
+// ClusterConfigPath is where this release publishes EdgeNodeClusterConfig.
+func (d *Device) ClusterConfigPath() string {
+	return filepath.Join(d.zedagentTopicDir(pubsub.TopicEdgeNodeClusterConfig), pubsub.KeyGlobal+".json")
+}
+
+// EdgeNodeInfoPath is where this release publishes EdgeNodeInfo.
+func (d *Device) EdgeNodeInfoPath() string {
+	return filepath.Join(d.zedagentTopicDir(pubsub.TopicEdgeNodeInfo), pubsub.KeyGlobal+".json")
+}
+
+// ControllerCertHash is the hash under which the controller names its ECDH
+// certificate (the CertHash of its ControllerCert record, and the
+// controllerCertHash of the cipher contexts it sends).
+func (d *Device) ControllerCertHash() []byte {
+	return controllerCertRecord(d.ControllerCert, CertTypeControllerECDHExchange).CertHash
 }
 
 // DeviceCertPath is <Persist>/certs/ecdh.cert.pem.
@@ -228,9 +371,8 @@ func (d *Device) writeDeviceKey(k *ecdsa.PrivateKey) error {
 }
 
 // writeControllerCerts publishes the signing and the ECDH-exchange
-// certificate as zedagent does (one JSON item each) plus a PEM bundle.
+// certificate as zedagent does: one JSON item each, key hex(CertHash).
 func (d *Device) writeControllerCerts() error {
-	var bundle []byte
 	for _, c := range []struct {
 		cert *x509.Certificate
 		typ  int32
@@ -238,22 +380,11 @@ func (d *Device) writeControllerCerts() error {
 		{d.SigningCert, CertTypeControllerSigning},
 		{d.ControllerCert, CertTypeControllerECDHExchange},
 	} {
-		p := pemCert(c.cert)
-		hash := evecfg.CertHash(c.cert) // sha256 of exactly these PEM bytes
-		item := ControllerCert{
-			HashAlgo: int32(evepb.HashAlgorithm_HASH_ALGORITHM_SHA256_32BYTES),
-			Type:     c.typ,
-			Cert:     p,
-			CertHash: hash,
-		}
-		path := filepath.Join(d.ControllerCertDir(), hex.EncodeToString(hash)+".json")
+		item := controllerCertRecord(c.cert, c.typ)
+		path := filepath.Join(d.ControllerCertDir(), hex.EncodeToString(item.CertHash)+".json")
 		if err := pubsub.Write(path, item); err != nil {
 			return fmt.Errorf("evesim: %w", err)
 		}
-		bundle = append(bundle, p...)
-	}
-	if err := atomicfile.WriteFile(d.ControllerCertBundle(), bundle, 0o644); err != nil {
-		return fmt.Errorf("evesim: %w", err)
 	}
 	return nil
 }

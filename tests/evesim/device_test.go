@@ -2,6 +2,7 @@ package evesim
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
@@ -42,17 +43,20 @@ func newDevice(t *testing.T) *Device {
 }
 
 // controllerCerts reads the ControllerCert items the way an EVE-side reader
-// would: every *.json in the directory, Cert parsed as PEM or DER.
-func controllerCerts(t *testing.T, d *Device) ([]*x509.Certificate, map[int32]ControllerCert) {
+// would: every *.json in the directory, key = hex(CertHash), Cert as Adam
+// sends it (PEM without the trailing newline), CertHash = the first 16
+// bytes of sha256 over exactly the Cert bytes.
+func controllerCerts(t *testing.T, d *Device) ([]ControllerCert, map[int32]ControllerCert) {
 	t.Helper()
 	ents, err := os.ReadDir(d.ControllerCertDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	var certs []*x509.Certificate
+	var recs []ControllerCert
 	byType := map[int32]ControllerCert{}
 	for _, e := range ents {
 		if !strings.HasSuffix(e.Name(), ".json") {
+			t.Errorf("unexpected file %s in the ControllerCert topic", e.Name())
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join(d.ControllerCertDir(), e.Name()))
@@ -66,17 +70,17 @@ func controllerCerts(t *testing.T, d *Device) ([]*x509.Certificate, map[int32]Co
 		if want := hex.EncodeToString(cc.CertHash) + ".json"; e.Name() != want {
 			t.Errorf("file %s, want key %s", e.Name(), want)
 		}
-		cs, err := evecrypt.ParseCertificates(cc.Cert)
-		if err != nil || len(cs) != 1 {
-			t.Fatalf("%s: Cert: %v (%d certs)", e.Name(), err, len(cs))
+		if _, err := evecrypt.ParseControllerCert(cc.Cert); err != nil {
+			t.Fatalf("%s: Cert: %v", e.Name(), err)
 		}
-		if !bytes.Equal(cc.CertHash, evecfg.CertHash(cs[0])) || !evecfg.CertHashMatches(cs[0], cc.CertHash) {
-			t.Errorf("%s: CertHash does not name Cert", e.Name())
+		sum := sha256.Sum256(cc.Cert)
+		if bytes.HasSuffix(cc.Cert, []byte("\n")) || !bytes.Equal(cc.CertHash, sum[:16]) {
+			t.Errorf("%s: not shaped as Adam makes it", e.Name())
 		}
-		certs = append(certs, cs[0])
+		recs = append(recs, cc)
 		byType[cc.Type] = cc
 	}
-	return certs, byType
+	return recs, byType
 }
 
 func loadCheckpoint(t *testing.T, d *Device) *evecfg.Checkpoint {
@@ -96,7 +100,7 @@ func loadCheckpoint(t *testing.T, d *Device) *evecfg.Checkpoint {
 
 func readClusterConfig(t *testing.T, d *Device) pubsub.EdgeNodeClusterConfig {
 	t.Helper()
-	enc, ok, err := pubsub.Read[pubsub.EdgeNodeClusterConfig](d.Root.EdgeNodeClusterConfig())
+	enc, ok, err := pubsub.Read[pubsub.EdgeNodeClusterConfig](d.ClusterConfigPath())
 	if err != nil || !ok {
 		t.Fatalf("EdgeNodeClusterConfig: ok=%v err=%v", ok, err)
 	}
@@ -165,34 +169,32 @@ func TestNewLayout(t *testing.T) {
 		t.Errorf("DeviceCertPath = %s", d.DeviceCertPath())
 	}
 
-	// Controller certificates.
-	if d.ControllerCertDir() != filepath.Join(d.Root.Persist, "status", "zedagent", "ControllerCert") {
+	// Controller certificates: under <Run>, as EVE 16.12.0 and later publish them.
+	if d.ControllerCertDir() != filepath.Join(d.Root.Run, "zedagent", "ControllerCert") {
 		t.Errorf("ControllerCertDir = %s", d.ControllerCertDir())
 	}
-	certs, byType := controllerCerts(t, d)
-	if len(certs) != 2 {
-		t.Fatalf("%d controller certs, want 2", len(certs))
+	recs, byType := controllerCerts(t, d)
+	if len(recs) != 2 {
+		t.Fatalf("%d controller certs, want 2", len(recs))
 	}
-	if s, ok := byType[CertTypeControllerSigning]; !ok || !bytes.Equal(s.CertHash, evecfg.CertHash(d.SigningCert)) {
-		t.Errorf("signing cert (Type 1) missing or wrong")
-	}
-	if e, ok := byType[CertTypeControllerECDHExchange]; !ok || !bytes.Equal(e.CertHash, evecfg.CertHash(d.ControllerCert)) {
-		t.Errorf("ECDH cert (Type 3) missing or wrong")
-	}
-	for _, cc := range byType {
-		if cc.HashAlgo != int32(evepb.HashAlgorithm_HASH_ALGORITHM_SHA256_32BYTES) || len(cc.CertHash) != 32 {
-			t.Errorf("HashAlgo %d with a %d-byte hash", cc.HashAlgo, len(cc.CertHash))
+	for typ, want := range map[int32]*x509.Certificate{CertTypeControllerSigning: d.SigningCert, CertTypeControllerECDHExchange: d.ControllerCert} {
+		r, ok := byType[typ]
+		if !ok {
+			t.Errorf("Type %d missing", typ)
+			continue
 		}
-		if !bytes.HasPrefix(cc.Cert, []byte("-----BEGIN CERTIFICATE-----")) {
-			t.Errorf("Cert is not PEM")
+		if got, err := evecrypt.FindControllerCert(recs, r.CertHash); err != nil || !got.Equal(want) {
+			t.Errorf("Type %d: %v", typ, err)
+		}
+		if r.HashAlgo != int32(evepb.HashAlgorithm_HASH_ALGORITHM_SHA256_16BYTES) || len(r.CertHash) != 16 {
+			t.Errorf("HashAlgo %d with a %d-byte hash", r.HashAlgo, len(r.CertHash))
 		}
 	}
-	bundle, err := evecrypt.LoadCertificates(d.ControllerCertBundle())
-	if err != nil || len(bundle) != 2 {
-		t.Fatalf("bundle: %v, %d certs", err, len(bundle))
+	if !bytes.Equal(byType[CertTypeControllerECDHExchange].CertHash, d.ControllerCertHash()) {
+		t.Errorf("ControllerCertHash does not name the ECDH record")
 	}
 	// The JSON as zedagent writes it: Go field names, []byte as base64.
-	raw, _ := os.ReadFile(filepath.Join(d.ControllerCertDir(), hex.EncodeToString(evecfg.CertHash(d.ControllerCert))+".json"))
+	raw, _ := os.ReadFile(filepath.Join(d.ControllerCertDir(), hex.EncodeToString(d.ControllerCertHash())+".json"))
 	var generic map[string]any
 	if err := json.Unmarshal(raw, &generic); err != nil {
 		t.Fatal(err)
@@ -203,16 +205,21 @@ func TestNewLayout(t *testing.T) {
 		}
 	}
 
-	// EdgeNodeInfo: persistent only, as zedagent publishes it.
-	info, ok, err := pubsub.Read[pubsub.EdgeNodeInfo](d.Root.EdgeNodeInfoPersistent())
+	// EdgeNodeInfo: under <Run> only.
+	info, ok, err := pubsub.Read[pubsub.EdgeNodeInfo](d.Root.EdgeNodeInfo())
 	if err != nil || !ok {
 		t.Fatalf("EdgeNodeInfo: %v %v", ok, err)
 	}
 	if info.DeviceName != "My EVE Device 01" || info.DeviceID != d.UUID || info.ProjectName != ProjectName || info.EnterpriseName != EnterpriseName {
 		t.Errorf("EdgeNodeInfo = %+v", info)
 	}
-	if _, err := os.Stat(d.Root.EdgeNodeInfo()); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("unexpected /run EdgeNodeInfo: %v", err)
+	for _, p := range []string{d.Root.EdgeNodeInfoPersistent(), d.Root.EdgeNodeClusterConfigPersistent(), d.Root.ControllerCertDirPersistent()} {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("a current EVE has no %s: %v", p, err)
+		}
+	}
+	if rel, _ := os.ReadFile(d.Root.EVERelease()); string(rel) != DefaultOSVersion+"\n" {
+		t.Errorf("eve-release %q", rel)
 	}
 
 	// ZbootStatus.
@@ -239,10 +246,60 @@ func TestNewLayout(t *testing.T) {
 	if err := cp.VerifySignature(d.ControllerCert); !errors.Is(err, evecfg.ErrBadSignature) {
 		t.Errorf("verify with the wrong cert: %v", err)
 	}
-	for _, p := range []string{d.CheckpointBackup(), d.Root.EdgeNodeClusterConfig()} {
+	if _, err := os.Stat(d.CheckpointBackup()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s exists after New", d.CheckpointBackup())
+	}
+	if enc := readClusterConfig(t, d); !enc.Initialized || enc.Valid {
+		t.Errorf("EdgeNodeClusterConfig after New: %+v, want Initialized only", enc)
+	}
+}
+
+// TestOldEVELayoutAndReboot: an OldEVE device publishes under
+// <Persist>/status; rebooting into a current release empties <Run>, leaves
+// those copies behind, and publishes under <Run> once zedagent runs.
+func TestOldEVELayoutAndReboot(t *testing.T) {
+	d, err := NewWithOptions(t.TempDir(), "old", Options{OldEVE: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.OSVersion != OldOSVersion || d.ControllerCertDir() != d.Root.ControllerCertDirPersistent() ||
+		d.ClusterConfigPath() != d.Root.EdgeNodeClusterConfigPersistent() || d.EdgeNodeInfoPath() != d.Root.EdgeNodeInfoPersistent() {
+		t.Fatalf("old EVE paths: %s %s %s %s", d.OSVersion, d.ControllerCertDir(), d.ClusterConfigPath(), d.EdgeNodeInfoPath())
+	}
+	if _, err := os.Stat(d.ClusterConfigPath()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("old EVE without a cluster publishes no EdgeNodeClusterConfig: %v", err)
+	}
+	if err := d.SetCluster(testCluster()); err != nil {
+		t.Fatal(err)
+	}
+	if recs, _ := controllerCerts(t, d); len(recs) != 2 {
+		t.Fatalf("%d certs", len(recs))
+	}
+	if _, err := os.Stat(d.Root.ControllerCertDir()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("old EVE has no %s", d.Root.ControllerCertDir())
+	}
+	if err := d.Reboot(Options{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{d.Root.EdgeNodeClusterConfig(), d.Root.EdgeNodeInfo(), d.Root.ControllerCertDir()} {
 		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("%s exists after New", p)
+			t.Errorf("%s before zedagent publishes: %v", p, err)
 		}
+	}
+	if enc, ok, err := pubsub.Read[pubsub.EdgeNodeClusterConfig](d.Root.EdgeNodeClusterConfigPersistent()); !ok || err != nil || !enc.Valid {
+		t.Errorf("old copy not left behind: %v %v", ok, err)
+	}
+	if rel, _ := os.ReadFile(d.Root.EVERelease()); string(rel) != DefaultOSVersion+"\n" {
+		t.Errorf("eve-release %q", rel)
+	}
+	if err := d.PublishZedagent(); err != nil {
+		t.Fatal(err)
+	}
+	if enc := readClusterConfig(t, d); !enc.Valid || enc.ClusterName != testCluster().Name {
+		t.Errorf("after PublishZedagent: %+v", enc)
+	}
+	if recs, _ := controllerCerts(t, d); len(recs) != 2 || d.ControllerCertDir() != d.Root.ControllerCertDir() {
+		t.Errorf("certs under %s: %d", d.ControllerCertDir(), len(recs))
 	}
 }
 
@@ -302,7 +359,7 @@ func TestSetClusterRoundTrip(t *testing.T) {
 	ct := enc.CipherToken
 	if !ct.IsCipher || ct.CipherBlockID != c.ID || ct.CipherContextID != DefaultCipherContextID || ct.CipherContext == nil ||
 		ct.CipherContext.KeyExchangeScheme != pubsub.KeyExchangeSchemeECDH || ct.CipherContext.EncryptionScheme != pubsub.EncryptionSchemeAES256CFB ||
-		!bytes.Equal(ct.CipherContext.ControllerCertHash, evecfg.CertHash(d.ControllerCert)) ||
+		!bytes.Equal(ct.CipherContext.ControllerCertHash, d.ControllerCertHash()) ||
 		!bytes.Equal(ct.CipherContext.DeviceCertHash, evecfg.CertHash(d.DeviceCert)) || ct.HasError() {
 		t.Errorf("CipherToken = %+v", ct)
 	}

@@ -16,10 +16,11 @@ import (
 // artifact it names and nothing else; the Device's notion of the current
 // config is updated only by the SetCluster variants.
 
-// WriteRawClusterConfig writes b as-is (atomically) to
-// <Run>/zedagent/EdgeNodeClusterConfig/global.json, e.g. malformed JSON.
+// WriteRawClusterConfig writes b as-is (atomically) to ClusterConfigPath
+// (<Run>/zedagent/EdgeNodeClusterConfig/global.json on a current EVE), e.g.
+// malformed JSON.
 func (d *Device) WriteRawClusterConfig(b []byte) error {
-	if err := atomicfile.WriteFile(d.Root.EdgeNodeClusterConfig(), b, 0o644); err != nil {
+	if err := atomicfile.WriteFile(d.ClusterConfigPath(), b, 0o644); err != nil {
 		return fmt.Errorf("evesim: %w", err)
 	}
 	return nil

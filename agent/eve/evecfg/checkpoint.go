@@ -67,6 +67,9 @@ type Checkpoint struct {
 	// SenderCert is the certificate carried in Auth.senderCert, nil if the
 	// container has none. It is NOT trusted by itself: see VerifySignature.
 	SenderCert *x509.Certificate
+	// SenderCertErr says why Auth.senderCert did not parse (SenderCert is
+	// then nil); the checkpoint is usable all the same.
+	SenderCertErr error
 
 	// Path is the file the checkpoint was read from (LoadCheckpoint only).
 	Path string
@@ -104,12 +107,15 @@ func ParseCheckpoint(data []byte) (*Checkpoint, error) {
 		return nil, ErrNoConfig
 	}
 	c := &Checkpoint{Auth: &auth, Response: &resp, Config: resp.GetConfig()}
+	// EVE never parses senderCert of a config it receives (pillar
+	// controllerconn/authen.go checks senderCertHash against the saved
+	// signing certificate), so a bad one does not make the config unusable.
 	if raw := auth.GetSenderCert(); len(raw) > 0 {
-		cert, err := parseCert(raw)
-		if err != nil {
-			return nil, fmt.Errorf("AuthContainer senderCert: %w", err)
+		if cert, err := parseCert(raw); err != nil {
+			c.SenderCertErr = fmt.Errorf("AuthContainer senderCert: %w", err)
+		} else {
+			c.SenderCert = cert
 		}
-		c.SenderCert = cert
 	}
 	return c, nil
 }

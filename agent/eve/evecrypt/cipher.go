@@ -26,7 +26,6 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/lf-edge/evelet/agent/eve/evecfg"
 	"github.com/lf-edge/evelet/agent/eve/evecfg/evepb"
 )
 
@@ -163,7 +162,9 @@ func aesCFB(key, iv, in []byte, decrypt bool) ([]byte, error) {
 }
 
 // DecryptCipherBlock decrypts block on the device side: ECDH between
-// deviceKey and controllerCert's key, as described by ctx. It returns the
+// deviceKey and controllerCert's key, as described by ctx. The caller picks
+// controllerCert by ctx.controllerCertHash (FindControllerCert); a wrong
+// certificate shows as ErrHashMismatch. It returns the
 // plaintext (a marshalled EncryptionBlock) only if its sha256 matches
 // block.clearTextSha256; otherwise the error wraps ErrHashMismatch.
 func DecryptCipherBlock(block *evepb.CipherBlock, ctx *evepb.CipherContext, deviceKey *ecdsa.PrivateKey, controllerCert *x509.Certificate) ([]byte, error) {
@@ -175,9 +176,6 @@ func DecryptCipherBlock(block *evepb.CipherBlock, ctx *evepb.CipherContext, devi
 	}
 	if id := block.GetCipherContextId(); id != "" && id != ctx.GetContextId() {
 		return nil, fmt.Errorf("cipher block names context %q, given context is %q", id, ctx.GetContextId())
-	}
-	if h := ctx.GetControllerCertHash(); len(h) > 0 && controllerCert != nil && !evecfg.CertHashMatches(controllerCert, h) {
-		return nil, fmt.Errorf("controller certificate %q is not the one cipher context %q names", controllerCert.Subject, ctx.GetContextId())
 	}
 	want := block.GetClearTextSha256()
 	if len(want) != sha256.Size {
@@ -266,16 +264,21 @@ func EncryptEncryptionBlock(eb *evepb.EncryptionBlock, ctx *evepb.CipherContext,
 	return EncryptCipherBlock(plain, ctx, controllerKey, deviceCert)
 }
 
-// NewCipherContext builds the CipherContext a controller would send for an
-// exchange between deviceCert and controllerCert (ECDH, AES-256-CFB,
-// 32-byte sha256 certificate hashes as in evecfg.CertHash).
-func NewCipherContext(id string, deviceCert, controllerCert *x509.Certificate) *evepb.CipherContext {
+// NewCipherContext builds the CipherContext a controller would send (ECDH,
+// AES-256-CFB). The hashes are the controller's names for the two
+// certificates, given as they are (EVE never re-hashes a certificate);
+// HashScheme says 16 bytes when the controller certificate's hash has 16.
+func NewCipherContext(id string, deviceCertHash, controllerCertHash []byte) *evepb.CipherContext {
+	scheme := evepb.HashAlgorithm_HASH_ALGORITHM_SHA256_32BYTES
+	if len(controllerCertHash) == 16 {
+		scheme = evepb.HashAlgorithm_HASH_ALGORITHM_SHA256_16BYTES
+	}
 	return &evepb.CipherContext{
 		ContextId:          id,
-		HashScheme:         evepb.HashAlgorithm_HASH_ALGORITHM_SHA256_32BYTES,
+		HashScheme:         scheme,
 		KeyExchangeScheme:  evepb.KeyExchangeScheme_KEA_ECDH,
 		EncryptionScheme:   evepb.EncryptionScheme_SA_AES_256_CFB,
-		DeviceCertHash:     evecfg.CertHash(deviceCert),
-		ControllerCertHash: evecfg.CertHash(controllerCert),
+		DeviceCertHash:     deviceCertHash,
+		ControllerCertHash: controllerCertHash,
 	}
 }

@@ -20,7 +20,6 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/lf-edge/evelet/agent/eve/evecfg"
 	"github.com/lf-edge/evelet/agent/eve/evecfg/evepb"
 )
 
@@ -53,6 +52,13 @@ func certFor(t testing.TB, pub any, signer any, cn string) *x509.Certificate {
 	return c
 }
 
+// pemHash is what a controller might name a certificate by: sha256 of Go's
+// PEM encoding. Only the controller side (these tests) computes it.
+func pemHash(c *x509.Certificate) []byte {
+	h := sha256.Sum256(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
+	return h[:]
+}
+
 type party struct {
 	key  *ecdsa.PrivateKey
 	cert *x509.Certificate
@@ -65,7 +71,7 @@ func newParty(t testing.TB, cn string) party {
 
 func TestRoundTrip(t *testing.T) {
 	dev, ctl := newParty(t, "device-ecdh"), newParty(t, "controller-ecdh")
-	ctx := NewCipherContext("ctx-1", dev.cert, ctl.cert)
+	ctx := NewCipherContext("ctx-1", pemHash(dev.cert), pemHash(ctl.cert))
 	eb := &evepb.EncryptionBlock{ClusterToken: "K10" + strings.Repeat("ab", 32) + "::abcdef.0123456789abcdef", GzipRegistrationManifestYaml: []byte{0x1f, 0x8b}}
 	block, err := EncryptEncryptionBlock(eb, ctx, ctl.key, dev.cert)
 	if err != nil {
@@ -167,7 +173,7 @@ func TestLeadingZeroCoordinate(t *testing.T) {
 	if padded == legacy {
 		t.Fatal("padded and legacy keys should differ for a short coordinate")
 	}
-	ctx := NewCipherContext("c", dev.cert, ctl.cert)
+	ctx := NewCipherContext("c", pemHash(dev.cert), pemHash(ctl.cert))
 	plain := []byte("cluster token bytes")
 	for name, key := range map[string][32]byte{"padded": padded, "legacy": legacy} {
 		iv := make([]byte, 16)
@@ -187,7 +193,7 @@ func TestLeadingZeroCoordinate(t *testing.T) {
 func encrypted(t *testing.T) (dev, ctl party, ctx *evepb.CipherContext, block *evepb.CipherBlock) {
 	t.Helper()
 	dev, ctl = newParty(t, "device"), newParty(t, "controller")
-	ctx = NewCipherContext("ctx", dev.cert, ctl.cert)
+	ctx = NewCipherContext("ctx", pemHash(dev.cert), pemHash(ctl.cert))
 	var err error
 	block, err = EncryptEncryptionBlock(&evepb.EncryptionBlock{ClusterToken: "abcdef.0123456789abcdef"}, ctx, ctl.key, dev.cert)
 	if err != nil {
@@ -231,20 +237,12 @@ func TestWrongDeviceKey(t *testing.T) {
 func TestWrongControllerCert(t *testing.T) {
 	dev, _, ctx, block := encrypted(t)
 	impostor := newParty(t, "impostor")
-	_, err := DecryptCipherBlock(block, ctx, dev.key, impostor.cert)
-	if err == nil || !strings.Contains(err.Error(), "is not the one cipher context") {
-		t.Fatalf("error = %v", err)
-	}
-	// Without a hash in the context the hash check still catches it.
-	c := proto.Clone(ctx).(*evepb.CipherContext)
-	c.ControllerCertHash = nil
-	if _, err := DecryptCipherBlock(block, c, dev.key, impostor.cert); !errors.Is(err, ErrHashMismatch) {
+	if _, err := DecryptCipherBlock(block, ctx, dev.key, impostor.cert); !errors.Is(err, ErrHashMismatch) {
 		t.Fatalf("error = %v", err)
 	}
 	rk, _ := rsa.GenerateKey(rand.Reader, 1024)
 	rc := certFor(t, &rk.PublicKey, rk, "rsa")
-	c.ControllerCertHash = nil
-	if _, err := DecryptCipherBlock(block, c, dev.key, rc); !errors.Is(err, ErrUnsupportedScheme) {
+	if _, err := DecryptCipherBlock(block, ctx, dev.key, rc); !errors.Is(err, ErrUnsupportedScheme) {
 		t.Fatalf("rsa cert: %v", err)
 	}
 }
@@ -282,7 +280,7 @@ func TestTampered(t *testing.T) {
 
 func TestDecryptedNotEncryptionBlock(t *testing.T) {
 	dev, ctl := newParty(t, "d"), newParty(t, "c")
-	ctx := NewCipherContext("c", dev.cert, ctl.cert)
+	ctx := NewCipherContext("c", pemHash(dev.cert), pemHash(ctl.cert))
 	block, err := EncryptCipherBlock([]byte{0xff, 0xff, 0xff}, ctx, ctl.key, dev.cert)
 	if err != nil {
 		t.Fatal(err)
@@ -334,32 +332,49 @@ func TestLoadDeviceKey(t *testing.T) {
 	}
 }
 
-func TestFindControllerCert(t *testing.T) {
+// TestFindControllerCertByRecordHash: the certificate is found by the
+// CertHash its ControllerCert record carries, never by re-hashing. The
+// records are shaped as Adam (lf-edge/adam pkg/server/apiHandlerv2.go
+// getCertChain/certs) makes them: Cert is the PEM with the trailing newline
+// trimmed, CertHash the first 16 bytes of sha256 over exactly those bytes.
+// Neither sha256 of Go's PEM encoding nor of the DER equals that hash.
+func TestFindControllerCertByRecordHash(t *testing.T) {
 	a, b := newParty(t, "a"), newParty(t, "b")
-	bundle := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.cert.Raw}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: b.cert.Raw})...)
-	path := filepath.Join(t.TempDir(), "certs.pem")
-	if err := os.WriteFile(path, bundle, 0o600); err != nil {
-		t.Fatal(err)
+	adam := func(c *x509.Certificate) ControllerCert {
+		trimmed := []byte(strings.TrimSpace(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))))
+		h := sha256.Sum256(trimmed)
+		return ControllerCert{HashAlgo: 1, Type: 3, Cert: trimmed, CertHash: h[:16]}
 	}
-	certs, err := LoadCertificates(path)
-	if err != nil || len(certs) != 2 {
-		t.Fatalf("%d certs, %v", len(certs), err)
+	recs := []ControllerCert{adam(a.cert), adam(b.cert)}
+	got, err := FindControllerCert(recs, recs[1].CertHash)
+	if err != nil || !got.Equal(b.cert) {
+		t.Fatalf("by record hash: %v", err)
 	}
+	// A hash computed by re-encoding names nothing: the controller did not send it.
 	der := sha256.Sum256(b.cert.Raw)
-	for name, h := range map[string][]byte{"pem hash": evecfg.CertHash(b.cert), "der hash": der[:], "16 bytes": der[:16]} {
-		got, err := FindControllerCert(certs, h)
-		if err != nil || !got.Equal(b.cert) {
+	for name, h := range map[string][]byte{"go pem": pemHash(b.cert), "der": der[:], "der/16": der[:16], "unknown": make([]byte, 16)} {
+		if _, err := FindControllerCert(recs, h); err == nil || !strings.Contains(err.Error(), "no controller certificate with hash") {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
-	if _, err := FindControllerCert(certs, make([]byte, 32)); err == nil {
-		t.Error("unknown hash matched")
-	}
-	if _, err := FindControllerCert(certs, nil); err == nil {
+	if _, err := FindControllerCert(recs, nil); err == nil {
 		t.Error("empty hash matched")
 	}
-	if one, err := ParseCertificates(a.cert.Raw); err != nil || len(one) != 1 {
+	// EVE skips unparseable CERTIFICATE blocks and uses the first good one.
+	junk := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte{1, 2, 3}})
+	mixed := ControllerCert{Cert: append(junk, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.cert.Raw})...), CertHash: []byte{9}}
+	if got, err := FindControllerCert([]ControllerCert{mixed}, []byte{9}); err != nil || !got.Equal(a.cert) {
+		t.Errorf("skip junk block: %v", err)
+	}
+	bad := ControllerCert{Cert: junk, CertHash: []byte{7}}
+	if _, err := FindControllerCert([]ControllerCert{bad}, []byte{7}); err == nil || !strings.Contains(err.Error(), "no parseable CERTIFICATE") {
+		t.Errorf("junk only: %v", err)
+	}
+	if c, err := ParseControllerCert(a.cert.Raw); err != nil || !c.Equal(a.cert) {
 		t.Errorf("DER: %v", err)
+	}
+	if one, err := ParseCertificates(a.cert.Raw); err != nil || len(one) != 1 {
+		t.Errorf("ParseCertificates DER: %v", err)
 	}
 	if _, err := ParseCertificates([]byte("junk")); err == nil {
 		t.Error("junk parsed")
@@ -384,7 +399,7 @@ func TestDeviceSideWithRealECDH(t *testing.T) {
 	}
 	ctl := newParty(t, "c")
 	devCert := certFor(t, &k.PublicKey, ctl.key, "device")
-	ctx := NewCipherContext("c", devCert, ctl.cert)
+	ctx := NewCipherContext("c", pemHash(devCert), pemHash(ctl.cert))
 	block, err := EncryptCipherBlock([]byte("hello"), ctx, ctl.key, devCert)
 	if err != nil {
 		t.Fatal(err)

@@ -1,6 +1,7 @@
 package evecrypt
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/x509"
@@ -9,8 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-
-	"github.com/lf-edge/evelet/agent/eve/evecfg"
 )
 
 // DefaultDeviceKeyPath is the device's ECDH private key on EVE devices
@@ -114,18 +113,75 @@ func LoadCertificates(path string) ([]*x509.Certificate, error) {
 	return certs, nil
 }
 
-// FindControllerCert picks, among candidate controller certificates, the one
-// a CipherContext names by controllerCertHash (sha256 of the certificate,
-// 16 or 32 bytes; matched against the PEM and the DER encoding, see
-// evecfg.CertHashMatches).
-func FindControllerCert(certs []*x509.Certificate, hash []byte) (*x509.Certificate, error) {
+// ControllerCert is one of the controller's certificates as zedagent
+// publishes it (pillar pkg/pillar/types/certinfotypes.go, types.ControllerCert;
+// key = hex(CertHash)). Cert holds the bytes exactly as the controller sent
+// them (PEM); CertHash is the controller's own name for the certificate,
+// copied unchanged from the controller's certificate list
+// (pillar cmd/zedagent/handlecertconfig.go). The JSON field names are
+// pillar's, so a pubsub file decodes into this type.
+type ControllerCert struct {
+	HashAlgo int32 // evecommon.HashAlgorithm (1: 16-byte, 2: 32-byte sha256)
+	Type     int32 // certs.ZCertType (1 signing, 2 intermediate, 3 ECDH exchange)
+	Cert     []byte
+	CertHash []byte
+}
+
+// FindControllerCert picks, among the published controller certificates,
+// the one a CipherContext names by controllerCertHash, the way EVE does
+// (pillar cipher/handlecipher.go: lookupControllerCert by
+// CipherContext.ControllerCertKey() = hex(ControllerCertHash), the
+// ControllerCert key). The hash is compared with the CertHash the record
+// carries, byte for byte; nothing is re-hashed, because controllers differ
+// in what exactly they hash (Adam hashes its PEM with the trailing newline
+// trimmed, and sends the first 16 bytes). The certificate is the first
+// parseable CERTIFICATE block of Cert, as in EVE's getControllerCertEcdhKey.
+func FindControllerCert(certs []ControllerCert, hash []byte) (*x509.Certificate, error) {
 	if len(hash) == 0 {
 		return nil, errors.New("cipher context names no controller certificate (empty controllerCertHash)")
 	}
 	for _, c := range certs {
-		if evecfg.CertHashMatches(c, hash) {
+		if !bytes.Equal(c.CertHash, hash) {
+			continue
+		}
+		cert, err := ParseControllerCert(c.Cert)
+		if err != nil {
+			return nil, fmt.Errorf("controller certificate %s: %w", hex.EncodeToString(hash), err)
+		}
+		return cert, nil
+	}
+	have := make([]string, 0, len(certs))
+	for _, c := range certs {
+		have = append(have, hex.EncodeToString(c.CertHash))
+	}
+	return nil, fmt.Errorf("no controller certificate with hash %s among the %d published (%v)", hex.EncodeToString(hash), len(certs), have)
+}
+
+// ParseControllerCert returns the first CERTIFICATE block of a PEM bundle
+// that parses (blocks that do not are skipped, as EVE skips them); input
+// without any PEM block is tried as one DER certificate.
+func ParseControllerCert(data []byte) (*x509.Certificate, error) {
+	rest, sawPEM := data, false
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		sawPEM = true
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		if c, err := x509.ParseCertificate(block.Bytes); err == nil {
 			return c, nil
 		}
 	}
-	return nil, fmt.Errorf("no controller certificate with hash %s among %d candidates", hex.EncodeToString(hash), len(certs))
+	if sawPEM {
+		return nil, errors.New("no parseable CERTIFICATE PEM block")
+	}
+	c, err := x509.ParseCertificate(data)
+	if err != nil {
+		return nil, fmt.Errorf("neither PEM nor a DER certificate: %w", err)
+	}
+	return c, nil
 }

@@ -20,6 +20,7 @@ const (
 	TopicNodeAgentStatus       = "NodeAgentStatus"
 	TopicNodeDrainRequest      = "NodeDrainRequest"
 	TopicNodeDrainStatus       = "NodeDrainStatus"
+	TopicControllerCert        = "ControllerCert"
 
 	// KeyGlobal is the key of single-instance topics.
 	KeyGlobal = "global"
@@ -58,9 +59,12 @@ func (r Root) EdgeNodeClusterConfig() string {
 	return keyFile(r.TopicDir(AgentZedAgent, TopicEdgeNodeClusterConfig), KeyGlobal)
 }
 
-// EdgeNodeClusterConfigPersistent is the same topic under
-// <Persist>/status/: zedkube subscribes to it as a persistent topic, so a
-// device may have only this copy. Readers fall back to it.
+// EdgeNodeClusterConfigPersistent is the same topic under <Persist>/status/:
+// where EVE before 16.12.0 published it (persistent). Since 16.12.0 it is
+// non-persistent (pillar cmd/zedagent/zedagent.go, commit "Make EdgeNodeInfo
+// and EdgeClusterConfig be not persistent") and nothing removes the old
+// file, so on a current EVE this is a stale leftover. agent/eve decides,
+// by EVE version, whether to believe it.
 func (r Root) EdgeNodeClusterConfigPersistent() string {
 	return keyFile(r.PersistentTopicDir(AgentZedAgent, TopicEdgeNodeClusterConfig), KeyGlobal)
 }
@@ -75,11 +79,30 @@ func (r Root) EdgeNodeInfo() string {
 	return keyFile(r.TopicDir(AgentZedAgent, TopicEdgeNodeInfo), KeyGlobal)
 }
 
-// EdgeNodeInfoPersistent is the same topic under <Persist>/status/:
-// zedagent publishes EdgeNodeInfo as persistent. Readers fall back to it.
+// EdgeNodeInfoPersistent is the same topic under <Persist>/status/, where
+// EVE before 16.12.0 published it; a stale leftover on later releases (see
+// EdgeNodeClusterConfigPersistent).
 func (r Root) EdgeNodeInfoPersistent() string {
 	return keyFile(r.PersistentTopicDir(AgentZedAgent, TopicEdgeNodeInfo), KeyGlobal)
 }
+
+// ControllerCertDir is <Run>/zedagent/ControllerCert: one
+// <hex(CertHash)>.json per controller certificate. zedagent publishes the
+// topic non-persistently since EVE 16.12.0 (pillar cmd/zedagent/zedagent.go,
+// commit "Make ControllerCert and CipherContext be in memory").
+func (r Root) ControllerCertDir() string { return r.TopicDir(AgentZedAgent, TopicControllerCert) }
+
+// ControllerCertDirPersistent is <Persist>/status/zedagent/ControllerCert,
+// where EVE before 16.12.0 published the controller certificates. Later
+// releases leave the old copies there, possibly stale.
+func (r Root) ControllerCertDirPersistent() string {
+	return r.PersistentTopicDir(AgentZedAgent, TopicControllerCert)
+}
+
+// EVERelease is <Run>/eve-release, the running EVE version: init copies
+// /etc/eve-release there at boot (pkg/dom0-ztools/rootfs/etc/init.d/009-id)
+// and pillar reads it as types.EveVersionFile (pkg/pillar/types/locationconsts.go).
+func (r Root) EVERelease() string { return filepath.Join(r.Run, "eve-release") }
 
 // NetworkInstanceStatusDir is <Run>/zedrouter/NetworkInstanceStatus.
 func (r Root) NetworkInstanceStatusDir() string {

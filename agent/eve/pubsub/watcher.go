@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -21,15 +22,26 @@ import (
 // AgentZedAgent). A snapshot is shared with the Watcher's later snapshots:
 // treat it as read-only.
 type Snapshot struct {
-	ClusterConfig    *EdgeNodeClusterConfig
-	ClusterStatus    *EdgeNodeClusterStatus
-	NodeInfo         *EdgeNodeInfo
-	NetworkInstances map[string]NetworkInstanceStatus
-	BaseOsConfigs    map[string]BaseOsConfig
-	BaseOsStatuses   map[string]BaseOsStatus
-	Zboot            map[string]ZbootStatus
-	NodeAgent        *NodeAgentStatus
-	DrainRequests    map[string]NodeDrainRequest
+	// ClusterConfig and NodeInfo are the copies under <Run> (where EVE
+	// 16.12.0 and later publish them); the ...Persistent fields are the
+	// copies under <Persist>/status (where older releases published them,
+	// and where they stay, stale, after an upgrade). The reader decides by
+	// EVE version which one counts (agent/eve).
+	ClusterConfig           *EdgeNodeClusterConfig
+	ClusterConfigPersistent *EdgeNodeClusterConfig
+	ClusterStatus           *EdgeNodeClusterStatus
+	NodeInfo                *EdgeNodeInfo
+	NodeInfoPersistent      *EdgeNodeInfo
+	NetworkInstances        map[string]NetworkInstanceStatus
+	BaseOsConfigs           map[string]BaseOsConfig
+	BaseOsStatuses          map[string]BaseOsStatus
+	Zboot                   map[string]ZbootStatus
+	NodeAgent               *NodeAgentStatus
+	DrainRequests           map[string]NodeDrainRequest
+	// EVERelease is the content of <Run>/eve-release, trimmed ("" when
+	// absent). It is read on every scan but not watched: it is written
+	// once, early at boot.
+	EVERelease string
 	// Errors holds, by file path, every file that exists but cannot be
 	// used. Its topic keeps the last good value this Watcher saw, if any.
 	Errors map[string]error `json:"-"`
@@ -79,9 +91,14 @@ func decoder[T any]() func(string, []byte) (any, error) {
 func topics(r Root) []topic {
 	ts := []topic{
 		{
-			files:  []string{r.EdgeNodeClusterConfig(), r.EdgeNodeClusterConfigPersistent()},
+			files:  []string{r.EdgeNodeClusterConfig()},
 			decode: decoder[EdgeNodeClusterConfig](),
 			set:    func(s *Snapshot, _ string, v any) { c := v.(EdgeNodeClusterConfig); s.ClusterConfig = &c },
+		},
+		{
+			files:  []string{r.EdgeNodeClusterConfigPersistent()},
+			decode: decoder[EdgeNodeClusterConfig](),
+			set:    func(s *Snapshot, _ string, v any) { c := v.(EdgeNodeClusterConfig); s.ClusterConfigPersistent = &c },
 		},
 		{
 			files:  []string{r.EdgeNodeClusterStatus()},
@@ -89,9 +106,14 @@ func topics(r Root) []topic {
 			set:    func(s *Snapshot, _ string, v any) { c := v.(EdgeNodeClusterStatus); s.ClusterStatus = &c },
 		},
 		{
-			files:  []string{r.EdgeNodeInfo(), r.EdgeNodeInfoPersistent()},
+			files:  []string{r.EdgeNodeInfo()},
 			decode: decoder[EdgeNodeInfo](),
 			set:    func(s *Snapshot, _ string, v any) { c := v.(EdgeNodeInfo); s.NodeInfo = &c },
+		},
+		{
+			files:  []string{r.EdgeNodeInfoPersistent()},
+			decode: decoder[EdgeNodeInfo](),
+			set:    func(s *Snapshot, _ string, v any) { c := v.(EdgeNodeInfo); s.NodeInfoPersistent = &c },
 		},
 		{
 			dir:    r.NetworkInstanceStatusDir(),
@@ -151,18 +173,30 @@ func watchDirs(ts []topic) []string {
 	return dirs
 }
 
+// readRelease returns the trimmed content of <Run>/eve-release, "" if it
+// cannot be read (it is tiny; anything past 256 bytes is not a version).
+func readRelease(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) > 256 {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
 // scanner reads all topics, remembering the last good value of each file.
 type scanner struct {
-	topics []topic
-	good   map[string]any // path -> last good decoded value
+	topics  []topic
+	release string         // path of <Run>/eve-release
+	good    map[string]any // path -> last good decoded value
 }
 
 func newScanner(r Root) *scanner {
-	return &scanner{topics: topics(r), good: map[string]any{}}
+	return &scanner{topics: topics(r), release: r.EVERelease(), good: map[string]any{}}
 }
 
 func (sc *scanner) scan() Snapshot {
 	s := newSnapshot()
+	s.EVERelease = readRelease(sc.release)
 	present := map[string]bool{}
 	load := func(t topic, path, key string) bool {
 		data, err := readFile(path)

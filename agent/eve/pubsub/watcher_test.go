@@ -186,14 +186,17 @@ func TestWatcherPicksUpDirectoriesCreatedLater(t *testing.T) {
 	// A sibling tree under an existing parent, and a persistent-only topic.
 	mustWrite(t, r.NodeAgentStatus(), NodeAgentStatus{Name: KeyNodeAgent, DeviceReboot: true})
 	mustWrite(t, r.EdgeNodeInfoPersistent(), EdgeNodeInfo{DeviceName: "d", DeviceID: "6ba7b810-9dad-11d1-80b4-00c04fd430c8"})
-	s = nextWhere(t, ch, func(s Snapshot) bool { return s.NodeAgent != nil && s.NodeInfo != nil })
-	if !s.NodeAgent.DeviceReboot || s.NodeInfo.DeviceName != "d" {
-		t.Fatalf("%+v %+v", s.NodeAgent, s.NodeInfo)
+	s = nextWhere(t, ch, func(s Snapshot) bool { return s.NodeAgent != nil && s.NodeInfoPersistent != nil })
+	if !s.NodeAgent.DeviceReboot || s.NodeInfoPersistent.DeviceName != "d" || s.NodeInfo != nil {
+		t.Fatalf("%+v %+v %+v", s.NodeAgent, s.NodeInfoPersistent, s.NodeInfo)
 	}
 
-	// The /run copy, once there, wins over the persistent one.
+	// The /run copy is reported on its own; the persistent one stays as it is.
 	mustWrite(t, r.EdgeNodeInfo(), EdgeNodeInfo{DeviceName: "run", DeviceID: "6ba7b810-9dad-11d1-80b4-00c04fd430c8"})
 	s = nextWhere(t, ch, func(s Snapshot) bool { return s.NodeInfo != nil && s.NodeInfo.DeviceName == "run" })
+	if s.NodeInfoPersistent == nil || s.NodeInfoPersistent.DeviceName != "d" {
+		t.Fatalf("persistent copy: %+v", s.NodeInfoPersistent)
+	}
 
 	// A topic directory removed and created again is still followed.
 	if err := os.RemoveAll(r.TopicDir(AgentBaseOsMgr, TopicNodeDrainRequest)); err != nil {
@@ -251,8 +254,12 @@ func TestReadSnapshot(t *testing.T) {
 	r := testRoot(t)
 	mustWrite(t, r.EdgeNodeClusterConfigPersistent(), clusterConfig("persisted"))
 	mustWrite(t, r.BaseOsStatus("c1"), BaseOsStatus{ContentTreeUUID: "c1", PartitionState: PartitionStateUpdating})
+	if err := os.WriteFile(r.EVERelease(), []byte("16.12.0-kvm-amd64\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	s := ReadSnapshot(r)
-	if s.ClusterConfig == nil || s.ClusterConfig.ClusterName != "persisted" || s.BaseOsStatuses["c1"].PartitionState != PartitionStateUpdating {
+	if s.ClusterConfig != nil || s.ClusterConfigPersistent == nil || s.ClusterConfigPersistent.ClusterName != "persisted" ||
+		s.BaseOsStatuses["c1"].PartitionState != PartitionStateUpdating || s.EVERelease != "16.12.0-kvm-amd64" {
 		t.Fatalf("%+v", s)
 	}
 }
