@@ -211,6 +211,26 @@ func TestResolvePrecedenceByRelease(t *testing.T) {
 		}
 	})
 
+	t.Run("a broken stale copy does not block", func(t *testing.T) {
+		sim := upgraded(t)
+		if err := os.WriteFile(sim.Root.EdgeNodeClusterConfigPersistent(), []byte("{"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := sim.SetCluster(prod); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := Resolve(inputs(t, sim)); err != nil || r.Join == nil {
+			t.Fatalf("%+v, %v", r, err)
+		}
+		// The live topic broken is an error.
+		if err := sim.WriteRawClusterConfig([]byte("{")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Resolve(inputs(t, sim)); err == nil || !strings.Contains(err.Error(), "malformed JSON") {
+			t.Fatalf("broken live topic: %v", err)
+		}
+	})
+
 	t.Run("run-time topic beats the checkpoint", func(t *testing.T) {
 		sim := newSim(t)
 		if err := sim.SetCluster(prod); err != nil {

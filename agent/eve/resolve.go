@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"strings"
 
 	"github.com/lf-edge/evelet/agent/eve/evecfg"
@@ -53,7 +54,8 @@ func Resolve(in Inputs) (*Resolved, error) {
 			}
 		}
 	}
-	if err := firstPubsubError(in.Snapshot); err != nil {
+	rel := ReleaseOf(in.Snapshot)
+	if err := firstPubsubError(in.Snapshot, rel); err != nil {
 		return nil, err
 	}
 
@@ -66,8 +68,7 @@ func Resolve(in Inputs) (*Resolved, error) {
 	// On 16.12.0 and later the <Persist>/status copy is a leftover that
 	// nothing removes; it never counts, or a device removed from a cluster
 	// would rejoin it at every boot until zedagent publishes.
-	rel := ReleaseOf(in.Snapshot)
-	ccRun, ccLast := pickTopic(in.Snapshot.ClusterConfig, in.Snapshot.ClusterConfigPersistent, rel)
+	ccRun, ccLast := pickTopic(signal(in.Snapshot.ClusterConfig), signal(in.Snapshot.ClusterConfigPersistent), rel)
 	var (
 		valid            bool
 		name, id, joinIP string
@@ -203,15 +204,7 @@ func clusterToken(in Inputs, block *evepb.CipherBlock, cluster string) (string, 
 // <Persist>/status to <Run>: runtime is the copy the running EVE publishes
 // (the <Run> one, or on an older EVE the persistent one), lastResort the
 // persistent copy when the version is unknown (ranked after the checkpoint).
-// Topics zedagent publishes as "noise" (Initialized and Valid both false,
-// pillar zedkube handleEdgeNodeClusterConfigImpl) do not count.
-func pickTopic[T pubsub.EdgeNodeClusterConfig | pubsub.EdgeNodeInfo](run, persist *T, rel Release) (runtime, lastResort *T) {
-	if noise(run) {
-		run = nil
-	}
-	if noise(persist) {
-		persist = nil
-	}
+func pickTopic[T any](run, persist *T, rel Release) (runtime, lastResort *T) {
 	switch {
 	case run != nil:
 		return run, nil
@@ -224,11 +217,14 @@ func pickTopic[T pubsub.EdgeNodeClusterConfig | pubsub.EdgeNodeInfo](run, persis
 	}
 }
 
-func noise[T pubsub.EdgeNodeClusterConfig | pubsub.EdgeNodeInfo](v *T) bool {
-	if cc, ok := any(v).(*pubsub.EdgeNodeClusterConfig); ok && cc != nil {
-		return !cc.Initialized && !cc.Valid
+// signal drops an EdgeNodeClusterConfig that is noise: neither Initialized
+// nor Valid (pillar cmd/zedkube/zedkube.go handleEdgeNodeClusterConfigImpl
+// ignores it too).
+func signal(cc *pubsub.EdgeNodeClusterConfig) *pubsub.EdgeNodeClusterConfig {
+	if cc == nil || (!cc.Initialized && !cc.Valid) {
+		return nil
 	}
-	return false
+	return cc
 }
 
 // osVersion is the running partition's EVE version.
@@ -242,10 +238,18 @@ func osVersion(s pubsub.Snapshot) string {
 }
 
 // firstPubsubError reports a broken topic evelet depends on. Other topics'
-// errors (network instances, OS update) do not block joining.
-func firstPubsubError(s pubsub.Snapshot) error {
+// errors (network instances, OS update) do not block joining, nor does a
+// broken <Persist>/status copy the running EVE does not publish any more.
+func firstPubsubError(s pubsub.Snapshot, rel Release) error {
 	for path, err := range s.Errors {
-		if strings.Contains(path, pubsub.TopicEdgeNodeClusterConfig) || strings.Contains(path, pubsub.TopicEdgeNodeInfo) {
+		for _, topic := range []string{pubsub.TopicEdgeNodeClusterConfig, pubsub.TopicEdgeNodeInfo} {
+			if !strings.Contains(path, topic) {
+				continue
+			}
+			old := strings.HasSuffix(filepath.ToSlash(path), "/status/"+pubsub.AgentZedAgent+"/"+topic+"/"+pubsub.KeyGlobal+".json")
+			if old && rel.Known() && !rel.PersistentTopics() {
+				continue
+			}
 			return err
 		}
 	}
