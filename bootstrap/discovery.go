@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -26,23 +27,90 @@ import (
 // BootstrapUser names the token user inside the bootstrap kubeconfig.
 const BootstrapUser = "tls-bootstrap-token-user"
 
-// Discover does kubeadm's token discovery against m.APIServer: it reads
-// kube-public/cluster-info anonymously, checks the JWS signature made with
-// the bootstrap token, checks the CA against the pins, re-reads cluster-info
-// over TLS verified by that CA, and returns a bootstrap kubeconfig that
-// trusts only that CA and authenticates with the token.
+// DiscoveryOptions bound token discovery's retries. Like kubeadm's
+// (cmd/kubeadm/app/discovery/token: 5 s interval, 5 min window), discovery
+// keeps asking while the answer can still change by itself: the
+// bootstrapsigner adds a new token's JWS signature to cluster-info some time
+// after the token is created, RBAC for anonymous reads may not exist yet on a
+// cluster that is still coming up, and the apiserver may be unreachable.
+type DiscoveryOptions struct {
+	// Window bounds one Discover call (default 5 min). When it ends the last
+	// error is returned, still retryable: the caller backs off and calls
+	// again, because nothing else will bring new join material.
+	Window time.Duration
+	// Interval is the pause between attempts (default 2 s).
+	Interval time.Duration
+	// RequestTimeout bounds each request to the apiserver (default 10 s), so
+	// a server that accepts and never answers cannot eat the window.
+	RequestTimeout time.Duration
+	// OnRetry, if set, sees every retryable error as it happens.
+	OnRetry func(error)
+}
+
+func (o DiscoveryOptions) withDefaults() DiscoveryOptions {
+	if o.Window <= 0 {
+		o.Window = 5 * time.Minute
+	}
+	if o.Interval <= 0 {
+		o.Interval = 2 * time.Second
+	}
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = 10 * time.Second
+	}
+	return o
+}
+
+// Discover does kubeadm's token discovery against m.APIServer with the
+// default DiscoveryOptions; see DiscoveryOptions.Discover.
 func Discover(ctx context.Context, m *Material) (*clientcmdapi.Config, error) {
+	return DiscoveryOptions{}.Discover(ctx, m)
+}
+
+// Discover reads kube-public/cluster-info anonymously, checks the JWS
+// signature made with the bootstrap token, checks the CA against the pins,
+// re-reads cluster-info over TLS verified by that CA, and returns a
+// bootstrap kubeconfig that trusts only that CA and authenticates with the
+// token. Errors that retrying cannot fix (bad signature, pin mismatch) are
+// PermanentErrors and end the call at once; others are retried until the
+// window ends.
+func (o DiscoveryOptions) Discover(ctx context.Context, m *Material) (*clientcmdapi.Config, error) {
 	if err := m.Validate(); err != nil {
 		return nil, err
 	}
 	if m.Kubeconfig != "" {
 		return nil, permanent(errors.New("Discover needs a token; a kubeconfig is used as is"))
 	}
+	o = o.withDefaults()
+	wctx, cancel := context.WithTimeout(ctx, o.Window)
+	defer cancel()
+	for {
+		cfg, err := o.discoverOnce(wctx, m)
+		if err == nil || IsPermanent(err) {
+			return cfg, err
+		}
+		if o.OnRetry != nil {
+			o.OnRetry(err)
+		}
+		t := time.NewTimer(o.Interval)
+		select {
+		case <-t.C:
+		case <-wctx.Done():
+			t.Stop()
+			if ctx.Err() == nil {
+				return nil, fmt.Errorf("token discovery still failing after %v: %w", o.Window, err)
+			}
+			return nil, err
+		}
+	}
+}
+
+// discoverOnce is one attempt; a nil, non-permanent error means "ask again".
+func (o DiscoveryOptions) discoverOnce(ctx context.Context, m *Material) (*clientcmdapi.Config, error) {
 	id, secret, _ := strings.Cut(m.Token, ".")
 
 	// Insecure on purpose: the content is authenticated by the JWS below,
 	// and the CA it carries by the pin.
-	insecure := &rest.Config{Host: m.APIServer, TLSClientConfig: rest.TLSClientConfig{Insecure: true}}
+	insecure := &rest.Config{Host: m.APIServer, Timeout: o.RequestTimeout, TLSClientConfig: rest.TLSClientConfig{Insecure: true}}
 	cm, err := fetchClusterInfo(ctx, insecure)
 	if err != nil {
 		return nil, err
@@ -53,7 +121,9 @@ func Discover(ctx context.Context, m *Material) (*clientcmdapi.Config, error) {
 	}
 	sig, ok := cm.Data[bootstrapapi.JWSSignatureKeyPrefix+id]
 	if !ok {
-		return nil, permanent(fmt.Errorf("bootstrap token id %q is unknown to the cluster (no %s%s signature in cluster-info): wrong or expired token", id, bootstrapapi.JWSSignatureKeyPrefix, id))
+		// The bootstrapsigner adds the signature a little after the token
+		// Secret appears; an unknown or expired token never gets one.
+		return nil, fmt.Errorf("bootstrap token id %q is unknown to the cluster (no %s%s signature in cluster-info yet): a token just created gets one within seconds; otherwise the token is wrong or expired", id, bootstrapapi.JWSSignatureKeyPrefix, id)
 	}
 	if !jws.DetachedTokenIsValid(sig, kcData, id, secret) {
 		return nil, permanent(fmt.Errorf("cluster-info signature for bootstrap token id %q does not verify: wrong token secret (or cluster-info was tampered with)", id))
@@ -81,7 +151,7 @@ func Discover(ctx context.Context, m *Material) (*clientcmdapi.Config, error) {
 
 	// Second read over verified TLS: proves the server holds the CA's key,
 	// not only a copy of the signed ConfigMap.
-	secure := &rest.Config{Host: m.APIServer, TLSClientConfig: rest.TLSClientConfig{CAData: cluster.CertificateAuthorityData}}
+	secure := &rest.Config{Host: m.APIServer, Timeout: o.RequestTimeout, TLSClientConfig: rest.TLSClientConfig{CAData: cluster.CertificateAuthorityData}}
 	cm2, err := fetchClusterInfo(ctx, secure)
 	if err != nil {
 		return nil, err
@@ -133,10 +203,12 @@ func fetchClusterInfo(ctx context.Context, cfg *rest.Config) (*corev1.ConfigMap,
 	switch {
 	case err == nil:
 		return cm, nil
+	// A cluster that is still coming up may not have cluster-info or the
+	// RBAC for anonymous reads yet: both are retried, as kubeadm does.
 	case apierrors.IsNotFound(err):
-		return nil, permanent(fmt.Errorf("%s has no %s/%s ConfigMap: the cluster does not offer token discovery", cfg.Host, metav1.NamespacePublic, bootstrapapi.ConfigMapClusterInfo))
+		return nil, fmt.Errorf("%s has no %s/%s ConfigMap (yet): the cluster does not offer token discovery, or is still starting", cfg.Host, metav1.NamespacePublic, bootstrapapi.ConfigMapClusterInfo)
 	case apierrors.IsForbidden(err), apierrors.IsUnauthorized(err):
-		return nil, permanent(fmt.Errorf("%s refuses anonymous reads of %s/%s: %w", cfg.Host, metav1.NamespacePublic, bootstrapapi.ConfigMapClusterInfo, err))
+		return nil, fmt.Errorf("%s refuses anonymous reads of %s/%s (yet): %w", cfg.Host, metav1.NamespacePublic, bootstrapapi.ConfigMapClusterInfo, err)
 	}
 	var uerr x509.UnknownAuthorityError
 	if errors.As(err, &uerr) || strings.Contains(err.Error(), "x509:") {
@@ -146,14 +218,20 @@ func fetchClusterInfo(ctx context.Context, cfg *rest.Config) (*corev1.ConfigMap,
 	return nil, fmt.Errorf("read cluster-info from %s: %w", cfg.Host, err)
 }
 
+// firstCluster is the cluster a kubeconfig means: the current context's,
+// else its only one. Several clusters and no current context is ambiguous
+// (nil): picking one by map order would make the answer, and the leave
+// decision that depends on it, random.
 func firstCluster(cfg *clientcmdapi.Config) *clientcmdapi.Cluster {
 	if ctx, ok := cfg.Contexts[cfg.CurrentContext]; ok {
 		if c, ok := cfg.Clusters[ctx.Cluster]; ok {
 			return c
 		}
 	}
-	for _, c := range cfg.Clusters {
-		return c
+	if len(cfg.Clusters) == 1 {
+		for _, c := range cfg.Clusters {
+			return c
+		}
 	}
 	return nil
 }

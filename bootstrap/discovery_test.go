@@ -109,11 +109,19 @@ func TestDiscoverWrongSecret(t *testing.T) {
 	}
 }
 
-func TestDiscoverUnknownTokenID(t *testing.T) {
+// An unknown token id may still get its signature (the bootstrapsigner is
+// late), so it is retried for the window and then reported as retryable.
+func TestDiscoverUnknownTokenIDRetriedForTheWindow(t *testing.T) {
 	srv, pin := clusterInfoServer(t, tokenSecret, false)
-	_, err := Discover(ctx(t), &Material{APIServer: srv.URL, Token: "zzzzzz." + tokenSecret, CACertHashes: []string{pin}})
-	if err == nil || !IsPermanent(err) || !strings.Contains(err.Error(), `"zzzzzz" is unknown`) {
-		t.Fatalf("err = %v", err)
+	o := DiscoveryOptions{Window: 300 * time.Millisecond, Interval: 20 * time.Millisecond}
+	var retries int
+	o.OnRetry = func(error) { retries++ }
+	_, err := o.Discover(ctx(t), &Material{APIServer: srv.URL, Token: "zzzzzz." + tokenSecret, CACertHashes: []string{pin}})
+	if err == nil || IsPermanent(err) || !strings.Contains(err.Error(), `"zzzzzz" is unknown`) || !strings.Contains(err.Error(), "still failing after") {
+		t.Fatalf("err = %v, want a retryable unknown-token error after the window", err)
+	}
+	if retries < 2 {
+		t.Fatalf("%d retries within the window, want several", retries)
 	}
 }
 
@@ -129,7 +137,7 @@ func TestDiscoverUnreachableIsRetryable(t *testing.T) {
 	srv, pin := clusterInfoServer(t, tokenSecret, false)
 	url := srv.URL
 	srv.Close()
-	_, err := Discover(ctx(t), &Material{APIServer: url, Token: token, CACertHashes: []string{pin}})
+	_, err := DiscoveryOptions{Window: 200 * time.Millisecond, Interval: 50 * time.Millisecond}.Discover(ctx(t), &Material{APIServer: url, Token: token, CACertHashes: []string{pin}})
 	if err == nil || IsPermanent(err) {
 		t.Fatalf("err = %v, want a retryable error", err)
 	}

@@ -46,6 +46,9 @@ func (m *Material) Validate() error {
 		if err := clientcmd.Validate(*cfg); err != nil {
 			return permanent(fmt.Errorf("join kubeconfig is invalid: %w", err))
 		}
+		if firstCluster(cfg) == nil {
+			return permanent(fmt.Errorf("join kubeconfig has %d clusters and no current-context naming one; set current-context", len(cfg.Clusters)))
+		}
 		return nil
 	case m.Token == "":
 		return permanent(fmt.Errorf("join material has neither a bootstrap token nor a kubeconfig"))

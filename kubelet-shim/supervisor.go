@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/lf-edge/evelet/internal/backoff"
 	"github.com/sirupsen/logrus"
 )
 
@@ -56,7 +57,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	// as it owns children so the kubelet is not signalled early.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	backoff := s.MinBackoff
+	delay := backoff.Backoff{Min: s.MinBackoff, Max: s.MaxBackoff, StableAfter: s.StableAfter}
 	for first := true; ; first = false {
 		if !first {
 			s.mu.Lock()
@@ -88,16 +89,11 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			s.cmd = nil
 			s.mu.Unlock()
 		}
-		if time.Since(started) > s.StableAfter {
-			backoff = s.MinBackoff
-		}
-		s.Log.WithField("in", backoff).Info("restarting kubelet")
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
+		wait := delay.After(time.Since(started))
+		s.Log.WithField("in", wait).Info("restarting kubelet")
+		if !backoff.Sleep(ctx, wait) {
 			return nil
 		}
-		backoff = min(backoff*2, s.MaxBackoff)
 	}
 }
 

@@ -1,0 +1,42 @@
+// Package layout is the one place that names evelet's files under its state
+// root (/persist/evelet on a device): the credential files the agent writes
+// and the kubelet reads, and the kubelet's own directories. Everything that
+// needs a path asks here instead of joining names itself.
+package layout
+
+import "path/filepath"
+
+// State is the persistent state root.
+type State struct{ Dir string }
+
+// Credentials is the credential directory (0700).
+func (s State) Credentials() Credentials { return Credentials{Dir: filepath.Join(s.Dir, "credentials")} }
+
+// KubeletConfig is the generated KubeletConfiguration file.
+func (s State) KubeletConfig() string { return filepath.Join(s.Dir, "kubelet", "config.yaml") }
+
+// KubeletRoot is the kubelet's --root-dir (pods, volumes, plugins).
+func (s State) KubeletRoot() string { return filepath.Join(s.Dir, "kubelet", "root") }
+
+// PodLogs is the kubelet's podLogsDir.
+func (s State) PodLogs() string { return filepath.Join(s.Dir, "logs", "pods") }
+
+// Credentials names the files in the credential directory.
+type Credentials struct{ Dir string }
+
+// BootstrapKubeconfig is what the kubelet uses for TLS bootstrapping.
+func (c Credentials) BootstrapKubeconfig() string { return filepath.Join(c.Dir, "bootstrap-kubeconfig") }
+
+// Kubeconfig is the kubelet's own kubeconfig, written by the kubelet after
+// its CSR is approved.
+func (c Credentials) Kubeconfig() string { return filepath.Join(c.Dir, "kubeconfig") }
+
+// CertDir is the kubelet's --cert-dir (rotated client and serving certs).
+func (c Credentials) CertDir() string { return filepath.Join(c.Dir, "pki") }
+
+// ClusterCA is the cluster CA bundle exactly as discovery found it; also the
+// kubelet's client CA for its own API.
+func (c Credentials) ClusterCA() string { return filepath.Join(c.Dir, "ca.crt") }
+
+// JoinRecord says which cluster the credentials belong to.
+func (c Credentials) JoinRecord() string { return filepath.Join(c.Dir, "join.json") }
