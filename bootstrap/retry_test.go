@@ -24,12 +24,12 @@ import (
 type phase int
 
 const (
-	ready        phase = iota
-	notFound           // no cluster-info yet
-	forbidden          // RBAC for anonymous reads not there yet
-	unsigned           // cluster-info without the token's JWS signature
-	hang               // never answers (until the client gives up)
-	serverError        // 503
+	ready       phase = iota
+	notFound          // no cluster-info yet
+	forbidden         // RBAC for anonymous reads not there yet
+	unsigned          // cluster-info without the token's JWS signature
+	hang              // never answers (until the client gives up)
+	serverError       // 503
 )
 
 func lateServer(t *testing.T, phaseOf func(n int64) phase) (*httptest.Server, string, *atomic.Int64) {

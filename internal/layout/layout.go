@@ -10,7 +10,9 @@ import "path/filepath"
 type State struct{ Dir string }
 
 // Credentials is the credential directory (0700).
-func (s State) Credentials() Credentials { return Credentials{Dir: filepath.Join(s.Dir, "credentials")} }
+func (s State) Credentials() Credentials {
+	return Credentials{Dir: filepath.Join(s.Dir, "credentials")}
+}
 
 // KubeletConfig is the generated KubeletConfiguration file.
 func (s State) KubeletConfig() string { return filepath.Join(s.Dir, "kubelet", "config.yaml") }
@@ -25,7 +27,9 @@ func (s State) PodLogs() string { return filepath.Join(s.Dir, "logs", "pods") }
 type Credentials struct{ Dir string }
 
 // BootstrapKubeconfig is what the kubelet uses for TLS bootstrapping.
-func (c Credentials) BootstrapKubeconfig() string { return filepath.Join(c.Dir, "bootstrap-kubeconfig") }
+func (c Credentials) BootstrapKubeconfig() string {
+	return filepath.Join(c.Dir, "bootstrap-kubeconfig")
+}
 
 // Kubeconfig is the kubelet's own kubeconfig, written by the kubelet after
 // its CSR is approved.
