@@ -5,20 +5,23 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lf-edge/evelet/agent/intent"
-
 	"github.com/lf-edge/evelet/bootstrap"
 	"github.com/lf-edge/evelet/cri"
 	"github.com/lf-edge/evelet/cri/containerd"
 	"github.com/lf-edge/evelet/cri/policy"
+	"github.com/lf-edge/evelet/internal/backoff"
+	"github.com/lf-edge/evelet/internal/layout"
 	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
@@ -38,12 +41,15 @@ type Config struct {
 	KubeletPort, KubeletHealthzPort int32
 	CgroupDriver                    string
 	Log                             *logrus.Entry
-	// RetryMin/RetryMax bound the back-off while the apiserver is unreachable.
+	// RetryMin/RetryMax bound the back-off while the apiserver is unreachable
+	// (and between CRI server and Source restarts).
 	RetryMin, RetryMax time.Duration
 	// DrainTimeout bounds the drain when the device leaves a cluster.
 	DrainTimeout time.Duration
 	// Metrics receives the CRI metrics; nil: none.
 	Metrics prometheus.Registerer
+	// Discovery tunes token discovery (zero: kubeadm-like defaults).
+	Discovery bootstrap.DiscoveryOptions
 }
 
 // CRISocket is where the kubelet finds evelet's CRI server.
@@ -51,20 +57,53 @@ func (c *Config) CRISocket() string { return filepath.Join(c.RunDir, "cri.sock")
 
 // Credentials is the credential store under the state root.
 func (c *Config) Credentials() bootstrap.Store {
-	return bootstrap.Store{Dir: filepath.Join(c.StateDir, "credentials")}
+	return bootstrap.Store{Dir: layout.State{Dir: c.StateDir}.Credentials().Dir, Discovery: c.Discovery}
 }
+
+// credStore is what the agent needs of bootstrap.Store (a fake in tests).
+type credStore interface {
+	Prepare(ctx context.Context, m *bootstrap.Material, now time.Time) (bootstrap.Outcome, error)
+	Holds(m *bootstrap.Material) (bool, error)
+	Record() (*bootstrap.JoinRecord, error)
+	SetNodeName(name string) error
+	ClientCredentials(now time.Time) (bootstrap.Client, bool, error)
+	KubeconfigPath() string
+	Wipe() error
+}
+
+// kubeletProc is a running kubelet (kubeletshim.Supervisor; a fake in tests).
+type kubeletProc interface {
+	Run(ctx context.Context) error
+	PID() int
+	Restarts() int
+}
+
+const (
+	// heartbeatEvery is how often status.json is rewritten even when
+	// nothing changed, so a dead agent shows (see Status.Liveness).
+	heartbeatEvery = 10 * time.Second
+	// criStableAfter: a CRI server that served this long resets its back-off.
+	criStableAfter = time.Minute
+)
 
 // Agent runs one device's node.
 type Agent struct {
 	cfg Config
 	log *logrus.Entry
 
+	// Seams, set by New; tests replace them with fakes.
+	store      credStore
+	newKubelet func(j *intent.Join) (kubeletProc, error)
+	serveCRI   func(ctx context.Context) error
+	sleep      func(ctx context.Context, d time.Duration) bool
+	heartbeat  time.Duration
+
 	writeMu sync.Mutex
 	written *Status // last status written to status.json
 
 	mu     sync.Mutex
 	status Status
-	sup    *kubeletshim.Supervisor
+	sup    kubeletProc
 	cri    *cri.Server
 	items  map[string]string // the owner's "evelet." config items
 }
@@ -82,7 +121,29 @@ func New(cfg Config) *Agent {
 	if cfg.KubeletLog == nil {
 		cfg.KubeletLog = os.Stderr
 	}
-	return &Agent{cfg: cfg, log: cfg.Log, status: Status{Phase: PhaseStarting, Source: cfg.Source.Name()}}
+	a := &Agent{cfg: cfg, log: cfg.Log, status: Status{Phase: PhaseStarting, Source: cfg.Source.Name(), AgentPID: os.Getpid()},
+		sleep: backoff.Sleep, heartbeat: heartbeatEvery}
+	store := cfg.Credentials()
+	onRetry := store.Discovery.OnRetry
+	store.Discovery.OnRetry = func(err error) {
+		// Discovery retries for minutes; show why while it does.
+		a.publish(func(s *Status) { s.LastError, s.LastErrorTime = err.Error(), ptrNow() })
+		if onRetry != nil {
+			onRetry(err)
+		}
+	}
+	a.store = store
+	a.newKubelet = a.kubelet
+	a.serveCRI = a.serveCRIOnce
+	return a
+}
+
+// joinJob is the goroutine that joins one intent and then runs its kubelet.
+type joinJob struct {
+	join   *intent.Join
+	cancel context.CancelFunc
+	done   chan struct{}
+	ready  atomic.Bool // credentials in place; the kubelet runs
 }
 
 // Run serves until ctx ends, then stops the kubelet and the CRI server.
@@ -95,35 +156,57 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.publish(func(s *Status) {})
 
+	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); a.runCRI(ctx) }()
 
 	var (
-		current  *intent.Join
-		stopJoin context.CancelFunc = func() {}
-		joinDone                    = make(chan struct{})
-		tick                        = time.NewTicker(2 * time.Second)
-		updates                     = a.cfg.Source.Watch(ctx)
-		srcErr   string             // last refused intent, cleared by a good one
+		current *intent.Join
+		job     *joinJob
+		tick    = time.NewTicker(2 * time.Second)
+		updates = a.cfg.Source.Watch(ctx)
+		rewatch <-chan time.Time
+		srcWait = backoff.Backoff{Min: a.cfg.RetryMin, Max: a.cfg.RetryMax}
+		srcErr  string // last refused intent, cleared by a good one
 	)
-	close(joinDone)
-	defer tick.Stop()
-	stop := func() { stopJoin(); <-joinDone }
+	stop := func() {
+		if job != nil {
+			job.cancel()
+			<-job.done
+			job = nil
+		}
+	}
+	defer func() {
+		tick.Stop()
+		stop()
+		cancel()
+		wg.Wait()
+	}()
 	for {
 		select {
 		case <-ctx.Done():
-			stop()
-			wg.Wait()
 			return nil
 		case <-tick.C:
 			a.refresh()
+		case <-rewatch:
+			rewatch, updates = nil, a.cfg.Source.Watch(ctx)
 		case u, ok := <-updates:
 			if !ok {
-				stop()
-				wg.Wait()
-				return ctx.Err()
+				if ctx.Err() != nil {
+					return nil
+				}
+				// A Source closes only when ctx ends; one that gave up is
+				// watched again. The node keeps running meanwhile.
+				d := srcWait.Next()
+				a.log.WithField("retry_in", d).Error("join source stopped; keeping the current state")
+				a.publish(func(s *Status) {
+					s.LastError, s.LastErrorTime = fmt.Sprintf("join source %s stopped; watching it again", a.cfg.Source.Name()), ptrNow()
+				})
+				updates, rewatch = nil, time.After(d)
+				continue
 			}
+			srcWait.Reset()
 			if u.Err != nil {
 				// Keep whatever runs now: bad input must not take a
 				// working node down.
@@ -136,12 +219,14 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.clearSourceError(srcErr)
 				srcErr = ""
 			}
-			// Leaving a cluster (intent removed, or a different cluster)
-			// drains while the kubelet still runs, so pods end gracefully.
-			// Checked first: an agent restarted after its cluster was
-			// removed has no current intent but still holds credentials.
+			// Leaving a cluster (intent removed, or a different cluster:
+			// another apiserver or another CA) drains while the kubelet
+			// still runs, so pods end gracefully. Checked first: an agent
+			// restarted after its cluster was removed has no current intent
+			// but still holds credentials.
 			if a.mustLeave(u.Join) {
 				a.leave(ctx, stop)
+				current = nil
 			}
 			if reflect.DeepEqual(u.Join, current) {
 				if current == nil {
@@ -153,42 +238,60 @@ func (a *Agent) Run(ctx context.Context) error {
 				}
 				continue
 			}
+			if job != nil && job.ready.Load() && u.Join != nil && sameExceptToken(current, u.Join) {
+				// A new bootstrap token for the cluster the kubelet is in:
+				// it keeps its client certificate; the token is only used
+				// if the device must bootstrap again.
+				a.log.WithField("node", u.Join.NodeName).Info("new bootstrap token for the same cluster; the kubelet keeps running")
+				current = u.Join
+				continue
+			}
 			stop()
 			current = u.Join
 			if current == nil {
 				a.publish(func(s *Status) {
 					if s.Phase != PhaseLeft {
-						*s = Status{Phase: PhaseNoJoin, Source: s.Source}
+						*s = Status{Phase: PhaseNoJoin, Source: s.Source, AgentPID: s.AgentPID}
 					}
 				})
 				continue
 			}
-			stopJoin, joinDone = a.startJoin(ctx, current)
+			job = a.startJoin(ctx, current)
 		}
 	}
 }
 
-func (a *Agent) startJoin(ctx context.Context, j *intent.Join) (context.CancelFunc, chan struct{}) {
+// sameExceptToken: the intents differ at most in the bootstrap token.
+func sameExceptToken(a, b *intent.Join) bool {
+	if a == nil || b == nil {
+		return false
+	}
+	x, y := *a, *b
+	x.Token, y.Token = "", ""
+	return reflect.DeepEqual(x, y)
+}
+
+func (a *Agent) startJoin(ctx context.Context, j *intent.Join) *joinJob {
 	jctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); a.join(jctx, j) }()
-	return cancel, done
+	job := &joinJob{join: j, cancel: cancel, done: make(chan struct{})}
+	go func() { defer close(job.done); a.join(jctx, job) }()
+	return job
 }
 
 // join prepares credentials (retrying while the apiserver is unreachable)
 // and then keeps the kubelet running until ctx ends.
-func (a *Agent) join(ctx context.Context, j *intent.Join) {
+func (a *Agent) join(ctx context.Context, job *joinJob) {
+	j := job.join
 	server := j.Material.Server()
 	log := a.log.WithFields(logrus.Fields{"node": j.NodeName, "apiserver": server})
 	a.publish(func(s *Status) {
 		s.Phase, s.NodeName, s.DeviceUUID, s.APIServer = PhaseJoining, j.NodeName, j.DeviceUUID, server
 	})
-	store := a.cfg.Credentials()
-	backoff := a.cfg.RetryMin
+	delay := backoff.Backoff{Min: a.cfg.RetryMin, Max: a.cfg.RetryMax}
 	var outcome bootstrap.Outcome
 	for {
 		var err error
-		outcome, err = store.Prepare(ctx, &j.Material, time.Now())
+		outcome, err = a.store.Prepare(ctx, &j.Material, time.Now())
 		if err == nil {
 			break
 		}
@@ -199,87 +302,104 @@ func (a *Agent) join(ctx context.Context, j *intent.Join) {
 			a.fail(err, "join refused; waiting for new join intent")
 			return
 		}
-		log.WithError(err).WithField("retry_in", backoff).Warn("apiserver not reachable yet")
+		wait := delay.Next()
+		log.WithError(err).WithField("retry_in", wait).Warn("cluster not ready for this device yet")
 		a.publish(func(s *Status) { s.LastError, s.LastErrorTime = err.Error(), ptrNow() })
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
+		if !a.sleep(ctx, wait) {
 			return
 		}
-		backoff = min(backoff*2, a.cfg.RetryMax)
 	}
 	log.WithField("credentials", outcome).Info("credentials ready")
-	if err := store.SetNodeName(j.NodeName); err != nil {
+	if err := a.store.SetNodeName(j.NodeName); err != nil {
 		log.WithError(err).Warn("join record not updated")
 	}
-
-	opts := &kubeletshim.Options{
-		NodeName: j.NodeName, DeviceUUID: j.DeviceUUID, OSVersion: j.OSVersion, NodeIP: j.NodeIP,
-		StateDir: a.cfg.StateDir, CredentialsDir: store.Dir,
-		CRIEndpoint:  "unix://" + a.cfg.CRISocket(),
-		CgroupDriver: a.cfg.CgroupDriver, CgroupV1: kubeletshim.HostCgroupV1(),
-		Port: a.cfg.KubeletPort, HealthzPort: a.cfg.KubeletHealthzPort,
-	}
-	if err := opts.WriteConfig(); err != nil {
+	k, err := a.newKubelet(j)
+	if err != nil {
 		a.fail(&bootstrap.PermanentError{Err: err}, "kubelet configuration refused")
 		return
 	}
-	sup := &kubeletshim.Supervisor{
-		Log: log.WithField("component", "kubelet"),
-		Command: func() *exec.Cmd {
-			cmd := exec.Command(a.cfg.Self, append([]string{"kubelet"}, opts.Args()...)...)
-			cmd.Stdout, cmd.Stderr = a.cfg.KubeletLog, a.cfg.KubeletLog
-			return cmd
-		},
-	}
+	job.ready.Store(true)
 	a.mu.Lock()
-	a.sup = sup
+	a.sup = k
 	a.mu.Unlock()
 	a.publish(func(s *Status) {
 		s.Phase, s.Credentials, s.LastError, s.LastErrorTime = PhaseRunning, string(outcome), "", nil
 	})
-	sup.Run(ctx)
+	k.Run(ctx)
 	a.mu.Lock()
 	a.sup = nil
 	a.mu.Unlock()
 }
 
-// runCRI keeps evelet's CRI server up; it outlives kubelet restarts.
+// kubelet writes the kubelet's configuration for j and returns its
+// supervisor, not yet running.
+func (a *Agent) kubelet(j *intent.Join) (kubeletProc, error) {
+	opts := &kubeletshim.Options{
+		NodeName: j.NodeName, DeviceUUID: j.DeviceUUID, OSVersion: j.OSVersion, NodeIP: j.NodeIP,
+		StateDir: a.cfg.StateDir, CredentialsDir: a.cfg.Credentials().Dir,
+		CRIEndpoint:  "unix://" + a.cfg.CRISocket(),
+		CgroupDriver: a.cfg.CgroupDriver, CgroupV1: kubeletshim.HostCgroupV1(),
+		Port: a.cfg.KubeletPort, HealthzPort: a.cfg.KubeletHealthzPort,
+	}
+	if err := opts.WriteConfig(); err != nil {
+		return nil, err
+	}
+	return &kubeletshim.Supervisor{
+		Log: a.log.WithFields(logrus.Fields{"node": j.NodeName, "component": "kubelet"}),
+		Command: func() *exec.Cmd {
+			cmd := exec.Command(a.cfg.Self, append([]string{"kubelet"}, opts.Args()...)...)
+			cmd.Stdout, cmd.Stderr = a.cfg.KubeletLog, a.cfg.KubeletLog
+			return cmd
+		},
+	}, nil
+}
+
+// runCRI keeps evelet's CRI server up; it outlives kubelet restarts. The
+// back-off resets only after a server actually served for a while: one that
+// fails right after it was built must not be restarted in a tight loop.
 func (a *Agent) runCRI(ctx context.Context) {
 	log := a.log.WithField("component", "cri")
-	backoff := a.cfg.RetryMin
+	delay := backoff.Backoff{Min: a.cfg.RetryMin, Max: a.cfg.RetryMax, StableAfter: criStableAfter}
 	for ctx.Err() == nil {
-		be, err := containerd.Dial(ctx, a.cfg.ContainerdEndpoint)
-		if err == nil {
-			var srv *cri.Server
-			if srv, err = cri.NewServer(cri.Config{Socket: a.cfg.CRISocket(), Backend: be, Log: log, Metrics: a.cfg.Metrics}); err == nil {
-				// Publish srv before computing the policy, so config items
-				// that arrive meanwhile reach it through setConfigItems.
-				// Nothing is served before Serve.
-				a.mu.Lock()
-				a.cri = srv
-				a.mu.Unlock()
-				srv.SetPolicy(a.policy())
-				log.WithField("socket", a.cfg.CRISocket()).Info("CRI server listening")
-				backoff = a.cfg.RetryMin
-				err = srv.Serve(ctx)
-				a.mu.Lock()
-				a.cri = nil
-				a.mu.Unlock()
-			}
-			be.Close()
-		}
+		started := time.Now()
+		err := a.serveCRI(ctx)
 		if ctx.Err() != nil {
 			return
 		}
-		log.WithError(err).WithField("retry_in", backoff).Error("CRI server not serving")
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
+		wait := delay.After(time.Since(started))
+		log.WithError(err).WithField("retry_in", wait).Error("CRI server not serving")
+		if !a.sleep(ctx, wait) {
 			return
 		}
-		backoff = min(backoff*2, a.cfg.RetryMax)
 	}
+}
+
+// serveCRIOnce dials containerd and serves the CRI socket until ctx ends or
+// serving fails.
+func (a *Agent) serveCRIOnce(ctx context.Context) error {
+	log := a.log.WithField("component", "cri")
+	be, err := containerd.Dial(ctx, a.cfg.ContainerdEndpoint)
+	if err != nil {
+		return err
+	}
+	defer be.Close()
+	srv, err := cri.NewServer(cri.Config{Socket: a.cfg.CRISocket(), Backend: be, Log: log, Metrics: a.cfg.Metrics})
+	if err != nil {
+		return err
+	}
+	// Publish srv before computing the policy, so config items that arrive
+	// meanwhile reach it through setConfigItems. Nothing is served before
+	// Serve.
+	a.mu.Lock()
+	a.cri = srv
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		a.cri = nil
+		a.mu.Unlock()
+	}()
+	srv.SetPolicy(a.policy())
+	return srv.Serve(ctx)
 }
 
 // policy is the guardrail policy: production defaults, with the kubelet's
@@ -292,8 +412,8 @@ func (a *Agent) policy() policy.Policy {
 	for _, err := range errs {
 		a.log.WithError(err).Error("guardrail config item ignored")
 	}
-	dirs := kubeletshim.Options{StateDir: a.cfg.StateDir}
-	p.KubeletRootDir, p.PodLogsDir = dirs.RootDir(), dirs.PodLogsDir()
+	dirs := layout.State{Dir: a.cfg.StateDir}
+	p.KubeletRootDir, p.PodLogsDir = dirs.KubeletRoot(), dirs.PodLogs()
 	return p
 }
 
@@ -330,7 +450,7 @@ func (a *Agent) refresh() {
 	a.mu.Lock()
 	sup := a.sup
 	a.mu.Unlock()
-	c, ok, _ := a.cfg.Credentials().ClientCredentials(time.Now())
+	c, ok, _ := a.store.ClientCredentials(time.Now())
 	a.publish(func(s *Status) {
 		s.KubeletPID, s.KubeletRestarts, s.ClientCertExpiry = 0, 0, nil
 		if sup != nil {
@@ -344,7 +464,9 @@ func (a *Agent) refresh() {
 }
 
 // publish applies change and writes status.json if the status differs from
-// what was last written: the 2 s refresh must not rewrite an unchanged file.
+// what was last written, or the last write is older than the heartbeat
+// interval: the 2 s refresh must not rewrite an unchanged file, but a dead
+// agent must show.
 func (a *Agent) publish(change func(*Status)) {
 	// writeMu first, so writes happen in the order of the changes.
 	a.writeMu.Lock()
@@ -353,9 +475,19 @@ func (a *Agent) publish(change func(*Status)) {
 	change(&a.status)
 	s := a.status
 	a.mu.Unlock()
-	if a.written != nil && reflect.DeepEqual(*a.written, s) {
-		return
+	now := time.Now().UTC()
+	if a.written != nil {
+		s.Updated, s.Heartbeat = a.written.Updated, a.written.Heartbeat
+		if reflect.DeepEqual(*a.written, s) && now.Sub(s.Heartbeat) < a.heartbeat {
+			return
+		}
+		if !reflect.DeepEqual(*a.written, s) {
+			s.Updated = now
+		}
+	} else {
+		s.Updated = now
 	}
+	s.Heartbeat = now
 	if err := writeStatus(a.cfg.RunDir, s); err != nil {
 		a.log.WithError(err).Warn("status not written")
 		return
@@ -373,6 +505,9 @@ func (a *Agent) Status() Status {
 // clearSourceError forgets a refused intent once the Source delivers a
 // good one again (the failure was about the intent, not the cluster).
 func (a *Agent) clearSourceError(msg string) {
+	a.mu.Lock()
+	running := a.sup != nil
+	a.mu.Unlock()
 	a.publish(func(s *Status) {
 		if s.LastError != msg {
 			return
@@ -380,7 +515,7 @@ func (a *Agent) clearSourceError(msg string) {
 		s.LastError, s.LastErrorTime = "", nil
 		if s.Phase == PhaseFailed {
 			s.Phase = PhaseNoJoin
-			if s.KubeletPID != 0 || a.sup != nil {
+			if s.KubeletPID != 0 || running {
 				s.Phase = PhaseRunning
 			}
 		}

@@ -44,7 +44,7 @@ func TestParseJoin(t *testing.T) {
 
 func TestJoinFileWatchReportsChangesOnly(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "join.yaml")
-	f := &JoinFile{Path: p, Interval: 10 * time.Millisecond}
+	f := &JoinFile{Path: p, Interval: 10 * time.Millisecond, AbsentFor: time.Millisecond}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ch := f.Watch(ctx)

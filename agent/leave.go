@@ -1,9 +1,12 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+
+	"github.com/lf-edge/evelet/bootstrap"
 
 	"github.com/lf-edge/evelet/agent/intent"
 
@@ -15,30 +18,53 @@ import (
 )
 
 // mustLeave reports whether the device holds credentials for a cluster
-// that next (nil: no cluster) is not.
+// that next (nil: no cluster) is not. The cluster is its apiserver and its
+// CA (bootstrap.Store.Holds): a cluster rebuilt at the same address is
+// another cluster. When the record cannot be read the answer is "stay": a
+// damaged file must not drain a node the owner did not ask to move; the
+// next Prepare rewrites the credentials anyway.
 func (a *Agent) mustLeave(next *intent.Join) bool {
-	rec, err := a.cfg.Credentials().Record()
-	if err != nil || rec == nil {
+	rec, err := a.store.Record()
+	if err == nil && rec == nil {
 		return false
 	}
-	return next == nil || next.Material.Server() != rec.APIServer
+	if next == nil {
+		return true
+	}
+	if err != nil {
+		a.log.WithError(err).Warn("join record unreadable; not leaving on its account")
+		return false
+	}
+	held, err := a.store.Holds(&next.Material)
+	if err != nil {
+		a.log.WithError(err).Warn("cannot tell whether the stored credentials are for this cluster; not leaving on that account")
+		return false
+	}
+	return !held
 }
 
 // leave cordons and drains the node with its own credentials, deletes the
 // Node object, stops the kubelet (stopKubelet) and wipes the credentials.
 // A cluster that cannot be reached does not keep the device hostage: the
 // drain error is reported and the device leaves anyway, because the owner
-// asked it to.
+// asked it to. An unreadable join record leaves too, with what the status
+// still knows.
 func (a *Agent) leave(ctx context.Context, stopKubelet func()) {
-	store := a.cfg.Credentials()
-	rec, _ := store.Record()
-	node := rec.NodeName
-	if node == "" {
-		node = a.Status().NodeName
+	store := a.store
+	rec, recErr := store.Record()
+	if rec == nil {
+		rec = &bootstrap.JoinRecord{}
 	}
-	log := a.log.WithFields(map[string]any{"node": node, "apiserver": rec.APIServer})
-	a.publish(func(s *Status) { s.Phase = PhaseLeaving })
+	node, server := rec.NodeName, rec.APIServer
+	if st := a.Status(); node == "" || server == "" {
+		node, server = cmp.Or(node, st.NodeName), cmp.Or(server, st.APIServer)
+	}
+	log := a.log.WithFields(map[string]any{"node": node, "apiserver": server})
 	var errs []error
+	if recErr != nil {
+		errs = append(errs, fmt.Errorf("join record: %w", recErr))
+	}
+	a.publish(func(s *Status) { s.Phase = PhaseLeaving })
 	if node == "" {
 		errs = append(errs, errors.New("node name unknown; skipped drain"))
 	} else if cs, err := nodeClient(store.KubeconfigPath()); err != nil {
@@ -75,7 +101,7 @@ func (a *Agent) leave(ctx context.Context, stopKubelet func()) {
 		log.Info("left the cluster")
 	}
 	a.publish(func(s *Status) {
-		*s = Status{Phase: PhaseLeft, Source: s.Source, NodeName: s.NodeName, APIServer: s.APIServer}
+		*s = Status{Phase: PhaseLeft, Source: s.Source, AgentPID: s.AgentPID, NodeName: s.NodeName, APIServer: s.APIServer}
 		if err != nil {
 			s.LastError, s.LastErrorTime = err.Error(), ptrNow()
 		}

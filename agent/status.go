@@ -2,6 +2,8 @@ package agent
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"time"
@@ -35,14 +37,42 @@ type Status struct {
 	KubeletRestarts  int        `json:"kubeletRestarts,omitempty"`
 	LastError        string     `json:"lastError,omitempty"`
 	LastErrorTime    *time.Time `json:"lastErrorTime,omitempty"`
-	Updated          time.Time  `json:"updated"`
+	// Updated is when the content last changed.
+	Updated time.Time `json:"updated"`
+	// Heartbeat is when the agent last wrote the file; it does so at least
+	// every 10 s while it runs, changed or not.
+	Heartbeat time.Time `json:"heartbeat"`
+	// AgentPID is the agent's process id.
+	AgentPID int `json:"agentPID,omitempty"`
+}
+
+// StaleAfter is how old a heartbeat may get before the status counts as
+// stale: three missed heartbeats.
+const StaleAfter = 3 * heartbeatEvery
+
+// Liveness says whether the agent that wrote s still runs: alive is false
+// with a reason when its process is gone or its heartbeat is older than
+// StaleAfter. A status without a heartbeat (an older agent) is not judged.
+func (s *Status) Liveness(now time.Time) (alive bool, why string) {
+	if s.Heartbeat.IsZero() {
+		return true, ""
+	}
+	at := s.Heartbeat.Local().Format(time.RFC3339)
+	if s.AgentPID > 0 {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", s.AgentPID)); errors.Is(err, os.ErrNotExist) {
+			return false, fmt.Sprintf("agent not running (pid %d is gone); status is stale since %s", s.AgentPID, at)
+		}
+	}
+	if age := now.Sub(s.Heartbeat); age > StaleAfter {
+		return false, fmt.Sprintf("agent not running or stuck: status is stale since %s (%s without a heartbeat)", at, age.Round(time.Second))
+	}
+	return true, ""
 }
 
 // StatusPath is where the agent publishes its status under runDir.
 func StatusPath(runDir string) string { return filepath.Join(runDir, "status.json") }
 
 func writeStatus(runDir string, s Status) error {
-	s.Updated = time.Now().UTC()
 	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return err

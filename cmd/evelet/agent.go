@@ -41,6 +41,7 @@ func runAgent(args []string) int {
 	eveRun := fs.String("eve-run", "/run", "EVE's volatile root (pubsub topics)")
 	evePersist := fs.String("eve-persist", "/persist", "EVE's persistent root (checkpoint, device ECDH key, persistent topics)")
 	eveCerts := fs.String("eve-controller-certs", "", "only directory searched for controller certificates (default: where the running EVE publishes them: <eve-run>/zedagent/ControllerCert since 16.12.0, <eve-persist>/status/zedagent/ControllerCert before)")
+	absentFor := fs.Duration("join-file-absent-for", agent.DefaultAbsentFor, "how long the join file must stay missing before the device leaves its cluster (a file saying only 'leave: true' leaves at once)")
 	drainTimeout := fs.Duration("drain-timeout", 5*time.Minute, "how long a drain may take when leaving a cluster")
 	metricsAddr := fs.String("metrics-addr", "127.0.0.1:10260", "address of the Prometheus /metrics endpoint (empty: off)")
 	ctrd := fs.String("containerd", "unix:///run/containerd-user/containerd.sock", "containerd CRI endpoint pods run on")
@@ -58,7 +59,7 @@ func runAgent(args []string) int {
 	}
 	var src intent.Source = &eve.Source{Root: pubsub.Root{Run: *eveRun, Persist: *evePersist}, ControllerCerts: *eveCerts, Log: log.WithField("component", "eve")}
 	if *joinFile != "" {
-		src = &agent.JoinFile{Path: *joinFile}
+		src = &agent.JoinFile{Path: *joinFile, AbsentFor: *absentFor}
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

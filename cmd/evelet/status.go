@@ -23,17 +23,26 @@ func runStatus(args []string) int {
 		fmt.Fprintf(os.Stderr, "evelet status: %v (is the agent running with --run-dir=%s?)\n", err, *runDir)
 		return 1
 	}
+	alive, why := s.Liveness(time.Now())
 	switch *out {
 	case "json":
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
-		enc.Encode(s)
+		// The status as written, plus what the reader concludes about the
+		// writer (an old heartbeat means the agent is gone or stuck).
+		enc.Encode(struct {
+			*agent.Status
+			Stale string `json:"stale,omitempty"`
+		}{s, why})
 	case "":
 		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 		row := func(k, v string) {
 			if v != "" {
 				fmt.Fprintf(w, "%s:\t%s\n", k, v)
 			}
+		}
+		if !alive {
+			row("Agent", why)
 		}
 		row("Phase", string(s.Phase))
 		row("Source", s.Source)
@@ -49,6 +58,9 @@ func runStatus(args []string) int {
 		}
 		row("Last error", s.LastError)
 		row("Updated", s.Updated.Format(time.RFC3339))
+		if !s.Heartbeat.IsZero() {
+			row("Heartbeat", s.Heartbeat.Format(time.RFC3339))
+		}
 		w.Flush()
 	default:
 		fmt.Fprintf(os.Stderr, "evelet status: unknown output format %q\n", *out)
