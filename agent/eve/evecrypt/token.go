@@ -90,6 +90,15 @@ const acceptedFormats = `accepted formats: ` +
 	`(or {"kubeconfig": "..."}); ` +
 	`(c) a kubeconfig (apiVersion: v1, kind: Config)`
 
+// howToBootstrapToken says what a controller must send instead of a k3s
+// server token (a shared secret: what EVE-k controllers send today; pillar
+// pkg/kube/kube-init/k3s/config.go writes it as k3s's own "token:") and how
+// to make one. docs/cluster-token.md has the long form.
+const howToBootstrapToken = `evelet joins as a plain kubelet and needs a Kubernetes bootstrap token with a CA pin: ` +
+	`on kubeadm, "kubeadm token create --print-join-command" prints the token and its --discovery-token-ca-cert-hash, ` +
+	`to be sent as {"token": "<id>.<secret>", "caCertHashes": ["sha256:<hex>"], "apiServer": "https://<host>:6443"}; ` +
+	`on k3s, "k3s token create" prints "K10<ca-hash>::<id>.<secret>", to be sent as it is (docs/cluster-token.md)`
+
 // ParseTokenPayload parses the cluster token a controller put into
 // EncryptionBlock.cluster_token. The formats are documented in
 // docs/eve-config.md. Errors never contain the token secret.
@@ -135,9 +144,13 @@ func parseTokenPayload(s string) (*Token, error) {
 	}
 	if id, secret, ok := strings.Cut(trimmed, "."); ok && reTokenID.MatchString(id) && reTokenSecret.MatchString(secret) {
 		return nil, fmt.Errorf("cluster token is a bare bootstrap token (%s.<redacted>) without a CA pin; evelet never joins an unpinned CA: "+
-			"send it as {\"token\": ..., \"caCertHashes\": [\"sha256:<hex>\"]}; %s", id, acceptedFormats)
+			"send it as {\"token\": ..., \"caCertHashes\": [\"sha256:<hex>\"]} (\"kubeadm token create --print-join-command\" prints the pin as --discovery-token-ca-cert-hash); %s", id, acceptedFormats)
 	}
-	return nil, fmt.Errorf("cluster token (%d bytes) is in no format evelet understands; %s", len(s), acceptedFormats)
+	if !strings.ContainsAny(trimmed, " \t\r\n") && !strings.HasPrefix(trimmed, "[") {
+		return nil, fmt.Errorf("cluster token (%d bytes) is not a bootstrap token; it looks like a k3s server token "+
+			"(a shared secret, which EVE-k controllers send): %s; %s", len(s), howToBootstrapToken, acceptedFormats)
+	}
+	return nil, fmt.Errorf("cluster token (%d bytes) is in no format evelet understands; %s; %s", len(s), howToBootstrapToken, acceptedFormats)
 }
 
 // parseK10 parses k3s's "secure" token format. k3s credentials may also be
@@ -154,10 +167,10 @@ func parseK10(s string) (*Token, error) {
 	id, secret, isBootstrap := strings.Cut(creds, ".")
 	if !isBootstrap || !reTokenID.MatchString(id) || !reTokenSecret.MatchString(secret) {
 		if strings.Contains(creds, ":") {
-			return nil, errors.New("K10 token carries k3s <user>:<password> credentials (a k3s server/agent token); " +
-				"evelet joins as a plain kubelet and needs a bootstrap token <id>.<secret> ([a-z0-9]{6}.[a-z0-9]{16})")
+			return nil, errors.New("K10 token carries k3s <user>:<password> credentials (a k3s server or agent token, the kind EVE-k sends); " +
+				"they authenticate only to k3s's own supervisor API, not to the apiserver as a bootstrapping kubelet; " + howToBootstrapToken)
 		}
-		return nil, errors.New("K10 token credentials are not a bootstrap token of the form [a-z0-9]{6}.[a-z0-9]{16}")
+		return nil, errors.New("K10 token credentials are not a bootstrap token of the form [a-z0-9]{6}.[a-z0-9]{16}; " + howToBootstrapToken)
 	}
 	return &Token{
 		Kind:        KindK3sSecure,

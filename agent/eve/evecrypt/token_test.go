@@ -92,6 +92,36 @@ func TestParseTokenAccepted(t *testing.T) {
 	}
 }
 
+// TestK3sServerTokensRefusedWithHowTo: what EVE-k controllers send today is
+// a k3s server shared secret (pillar pkg/kube/kube-init/k3s/config.go writes
+// it as k3s's "token:", and k3s keeps it as K10<hash>::server:<secret>). The
+// error must say what to send instead and how to make it on kubeadm and k3s.
+func TestK3sServerTokensRefusedWithHowTo(t *testing.T) {
+	const secret = "Zq3vX9pLm2Rk7TbW8yHc4NfJ6sDg1aEu" // a controller-made shared secret
+	for name, in := range map[string]string{
+		"short (EVE-k)":    secret,
+		"short with punct": "s3cr3t/Pa55+w0rd==",
+		"k3s server full":  "K10" + caHex + "::server:" + secret,
+		"k3s agent full":   "K10" + caHex + "::node:" + secret,
+		"k3s bearer":       "K10" + caHex + "::" + secret,
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := ParseTokenPayload(in)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, want := range []string{"kubeadm token create --print-join-command", "k3s token create", "K10<ca-hash>::<id>.<secret>", `"caCertHashes"`, "docs/cluster-token.md"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error does not say %q: %v", want, err)
+				}
+			}
+			if strings.Contains(err.Error(), secret) || strings.Contains(err.Error(), "Pa55") {
+				t.Errorf("error leaks the secret: %v", err)
+			}
+		})
+	}
+}
+
 func TestParseTokenRejected(t *testing.T) {
 	for name, tc := range map[string]struct {
 		in, want string
@@ -116,7 +146,7 @@ func TestParseTokenRejected(t *testing.T) {
 		"kubeconfig no clusters":   {"apiVersion: v1\nkind: Config\nclusters: []\n", "no clusters"},
 		"kubeconfig http server":   {"apiVersion: v1\nkind: Config\nclusters:\n- name: a\n  cluster:\n    server: http://x\n", "not an https URL"},
 		"random text":              {"hello world", "no format evelet understands"},
-		"k3s plain password":       {tokSecret + tokSecret, "no format evelet understands"},
+		"k3s plain password":       {tokSecret + tokSecret, "k3s server token"},
 		"json array":               {`["` + tok + `"]`, "no format evelet understands"},
 		"yaml scalar with a colon": {"token " + tok + ": x", "unknown field"},
 		"broken kubeconfig":        {"apiVersion: v1\nkind: Config\nclusters: [\n", "not an object"},
