@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 
+	"github.com/lf-edge/evelet/bootstrap"
 	"sigs.k8s.io/yaml"
 )
 
@@ -205,16 +207,11 @@ func isKubeconfigDoc(m map[string]any) bool {
 	return false
 }
 
-// envelope mirrors the join file's material fields (docs/join-file.md).
-type envelope struct {
-	APIServer    string   `json:"apiServer,omitempty"`
-	Token        string   `json:"token,omitempty"`
-	CACertHashes []string `json:"caCertHashes,omitempty"`
-	Kubeconfig   string   `json:"kubeconfig,omitempty"`
-}
-
+// parseEnvelope decodes the envelope into bootstrap.Material itself: the
+// envelope is the join file's material (docs/join-file.md), one format with
+// one definition.
 func parseEnvelope(b []byte) (*Token, error) {
-	var e envelope
+	var e bootstrap.Material
 	if err := yaml.UnmarshalStrict(b, &e); err != nil {
 		return nil, fmt.Errorf("cluster token envelope: %v; %s", err, acceptedFormats)
 	}
@@ -223,8 +220,9 @@ func parseEnvelope(b []byte) (*Token, error) {
 			return nil, fmt.Errorf("cluster token envelope: %w", err)
 		}
 	}
+	pinned := len(e.CACertHashes) > 0 || len(e.CABundleHashes) > 0
 	switch {
-	case e.Kubeconfig != "" && (e.Token != "" || len(e.CACertHashes) > 0):
+	case e.Kubeconfig != "" && (e.Token != "" || pinned):
 		return nil, errors.New("cluster token envelope has both a kubeconfig and a token; give one")
 	case e.Kubeconfig != "":
 		t, err := parseKubeconfig([]byte(e.Kubeconfig))
@@ -239,8 +237,8 @@ func parseEnvelope(b []byte) (*Token, error) {
 		return nil, errors.New("cluster token envelope has neither \"token\" nor \"kubeconfig\"")
 	}
 	if strings.HasPrefix(e.Token, "K10") {
-		if len(e.CACertHashes) > 0 {
-			return nil, errors.New("cluster token envelope: a K10 token already pins the CA bundle; do not add caCertHashes (they hash different things)")
+		if pinned {
+			return nil, errors.New("cluster token envelope: a K10 token already pins the CA bundle; do not add caCertHashes or caBundleHashes (they hash different things)")
 		}
 		t, err := parseK10(e.Token)
 		if err != nil {
@@ -251,13 +249,19 @@ func parseEnvelope(b []byte) (*Token, error) {
 	}
 	id, secret, ok := strings.Cut(e.Token, ".")
 	if !ok || !reTokenID.MatchString(id) || !reTokenSecret.MatchString(secret) {
-		return nil, errors.New("cluster token envelope: \"token\" is not a bootstrap token of the form [a-z0-9]{6}.[a-z0-9]{16}")
+		return nil, errors.New("cluster token envelope: \"token\" is not a bootstrap token of the form [a-z0-9]{6}.[a-z0-9]{16}; " + howToBootstrapToken)
 	}
-	if len(e.CACertHashes) == 0 {
+	kind, hashes := CAHashSPKI, e.CACertHashes
+	switch {
+	case !pinned:
 		return nil, errors.New("cluster token envelope: a bootstrap token needs at least one caCertHashes pin (sha256:<hex>); evelet never joins an unpinned CA")
+	case len(e.CACertHashes) > 0 && len(e.CABundleHashes) > 0:
+		return nil, errors.New("cluster token envelope: give caCertHashes or caBundleHashes, not both")
+	case len(e.CABundleHashes) > 0:
+		kind, hashes = CAHashCertBundle, e.CABundleHashes
 	}
-	pins := make([]string, 0, len(e.CACertHashes))
-	for _, p := range e.CACertHashes {
+	pins := make([]string, 0, len(hashes))
+	for _, p := range hashes {
 		hexPart, ok := strings.CutPrefix(p, "sha256:")
 		if !ok || !reHex64.MatchString(hexPart) {
 			return nil, fmt.Errorf("cluster token envelope: CA pin %q is not sha256:<64 hex digits>", p)
@@ -269,9 +273,24 @@ func parseEnvelope(b []byte) (*Token, error) {
 		TokenID:     id,
 		TokenSecret: secret,
 		CAHashes:    pins,
-		CAHashKind:  CAHashSPKI,
+		CAHashKind:  kind,
 		APIServer:   e.APIServer,
 	}, nil
+}
+
+// Material is the join material the token carries (APIServer may be empty:
+// the caller supplies https://<join_server_ip>:6443 then).
+func (t *Token) Material() bootstrap.Material {
+	if t.Kind == KindKubeconfig {
+		return bootstrap.Material{Kubeconfig: string(t.Kubeconfig)}
+	}
+	m := bootstrap.Material{APIServer: t.APIServer, Token: t.BootstrapToken()}
+	if t.CAHashKind == CAHashCertBundle {
+		m.CABundleHashes = slices.Clone(t.CAHashes)
+	} else {
+		m.CACertHashes = slices.Clone(t.CAHashes)
+	}
+	return m
 }
 
 func checkServer(s string) error {

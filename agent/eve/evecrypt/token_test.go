@@ -8,6 +8,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/lf-edge/evelet/bootstrap"
 )
 
 const (
@@ -119,6 +121,43 @@ func TestK3sServerTokensRefusedWithHowTo(t *testing.T) {
 				t.Errorf("error leaks the secret: %v", err)
 			}
 		})
+	}
+}
+
+// TestTokenMaterial: every accepted form becomes join material that passes
+// the bootstrap side's own validation, with the pin in the right kind.
+func TestTokenMaterial(t *testing.T) {
+	for name, tc := range map[string]struct {
+		in   string
+		want bootstrap.Material
+	}{
+		"k3s secure": {"K10" + caHex + "::" + tok,
+			bootstrap.Material{Token: tok, CABundleHashes: []string{"sha256:" + caHex}}},
+		"envelope": {`{"token":"` + tok + `","caCertHashes":["sha256:` + caHex + `"],"apiServer":"https://192.0.2.10:6443"}`,
+			bootstrap.Material{APIServer: "https://192.0.2.10:6443", Token: tok, CACertHashes: []string{"sha256:" + caHex}}},
+		"envelope with a bundle hash": {`{"token":"` + tok + `","caBundleHashes":["sha256:` + caHex + `"]}`,
+			bootstrap.Material{Token: tok, CABundleHashes: []string{"sha256:" + caHex}}},
+		"kubeconfig": {kubeconfig, bootstrap.Material{Kubeconfig: kubeconfig}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			got, err := ParseTokenPayload(tc.in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := got.Material()
+			if !reflect.DeepEqual(m, tc.want) {
+				t.Fatalf("material %+v, want %+v", m, tc.want)
+			}
+			if m.APIServer == "" && m.Kubeconfig == "" {
+				m.APIServer = "https://192.0.2.10:6443"
+			}
+			if err := m.Validate(); err != nil {
+				t.Fatalf("bootstrap refuses the material: %v", err)
+			}
+		})
+	}
+	if _, err := ParseTokenPayload(`{"token":"` + tok + `","caCertHashes":["sha256:` + caHex + `"],"caBundleHashes":["sha256:` + caHex + `"]}`); err == nil || !strings.Contains(err.Error(), "not both") {
+		t.Fatalf("both pin kinds: %v", err)
 	}
 }
 
