@@ -101,8 +101,11 @@ func TestRebuiltClusterAtSameAddress(t *testing.T) {
 	}
 	j.Token = tok1b
 	d.writeJoin(j)
-	waitFor(t, time.Minute, "agent took the new token", func() (bool, error) {
-		return strings.Contains(d.log(), "new bootstrap token for the same cluster"), nil
+	// Done when the agent says it took the token, or when the kubelet
+	// process changed (the failure this guards against).
+	waitFor(t, time.Minute, "agent took the new token (or restarted the kubelet)", func() (bool, error) {
+		k := d.kubeletChildren()
+		return strings.Contains(d.log(), "new bootstrap token for the same cluster") || len(k) != 1 || k[0] != kubelet1, nil
 	})
 	if k := d.kubeletChildren(); len(k) != 1 || k[0] != kubelet1 {
 		t.Fatalf("kubelet after a token-only change: %v, want the same process %d", k, kubelet1)
