@@ -12,7 +12,6 @@ import (
 	"github.com/lf-edge/evelet/agent/eve/evecrypt"
 	"github.com/lf-edge/evelet/agent/eve/pubsub"
 	"github.com/lf-edge/evelet/agent/intent"
-	"github.com/lf-edge/evelet/bootstrap"
 )
 
 // Config items (EdgeDevConfig.configItems) evelet reads; all start with
@@ -126,18 +125,10 @@ func Resolve(in Inputs) (*Resolved, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster token: %w", err)
 	}
-	m := bootstrap.Material{}
-	switch tok.Kind {
-	case evecrypt.KindKubeconfig:
-		m.Kubeconfig = string(tok.Kubeconfig)
-	default:
-		m.Token = tok.BootstrapToken()
-		if tok.CAHashKind == evecrypt.CAHashCertBundle {
-			m.CABundleHashes = tok.CAHashes
-		} else {
-			m.CACertHashes = tok.CAHashes
-		}
-		m.APIServer = tok.APIServer
+	m := tok.Material()
+	if m.Kubeconfig == "" {
+		// The owner's config item wins over the envelope's apiServer; the
+		// join server IP is the fallback (docs/eve-channel.md).
 		if u := out.ConfigItems[ItemAPIServerURL]; u != "" {
 			m.APIServer = u
 		}
