@@ -87,7 +87,7 @@ func (c *checker) container(sb *runtimeapi.PodSandboxConfig, cc *runtimeapi.Cont
 			return v
 		}
 	}
-	return c.hostPaths(subj, sb, cc.GetMounts())
+	return c.hostPaths(subj, sb, cc)
 }
 
 func (c *checker) namespaces(subj string, ns *runtimeapi.NamespaceOption) *Violation {
