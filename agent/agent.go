@@ -294,6 +294,12 @@ func (a *Agent) policy() policy.Policy {
 	}
 	dirs := kubeletshim.Options{StateDir: a.cfg.StateDir}
 	p.KubeletRootDir, p.PodLogsDir = dirs.RootDir(), dirs.PodLogsDir()
+	// No pod's hostPort may take the kubelet's own ports.
+	for _, port := range []int32{a.cfg.KubeletPort, a.cfg.KubeletHealthzPort} {
+		if port != 0 {
+			p.DevicePorts = append(p.DevicePorts, int(port))
+		}
+	}
 	return p
 }
 

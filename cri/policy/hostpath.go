@@ -28,6 +28,10 @@ type hostFS interface {
 	// following a symbolic link in any element of rel (the last included):
 	// a link there is an error, or the type fs.ModeSymlink for the last.
 	TypeBeneath(root, rel string) (fs.FileMode, error)
+	// ListeningPorts returns the ports that sockets of the shim's network
+	// namespace (the device's) listen on or are bound to, TCP and UDP,
+	// IPv4 and IPv6.
+	ListeningPorts() (map[int]bool, error)
 }
 
 // mountEntry is one line of /proc/self/mountinfo.
@@ -48,10 +52,10 @@ const (
 type kubeletKind int
 
 const (
-	kindEtcHosts    kubeletKind = iota // pods/<uid>/etc-hosts
-	kindTermLog                        // pods/<uid>/containers/<container>/<id>
-	kindVolume                         // pods/<uid>/volumes/<plugin>/<name>[/mount for CSI]
-	kindSubpath                        // pods/<uid>/volume-subpaths/<volume>/<container>/<index>
+	kindEtcHosts kubeletKind = iota // pods/<uid>/etc-hosts
+	kindTermLog                     // pods/<uid>/containers/<container>/<id>
+	kindVolume                      // pods/<uid>/volumes/<plugin>/<name>[/mount for CSI]
+	kindSubpath                     // pods/<uid>/volume-subpaths/<volume>/<container>/<index>
 )
 
 // hostPaths checks the containers' bind mounts.

@@ -22,7 +22,11 @@ type fakeFS struct {
 	files    map[string]bool
 	table    []mountEntry
 	mountErr error
+	ports    map[int]bool
+	portsErr error
 }
+
+func (f *fakeFS) ListeningPorts() (map[int]bool, error) { return f.ports, f.portsErr }
 
 func (f *fakeFS) TypeBeneath(root, rel string) (fs.FileMode, error) {
 	p := root
