@@ -193,7 +193,7 @@ func (h *hostPathCheck) kubeletPath(hp, relp string) *Violation {
 	}
 	typ, err := h.c.fs.TypeBeneath(h.root, relp)
 	if err != nil {
-		return outside(fmt.Sprintf("cannot be opened without following a symbolic link (%v)", err))
+		return outside(fmt.Sprintf("cannot be opened as the kubelet's own file, without a symbolic link in it (%v)", err))
 	}
 	switch {
 	case typ&fs.ModeSymlink != 0:
