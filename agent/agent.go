@@ -414,6 +414,12 @@ func (a *Agent) policy() policy.Policy {
 	}
 	dirs := layout.State{Dir: a.cfg.StateDir}
 	p.KubeletRootDir, p.PodLogsDir = dirs.KubeletRoot(), dirs.PodLogs()
+	// No pod's hostPort may take the kubelet's own ports.
+	for _, port := range []int32{a.cfg.KubeletPort, a.cfg.KubeletHealthzPort} {
+		if port != 0 {
+			p.DevicePorts = append(p.DevicePorts, int(port))
+		}
+	}
 	return p
 }
 

@@ -140,7 +140,9 @@ evelet_cri_policy_rejections_total{rule="no-host-ipc"} 0
 evelet_cri_policy_rejections_total{rule="no-host-network"} 0
 evelet_cri_policy_rejections_total{rule="no-host-path"} 0
 evelet_cri_policy_rejections_total{rule="no-host-pid"} 0
+evelet_cri_policy_rejections_total{rule="no-host-ports"} 0
 evelet_cri_policy_rejections_total{rule="no-privileged"} 2
+evelet_cri_policy_rejections_total{rule="no-unconfined-seccomp"} 0
 evelet_cri_policy_rejections_total{rule="no-unmasked-proc"} 0
 evelet_cri_policy_rejections_total{rule="no-unsafe-sysctls"} 0
 # HELP evelet_cri_requests_total CRI calls served, by method, the backend that answered and the gRPC status code.

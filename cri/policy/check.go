@@ -48,6 +48,14 @@ func (c *checker) sandbox(sb *runtimeapi.PodSandboxConfig) *Violation {
 	if v := c.namespaces(subj, sc.GetNamespaceOptions()); v != nil {
 		return v
 	}
+	if !sc.GetPrivileged() {
+		if v := c.seccomp(subj, sc.GetSeccomp(), sc.GetSeccompProfilePath()); v != nil {
+			return v
+		}
+	}
+	if v := c.hostPorts(subj, sb); v != nil {
+		return v
+	}
 	return c.sysctls(subj, sb)
 }
 
@@ -86,8 +94,11 @@ func (c *checker) container(sb *runtimeapi.PodSandboxConfig, cc *runtimeapi.Cont
 		if v := c.unmaskedProc(subj, sc); v != nil {
 			return v
 		}
+		if v := c.seccomp(subj, sc.GetSeccomp(), sc.GetSeccompProfilePath()); v != nil {
+			return v
+		}
 	}
-	return c.hostPaths(subj, sb, cc.GetMounts())
+	return c.hostPaths(subj, sb, cc)
 }
 
 func (c *checker) namespaces(subj string, ns *runtimeapi.NamespaceOption) *Violation {
@@ -256,6 +267,75 @@ func (c *checker) unmaskedProc(subj string, sc *runtimeapi.LinuxContainerSecurit
 		}
 	}
 	return nil
+}
+
+// seccomp refuses a request for no seccomp filter: the kubelet sends
+// ProfileType Unconfined (or, from older clients, the path "unconfined").
+// Without a filter a container can create user namespaces and reach kernel
+// interfaces the runtime's default profile blocks. A missing profile is
+// left to the runtime: the kubelet always sends one (evelet's kubelet runs
+// with seccompDefault, so a pod without a profile gets RuntimeDefault).
+func (c *checker) seccomp(subj string, sp *runtimeapi.SecurityProfile, legacyPath string) *Violation {
+	if c.p.AllowUnconfinedSeccomp {
+		return nil
+	}
+	unconfined := sp.GetProfileType() == runtimeapi.SecurityProfile_Unconfined
+	if sp == nil {
+		unconfined = legacyPath == "unconfined"
+	}
+	if !unconfined {
+		return nil
+	}
+	return &Violation{RuleSeccomp, subj, "asks for no seccomp filter (seccompProfile: Unconfined)", KeyAllowUnconfinedSeccomp, "true"}
+}
+
+// hostPorts checks the pod's port mappings (hostPort): the CNI portmap
+// plugin DNATs the device's port to the pod, so a pod on a port the device
+// uses would answer in its place (the apiserver's kubelet connections on
+// 10250). A pod in the host network namespace is not checked: it binds its
+// ports itself and the kernel refuses ports in use; allowing the host
+// network already gave it every free port.
+func (c *checker) hostPorts(subj string, sb *runtimeapi.PodSandboxConfig) *Violation {
+	if sb.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtimeapi.NamespaceMode_NODE {
+		return nil
+	}
+	var listening map[int]bool
+	for _, pm := range sb.GetPortMappings() {
+		port := int(pm.GetHostPort())
+		if port == 0 {
+			continue
+		}
+		proto := strings.ToLower(pm.GetProtocol().String())
+		if port < 0 || port > 65535 {
+			return &Violation{RuleHostPorts, subj, fmt.Sprintf("asks for host port %d, which is not a port", port), "", ""}
+		}
+		if !c.hostPortAllowed(port) {
+			return &Violation{RuleHostPorts, subj, fmt.Sprintf("asks for host port %d/%s", port, proto), KeyAllowedHostPorts, strconv.Itoa(port)}
+		}
+		if slices.Contains(DefaultDevicePorts, port) || slices.Contains(c.p.DevicePorts, port) {
+			return &Violation{RuleHostPorts, subj, fmt.Sprintf("asks for host port %d/%s, which is one of the device's own services", port, proto), "", ""}
+		}
+		if listening == nil {
+			ports, err := c.fs.ListeningPorts()
+			if err != nil {
+				return &Violation{RuleHostPorts, subj, fmt.Sprintf("asks for host port %d/%s, and the device's open ports cannot be read (%v)", port, proto, err), "", ""}
+			}
+			listening = ports
+		}
+		if listening[port] {
+			return &Violation{RuleHostPorts, subj, fmt.Sprintf("asks for host port %d/%s, which a service of the device listens on", port, proto), "", ""}
+		}
+	}
+	return nil
+}
+
+func (c *checker) hostPortAllowed(port int) bool {
+	for _, e := range c.p.AllowedHostPorts {
+		if lo, hi, ok := portRange(e); ok && lo <= port && port <= hi {
+			return true
+		}
+	}
+	return false
 }
 
 // podSubject names a pod as "pod namespace/name", readable and on one line

@@ -11,21 +11,23 @@ import (
 
 // Config item keys (EdgeDevConfig configItems) that change the policy.
 const (
-	KeyPrefix               = configItemsPrefix + "policy."
-	KeyAllowPrivileged      = KeyPrefix + "allow-privileged"
-	KeyAllowHostPID         = KeyPrefix + "allow-host-pid"
-	KeyAllowHostIPC         = KeyPrefix + "allow-host-ipc"
-	KeyAllowHostNetwork     = KeyPrefix + "allow-host-network"
-	KeyAllowUnmaskedProc    = KeyPrefix + "allow-unmasked-proc"
-	KeyAllowedHostPaths     = KeyPrefix + "allowed-host-paths"
-	KeyAllowedCapabilities  = KeyPrefix + "allowed-capabilities"
-	KeyAllowedDevices       = KeyPrefix + "allowed-devices"
-	KeyAllowedUnsafeSysctls = KeyPrefix + "allowed-unsafe-sysctls"
+	KeyPrefix                 = configItemsPrefix + "policy."
+	KeyAllowPrivileged        = KeyPrefix + "allow-privileged"
+	KeyAllowHostPID           = KeyPrefix + "allow-host-pid"
+	KeyAllowHostIPC           = KeyPrefix + "allow-host-ipc"
+	KeyAllowHostNetwork       = KeyPrefix + "allow-host-network"
+	KeyAllowUnmaskedProc      = KeyPrefix + "allow-unmasked-proc"
+	KeyAllowUnconfinedSeccomp = KeyPrefix + "allow-unconfined-seccomp"
+	KeyAllowedHostPorts       = KeyPrefix + "allowed-host-ports"
+	KeyAllowedHostPaths       = KeyPrefix + "allowed-host-paths"
+	KeyAllowedCapabilities    = KeyPrefix + "allowed-capabilities"
+	KeyAllowedDevices         = KeyPrefix + "allowed-devices"
+	KeyAllowedUnsafeSysctls   = KeyPrefix + "allowed-unsafe-sysctls"
 )
 
 func isListKey(k string) bool {
 	switch k {
-	case KeyAllowedHostPaths, KeyAllowedCapabilities, KeyAllowedDevices, KeyAllowedUnsafeSysctls:
+	case KeyAllowedHostPaths, KeyAllowedCapabilities, KeyAllowedDevices, KeyAllowedUnsafeSysctls, KeyAllowedHostPorts:
 		return true
 	}
 	return false
@@ -71,6 +73,10 @@ func apply(p *Policy, key, v string) error {
 		return parseBool(v, &p.AllowHostNetwork)
 	case KeyAllowUnmaskedProc:
 		return parseBool(v, &p.AllowUnmaskedProc)
+	case KeyAllowUnconfinedSeccomp:
+		return parseBool(v, &p.AllowUnconfinedSeccomp)
+	case KeyAllowedHostPorts:
+		return parseList(v, &p.AllowedHostPorts, parsePortRange)
 	case KeyAllowedHostPaths:
 		return parseList(v, &p.AllowedHostPaths, parseHostPath)
 	case KeyAllowedCapabilities:
@@ -169,4 +175,30 @@ func hasDotDot(p string) bool {
 		}
 	}
 	return false
+}
+
+// parsePortRange accepts "port" or "low-high" (1..65535, low <= high) and
+// returns it in that form without blanks.
+func parsePortRange(e string) (string, error) {
+	lo, hi, ok := portRange(e)
+	if !ok {
+		return "", fmt.Errorf(`want a port or a range "low-high" of ports 1 to 65535`)
+	}
+	if lo == hi {
+		return strconv.Itoa(lo), nil
+	}
+	return fmt.Sprintf("%d-%d", lo, hi), nil
+}
+
+func portRange(e string) (lo, hi int, ok bool) {
+	a, b, isRange := strings.Cut(e, "-")
+	lo, err1 := strconv.Atoi(strings.TrimSpace(a))
+	hi, err2 := lo, error(nil)
+	if isRange {
+		hi, err2 = strconv.Atoi(strings.TrimSpace(b))
+	}
+	if err1 != nil || err2 != nil || lo < 1 || hi > 65535 || lo > hi {
+		return 0, 0, false
+	}
+	return lo, hi, true
 }

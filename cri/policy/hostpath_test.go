@@ -2,6 +2,11 @@ package policy
 
 import (
 	"errors"
+	"fmt"
+	"io/fs"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,11 +15,31 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// fakeFS is a host with symbolic links and a mount table, and nothing else.
+// fakeFS is a host with symbolic links, regular files (everything else is
+// a directory) and a mount table, and nothing else.
 type fakeFS struct {
 	links    map[string]string
+	files    map[string]bool
 	table    []mountEntry
 	mountErr error
+	ports    map[int]bool
+	portsErr error
+}
+
+func (f *fakeFS) ListeningPorts() (map[int]bool, error) { return f.ports, f.portsErr }
+
+func (f *fakeFS) TypeBeneath(root, rel string) (fs.FileMode, error) {
+	p := root
+	for _, e := range strings.Split(rel, "/") {
+		p = filepath.Join(p, e)
+		if _, ok := f.links[p]; ok {
+			return 0, fmt.Errorf("%s: %w", p, syscall.ELOOP)
+		}
+	}
+	if f.files[p] {
+		return 0, nil
+	}
+	return fs.ModeDir, nil
 }
 
 func (f *fakeFS) Resolve(p string) (string, error) {
@@ -46,7 +71,13 @@ const (
 // local PV of /data, a CSI volume and three subPath mounts.
 func device() *fakeFS {
 	return &fakeFS{
-		links: map[string]string{"/data/link-to-config": "/config", "/var/lib/kubelet": kroot},
+		links: map[string]string{
+			"/data/link-to-config": "/config", "/var/lib/kubelet": kroot, "/data/link-to-pods": kroot + "/pods/u1",
+			// What a container with write access to these would plant.
+			pod1 + "/volumes/kubernetes.io~empty-dir/flip": "/persist/evelet/credentials",
+			pod1 + "/containers/main/lnk":                  "/config/ecdh.key.pem",
+		},
+		files: map[string]bool{pod1 + "/etc-hosts": true, pod1 + "/containers/main/abc": true},
 		table: []mountEntry{
 			{"8:1", "/", "/"},
 			{"8:2", "/", "/persist"},
@@ -59,6 +90,19 @@ func device() *fakeFS {
 			{"8:2", "/evelet/kubelet/root/pods/u1/volumes/kubernetes.io~empty-dir/data/sub", pod1 + "/volume-subpaths/data/main/1"},
 			{"0:50", "/token", pod1 + "/volume-subpaths/kube-api-access/main/2"},
 			{"8:2", "/evelet/kubelet/root/pods/u2/volumes/kubernetes.io~secret/s", pod1 + "/volume-subpaths/stolen/main/3"},
+			// hostPath kroot/pods with subPathExpr $(UID): the pod's own directory.
+			{"8:2", "/evelet/kubelet/root/pods/u1", pod1 + "/volume-subpaths/poddir/main/4"},
+			// Pod u2's token tmpfs and Memory emptyDir, reached by pod u1
+			// through a subPath of a hostPath kroot/pods, and through a local PV.
+			{"0:70", "/", kroot + "/pods/u2/volumes/kubernetes.io~projected/kube-api-access"},
+			{"0:71", "/", kroot + "/pods/u2/volumes/kubernetes.io~empty-dir/mem"},
+			{"0:70", "/token", pod1 + "/volume-subpaths/token/main/5"},
+			{"0:71", "/", pod1 + "/volume-subpaths/mem/main/6"},
+			{"0:70", "/", pod1 + "/volumes/kubernetes.io~local-volume/pv3"},
+			{"0:70", "/token", pod1 + "/volume-subpaths/pv3/main/7"},
+			// Pod u1's own Memory emptyDir, and a subPath of it.
+			{"0:72", "/", pod1 + "/volumes/kubernetes.io~empty-dir/mem"},
+			{"0:72", "/a", pod1 + "/volume-subpaths/mem/main/8"},
 		},
 	}
 }
@@ -75,6 +119,7 @@ func TestHostPaths(t *testing.T) {
 	sb := pod("default", "p", "u1", nil)
 	base := Policy{KubeletRootDir: kroot, PodLogsDir: "/persist/evelet/logs/pods"}
 	withPaths := func(ps ...string) Policy { p := base; p.AllowedHostPaths = ps; return p }
+	withRoot := func(r string) Policy { p := base; p.KubeletRootDir = r; return p }
 	cases := []struct {
 		name  string
 		paths []string
@@ -82,11 +127,12 @@ func TestHostPaths(t *testing.T) {
 		want  string // "" or a piece of the refusal
 	}{
 		{"kubelet mounts", []string{pod1 + "/etc-hosts", pod1 + "/containers/main/abc", pod1 + "/volumes/kubernetes.io~empty-dir/data",
-			pod1 + "/volumes/kubernetes.io~projected/kube-api-access"}, base, ""},
+			pod1 + "/volumes/kubernetes.io~projected/kube-api-access", pod1 + "/volumes/kubernetes.io~empty-dir/mem"}, base, ""},
 		{"own log dir", []string{"/persist/evelet/logs/pods/default_p_u1/main"}, base, ""},
-		{"kubelet root through a link", []string{"/var/lib/kubelet/pods/u1/etc-hosts"}, base, ""},
+		{"kubelet root named through a link", []string{"/var/lib/kubelet/pods/u1/etc-hosts"}, withRoot("/var/lib/kubelet"), ""},
 		{"secret subPath", []string{pod1 + "/volume-subpaths/kube-api-access/main/2"}, base, ""},
 		{"emptyDir subPath", []string{pod1 + "/volume-subpaths/data/main/1"}, base, ""},
+		{"Memory emptyDir subPath", []string{pod1 + "/volume-subpaths/mem/main/8"}, base, ""},
 		{"csi volume", []string{pod1 + "/volumes/kubernetes.io~csi/pv2/mount"}, base, ""},
 		{"image volume", []string{""}, base, ""},
 
@@ -97,14 +143,33 @@ func TestHostPaths(t *testing.T) {
 		{"dev", []string{"/dev/mem"}, base, `"/dev/mem"`},
 		{"runtime socket", []string{"/run/containerd-user/containerd.sock"}, base, `"/run/containerd-user/containerd.sock"`},
 		{"persist", []string{"/persist/evelet/credentials"}, base, `"/persist/evelet/credentials"`},
-		{"kubelet sockets", []string{kroot + "/pod-resources/kubelet.sock"}, base, "pod-resources"},
-		{"other pod", []string{kroot + "/pods/u2/volumes/kubernetes.io~secret/s"}, base, "/pods/u2/"},
-		{"other pod's logs", []string{"/persist/evelet/logs/pods/default_q_u2"}, base, "default_q_u2"},
+		{"kubelet sockets", []string{kroot + "/pod-resources/kubelet.sock"}, base, "not one of a pod's own volumes; no config item"},
+		{"kubelet root itself", []string{kroot}, withPaths("/persist"), "not one of a pod's own volumes"},
+		{"pods dir", []string{kroot + "/pods"}, base, "not one of a pod's own volumes"},
+		{"other pod", []string{kroot + "/pods/u2/volumes/kubernetes.io~secret/s"}, base, "in another pod's directory"},
+		{"other pod, owner allowed /persist", []string{kroot + "/pods/u2/etc-hosts"}, withPaths("/persist"), "in another pod's directory"},
+		{"own pod dir", []string{pod1}, base, "not one of a pod's own volumes"},
+		{"own volumes dir", []string{pod1 + "/volumes/kubernetes.io~empty-dir"}, base, "not one of the kubelet's mounts"},
+		{"inside an emptyDir", []string{pod1 + "/volumes/kubernetes.io~empty-dir/data/x"}, base, "not one of the kubelet's mounts"},
+		{"other container's subPath", []string{pod1 + "/volume-subpaths/data/other/1"}, base, "not one of the kubelet's mounts"},
+		{"other container's termination-log", []string{pod1 + "/containers/other/abc"}, base, "not one of the kubelet's mounts"},
+		{"plugin data", []string{pod1 + "/plugins/kubernetes.io~empty-dir/data"}, base, "not one of the kubelet's mounts"},
+		{"emptyDir swapped for a link", []string{pod1 + "/volumes/kubernetes.io~empty-dir/flip"}, base, "symbolic link"},
+		{"termination-log swapped for a link", []string{pod1 + "/containers/main/lnk"}, base, "symbolic link"},
+		{"termination-log is a directory", []string{pod1 + "/containers/main/dir"}, base, "not a regular file"},
+		{"kubelet root through a link", []string{"/var/lib/kubelet/pods/u1/etc-hosts"}, base, "a link into the kubelet's directory"},
+		{"allowed link into the pod dir", []string{"/data/link-to-pods"}, withPaths("/data"), "a link into the kubelet's directory"},
+		{"pod dir by subPathExpr $(UID)", []string{pod1 + "/volume-subpaths/poddir/main/4"}, base, "not this pod's own volume"},
+		{"pod dir by subPathExpr, owner allowed /persist", []string{pod1 + "/volume-subpaths/poddir/main/4"}, withPaths("/persist"), "not this pod's own volume"},
+		{"subPath of another pod's secret", []string{pod1 + "/volume-subpaths/stolen/main/3"}, base, "not this pod's own volume"},
+		{"subPath of another pod's token tmpfs", []string{pod1 + "/volume-subpaths/token/main/5"}, base, "not this pod's own volume"},
+		{"subPath of another pod's Memory emptyDir", []string{pod1 + "/volume-subpaths/mem/main/6"}, base, "not this pod's own volume"},
+		{"local PV of another pod's tmpfs", []string{pod1 + "/volumes/kubernetes.io~local-volume/pv3"}, withPaths("/"), "not this pod's own volume"},
+		{"subPath of a local PV of another pod's tmpfs", []string{pod1 + "/volume-subpaths/pv3/main/7"}, base, "not this pod's own volume"},
+		{"hostPath subPath of /config", []string{pod1 + "/volume-subpaths/cfg/main/0"}, base, `a bind mount of "/config"; the device owner can allow it by adding "/config"`},
+		{"local PV of /data", []string{pod1 + "/volumes/kubernetes.io~local-volume/pv1"}, base, `a bind mount of "/data"`},
 		{"prefix by elements", []string{"/database"}, withPaths("/data"), `"/database"`},
 		{"link out of an allowed dir", []string{"/data/link-to-config/x"}, withPaths("/data"), `(a link to "/config/x")`},
-		{"hostPath subPath of /config", []string{pod1 + "/volume-subpaths/cfg/main/0"}, base, `a bind mount of "/config"; the device owner can allow it by adding "/config"`},
-		{"subPath of another pod's secret", []string{pod1 + "/volume-subpaths/stolen/main/3"}, base, "a bind mount of \"/persist/evelet/kubelet/root/pods/u2/"},
-		{"local PV of /data", []string{pod1 + "/volumes/kubernetes.io~local-volume/pv1/x"}, base, `a bind mount of "/data/x"`},
 
 		{"config allowed", []string{"/config", pod1 + "/volume-subpaths/cfg/main/0"}, withPaths("/config"), ""},
 		{"local PV allowed", []string{pod1 + "/volumes/kubernetes.io~local-volume/pv1"}, withPaths("/data"), ""},
@@ -147,7 +212,7 @@ func TestHostPathsMountTableError(t *testing.T) {
 	if v := c.container(sb, mounts("/data/x")); v != nil {
 		t.Errorf("a path outside the kubelet's pods needs no mount table: %v", v)
 	}
-	if v := c.container(sb, mounts(pod1+"/etc-hosts")); v == nil || !strings.Contains(v.Error(), "no /proc") {
+	if v := c.container(sb, mounts(pod1+"/volume-subpaths/data/main/1")); v == nil || !strings.Contains(v.Error(), "no /proc") {
 		t.Errorf("fails open without a mount table: %v", v)
 	}
 }
@@ -202,5 +267,61 @@ func TestParseMountInfo(t *testing.T) {
 	real, err := realFS{}.Mounts()
 	if err != nil || len(real) == 0 || real[0].point == "" {
 		t.Errorf("own mount table: %v, %v", real, err)
+	}
+}
+
+// The kubelet's root directory may be a filesystem of its own: its
+// directories are then the canonical place of the pod's on-disk files.
+func TestHostPathsKubeletRootIsAMount(t *testing.T) {
+	f := &fakeFS{table: []mountEntry{
+		{"8:1", "/", "/"},
+		{"8:9", "/", kroot},
+		{"8:9", "/pods/u1/volumes/kubernetes.io~empty-dir/data/sub", pod1 + "/volume-subpaths/data/main/1"},
+		{"8:9", "/pods/u1", pod1 + "/volume-subpaths/poddir/main/2"},
+		{"8:9", "/pods/u2/volumes/kubernetes.io~empty-dir/data", pod1 + "/volume-subpaths/other/main/3"},
+	}}
+	c := &checker{p: Policy{KubeletRootDir: kroot}, fs: f}
+	sb := pod("default", "p", "u1", nil)
+	if v := c.container(sb, mounts(pod1+"/volume-subpaths/data/main/1", pod1+"/volumes/kubernetes.io~empty-dir/data")); v != nil {
+		t.Errorf("emptyDir and its subPath refused: %v", v)
+	}
+	for _, p := range []string{pod1 + "/volume-subpaths/poddir/main/2", pod1 + "/volume-subpaths/other/main/3"} {
+		if v := c.container(sb, mounts(p)); v == nil || v.Key != "" {
+			t.Errorf("%s: %v", p, v)
+		}
+	}
+}
+
+func TestRealTypeBeneath(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "a/b"), 0o755)
+	os.WriteFile(filepath.Join(dir, "a/file"), nil, 0o600)
+	os.Symlink(filepath.Join(dir, "a"), filepath.Join(dir, "link"))
+	os.Symlink("/etc/passwd", filepath.Join(dir, "a/leaf"))
+	fs0 := realFS{}
+	for rel, want := range map[string]fs.FileMode{"a": fs.ModeDir, "a/b": fs.ModeDir, "a/file": 0} {
+		if got, err := fs0.TypeBeneath(dir, rel); err != nil || got != want {
+			t.Errorf("%s: %v, %v; want %v", rel, got, err, want)
+		}
+	}
+	if got, err := fs0.TypeBeneath(dir, "a/leaf"); err == nil && got&fs.ModeSymlink == 0 {
+		t.Errorf("a link as the last element: %v", got)
+	}
+	for _, rel := range []string{"link/b", "link/file", "a/../../etc", "missing"} {
+		if got, err := fs0.TypeBeneath(dir, rel); err == nil {
+			t.Errorf("%s: %v, want an error", rel, got)
+		}
+	}
+	// The same without openat2.
+	rfd, _ := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY, 0)
+	defer unix.Close(rfd)
+	if fd, err := openNoFollow(rfd, "link/b"); err == nil {
+		unix.Close(fd)
+		t.Error("openNoFollow followed a link")
+	}
+	if fd, err := openNoFollow(rfd, "a/b"); err != nil {
+		t.Errorf("openNoFollow a/b: %v", err)
+	} else {
+		unix.Close(fd)
 	}
 }

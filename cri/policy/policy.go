@@ -33,13 +33,15 @@ const (
 	RuleDevices       = "no-devices"
 	RuleSysctls       = "no-unsafe-sysctls"
 	RuleUnmaskedProc  = "no-unmasked-proc"
+	RuleHostPorts     = "no-host-ports"
+	RuleSeccomp       = "no-unconfined-seccomp"
 	configItemsPrefix = "evelet."
 )
 
 // Rules lists every rule name.
 func Rules() []string {
 	return []string{RulePrivileged, RuleHostPID, RuleHostIPC, RuleHostNetwork, RuleHostPath,
-		RuleCapabilities, RuleDevices, RuleSysctls, RuleUnmaskedProc}
+		RuleCapabilities, RuleDevices, RuleSysctls, RuleUnmaskedProc, RuleHostPorts, RuleSeccomp}
 }
 
 // Production locations of the kubelet's directories: the kubelet-shim layout
@@ -66,6 +68,21 @@ type Policy struct {
 	// (ProcMount: Unmasked, or masked/read-only path lists without the
 	// runtime's defaults).
 	AllowUnmaskedProc bool
+	// AllowUnconfinedSeccomp admits pods and containers that ask for no
+	// seccomp filter (seccompProfile type Unconfined).
+	AllowUnconfinedSeccomp bool
+
+	// AllowedHostPorts are the host ports (PodSandboxConfig port mappings,
+	// a pod's hostPort) pods may take: entries "port" or "low-high".
+	// A port the device uses is refused even when listed: DevicePorts, and
+	// every port a socket of the device's network namespace is bound to
+	// when the pod is checked.
+	AllowedHostPorts []string
+	// DevicePorts are further ports of the device's own services (the
+	// kubelet's when not the default ones), beyond DefaultDevicePorts, that
+	// no pod may take even while nothing listens on them (a restart). Not
+	// a config item: the agent sets them.
+	DevicePorts []int
 
 	// KubeletRootDir is the kubelet's --root-dir. A container may mount
 	// what lies under KubeletRootDir/pods/<its pod's UID>/: the kubelet puts
@@ -97,6 +114,11 @@ type Policy struct {
 	AllowedUnsafeSysctls []string
 }
 
+// DefaultDevicePorts are the ports evelet's own services listen on by
+// default: the kubelet's API (10250), read-only API (10255, off) and
+// healthz (10248), and evelet's metrics (10260).
+var DefaultDevicePorts = []int{10248, 10250, 10255, 10260}
+
 // Default is the production policy: everything denied, pods may mount their
 // own kubelet directories at the production locations.
 func Default() Policy {
@@ -109,6 +131,8 @@ func (p Policy) Clone() Policy {
 	p.AllowedCapabilities = slices.Clone(p.AllowedCapabilities)
 	p.AllowedDevices = slices.Clone(p.AllowedDevices)
 	p.AllowedUnsafeSysctls = slices.Clone(p.AllowedUnsafeSysctls)
+	p.AllowedHostPorts = slices.Clone(p.AllowedHostPorts)
+	p.DevicePorts = slices.Clone(p.DevicePorts)
 	return p
 }
 

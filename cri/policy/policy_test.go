@@ -18,7 +18,7 @@ func TestFromConfigItemsDefaults(t *testing.T) {
 		t.Fatal(errs)
 	}
 	if p.AllowPrivileged || p.AllowHostPID || p.AllowHostIPC || p.AllowHostNetwork || p.AllowUnmaskedProc ||
-		p.AllowedHostPaths != nil || p.AllowedCapabilities != nil || p.AllowedDevices != nil || p.AllowedUnsafeSysctls != nil {
+		p.AllowUnconfinedSeccomp || p.AllowedHostPorts != nil || p.AllowedHostPaths != nil || p.AllowedCapabilities != nil || p.AllowedDevices != nil || p.AllowedUnsafeSysctls != nil {
 		t.Errorf("defaults allow something: %+v", p)
 	}
 	if p.KubeletRootDir != DefaultKubeletRootDir || p.PodLogsDir != DefaultPodLogsDir {
@@ -28,23 +28,26 @@ func TestFromConfigItemsDefaults(t *testing.T) {
 
 func TestFromConfigItemsAllKeys(t *testing.T) {
 	p, errs := FromConfigItems(map[string]string{
-		KeyAllowPrivileged:      "true",
-		KeyAllowHostPID:         "1",
-		KeyAllowHostIPC:         "TRUE",
-		KeyAllowHostNetwork:     " true ",
-		KeyAllowUnmaskedProc:    "t",
-		KeyAllowedHostPaths:     "/data, /mnt/usb/,",
-		KeyAllowedCapabilities:  "net_admin,CAP_SYS_TIME",
-		KeyAllowedDevices:       "/dev/ttyUSB*, nvidia.com/gpu=0",
-		KeyAllowedUnsafeSysctls: "kernel.msgmax,net.core.*,net/ipv4/ip_forward",
-		"evelet.log-level":      "debug", // another part of evelet's
-		"timer.config.interval": "60",    // EVE's own
+		KeyAllowPrivileged:        "true",
+		KeyAllowHostPID:           "1",
+		KeyAllowHostIPC:           "TRUE",
+		KeyAllowHostNetwork:       " true ",
+		KeyAllowUnmaskedProc:      "t",
+		KeyAllowUnconfinedSeccomp: "true",
+		KeyAllowedHostPorts:       "8080, 30000 - 30100,443-443",
+		KeyAllowedHostPaths:       "/data, /mnt/usb/,",
+		KeyAllowedCapabilities:    "net_admin,CAP_SYS_TIME",
+		KeyAllowedDevices:         "/dev/ttyUSB*, nvidia.com/gpu=0",
+		KeyAllowedUnsafeSysctls:   "kernel.msgmax,net.core.*,net/ipv4/ip_forward",
+		"evelet.log-level":        "debug", // another part of evelet's
+		"timer.config.interval":   "60",    // EVE's own
 	})
 	if len(errs) != 0 {
 		t.Fatal(errs)
 	}
 	want := Policy{
 		AllowPrivileged: true, AllowHostPID: true, AllowHostIPC: true, AllowHostNetwork: true, AllowUnmaskedProc: true,
+		AllowUnconfinedSeccomp: true, AllowedHostPorts: []string{"8080", "30000-30100", "443"},
 		KubeletRootDir: DefaultKubeletRootDir, PodLogsDir: DefaultPodLogsDir,
 		AllowedHostPaths:     []string{"/data", "/mnt/usb"},
 		AllowedCapabilities:  []string{"NET_ADMIN", "SYS_TIME"},
@@ -60,7 +63,8 @@ func equalPolicy(a, b Policy) bool {
 	eq := func(x, y []string) bool { return strings.Join(x, "|") == strings.Join(y, "|") }
 	return a.AllowPrivileged == b.AllowPrivileged && a.AllowHostPID == b.AllowHostPID &&
 		a.AllowHostIPC == b.AllowHostIPC && a.AllowHostNetwork == b.AllowHostNetwork &&
-		a.AllowUnmaskedProc == b.AllowUnmaskedProc && a.KubeletRootDir == b.KubeletRootDir &&
+		a.AllowUnmaskedProc == b.AllowUnmaskedProc && a.AllowUnconfinedSeccomp == b.AllowUnconfinedSeccomp &&
+		eq(a.AllowedHostPorts, b.AllowedHostPorts) && a.KubeletRootDir == b.KubeletRootDir &&
 		a.PodLogsDir == b.PodLogsDir && eq(a.AllowedHostPaths, b.AllowedHostPaths) &&
 		eq(a.AllowedCapabilities, b.AllowedCapabilities) && eq(a.AllowedDevices, b.AllowedDevices) &&
 		eq(a.AllowedUnsafeSysctls, b.AllowedUnsafeSysctls)
@@ -74,15 +78,19 @@ func TestFromConfigItemsErrors(t *testing.T) {
 		KeyAllowedCapabilities:      "SYS_MAGIC",
 		KeyAllowedDevices:           "ttyUSB0",
 		KeyAllowedUnsafeSysctls:     "kernel.panic",
+		KeyAllowedHostPorts:         "80,70000",
+		KeyAllowUnconfinedSeccomp:   "maybe",
 		"evelet.policy.allow-world": "true",
 	})
 	if !p.AllowHostNetwork {
 		t.Error("a good key was not applied next to bad ones")
 	}
-	if p.AllowPrivileged || p.AllowedHostPaths != nil || p.AllowedCapabilities != nil || p.AllowedDevices != nil || p.AllowedUnsafeSysctls != nil {
+	if p.AllowPrivileged || p.AllowedHostPaths != nil || p.AllowedCapabilities != nil || p.AllowedDevices != nil || p.AllowedUnsafeSysctls != nil ||
+		p.AllowedHostPorts != nil || p.AllowUnconfinedSeccomp {
 		t.Errorf("bad values changed the policy: %+v", p)
 	}
-	for _, key := range []string{KeyAllowPrivileged, KeyAllowedHostPaths, KeyAllowedCapabilities, KeyAllowedDevices, KeyAllowedUnsafeSysctls, "evelet.policy.allow-world"} {
+	for _, key := range []string{KeyAllowPrivileged, KeyAllowedHostPaths, KeyAllowedCapabilities, KeyAllowedDevices, KeyAllowedUnsafeSysctls,
+		KeyAllowedHostPorts, KeyAllowUnconfinedSeccomp, "evelet.policy.allow-world"} {
 		found := false
 		for _, err := range errs {
 			if strings.Contains(err.Error(), key+"=") {
@@ -93,8 +101,8 @@ func TestFromConfigItemsErrors(t *testing.T) {
 			t.Errorf("no error names %s: %v", key, errs)
 		}
 	}
-	if len(errs) != 6 {
-		t.Errorf("%d errors, want 6: %v", len(errs), errs)
+	if len(errs) != 8 {
+		t.Errorf("%d errors, want 8: %v", len(errs), errs)
 	}
 }
 
