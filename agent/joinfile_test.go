@@ -42,18 +42,30 @@ func TestParseJoin(t *testing.T) {
 	}
 }
 
+// TestJoinFileWatchReportsChangesOnly counts the watcher's polls through its
+// polled hook instead of sleeping: once two whole polls have read the
+// unchanged file after the one that reported it, a repeat would already be
+// in the channel (the watcher sends before it signals the poll).
 func TestJoinFileWatchReportsChangesOnly(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "join.yaml")
-	f := &JoinFile{Path: p, Interval: 10 * time.Millisecond, AbsentFor: time.Millisecond}
+	polls := make(chan struct{}, 1024)
+	f := &JoinFile{Path: p, Interval: time.Millisecond, AbsentFor: time.Millisecond,
+		polled: func() {
+			select {
+			case polls <- struct{}{}:
+			default:
+			}
+		}}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ch := f.Watch(ctx)
 	next := func() intent.Update {
+		t.Helper()
 		select {
 		case u := <-ch:
 			return u
-		case <-time.After(2 * time.Second):
-			t.Fatal("no update")
+		case <-time.After(time.Minute):
+			t.Fatal("no update within a minute")
 		}
 		return intent.Update{}
 	}
@@ -64,10 +76,28 @@ func TestJoinFileWatchReportsChangesOnly(t *testing.T) {
 	if u := next(); u.Err != nil || u.Join == nil || u.Join.NodeName != "edge-1" {
 		t.Fatalf("after write: %+v", u)
 	}
+	for drained := false; !drained; {
+		select {
+		case <-polls:
+		default:
+			drained = true
+		}
+	}
+	// Three signals from now: the reporting poll's may be one of them, so
+	// at least two more polls read the unchanged file and decided.
+	for i := 0; i < 3; i++ {
+		select {
+		case <-polls:
+		case u := <-ch:
+			t.Fatalf("unchanged file reported again: %+v", u)
+		case <-time.After(time.Minute):
+			t.Fatal("the watcher stopped polling")
+		}
+	}
 	select {
 	case u := <-ch:
 		t.Fatalf("unchanged file reported again: %+v", u)
-	case <-time.After(100 * time.Millisecond):
+	default:
 	}
 	os.WriteFile(p, []byte("garbage: ["), 0o600)
 	if u := next(); u.Err == nil {
