@@ -2,11 +2,15 @@ package e2e
 
 import (
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/lf-edge/evelet/agent"
+	"github.com/lf-edge/evelet/tests/internal/proc"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -47,7 +51,11 @@ func factsOf(t *testing.T, name string) podFacts {
 // TestFaults: with a pod running, kill -9 the agent, kill -9 the kubelet,
 // and restart containerd. Each time the pod keeps its container ID and
 // restart count, no sandbox or container is duplicated or orphaned, and
-// the node reconverges to Ready.
+// the node reconverges to Ready. After each crash the old kubelet process
+// is gone and exactly one new one serves the node (seen in /proc and in
+// its Lease renewals, not in evelet's own status). "No duplicate" is
+// checked after the kubelet has synced the pod since the fault (its
+// pod-worker metric), not after a sleep.
 func TestFaults(t *testing.T) {
 	needEnv(t)
 	ctx := testCtx(t, 15*time.Minute)
@@ -70,11 +78,14 @@ func TestFaults(t *testing.T) {
 	}
 	t.Logf("before: %+v", want)
 
-	check := func(fault string) {
+	check := func(fault string, syncsBefore float64) {
 		t.Helper()
 		waitNodeReady(t, node, 2*time.Minute)
-		// Give the kubelet time to resync; a duplicate would appear now.
-		time.Sleep(10 * time.Second)
+		// A duplicate sandbox would be made by a pod sync: wait for one.
+		waitFor(t, 3*time.Minute, "the kubelet to sync the pod after "+fault, func() (bool, error) {
+			n, err := podSyncs(t, node)
+			return err == nil && n > syncsBefore, fmt.Errorf("pod syncs %v (before %v): %v", n, syncsBefore, err)
+		})
 		got := factsOf(t, pod.Name)
 		if got != want {
 			t.Errorf("after %s: %+v, want %+v", fault, got, want)
@@ -88,31 +99,57 @@ func TestFaults(t *testing.T) {
 			t.Errorf("after %s: %d pods of the Deployment, want 1", fault, len(l.Items))
 		}
 	}
+	// tookOver: exactly one kubelet of this device runs, it is not old, and
+	// it renewed the node's Lease after it started.
+	tookOver := func(fault string, old int, started time.Time) int {
+		t.Helper()
+		var pid int
+		waitFor(t, 2*time.Minute, "one new kubelet after "+fault, func() (bool, error) {
+			pids := kubeletPIDs(d)
+			if len(pids) != 1 || pids[0] == old {
+				return false, fmt.Errorf("kubelets of the device: %v (old %d)", pids, old)
+			}
+			pid = pids[0]
+			return true, nil
+		})
+		waitLeaseRenewedAfter(t, node, started, 2*time.Minute)
+		if pids := kubeletPIDs(d); len(pids) != 1 || pids[0] != pid {
+			t.Errorf("after %s: kubelets of the device %v, want only %d", fault, pids, pid)
+		}
+		return pid
+	}
 
-	// 1. kill -9 the agent, then start it again (as EVE's service manager would).
+	// 1. kill -9 the agent, then start it again (as EVE's service manager
+	// would). Its kubelet must die with it (Pdeathsig), not linger beside
+	// the next agent's.
+	old := onlyKubelet(t, d)
 	d.kill9()
-	time.Sleep(2 * time.Second)
+	waitFor(t, time.Minute, "the killed agent's kubelet to exit", func() (bool, error) {
+		pids := kubeletPIDs(d)
+		return len(pids) == 0, fmt.Errorf("kubelets of the device still alive: %v", pids)
+	})
+	started := time.Now()
 	d.start()
 	d.waitStatus(time.Minute, "Running after agent crash", func(s agent.Status) bool {
-		return s.Phase == agent.PhaseRunning && s.Credentials == "reused" && s.KubeletPID != 0
+		return s.Phase == agent.PhaseRunning && s.Credentials == "reused"
 	})
-	check("kill -9 agent")
+	tookOver("kill -9 agent", old, started)
+	check("kill -9 agent", 0)
 
 	// 2. kill -9 the kubelet: the agent restarts it.
-	st, err := d.status()
-	if err != nil || st.KubeletPID == 0 {
-		t.Fatalf("no kubelet pid: %+v %v", st, err)
-	}
-	old := st.KubeletPID
+	old = onlyKubelet(t, d)
+	started = time.Now()
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	d.waitStatus(time.Minute, "kubelet restarted", func(s agent.Status) bool {
-		return s.KubeletPID != 0 && s.KubeletPID != old && s.KubeletRestarts >= 1
-	})
-	check("kill -9 kubelet")
+	tookOver("kill -9 kubelet", old, started)
+	if st, err := d.status(); err != nil || st.KubeletRestarts < 1 {
+		t.Errorf("status after the kubelet was killed: %+v %v, want a restart counted", st, err)
+	}
+	check("kill -9 kubelet", 0)
 
 	// 3. containerd restarts under everyone's feet.
+	kubelet := onlyKubelet(t, d)
 	if err := env.ctrd.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -120,5 +157,75 @@ func TestFaults(t *testing.T) {
 		s, err := d.status()
 		return err == nil && s.Phase == agent.PhaseRunning, fmt.Errorf("%+v %v", s, err)
 	})
-	check("containerd restart")
+	syncs, err := podSyncs(t, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("containerd restart", syncs)
+	if pids := kubeletPIDs(d); len(pids) != 1 || pids[0] != kubelet {
+		t.Errorf("kubelets after the containerd restart: %v, want the same %d", pids, kubelet)
+	}
+}
+
+// kubeletPIDs walks /proc for `evelet kubelet` processes of this device
+// (their --root-dir is under the device's state directory).
+func kubeletPIDs(d *device) []int {
+	rootDir := "--root-dir=" + d.stateDir() + "/"
+	var pids []int
+	for _, pid := range proc.PIDs() {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if len(args) < 2 || args[1] != "kubelet" {
+			continue
+		}
+		for _, a := range args[2:] {
+			if strings.HasPrefix(a, rootDir) {
+				if st, ok := proc.ReadStat(pid); ok && st.State != 'Z' {
+					pids = append(pids, pid)
+				}
+				break
+			}
+		}
+	}
+	return pids
+}
+
+// onlyKubelet returns the device's one kubelet process, and checks that
+// evelet's status names the same pid.
+func onlyKubelet(t *testing.T, d *device) int {
+	t.Helper()
+	pids := kubeletPIDs(d)
+	if len(pids) != 1 {
+		t.Fatalf("kubelet processes of the device: %v, want one", pids)
+	}
+	if st, err := d.status(); err != nil || st.KubeletPID != pids[0] {
+		t.Errorf("evelet status names kubelet %d (%v); /proc has %d", st.KubeletPID, err, pids[0])
+	}
+	return pids[0]
+}
+
+// podSyncs is how many pod syncs the node's kubelet process has finished
+// (kubelet_pod_worker_duration_seconds_count, all operations), read through
+// the apiserver's node proxy. It starts at 0 in a new kubelet.
+func podSyncs(t *testing.T, node string) (float64, error) {
+	b, err := env.cp.Client().CoreV1().RESTClient().Get().AbsPath("/api/v1/nodes", node, "proxy", "metrics").DoRaw(testCtx(t, 20*time.Second))
+	if err != nil {
+		return 0, err
+	}
+	var n float64
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(l, "kubelet_pod_worker_duration_seconds_count") {
+			continue
+		}
+		f := strings.Fields(l)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			return 0, fmt.Errorf("metric line %q: %v", l, err)
+		}
+		n += v
+	}
+	return n, nil
 }

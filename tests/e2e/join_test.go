@@ -238,22 +238,65 @@ func TestJoinRunPodAndRestart(t *testing.T) {
 		return apierrors.IsNotFound(err) && len(left) == 0, fmt.Errorf("pod get: %v, sandboxes left: %d", err, len(left))
 	})
 
-	// Restart with credentials present: same node, no new CSR.
-	csrs1 := csrCount(t)
+	// Restart with credentials present: same node, no new client CSR. A
+	// client CSR would come before the new kubelet's first authenticated
+	// request, so once that kubelet has renewed its Lease the CSR list is
+	// final for this start: no waiting "long enough".
+	csrs1 := clientCSRs(t)
 	before, _ := cs.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
 	d.stop()
+	restarted := time.Now()
 	d.start()
 	d.waitStatus(time.Minute, "status Running/reused", func(s agent.Status) bool {
 		return s.Phase == agent.PhaseRunning && s.Credentials == string(bootstrap.Reused)
 	})
 	after := waitNodeReady(t, node, 2*time.Minute)
-	time.Sleep(3 * time.Second) // a CSR would be created right after start
-	if csrCount(t) != csrs1 {
-		t.Errorf("restart created a CSR (%d -> %d)", csrs1, csrCount(t))
+	waitLeaseRenewedAfter(t, node, restarted, 2*time.Minute)
+	for name := range clientCSRs(t) {
+		if !csrs1[name] {
+			t.Errorf("restart with credentials created client CSR %s", name)
+		}
 	}
 	if after.UID != before.UID {
 		t.Errorf("node object replaced on restart (uid %s -> %s)", before.UID, after.UID)
 	}
+}
+
+// clientCSRs names the kubelet client-certificate CSRs in the cluster.
+func clientCSRs(t *testing.T) map[string]bool {
+	t.Helper()
+	l, err := env.cp.Client().CertificatesV1().CertificateSigningRequests().List(testCtx(t, 10*time.Second), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, c := range l.Items {
+		if c.Spec.SignerName == certv1.KubeAPIServerClientKubeletSignerName {
+			names[c.Name] = true
+		}
+	}
+	return names
+}
+
+// waitLeaseRenewedAfter waits until the node's Lease in kube-node-lease
+// was renewed after since (by the kubelet's clock, which is this host's),
+// and returns the renew time: a kubelet started after since is alive and
+// authenticated.
+func waitLeaseRenewedAfter(t testing.TB, node string, since time.Time, timeout time.Duration) time.Time {
+	t.Helper()
+	var got time.Time
+	waitFor(t, timeout, "lease of "+node+" renewed after "+since.Format(time.RFC3339Nano), func() (bool, error) {
+		l, err := env.cp.Client().CoordinationV1().Leases(corev1.NamespaceNodeLease).Get(testCtx(t, 10*time.Second), node, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		if l.Spec.RenewTime == nil || !l.Spec.RenewTime.After(since) {
+			return false, fmt.Errorf("renewTime %v", l.Spec.RenewTime)
+		}
+		got = l.Spec.RenewTime.Time
+		return true, nil
+	})
+	return got
 }
 
 // TestWrongCAPin: the device refuses, names both pins, writes no credentials
@@ -329,13 +372,18 @@ func TestLateAPIServer(t *testing.T) {
 		}
 	})
 	d.start()
-	d.waitStatus(time.Minute, "retrying while the apiserver is down", func(s agent.Status) bool {
-		return s.Phase == agent.PhaseJoining && strings.Contains(s.LastError, "cluster-info")
-	})
-	time.Sleep(3 * time.Second)
-	if s, _ := d.status(); s.Phase != agent.PhaseJoining {
-		t.Fatalf("phase %s while the apiserver is down, want Joining", s.Phase)
+	// Two failed attempts, the second after the first: the agent keeps
+	// retrying (and stays Joining) rather than giving up.
+	retrying := func(s agent.Status) bool {
+		if s.Phase != agent.PhaseJoining && s.Phase != agent.PhaseStarting {
+			t.Fatalf("phase %s while the apiserver is down, want Joining", s.Phase)
+		}
+		return s.Phase == agent.PhaseJoining && strings.Contains(s.LastError, "cluster-info") && s.LastErrorTime != nil
 	}
+	first := d.waitStatus(time.Minute, "a failed attempt while the apiserver is down", retrying)
+	d.waitStatus(2*time.Minute, "a later attempt while the apiserver is down", func(s agent.Status) bool {
+		return retrying(s) && s.LastErrorTime.After(*first.LastErrorTime)
+	})
 	assertNoCredentials(t, d)
 	if err := env.cp.StartAPIServer(testCtx(t, 2*time.Minute)); err != nil {
 		t.Fatal(err)
