@@ -213,3 +213,39 @@ func TestServeWithCancelledContext(t *testing.T) {
 		t.Errorf("socket left behind: %v", err)
 	}
 }
+
+// TestStopRemoveAreIdempotent: the CRI contract makes Stop/Remove of a
+// sandbox or container succeed when it is already gone; containerd 1.6
+// answers NotFound to some of them, so the shim answers success. Other
+// errors pass through unchanged.
+func TestStopRemoveAreIdempotent(t *testing.T) {
+	e := newEnv(t)
+	calls := map[string]func() error{
+		"StopPodSandbox": func() error {
+			_, err := e.rt.StopPodSandbox(ctx(t), &runtimeapi.StopPodSandboxRequest{PodSandboxId: "gone"})
+			return err
+		},
+		"RemovePodSandbox": func() error {
+			_, err := e.rt.RemovePodSandbox(ctx(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: "gone"})
+			return err
+		},
+		"StopContainer": func() error {
+			_, err := e.rt.StopContainer(ctx(t), &runtimeapi.StopContainerRequest{ContainerId: "gone"})
+			return err
+		},
+		"RemoveContainer": func() error {
+			_, err := e.rt.RemoveContainer(ctx(t), &runtimeapi.RemoveContainerRequest{ContainerId: "gone"})
+			return err
+		},
+	}
+	for method, call := range calls {
+		e.fake.setErr(method, status.Error(codes.NotFound, "an ID the backend does not know"))
+		if err := call(); err != nil {
+			t.Errorf("%s of an unknown ID: %v, want success", method, err)
+		}
+		e.fake.setErr(method, status.Error(codes.Internal, "disk on fire"))
+		if err := call(); status.Code(err) != codes.Internal {
+			t.Errorf("%s with a backend failure: %v, want Internal passed through", method, err)
+		}
+	}
+}
