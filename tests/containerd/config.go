@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"github.com/lf-edge/evelet/images"
@@ -49,6 +50,7 @@ type layout struct {
 	sandboxImage string
 	snapshotter  string
 	restrictOOM  bool
+	mirrors      map[string]string
 	runc         string // runc binary, absolute
 }
 
@@ -86,6 +88,7 @@ func newLayout(o Options) (*layout, error) {
 		sandboxImage: o.SandboxImage,
 		snapshotter:  o.Snapshotter,
 		restrictOOM:  o.RestrictOOMScoreAdj,
+		mirrors:      o.RegistryMirrors,
 	}
 	if l.cniBinDir == "" {
 		l.cniBinDir = defaultCNIBinDir
@@ -114,6 +117,11 @@ func newLayout(o Options) (*layout, error) {
 	}
 	if l.runc, err = findBinary(o.RuncBinary, "runc"); err != nil {
 		return nil, err
+	}
+	for h, u := range l.mirrors {
+		if strings.ContainsAny(h+u, "\x00\n\r\"\\") {
+			return nil, fmt.Errorf("containerd: unsupported character in registry mirror %q = %q", h, u)
+		}
 	}
 	for _, p := range []string{l.configPath, l.root, l.state, l.runcRoot, l.cniBinDir, l.cniConfDir, l.ipamDataDir, l.sandboxImage} {
 		if strings.ContainsAny(p, "\x00\n\r\"\\") {
@@ -222,6 +230,16 @@ func (l *layout) configTOML() string {
 	w("          # the host uses cgroupfs (cgroup v1), not systemd")
 	w("          SystemdCgroup = false")
 	w("")
+	hosts := make([]string, 0, len(l.mirrors))
+	for h := range l.mirrors {
+		hosts = append(hosts, h)
+	}
+	sort.Strings(hosts)
+	for _, h := range hosts {
+		w("    [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.%s]", q(h))
+		w("      endpoint = [%s]", q(l.mirrors[h]))
+		w("")
+	}
 	w("    [plugins.\"io.containerd.grpc.v1.cri\".cni]")
 	w("      bin_dir = %s", q(l.cniBinDir))
 	w("      conf_dir = %s", q(l.cniConfDir))

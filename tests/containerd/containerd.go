@@ -65,6 +65,10 @@ type Options struct {
 	// machines lack CAP_SYS_RESOURCE and need true; real EVE devices keep
 	// the production default, false.
 	RestrictOOMScoreAdj bool
+	// RegistryMirrors maps a registry host (e.g. "registry.k8s.io") to an
+	// endpoint URL serving it (e.g. a registry on loopback), so that images
+	// can be pulled by their upstream names without the internet.
+	RegistryMirrors map[string]string
 	// Log, if set, receives a copy of containerd's log (the file at
 	// LogPath() always has it).
 	Log io.Writer

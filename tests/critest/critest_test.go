@@ -1,0 +1,318 @@
+package critest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/lf-edge/evelet/cri"
+	crictrd "github.com/lf-edge/evelet/cri/containerd"
+	"github.com/lf-edge/evelet/cri/policy"
+	"github.com/lf-edge/evelet/images"
+	"github.com/lf-edge/evelet/tests/containerd"
+	"github.com/lf-edge/evelet/tests/controlplane"
+)
+
+// criToolsVersion is the critest release built from tool/go.mod.
+const criToolsVersion = "v1.37.0"
+
+// guardrailDifferences are the specs that pass against containerd and are
+// refused through evelet by the device's policy: spec name (a regexp) ->
+// the rule whose refusal must be in the spec's failure message.
+var guardrailDifferences = map[string]string{}
+
+// shimFixes are specs that fail against containerd 1.6 and pass through
+// evelet because the shim fixes the difference: spec name -> why.
+var shimFixes = map[string]string{}
+
+// offline are specs that cannot pass on this machine against either
+// endpoint, and why. They are reported, not compared.
+var offline = map[string]string{}
+
+func skipReason() string {
+	if os.Geteuid() != 0 {
+		return "needs root to run containerd, runc and CNI"
+	}
+	for _, b := range []string{"containerd", "ctr", "containerd-shim-runc-v2", "runc"} {
+		if _, err := exec.LookPath(b); err != nil {
+			if _, err2 := os.Stat(filepath.Join("/usr/sbin", b)); err2 != nil {
+				return fmt.Sprintf("needs %s (apt-get install containerd runc)", b)
+			}
+		}
+	}
+	if _, err := os.Stat("/usr/lib/cni/bridge"); err != nil {
+		return "needs the CNI plugins in /usr/lib/cni (apt-get install containernetworking-plugins)"
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		return "needs a static busybox at /bin/busybox (apt-get install busybox-static)"
+	}
+	return ""
+}
+
+func goBinary() string {
+	g := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(g); err != nil {
+		return "go"
+	}
+	return g
+}
+
+// buildCritest builds upstream's critest from tool/ (its own module).
+func buildCritest(ctx context.Context, t *testing.T, out string) {
+	t.Helper()
+	tool, err := filepath.Abs("tool")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(ctx, goBinary(), "test", "-c", "-o", out, "sigs.k8s.io/cri-tools/cmd/critest")
+	cmd.Dir = tool
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building critest %s: %v\n%s", criToolsVersion, err, b)
+	}
+}
+
+// TestCritest runs critest against containerd and against evelet, and
+// compares.
+func TestCritest(t *testing.T) {
+	if why := skipReason(); why != "" {
+		t.Skip(why)
+	}
+	if testing.Short() {
+		t.Skip("critest takes minutes; not in -short")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
+	defer cancel()
+	root, err := controlplane.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(root, "_output", "critest")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "evelet-critest-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+
+	t0 := time.Now()
+	critest := filepath.Join(dir, "critest")
+	buildCritest(ctx, t, critest)
+	nnp, err := buildNNP(ctx, goBinary(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pauseTar, err := images.BuildPause(ctx, goBinary(), "", filepath.Join(dir, "images"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs, err := newRootfs("/bin/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	imgs, err := buildImages(ctx, fs, pauseTar, nnp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := StartRegistry()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	for ref, img := range imgs {
+		if err := reg.Push(ref, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mirrors := map[string]string{}
+	for _, h := range Mirrored {
+		mirrors[h] = reg.URL()
+	}
+	ctrd, err := containerd.Start(ctx, containerd.Options{
+		Dir: filepath.Join(dir, "containerd"), PodCIDR: "10.245.47.0/24", BridgeName: "evcritest0",
+		RestrictOOMScoreAdj: true, // test machines lack CAP_SYS_RESOURCE
+		RegistryMirrors:     mirrors,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := ctrd.Stop(); err != nil {
+			t.Errorf("stopping containerd: %v", err)
+		}
+	})
+	if err := ctrd.ImportImages(ctx, pauseTar); err != nil {
+		t.Fatal(err)
+	}
+	sock, pol := startShim(ctx, t, ctrd, dir, filepath.Join(out, "evelet-shim.log"))
+	t.Logf("critest %s, images, containerd and evelet ready in %v", criToolsVersion, time.Since(t0).Round(time.Second))
+
+	run := func(name, endpoint string) map[string]Result {
+		t.Helper()
+		report := filepath.Join(dir, name+".json")
+		logPath := filepath.Join(out, name+".log")
+		lf, err := os.Create(logPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lf.Close()
+		start := time.Now()
+		cmd := exec.CommandContext(ctx, critest,
+			"-runtime-endpoint="+endpoint, "-image-endpoint="+endpoint,
+			"-ginkgo.json-report="+report, "-ginkgo.no-color")
+		cmd.Dir = dir
+		cmd.Stdout, cmd.Stderr = lf, lf
+		runErr := cmd.Run() // non-zero when any spec fails; the report says which
+		rs, err := ReadReport(report)
+		if err != nil {
+			t.Fatalf("critest against %s: %v (exit: %v; log %s)", name, err, runErr, logPath)
+		}
+		t.Logf("critest against %s: %v in %v (log %s)", name, Count(rs), time.Since(start).Round(time.Second), logPath)
+		return rs
+	}
+	direct := run("containerd", ctrd.Endpoint())
+	shim := run("evelet", "unix://"+sock)
+
+	summary := compare(t, direct, shim)
+	summary = fmt.Sprintf("critest %s; containerd %s; evelet policy %+v\n\n", criToolsVersion, ctrdVersion(ctx), pol) + summary
+	if err := os.WriteFile(filepath.Join(out, "summary.txt"), []byte(summary), 0o644); err != nil {
+		t.Error(err)
+	}
+	t.Log("\n" + summary)
+}
+
+// startShim serves evelet's CRI in front of ctrd with the policy a device
+// has: policy.Default() at this test's kubelet directories, with one
+// relaxation: critest sends containers without the masked and read-only
+// /proc paths the kubelet always sends, so no-unmasked-proc would refuse
+// every container it makes. That rule is covered by the guardrail tests.
+func startShim(ctx context.Context, t *testing.T, ctrd *containerd.Containerd, dir, logPath string) (string, policy.Policy) {
+	t.Helper()
+	backend, err := crictrd.Dial(ctx, ctrd.Endpoint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { backend.Close() })
+	pol := policy.Default()
+	pol.KubeletRootDir, pol.PodLogsDir = filepath.Join(dir, "kubelet"), filepath.Join(dir, "pod-logs")
+	pol.AllowUnmaskedProc = true
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	if lf, err := os.Create(logPath); err == nil {
+		l.SetOutput(lf)
+		t.Cleanup(func() { lf.Close() })
+	}
+	sock := filepath.Join(dir, "evelet.sock")
+	srv, err := cri.NewServer(cri.Config{Socket: sock, Backend: backend, Log: logrus.NewEntry(l), Policy: &pol})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, scancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(sctx) }()
+	t.Cleanup(func() {
+		scancel()
+		if err := <-served; err != nil {
+			t.Errorf("evelet CRI: %v", err)
+		}
+	})
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		select {
+		case err := <-served:
+			t.Fatalf("evelet CRI stopped: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("evelet CRI socket never appeared")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return sock, pol
+}
+
+func ctrdVersion(ctx context.Context) string {
+	b, err := exec.CommandContext(ctx, "containerd", "--version").Output()
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+var guardrailMsg = regexp.MustCompile(`evelet guardrail "([a-z-]+)"`)
+
+// compare checks every difference between the runs and returns a report.
+func compare(t *testing.T, direct, shim map[string]Result) string {
+	t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, "containerd directly: %v\nthrough evelet:      %v\n", Count(direct), Count(shim))
+	match := func(table map[string]string, spec string) (string, bool) {
+		for re, why := range table {
+			if regexp.MustCompile(re).MatchString(spec) {
+				return why, true
+			}
+		}
+		return "", false
+	}
+	var diffs, fixes, common []string
+	for _, name := range Names(direct) {
+		d, s := direct[name], shim[name]
+		if _, ok := shim[name]; !ok {
+			t.Errorf("spec ran against containerd only: %s", name)
+			continue
+		}
+		switch {
+		case d.passed() && !s.passed():
+			rule, listed := match(guardrailDifferences, name)
+			got := ""
+			if m := guardrailMsg.FindStringSubmatch(s.Message); m != nil {
+				got = m[1]
+			}
+			switch {
+			case !listed:
+				t.Errorf("passes against containerd, %s through evelet (refused by guardrail %q): %s\n%s", s.State, got, name, firstLine(s.Message))
+			case got != rule:
+				t.Errorf("listed as refused by %q, but through evelet it %s with: %s\n%s", rule, s.State, name, firstLine(s.Message))
+			}
+			diffs = append(diffs, fmt.Sprintf("- %s: refused by `%s`", name, got))
+		case !d.passed() && s.passed() && d.State != "skipped":
+			why, listed := match(shimFixes, name)
+			if !listed {
+				t.Errorf("fails against containerd, passes through evelet, and no fix in the shim explains it: %s\n%s", name, firstLine(d.Message))
+			}
+			fixes = append(fixes, fmt.Sprintf("- %s: %s", name, why))
+		case !d.passed() && d.State != "skipped":
+			why, _ := match(offline, name)
+			common = append(common, fmt.Sprintf("- %s (%s): %s", name, why, firstLine(d.Message)))
+		}
+	}
+	section := func(title string, lines []string) {
+		fmt.Fprintf(&b, "\n%s (%d):\n%s\n", title, len(lines), strings.Join(lines, "\n"))
+	}
+	section("refused through evelet by a guardrail", diffs)
+	section("fixed in the shim (fail against containerd 1.6)", fixes)
+	section("fail against both", common)
+	return b.String()
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
+	if len(s) > 300 {
+		s = s[:300] + "..."
+	}
+	return s
+}
