@@ -11,7 +11,7 @@ TAGS     := providerless
 export EVELET_BIN := $(CURDIR)/bin/evelet
 export KUBE_BIN_DIR := $(KUBE_BIN)
 
-.PHONY: proto all build prereqs kube test unit e2e fuzz bench demo demo-down fmt vet clean
+.PHONY: proto all build prereqs kube test unit e2e critest fuzz bench demo demo-down fmt vet clean
 
 all: build
 
@@ -30,10 +30,17 @@ unit:
 e2e: prereqs build kube
 	$(GO) test -count=1 -timeout 40m -v ./tests/e2e/...
 
+# ./... includes tests/critest: upstream critest against containerd and
+# against evelet (about 6 min); its tool/ module is a separate module.
 test: prereqs build kube
 	$(GO) vet ./...
 	$(GO) test -p 1 -count=1 -timeout 60m ./...
 	$(MAKE) fuzz
+
+# Upstream CRI conformance alone (docs/conformance.md); the per-endpoint logs
+# and the comparison land in _output/critest/.
+critest: prereqs
+	$(GO) test -count=1 -timeout 40m -v -run '^TestCritest$$' ./tests/critest/
 
 # Brief fuzzing of the parsers that take input from the EVE side (the seed
 # corpora under testdata/fuzz also run in every plain `go test`). A count,
