@@ -143,9 +143,7 @@ func TestFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	tookOver("kill -9 kubelet", old, started)
-	if st, err := d.status(); err != nil || st.KubeletRestarts < 1 {
-		t.Errorf("status after the kubelet was killed: %+v %v, want a restart counted", st, err)
-	}
+	d.waitStatus(time.Minute, "a kubelet restart counted", func(s agent.Status) bool { return s.KubeletRestarts >= 1 })
 	check("kill -9 kubelet", 0)
 
 	// 3. containerd restarts under everyone's feet.
@@ -193,17 +191,15 @@ func kubeletPIDs(d *device) []int {
 	return pids
 }
 
-// onlyKubelet returns the device's one kubelet process, and checks that
-// evelet's status names the same pid.
+// onlyKubelet returns the device's one kubelet process, once evelet's
+// status (refreshed every few seconds) names the same pid.
 func onlyKubelet(t *testing.T, d *device) int {
 	t.Helper()
 	pids := kubeletPIDs(d)
 	if len(pids) != 1 {
 		t.Fatalf("kubelet processes of the device: %v, want one", pids)
 	}
-	if st, err := d.status(); err != nil || st.KubeletPID != pids[0] {
-		t.Errorf("evelet status names kubelet %d (%v); /proc has %d", st.KubeletPID, err, pids[0])
-	}
+	d.waitStatus(time.Minute, fmt.Sprintf("status naming kubelet %d", pids[0]), func(s agent.Status) bool { return s.KubeletPID == pids[0] })
 	return pids[0]
 }
 
