@@ -33,7 +33,10 @@ var guardrailDifferences = map[string]string{}
 
 // shimFixes are specs that fail against containerd 1.6 and pass through
 // evelet because the shim fixes the difference: spec name -> why.
-var shimFixes = map[string]string{}
+var shimFixes = map[string]string{
+	`Idempotence StopContainer should not return an error if not found`:  "containerd 1.6.20 answers NotFound; the shim answers success (cri/runtime.go idempotent)",
+	`Idempotence StopPodSandbox should not return an error if not found`: "containerd 1.6.20 answers NotFound; the shim answers success (cri/runtime.go idempotent)",
+}
 
 // offline are specs that cannot pass on this machine against either
 // endpoint, and why. They are reported, not compared.
@@ -141,6 +144,9 @@ func TestCritest(t *testing.T) {
 	}
 	ctrd, err := containerd.Start(ctx, containerd.Options{
 		Dir: filepath.Join(dir, "containerd"), PodCIDR: "10.245.47.0/24", BridgeName: "evcritest0",
+		// Pulled from the mirror like every other image: critest removes
+		// images by ID, and the pause image has the same ID under every name.
+		SandboxImage:        "registry.k8s.io/pause:3.9",
 		RestrictOOMScoreAdj: true, // test machines lack CAP_SYS_RESOURCE
 		RegistryMirrors:     mirrors,
 	})
@@ -152,9 +158,6 @@ func TestCritest(t *testing.T) {
 			t.Errorf("stopping containerd: %v", err)
 		}
 	})
-	if err := ctrd.ImportImages(ctx, pauseTar); err != nil {
-		t.Fatal(err)
-	}
 	sock, pol := startShim(ctx, t, ctrd, dir, filepath.Join(out, "evelet-shim.log"))
 	t.Logf("critest %s, images, containerd and evelet ready in %v", criToolsVersion, time.Since(t0).Round(time.Second))
 
