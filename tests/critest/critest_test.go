@@ -29,7 +29,21 @@ const criToolsVersion = "v1.37.0"
 // guardrailDifferences are the specs that pass against containerd and are
 // refused through evelet by the device's policy: spec name (a regexp) ->
 // the rule whose refusal must be in the spec's failure message.
-var guardrailDifferences = map[string]string{}
+var guardrailDifferences = map[string]string{
+	`Container Mount Propagation runtime should support mount propagation mount with 'r(private|shared|slave)'`:                                                      policy.RulePrivileged,
+	`Container Mount Readonly runtime should support readonly mounts should support non-recursive readonly mounts`:                                                   policy.RulePrivileged,
+	`Container OOM runtime should output OOMKilled reason`:                                                                                                           policy.RulePrivileged,
+	`should support starting container with volume( when host path is a symlink)? \[Conformance\]`:                                                                   policy.RuleHostPath,
+	`PodSandbox runtime should support sysctls should support unsafe sysctls`:                                                                                        policy.RuleSysctls,
+	`NamespaceOption runtime should support HostNetwork is true`:                                                                                                     policy.RuleHostNetwork,
+	`NamespaceOption runtime should support HostPID$`:                                                                                                                policy.RuleHostPID,
+	`SeccompProfilePath runtime should ignore a seccomp profile that blocks setting hostname when privileged`:                                                        policy.RulePrivileged,
+	`SeccompProfilePath runtime should (not block setting host name with unconfined seccomp|support an seccomp profile that blocks setting hostname) with SYS_ADMIN`: policy.RuleCapabilities,
+	`SeccompProfilePath runtime should not block setting host name with unconfined seccomp and SYS_ADMIN`:                                                            policy.RuleCapabilities,
+	`Security Context bucket runtime should support Privileged is true`:                                                                                              policy.RulePrivileged,
+	`Security Context bucket runtime should support adding (ALL capabilities|capability)$`:                                                                           policy.RuleCapabilities,
+	`Streaming runtime should support streaming interfaces runtime should support portforward in host network`:                                                       policy.RuleHostNetwork,
+}
 
 // shimFixes are specs that fail against containerd 1.6 and pass through
 // evelet because the shim fixes the difference: spec name -> why.
@@ -40,7 +54,13 @@ var shimFixes = map[string]string{
 
 // offline are specs that cannot pass on this machine against either
 // endpoint, and why. They are reported, not compared.
-var offline = map[string]string{}
+var offline = map[string]string{
+	`public image with digest`:                                   "pulls gcr.io/k8s-staging-cri-tools/test-image-digest@sha256:9700f9a2...: only upstream's exact bytes have that digest",
+	`execSync with timeout`:                                      "checks with pgrep, which Debian's busybox-static lacks",
+	`NamespaceOption runtime should support ContainerPID`:        "checks with pgrep, which Debian's busybox-static lacks",
+	`NamespaceOption runtime should support HostIpc`:             "checks with ipcs, which Debian's busybox-static lacks",
+	`Security Context bucket runtime should support MaskedPaths`: "Debian's busybox sh runs ls as a built-in, so a masked /bin/ls is not seen",
+}
 
 func skipReason() string {
 	if os.Geteuid() != 0 {
