@@ -30,6 +30,14 @@ func TestCompareExplainsOnlyWithEvidence(t *testing.T) {
 	if len(regression.errors) != 1 || !strings.Contains(regression.errors[0], other) {
 		t.Errorf("an unlisted difference: errors %v", regression.errors)
 	}
+	rro := "[k8s.io] Container Mount Readonly runtime should support readonly mounts should support recursive readonly mounts"
+	skippedThere := compare(map[string]Result{rro: {State: "skipped"}}, map[string]Result{rro: refused("no-privileged")})
+	if len(skippedThere.errors) != 0 {
+		t.Errorf("skipped against containerd, refused by the listed rule through evelet: errors %v", skippedThere.errors)
+	}
+	if c := compare(map[string]Result{other: {State: "skipped"}}, map[string]Result{other: {State: "failed"}}); len(c.errors) != 1 {
+		t.Errorf("skipped against containerd, failing through evelet unexplained: errors %v", c.errors)
+	}
 	notFixed := compare(map[string]Result{other: {State: "failed"}}, map[string]Result{other: pass})
 	if len(notFixed.errors) != 1 {
 		t.Errorf("an unexplained improvement: errors %v", notFixed.errors)
