@@ -43,6 +43,8 @@ var guardrailDifferences = map[string]string{
 	`SeccompProfilePath runtime should not block setting host name with unconfined seccomp and SYS_ADMIN`:                                                            policy.RuleCapabilities,
 	`Security Context bucket runtime should support Privileged is true`:                                                                                              policy.RulePrivileged,
 	`Security Context bucket runtime should support adding (ALL capabilities|capability)$`:                                                                           policy.RuleCapabilities,
+	`Networking runtime should support networking runtime should support port mapping with host port and container port`:                                             policy.RuleHostPorts,
+	`SeccompProfilePath should support seccomp unconfined on the container`:                                                                                          policy.RuleSeccomp,
 	`Streaming runtime should support streaming interfaces runtime should support portforward in host network`:                                                       policy.RuleHostNetwork,
 }
 
