@@ -61,6 +61,11 @@ type Options struct {
 	// BridgeName is the Linux bridge of the default pod network, at most 15
 	// characters (default "evelet0").
 	BridgeName string
+	// NetworkName names the default pod network (default "evelet-default").
+	// libcni's result cache in /var/lib/cni/results is shared by every
+	// containerd on the host; a name of its own keeps a harness's entries
+	// apart from the others'.
+	NetworkName string
 	// RestrictOOMScoreAdj sets the CRI's restrict_oom_score_adj. Test
 	// machines lack CAP_SYS_RESOURCE and need true; real EVE devices keep
 	// the production default, false.
