@@ -542,3 +542,22 @@ func repoTags(tarPath string) []string {
 	}
 	return tags
 }
+
+// Cleanup removes what a harness with these Options left behind when the
+// process that started it died without calling Stop (a killed demo): the
+// containers runc still has under Options.Dir and their CNI attachments,
+// shims serving its socket, mounts under Dir, and the bridge. Kill the
+// containerd process itself first; Cleanup does not look for it.
+func Cleanup(o Options) error {
+	l, err := newLayout(o)
+	if err != nil {
+		return err
+	}
+	if l.ownSocketDir {
+		// A fresh short socket dir: the old one is unknown, its shims are
+		// found by the socket they serve only when Dir was short enough.
+		defer os.RemoveAll(l.socketDir)
+	}
+	c := &Containerd{l: l}
+	return errors.Join(c.forceCleanup()...)
+}
