@@ -73,7 +73,16 @@ func cgroupTasks(dir string) int {
 	return len(cgroupPIDs(dir))
 }
 
-func cgroupPIDs(dir string) []int {
+// cgroupPIDs lists the processes in the given cgroups and their children.
+func cgroupPIDs(dirs ...string) []int {
+	var pids []int
+	for _, dir := range dirs {
+		pids = append(pids, cgroupPIDsUnder(dir)...)
+	}
+	return pids
+}
+
+func cgroupPIDsUnder(dir string) []int {
 	var pids []int
 	filepath.WalkDir(dir, func(p string, e os.DirEntry, err error) error {
 		if err != nil || !e.IsDir() {

@@ -174,6 +174,11 @@ func up(root, dir string) error {
 // processes naming the demo directory, pods in the demo's cgroup root,
 // containerd's runc state, CNI attachments, mounts, the bridge.
 func down(dir string) error {
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) && len(procsUnder(dir)) == 0 && len(cgroupPIDs(cgroupPaths(cgroupRoot)...)) == 0 {
+		removeCgroupRoot(cgroupRoot)
+		fmt.Println("demo: no demo to stop")
+		return nil
+	}
 	if s, err := readState(dir); err == nil && alive(s.PID) {
 		syscall.Kill(s.PID, syscall.SIGTERM)
 		for i := 0; i < 240 && alive(s.PID); i++ {
@@ -405,6 +410,12 @@ func with(root, dir string, argv []string) (int, error) {
 	if len(argv) == 0 {
 		return 0, errors.New("usage: demo with CMD [ARG...]")
 	}
+	if os.Getuid() != 0 {
+		// The demo needs root as the e2e tests do (they skip then): run
+		// the command alone rather than fail before it.
+		fmt.Println("demo: not root: running without a demo next to it")
+		return run(argv)
+	}
 	own := false
 	if s, err := readState(dir); err != nil || !alive(s.PID) || !s.Ready {
 		if err := up(root, dir); err != nil {
@@ -423,16 +434,9 @@ func with(root, dir string, argv []string) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("the demo is not healthy before the run: %w", err)
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	runErr := cmd.Run()
-	code := 0
-	if runErr != nil {
-		var ee *exec.ExitError
-		if !errors.As(runErr, &ee) {
-			return 0, runErr
-		}
-		code = ee.ExitCode()
+	code, err := run(argv)
+	if err != nil {
+		return 0, err
 	}
 	checkErr := checkSame(ctx, cs, before)
 	if checkErr != nil {
@@ -453,6 +457,18 @@ func with(root, dir string, argv []string) (int, error) {
 		}
 	}
 	return code, nil
+}
+
+// run runs argv with our stdio and returns its exit code.
+func run(argv []string) (int, error) {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), nil
+	}
+	return 0, err
 }
 
 func demoClient(dir string) (kubernetes.Interface, error) {
