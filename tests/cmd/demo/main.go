@@ -190,8 +190,13 @@ func down(dir string) error {
 	}
 	var errs []error
 	// Leftovers of a demo whose serve process died (killed, crashed).
-	for _, pid := range procsUnder(dir) {
+	killed := procsUnder(dir)
+	for _, pid := range killed {
 		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	// They must be gone before their mounts and cgroups are removed.
+	if err := waitUntil(context.Background(), 10*time.Second, func() bool { return len(procsUnder(dir)) == 0 }); err != nil {
+		errs = append(errs, fmt.Errorf("processes %v survived SIGKILL", procsUnder(dir)))
 	}
 	if _, err := os.Stat(dir); err == nil {
 		if err := containerd.Cleanup(ctrdOptions(dir)); err != nil {
