@@ -50,6 +50,8 @@ type Config struct {
 	Metrics prometheus.Registerer
 	// Discovery tunes token discovery (zero: kubeadm-like defaults).
 	Discovery bootstrap.DiscoveryOptions
+	// KubeletCgroupRoot is the kubelet's cgroupRoot ("": "/").
+	KubeletCgroupRoot string
 }
 
 // CRISocket is where the kubelet finds evelet's CRI server.
@@ -340,6 +342,7 @@ func (a *Agent) kubelet(j *intent.Join) (kubeletProc, error) {
 		CRIEndpoint:  "unix://" + a.cfg.CRISocket(),
 		CgroupDriver: a.cfg.CgroupDriver, CgroupV1: kubeletshim.HostCgroupV1(),
 		Port: a.cfg.KubeletPort, HealthzPort: a.cfg.KubeletHealthzPort,
+		CgroupRoot: a.cfg.KubeletCgroupRoot,
 	}
 	if err := opts.WriteConfig(); err != nil {
 		return nil, err

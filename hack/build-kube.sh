@@ -19,7 +19,7 @@ for b in $need; do
     *) pkgs="$pkgs k8s.io/kubernetes/cmd/$b" ;;
   esac
 done
-echo "building$need into $out" >&2
+sh hack/step.sh "building the Kubernetes binaries$need into $out (first run only: about 15 minutes on 2 cores)" >&2
 tmp=$(mktemp -d "$out/.build.XXXX")
 go build -tags providerless -trimpath -ldflags "$(sh hack/ldflags.sh)" -o "$tmp/" $pkgs >&2
 for b in $need; do mv "$tmp/$b" "$out/$b"; done

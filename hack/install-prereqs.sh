@@ -10,7 +10,7 @@ command -v runc >/dev/null 2>&1 || need="$need runc"
 command -v ip >/dev/null 2>&1 || need="$need iproute2"
 command -v iptables >/dev/null 2>&1 || need="$need iptables"
 if [ -n "$need" ]; then
-  echo "installing:$need" >&2
+  sh "$(dirname "$0")/step.sh" "installing packages with apt-get:$need (about a minute)"
   if [ "$(id -u)" != 0 ]; then
     echo "need root to apt-get install$need" >&2
     exit 1

@@ -48,6 +48,10 @@ type Options struct {
 	// Port / HealthzPort override 10250 / 10248 (0 keeps the default).
 	Port        int32
 	HealthzPort int32
+	// CgroupRoot is the cgroup the kubelet puts kubepods under ("" keeps
+	// "/"). Two kubelets on one host need different roots: each removes
+	// the pod cgroups under its own that it does not know.
+	CgroupRoot string
 }
 
 // Validate rejects options the kubelet would fail on later with a less
@@ -163,6 +167,7 @@ func (o *Options) Config() *kubeletv1beta1.KubeletConfiguration {
 	if o.HealthzPort != 0 {
 		c.HealthzPort = ptr.To(o.HealthzPort)
 	}
+	c.CgroupRoot = o.CgroupRoot
 	return c
 }
 

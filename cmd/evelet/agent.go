@@ -47,6 +47,7 @@ func runAgent(args []string) int {
 	ctrd := fs.String("containerd", "unix:///run/containerd-user/containerd.sock", "containerd CRI endpoint pods run on")
 	kubeletPort := fs.Int("kubelet-port", 0, "kubelet API port (0: 10250)")
 	healthzPort := fs.Int("kubelet-healthz-port", 0, "kubelet healthz port (0: 10248)")
+	cgroupRoot := fs.String("kubelet-cgroup-root", "", "cgroup the kubelet puts its pods under (empty: /); must exist in every hierarchy")
 	cgroupDriver := fs.String("cgroup-driver", "cgroupfs", "cgroup driver shared by the kubelet and containerd")
 	level := fs.String("log-level", "info", "log level")
 	if err := fs.Parse(args); err != nil {
@@ -86,7 +87,7 @@ func runAgent(args []string) int {
 		StateDir: *stateDir, RunDir: *runDir, ContainerdEndpoint: *ctrd,
 		Source: src, Self: self, DrainTimeout: *drainTimeout, Metrics: reg,
 		KubeletPort: int32(*kubeletPort), KubeletHealthzPort: int32(*healthzPort),
-		CgroupDriver: *cgroupDriver, Log: log,
+		CgroupDriver: *cgroupDriver, KubeletCgroupRoot: *cgroupRoot, Log: log,
 	})
 	if err := a.Run(ctx); err != nil && ctx.Err() == nil {
 		log.WithError(err).Error("agent stopped")

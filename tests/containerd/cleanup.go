@@ -153,7 +153,7 @@ func (c *Containerd) cniDel(ct runcContainer) error {
 	if _, err := os.Stat(ct.netns); err != nil {
 		return nil // no namespace, no attachment left
 	}
-	list, err := libcni.ConfListFromFile(filepath.Join(c.l.cniConfDir, conflistName))
+	list, err := libcni.ConfListFromFile(c.l.conflistPath())
 	if err != nil {
 		return fmt.Errorf("containerd: CNI DEL %s: %w", ct.id, err)
 	}

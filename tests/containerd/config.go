@@ -16,14 +16,14 @@ import (
 const (
 	// Namespace is the containerd namespace of the CRI plugin (Kubernetes).
 	Namespace = "k8s.io"
-	// NetworkName is the name of the default pod network's CNI conflist.
+	// NetworkName is the default name of the default pod network's CNI
+	// conflist (Options.NetworkName overrides it).
 	NetworkName = "evelet-default"
 
 	defaultCNIBinDir   = "/usr/lib/cni"
 	defaultPodCIDR     = "10.88.0.0/16"
 	defaultBridge      = "evelet0"
 	defaultSnapshotter = "overlayfs"
-	conflistName       = "10-" + NetworkName + ".conflist"
 
 	// maxSocketPath keeps the gRPC socket and its ".ttrpc" sibling well
 	// inside the 108 bytes of sun_path.
@@ -47,6 +47,7 @@ type layout struct {
 	ipamDataDir  string // host-local's dataDir
 	podCIDR      *net.IPNet
 	bridge       string
+	network      string // CNI network name
 	sandboxImage string
 	snapshotter  string
 	restrictOOM  bool
@@ -85,6 +86,7 @@ func newLayout(o Options) (*layout, error) {
 		cniConfDir:   o.CNIConfDir,
 		ipamDataDir:  filepath.Join(dir, "cni", "ipam"),
 		bridge:       o.BridgeName,
+		network:      o.NetworkName,
 		sandboxImage: o.SandboxImage,
 		snapshotter:  o.Snapshotter,
 		restrictOOM:  o.RestrictOOMScoreAdj,
@@ -98,6 +100,12 @@ func newLayout(o Options) (*layout, error) {
 	}
 	if l.bridge == "" {
 		l.bridge = defaultBridge
+	}
+	if l.network == "" {
+		l.network = NetworkName
+	}
+	if !validNetworkName(l.network) {
+		return nil, fmt.Errorf("containerd: network name %q: use letters, digits, '-', '_' and '.'", l.network)
 	}
 	if len(l.bridge) > 15 {
 		return nil, fmt.Errorf("containerd: bridge name %q is longer than 15 characters", l.bridge)
@@ -258,7 +266,7 @@ func (l *layout) conflist() ([]byte, error) {
 	type obj = map[string]any
 	conf := obj{
 		"cniVersion": "1.0.0",
-		"name":       NetworkName,
+		"name":       l.network,
 		"plugins": []obj{
 			{
 				"type":        "bridge",
@@ -297,5 +305,21 @@ func (l *layout) writeFiles() error {
 	if err != nil {
 		return fmt.Errorf("containerd: %w", err)
 	}
-	return atomicfile.WriteFile(filepath.Join(l.cniConfDir, conflistName), append(cl, '\n'), 0o644)
+	return atomicfile.WriteFile(l.conflistPath(), append(cl, '\n'), 0o644)
+}
+
+// conflistPath is the default network's conflist in the CNI conf dir.
+func (l *layout) conflistPath() string {
+	return filepath.Join(l.cniConfDir, "10-"+l.network+".conflist")
+}
+
+// validNetworkName keeps the name usable as a file name (conflist, host-local
+// data dir, libcni's result cache) and as CNI's network name.
+func validNetworkName(s string) bool {
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return s != "" && s[0] != '.'
 }

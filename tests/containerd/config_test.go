@@ -48,6 +48,7 @@ func TestLayoutRejects(t *testing.T) {
 		"long bridge": {Dir: t.TempDir(), BridgeName: "a-very-long-bridge0"},
 		"bad cidr":    {Dir: t.TempDir(), PodCIDR: "10.0.0.0"},
 		"quote":       {Dir: t.TempDir(), SandboxImage: `x"y`},
+		"bad network": {Dir: t.TempDir(), NetworkName: "../x"},
 	} {
 		o.RuncBinary = "/bin/sh"
 		if _, err := newLayout(o); err == nil {
@@ -99,6 +100,27 @@ func TestConflist(t *testing.T) {
 	}
 	if conf.Plugins[1].Type != "portmap" {
 		t.Errorf("second plugin %q, want portmap", conf.Plugins[1].Type)
+	}
+}
+
+// A network name of its own names the conflist file and the network in it.
+func TestConflistNetworkName(t *testing.T) {
+	l, err := newLayout(Options{Dir: t.TempDir(), RuncBinary: "/bin/sh", NetworkName: "evelet-demo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.writeFiles(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(l.cniConfDir, "10-evelet-demo.conflist"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conf struct {
+		Name string `json:"name"`
+	}
+	if err := json.Unmarshal(b, &conf); err != nil || conf.Name != "evelet-demo" {
+		t.Errorf("conflist name %q (%v), want evelet-demo", conf.Name, err)
 	}
 }
 

@@ -61,6 +61,11 @@ type Options struct {
 	// BridgeName is the Linux bridge of the default pod network, at most 15
 	// characters (default "evelet0").
 	BridgeName string
+	// NetworkName names the default pod network (default "evelet-default").
+	// libcni's result cache in /var/lib/cni/results is shared by every
+	// containerd on the host; a name of its own keeps a harness's entries
+	// apart from the others'.
+	NetworkName string
 	// RestrictOOMScoreAdj sets the CRI's restrict_oom_score_adj. Test
 	// machines lack CAP_SYS_RESOURCE and need true; real EVE devices keep
 	// the production default, false.
@@ -540,4 +545,23 @@ func repoTags(tarPath string) []string {
 		tags = append(tags, d.RepoTags...)
 	}
 	return tags
+}
+
+// Cleanup removes what a harness with these Options left behind when the
+// process that started it died without calling Stop (a killed demo): the
+// containers runc still has under Options.Dir and their CNI attachments,
+// shims serving its socket, mounts under Dir, and the bridge. Kill the
+// containerd process itself first; Cleanup does not look for it.
+func Cleanup(o Options) error {
+	l, err := newLayout(o)
+	if err != nil {
+		return err
+	}
+	if l.ownSocketDir {
+		// A fresh short socket dir: the old one is unknown, its shims are
+		// found by the socket they serve only when Dir was short enough.
+		defer os.RemoveAll(l.socketDir)
+	}
+	c := &Containerd{l: l}
+	return errors.Join(c.forceCleanup()...)
 }

@@ -388,7 +388,7 @@ func TestPodLifecycle(t *testing.T) {
 	t.Logf("stopped (one pod left running) in %v", time.Since(start).Round(time.Millisecond))
 	assertNothingLeft(t, c, bridge, []int{ctrPID, sbPID, ctr2PID, sb2PID}, []string{p.id, p2.id})
 	// host-local keeps one file per reserved address, named by the address.
-	ents, _ := os.ReadDir(filepath.Join(c.l.ipamDataDir, NetworkName))
+	ents, _ := os.ReadDir(filepath.Join(c.l.ipamDataDir, c.l.network))
 	for _, e := range ents {
 		if net.ParseIP(e.Name()) != nil {
 			t.Errorf("host-local still holds %s after Stop", e.Name())
