@@ -11,10 +11,7 @@ TAGS     := providerless
 export EVELET_BIN := $(CURDIR)/bin/evelet
 export KUBE_BIN_DIR := $(KUBE_BIN)
 
-# ./... includes tests/critest: upstream critest against containerd and
-# against evelet (about 6 min); its tool/ module is a separate module.
-# The suite runs next to a demo device (WITH_DEMO) to prove the two coexist.
-test: prereqs build kube demo-bin
+.PHONY: proto all build prereqs kube test unit e2e critest fuzz bench demo demo-down demo-bin fmt vet clean
 
 all: build
 
@@ -33,13 +30,10 @@ unit:
 e2e: prereqs build kube
 	$(GO) test -count=1 -timeout 40m -v ./tests/e2e/...
 
-<<<<<<< HEAD
 # ./... includes tests/critest: upstream critest against containerd and
 # against evelet (about 6 min); its tool/ module is a separate module.
-test: prereqs build kube
-=======
+# The suite runs next to a demo device (WITH_DEMO) to prove the two coexist.
 test: prereqs build kube demo-bin
->>>>>>> h7
 	$(GO) vet ./...
 	$(WITH_DEMO) $(GO) test -p 1 -count=1 -timeout 60m ./...
 	$(MAKE) fuzz
