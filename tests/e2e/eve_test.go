@@ -37,7 +37,7 @@ func simCluster(t *testing.T, cp *controlplane.ControlPlane, name, id string) ev
 		t.Fatal(err)
 	}
 	return evesim.Cluster{
-		Name: name, ID: id, JoinServerIP: "127.0.0.1",
+		Name: name, ID: id, JoinServerIP: "127.0.0.1", ClusterIPPrefix: "127.0.0.1/8",
 		Token: k10,
 		// The test apiserver is not on 6443.
 		ConfigItems: map[string]string{"evelet.apiserver-url": cp.URL()},

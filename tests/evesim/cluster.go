@@ -201,7 +201,12 @@ func normalize(c Cluster) (Cluster, error) {
 	if c.JoinServerIP != "" && net.ParseIP(c.JoinServerIP) == nil {
 		return c, fmt.Errorf("evesim: JoinServerIP %q is not an IP address", c.JoinServerIP)
 	}
-	if c.ClusterIPPrefix != "" && parsePrefix(c.ClusterIPPrefix) == nil {
+	// zedagent (parseEdgeNodeClusterConfig) publishes a cluster without a
+	// valid cluster_ip_prefix as Initialized only: "not in a cluster".
+	if c.ClusterIPPrefix == "" {
+		return c, errors.New("evesim: ClusterIPPrefix is empty (zedagent would publish the device as not in a cluster)")
+	}
+	if parsePrefix(c.ClusterIPPrefix) == nil {
 		return c, fmt.Errorf("evesim: ClusterIPPrefix %q is not a CIDR (zedagent would drop the cluster config)", c.ClusterIPPrefix)
 	}
 	return c, nil

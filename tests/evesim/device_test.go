@@ -22,10 +22,11 @@ var testToken = "K10" + strings.Repeat("0a", 32) + "::abcdef.0123456789abcdef"
 
 func testCluster() Cluster {
 	return Cluster{
-		Name:         "Edge Cluster",
-		ID:           "3b1c2f8e-2f7a-4c59-9d3e-0a1b2c3d4e5f",
-		JoinServerIP: "10.1.0.10",
-		Token:        testToken,
+		Name:            "Edge Cluster",
+		ID:              "3b1c2f8e-2f7a-4c59-9d3e-0a1b2c3d4e5f",
+		JoinServerIP:    "10.1.0.10",
+		ClusterIPPrefix: "10.1.0.5/24",
+		Token:           testToken,
 		ConfigItems: map[string]string{
 			"evelet.apiserver-url":           "https://127.0.0.1:31234",
 			"evelet.policy.allow-privileged": "true",
@@ -394,7 +395,7 @@ func TestSetClusterDefaultsAndBootstrapNode(t *testing.T) {
 	if eb, err := decrypt(t, d, cp, pubsubBlock(enc)); err != nil || eb.GetClusterToken() != testToken {
 		t.Fatalf("decrypt: %v", err)
 	}
-	for _, bad := range []Cluster{{ID: "not-a-uuid"}, {JoinServerIP: "10.1.0.x"}, {ClusterIPPrefix: "10.1.0.5"}} {
+	for _, bad := range []Cluster{{ID: "not-a-uuid", ClusterIPPrefix: "10.1.0.5/24"}, {JoinServerIP: "10.1.0.x", ClusterIPPrefix: "10.1.0.5/24"}, {ClusterIPPrefix: "10.1.0.5"}, {}} {
 		if err := d.SetCluster(bad); err == nil {
 			t.Errorf("SetCluster(%+v) succeeded", bad)
 		}

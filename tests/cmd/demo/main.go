@@ -302,7 +302,7 @@ func serve(root, dir string) error {
 		return fail(err)
 	}
 	if err := sim.SetCluster(evesim.Cluster{
-		Name: "demo", ID: "5c1ba3b0-7a8e-4c5e-9a57-2f6d3b3e0d42", JoinServerIP: "127.0.0.1", Token: k10,
+		Name: "demo", ID: "5c1ba3b0-7a8e-4c5e-9a57-2f6d3b3e0d42", JoinServerIP: "127.0.0.1", ClusterIPPrefix: "127.0.0.1/8", Token: k10,
 		// The demo apiserver listens on a free port, not 6443.
 		ConfigItems: map[string]string{"evelet.apiserver-url": cp.URL()},
 	}); err != nil {
