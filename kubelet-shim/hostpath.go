@@ -145,9 +145,19 @@ func (g *HostPathGuard) Admit(pod *corev1.Pod, volName, path string, typ corev1.
 	if _, err := os.Lstat(resolved); err == nil {
 		return nil // exists; the plugin checks its type
 	}
-	rel, _ := filepath.Rel(root, resolved)
-	if err := createBeneath(root, rel, typ == corev1.HostPathDirectoryOrCreate); err != nil {
-		return fmt.Errorf("evelet: creating hostPath %q of volume %q below allowed %q: %w", path, volName, root, err)
+	// Create from the deepest existing directory: normally the allowed
+	// entry or below it; above it when the owner's entry itself does not
+	// exist yet (the kubelet would create it too).
+	base := resolved
+	for {
+		base = filepath.Dir(base)
+		if _, err := os.Lstat(base); err == nil || base == "/" {
+			break
+		}
+	}
+	rel, _ := filepath.Rel(base, resolved)
+	if err := createBeneath(base, rel, typ == corev1.HostPathDirectoryOrCreate); err != nil {
+		return fmt.Errorf("evelet: creating hostPath %q of volume %q (allowed by %q): %w", path, volName, root, err)
 	}
 	return nil
 }

@@ -84,6 +84,16 @@ func TestHostPathGuardCreatesInsideWithoutFollowingLinks(t *testing.T) {
 		t.Fatalf("file not created: %v %v", fi, err)
 	}
 
+	// The owner's entry itself may not exist yet: it is created too.
+	fresh := filepath.Join(dir, "fresh")
+	g2 := guardWith(t, fresh)
+	if err := g2.Admit(testPod, "h", fresh, corev1.HostPathDirectoryOrCreate); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(fresh); err != nil || !fi.IsDir() {
+		t.Fatalf("allowed entry not created: %v", err)
+	}
+
 	// A link planted inside the allowed path (a pod that mounts it can do
 	// that) to outside: the path resolves outside and is refused.
 	if err := os.Symlink(outside, filepath.Join(allowed, "link")); err != nil {
