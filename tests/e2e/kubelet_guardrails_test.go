@@ -110,7 +110,9 @@ func TestKubeletGuardrails(t *testing.T) {
 	// 4. A fork bomb (bounded, so that a failing test cannot hurt the host).
 	forkPod := create(guardedPod("kg-forkbomb", node, func(p *corev1.Pod) {
 		p.Spec.Containers[0].Command = []string{"sh", "-c",
-			"i=0; while [ $i -lt 400 ]; do sleep 3600 & i=$((i+1)); done; echo forkloop-done; exec sleep 3600"}
+			// In a subshell: ash gives up on the first failed fork, and
+			// the pod must live on to be counted.
+			"(i=0; while [ $i -lt 400 ]; do sleep 3600 & i=$((i+1)); done); echo forkloop-done; exec sleep 3600"}
 	}))
 
 	refused := []struct {
