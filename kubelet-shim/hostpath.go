@@ -75,9 +75,9 @@ func (g *HostPathGuard) Wrap(plugins []volume.VolumePlugin) ([]volume.VolumePlug
 	return out, nil
 }
 
-// allowed returns the owner's allowed host paths, re-reading the policy
-// file when its stamp changed.
-func (g *HostPathGuard) allowed() []string {
+// policy returns the owner's policy, re-reading the policy file when its
+// stamp changed.
+func (g *HostPathGuard) policy() policy.Policy {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	stamp := ""
@@ -88,12 +88,12 @@ func (g *HostPathGuard) allowed() []string {
 		}
 	}
 	if stamp == g.stamp {
-		return g.pol.AllowedHostPaths
+		return g.pol
 	}
 	g.stamp, g.pol = stamp, policy.Policy{}
 	if stamp == "" {
 		klog.InfoS("evelet hostPath guard: no policy file; no host path is allowed", "file", g.PolicyFile)
-		return nil
+		return g.pol
 	}
 	b, err := os.ReadFile(g.PolicyFile)
 	if err == nil {
@@ -102,10 +102,10 @@ func (g *HostPathGuard) allowed() []string {
 	if err != nil {
 		g.pol = policy.Policy{}
 		klog.ErrorS(err, "evelet hostPath guard: policy file unreadable; no host path is allowed", "file", g.PolicyFile)
-		return nil
+		return g.pol
 	}
 	klog.InfoS("evelet hostPath guard: policy loaded", "allowedHostPaths", g.pol.AllowedHostPaths)
-	return g.pol.AllowedHostPaths
+	return g.pol
 }
 
 // Admit checks a hostPath volume of pod and, for an *OrCreate type whose
@@ -125,8 +125,17 @@ func (g *HostPathGuard) Admit(pod *corev1.Pod, volName, path string, typ corev1.
 	if err != nil {
 		return deny(fmt.Sprintf(", which cannot be resolved (%v)", err), "", "")
 	}
+	pol := g.policy()
+	// The kubelet's own directories are never a hostPath source, whatever
+	// the owner allowed around them: the kubelet acts as root on what it
+	// finds there (docs/guardrails.md).
+	for _, d := range []string{pol.KubeletRootDir, pol.PodLogsDir} {
+		if r, err := resolveExisting(d); d != "" && err == nil && within(resolved, r) {
+			return deny(fmt.Sprintf(", inside the kubelet's directory %q", d), "", "")
+		}
+	}
 	root := ""
-	for _, a := range g.allowed() {
+	for _, a := range pol.AllowedHostPaths {
 		r, err := resolveExisting(filepath.Clean(a))
 		if err == nil && within(resolved, r) && len(r) >= len(root) {
 			root = r

@@ -172,3 +172,26 @@ func TestTakeFlag(t *testing.T) {
 		t.Fatalf("%q %q", v, rest)
 	}
 }
+
+// A hostPath into the kubelet's directory is refused even when the owner
+// allowed a parent of it.
+func TestHostPathGuardRefusesKubeletDir(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "kubelet", "root")
+	os.MkdirAll(filepath.Join(root, "pods"), 0o755)
+	f := filepath.Join(t.TempDir(), "policy.json")
+	p := policy.Default()
+	p.KubeletRootDir, p.AllowedHostPaths = root, []string{dir}
+	if err := WritePolicyFile(f, p); err != nil {
+		t.Fatal(err)
+	}
+	g := &HostPathGuard{PolicyFile: f}
+	err := g.Admit(testPod, "h", filepath.Join(root, "pods"), corev1.HostPathDirectory)
+	wantHostPathViolation(t, err, "kubelet")
+	if strings.Contains(err.Error(), policy.KeyAllowedHostPaths) {
+		t.Errorf("no knob may allow the kubelet's directory: %v", err)
+	}
+	if err := g.Admit(testPod, "h", filepath.Join(dir, "data"), corev1.HostPathDirectoryOrCreate); err != nil {
+		t.Errorf("a sibling of the kubelet's directory: %v", err)
+	}
+}
