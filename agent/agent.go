@@ -54,6 +54,9 @@ type Config struct {
 	KubeletCgroupRoot string
 }
 
+// PolicyFile is the guardrail policy for the kubelet's hostPath guard.
+func (c *Config) PolicyFile() string { return filepath.Join(c.RunDir, "kubelet-policy.json") }
+
 // CRISocket is where the kubelet finds evelet's CRI server.
 func (c *Config) CRISocket() string { return filepath.Join(c.RunDir, "cri.sock") }
 
@@ -342,8 +345,13 @@ func (a *Agent) kubelet(j *intent.Join) (kubeletProc, error) {
 		CRIEndpoint:  "unix://" + a.cfg.CRISocket(),
 		CgroupDriver: a.cfg.CgroupDriver, CgroupV1: kubeletshim.HostCgroupV1(),
 		Port: a.cfg.KubeletPort, HealthzPort: a.cfg.KubeletHealthzPort,
-		CgroupRoot: a.cfg.KubeletCgroupRoot,
+		CgroupRoot:  a.cfg.KubeletCgroupRoot,
+		ConfigItems: a.configItems(), PolicyFile: a.cfg.PolicyFile(),
 	}
+	for _, err := range opts.ConfigItemErrors() {
+		a.log.WithError(err).Error("kubelet config item ignored")
+	}
+	a.writePolicyFile()
 	if err := opts.WriteConfig(); err != nil {
 		return nil, err
 	}
@@ -386,7 +394,8 @@ func (a *Agent) serveCRIOnce(ctx context.Context) error {
 		return err
 	}
 	defer be.Close()
-	srv, err := cri.NewServer(cri.Config{Socket: a.cfg.CRISocket(), Backend: be, Log: log, Metrics: a.cfg.Metrics})
+	srv, err := cri.NewServer(cri.Config{Socket: a.cfg.CRISocket(), Backend: be, Log: log, Metrics: a.cfg.Metrics,
+		Pods: &cri.KubeconfigPods{Path: filepath.Join(a.cfg.Credentials().Dir, "kubeconfig")}})
 	if err != nil {
 		return err
 	}
@@ -441,7 +450,25 @@ func (a *Agent) setConfigItems(items map[string]string) {
 	if srv != nil {
 		srv.SetPolicy(p)
 	}
+	a.writePolicyFile()
 	a.log.WithField("items", items).Info("device owner's evelet config items applied")
+}
+
+func (a *Agent) configItems() map[string]string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.items
+}
+
+// writePolicyFile keeps the kubelet's copy of the policy current; the
+// kubelet re-reads it on change (kubelet-shim.HostPathGuard). The policy is
+// computed under writeMu, so concurrent writers cannot leave an older one.
+func (a *Agent) writePolicyFile() {
+	a.writeMu.Lock()
+	defer a.writeMu.Unlock()
+	if err := kubeletshim.WritePolicyFile(a.cfg.PolicyFile(), a.policy()); err != nil {
+		a.log.WithError(err).Error("kubelet policy file not written; the kubelet allows no host path")
+	}
 }
 
 func (a *Agent) fail(err error, msg string) {

@@ -35,7 +35,8 @@ type runtimeService struct {
 	stopping <-chan struct{}
 	// policy is the guardrail policy in force (Server.SetPolicy swaps it).
 	policy  *atomic.Pointer[policy.Policy]
-	metrics *Metrics // nil: none
+	metrics *Metrics  // nil: none
+	pods    PodSource // nil: no spec-level rules
 }
 
 var _ runtimeapi.RuntimeServiceServer = (*runtimeService)(nil)
@@ -65,8 +66,18 @@ func (s *runtimeService) Version(ctx context.Context, req *runtimeapi.VersionReq
 
 func (s *runtimeService) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandboxRequest) (*runtimeapi.RunPodSandboxResponse, error) {
 	// The guardrails come first: nothing of a refused pod reaches a backend.
-	if err := s.admit(s.policy.Load().CheckSandbox(req.GetConfig())); err != nil {
+	p := s.policy.Load()
+	if err := s.admit(p.CheckSandbox(req.GetConfig())); err != nil {
 		return nil, err
+	}
+	if s.pods != nil {
+		pod, err := specPod(ctx, s.pods, req.GetConfig())
+		if err != nil {
+			return nil, err
+		}
+		if err := s.admit(p.CheckPodSpec(pod)); err != nil {
+			return nil, err
+		}
 	}
 	b := s.r.ForHandler(req.GetRuntimeHandler())
 	noteBackend(ctx, b.Name())

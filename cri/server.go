@@ -51,6 +51,10 @@ type Config struct {
 	// Metrics, if set, receives the server's Prometheus metrics
 	// (docs/metrics.md); nil means no metrics.
 	Metrics prometheus.Registerer
+	// Pods, if set, gives RunPodSandbox the pod from the apiserver for the
+	// spec-level guardrails (policy.PodSpecRules; podlookup.go). Nil: those
+	// rules are not checked (CRI tests without a cluster).
+	Pods PodSource
 }
 
 // Server is the CRI endpoint the kubelet talks to.
@@ -103,7 +107,7 @@ func NewServer(cfg Config) (*Server, error) {
 		grpc.ChainStreamInterceptor(stream...),
 	)
 	stopping := make(chan struct{})
-	runtimeapi.RegisterRuntimeServiceServer(g, &runtimeService{r: router, log: log, stopping: stopping, policy: pol, metrics: metrics})
+	runtimeapi.RegisterRuntimeServiceServer(g, &runtimeService{r: router, log: log, stopping: stopping, policy: pol, metrics: metrics, pods: cfg.Pods})
 	runtimeapi.RegisterImageServiceServer(g, &imageService{r: router})
 	return &Server{socket: cfg.Socket, log: log, grpc: g, stopping: stopping, policy: pol}, nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/lf-edge/evelet/internal/atomicfile"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/apimachinery/pkg/util/validation"
 	kubeletv1beta1 "k8s.io/kubelet/config/v1beta1"
 	"k8s.io/utils/ptr"
@@ -52,6 +53,13 @@ type Options struct {
 	// "/"). Two kubelets on one host need different roots: each removes
 	// the pod cgroups under its own that it does not know.
 	CgroupRoot string
+	// ConfigItems are the device owner's "evelet." config items; the
+	// "evelet.kubelet." ones set reservations and limits (items.go).
+	ConfigItems map[string]string
+	// PolicyFile is the guardrail policy the agent keeps current
+	// (WritePolicyFile); the kubelet's hostPath guard reads it. Empty: the
+	// guard allows no host path at all.
+	PolicyFile string
 }
 
 // Validate rejects options the kubelet would fail on later with a less
@@ -103,6 +111,9 @@ func (o *Options) ConfigPath() string { return filepath.Join(o.StateDir, "kubele
 func (o *Options) RootDir() string    { return filepath.Join(o.StateDir, "kubelet", "root") }
 func (o *Options) PodLogsDir() string { return filepath.Join(o.StateDir, "logs", "pods") }
 
+// Kubeconfig is the kubelet's own kubeconfig (the node's credentials).
+func (o *Options) Kubeconfig() string { return filepath.Join(o.CredentialsDir, "kubeconfig") }
+
 // Config returns the KubeletConfiguration for the device.
 //
 // Edge defaults (see docs/kubelet.md): the node heartbeat is the Lease,
@@ -119,13 +130,28 @@ func (o *Options) Config() *kubeletv1beta1.KubeletConfiguration {
 			Webhook:   kubeletv1beta1.KubeletWebhookAuthentication{Enabled: ptr.To(true)},
 			X509:      kubeletv1beta1.KubeletX509Authentication{ClientCAFile: filepath.Join(o.CredentialsDir, "ca.crt")},
 		},
-		Authorization:             kubeletv1beta1.KubeletAuthorization{Mode: kubeletv1beta1.KubeletAuthorizationModeWebhook},
-		RotateCertificates:        true,
-		ContainerRuntimeEndpoint:  o.CRIEndpoint,
-		CgroupDriver:              o.CgroupDriver,
-		ProviderID:                "eve://" + o.DeviceUUID,
-		PodLogsDir:                o.PodLogsDir(),
-		ReadOnlyPort:              0,
+		Authorization:            kubeletv1beta1.KubeletAuthorization{Mode: kubeletv1beta1.KubeletAuthorizationModeWebhook},
+		RotateCertificates:       true,
+		ContainerRuntimeEndpoint: o.CRIEndpoint,
+		CgroupDriver:             o.CgroupDriver,
+		ProviderID:               "eve://" + o.DeviceUUID,
+		PodLogsDir:               o.PodLogsDir(),
+		ReadOnlyPort:             0,
+		// Bound to the cluster interface only (docs/kubelet.md); the
+		// healthz port stays on loopback.
+		Address:            o.NodeIP,
+		HealthzBindAddress: "127.0.0.1",
+		// Serving certificate from the cluster CA through a
+		// kubernetes.io/kubelet-serving CSR, so an apiserver with
+		// --kubelet-certificate-authority can tell this kubelet from a pod
+		// that took over its port.
+		ServerTLSBootstrap: true,
+		// nodes/proxy must not reach the host's /var/log, pprof or the
+		// log-level switch: a cluster-admin is a tenant here.
+		EnableSystemLogHandler:    ptr.To(false),
+		EnableSystemLogQuery:      ptr.To(false),
+		EnableProfilingHandler:    ptr.To(false),
+		EnableDebugFlagsHandler:   ptr.To(false),
 		NodeStatusUpdateFrequency: metav1.Duration{Duration: 10 * time.Second},
 		NodeStatusReportFrequency: metav1.Duration{Duration: 5 * time.Minute},
 		NodeLeaseDurationSeconds:  40,
@@ -135,9 +161,11 @@ func (o *Options) Config() *kubeletv1beta1.KubeletConfiguration {
 		ClusterDomain: o.ClusterDomain,
 		ClusterDNS:    o.ClusterDNS,
 		EvictionHard: map[string]string{
-			"memory.available":  "100Mi",
+			"memory.available":  "200Mi",
 			"nodefs.available":  "10%",
+			"nodefs.inodesFree": "5%",
 			"imagefs.available": "15%",
+			"pid.available":     "10%",
 		},
 		ShutdownGracePeriod:             metav1.Duration{Duration: 30 * time.Second},
 		ShutdownGracePeriodCriticalPods: metav1.Duration{Duration: 10 * time.Second},
@@ -151,6 +179,9 @@ func (o *Options) Config() *kubeletv1beta1.KubeletConfiguration {
 		SerializeImagePulls:   ptr.To(false),
 		MaxParallelImagePulls: ptr.To[int32](2),
 	}
+	k := o.kubeletItems()
+	c.SystemReserved, c.KubeReserved, c.PodPidsLimit = k.systemReserved, k.kubeReserved, ptr.To(k.podPidsLimit)
+	c.ServerTLSBootstrap = k.serverTLSBootstrap
 	if c.CgroupDriver == "" {
 		c.CgroupDriver = "cgroupfs"
 	}
@@ -172,9 +203,19 @@ func (o *Options) Config() *kubeletv1beta1.KubeletConfiguration {
 }
 
 // WriteConfig writes the KubeletConfiguration to ConfigPath atomically.
+// Without a NodeIP it picks the address of the default-route interface
+// (as the kubelet would) and pins it, so the kubelet listens there and
+// reports it: the kubelet never listens on every address of the device.
 func (o *Options) WriteConfig() error {
 	if err := o.Validate(); err != nil {
 		return err
+	}
+	if o.NodeIP == "" {
+		ip, err := utilnet.ChooseHostInterface()
+		if err != nil {
+			return fmt.Errorf("kubelet address: no node IP given and none found: %w", err)
+		}
+		o.NodeIP = ip.String()
 	}
 	b, err := yaml.Marshal(o.Config())
 	if err != nil {
@@ -191,14 +232,19 @@ func (o *Options) WriteConfig() error {
 // Args is the kubelet command line (everything not expressible in the
 // config file).
 func (o *Options) Args() []string {
-	a := []string{
-		"--config=" + o.ConfigPath(),
-		"--bootstrap-kubeconfig=" + filepath.Join(o.CredentialsDir, "bootstrap-kubeconfig"),
-		"--kubeconfig=" + filepath.Join(o.CredentialsDir, "kubeconfig"),
-		"--cert-dir=" + filepath.Join(o.CredentialsDir, "pki"),
-		"--root-dir=" + o.RootDir(),
-		"--hostname-override=" + o.NodeName,
+	var a []string
+	if o.PolicyFile != "" {
+		// evelet kubelet takes this one itself (kubelet-shim.Run).
+		a = append(a, PolicyFileFlag+"="+o.PolicyFile)
 	}
+	a = append(a,
+		"--config="+o.ConfigPath(),
+		"--bootstrap-kubeconfig="+filepath.Join(o.CredentialsDir, "bootstrap-kubeconfig"),
+		"--kubeconfig="+o.Kubeconfig(),
+		"--cert-dir="+filepath.Join(o.CredentialsDir, "pki"),
+		"--root-dir="+o.RootDir(),
+		"--hostname-override="+o.NodeName,
+	)
 	if l := o.labels(); len(l) > 0 {
 		kv := make([]string, 0, len(l))
 		for k, v := range l {

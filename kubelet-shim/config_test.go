@@ -83,3 +83,93 @@ func TestSanitizeLabelValue(t *testing.T) {
 		}
 	}
 }
+
+// The tenant-node settings, as the kubelet's own loader reads them back.
+func TestConfigTenantSettings(t *testing.T) {
+	o := opts(t)
+	o.NodeIP = "192.0.2.10"
+	o.ConfigItems = map[string]string{
+		ItemSystemReserved: "memory=1Gi", ItemPodPidsLimit: "2048",
+		ItemKubeReserved:                 "cpu=lots", // refused: keeps the default
+		"evelet.policy.allow-privileged": "true",     // not ours
+	}
+	if err := o.WriteConfig(); err != nil {
+		t.Fatal(err)
+	}
+	loader, _ := configfiles.NewFsLoader(&utilfs.DefaultFs{}, o.ConfigPath())
+	kc, err := loader.Load(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := validation.ValidateKubeletConfiguration(kc, utilfeature.DefaultFeatureGate); err != nil {
+		t.Fatal(err)
+	}
+	if kc.EnableSystemLogHandler || kc.EnableSystemLogQuery || kc.EnableProfilingHandler || kc.EnableDebugFlagsHandler {
+		t.Errorf("debug handlers on: logs %v query %v pprof %v flags %v", kc.EnableSystemLogHandler, kc.EnableSystemLogQuery, kc.EnableProfilingHandler, kc.EnableDebugFlagsHandler)
+	}
+	if kc.Address != "192.0.2.10" || kc.HealthzBindAddress != "127.0.0.1" || kc.ReadOnlyPort != 0 {
+		t.Errorf("address %q healthz %q readOnlyPort %d", kc.Address, kc.HealthzBindAddress, kc.ReadOnlyPort)
+	}
+	if !kc.ServerTLSBootstrap {
+		t.Error("serverTLSBootstrap off")
+	}
+	if kc.PodPidsLimit != 2048 {
+		t.Errorf("podPidsLimit %d", kc.PodPidsLimit)
+	}
+	if kc.SystemReserved["memory"] != "1Gi" || kc.SystemReserved["cpu"] != DefaultSystemReserved["cpu"] {
+		t.Errorf("systemReserved %v", kc.SystemReserved)
+	}
+	if kc.KubeReserved["cpu"] != DefaultKubeReserved["cpu"] || kc.KubeReserved["memory"] != DefaultKubeReserved["memory"] {
+		t.Errorf("kubeReserved %v", kc.KubeReserved)
+	}
+	for _, sig := range []string{"memory.available", "nodefs.available", "imagefs.available", "pid.available"} {
+		if kc.EvictionHard[sig] == "" {
+			t.Errorf("evictionHard lacks %s: %v", sig, kc.EvictionHard)
+		}
+	}
+	errs := o.ConfigItemErrors()
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), ItemKubeReserved) {
+		t.Errorf("item errors %v, want one naming %s", errs, ItemKubeReserved)
+	}
+	if a := strings.Join(o.Args(), " "); !strings.Contains(a, "--node-ip=192.0.2.10") {
+		t.Errorf("args %q", a)
+	}
+}
+
+// Without a node IP, WriteConfig pins one: the kubelet never listens on
+// every address.
+func TestWriteConfigPinsAnAddress(t *testing.T) {
+	o := opts(t)
+	if err := o.WriteConfig(); err != nil {
+		t.Skipf("no usable interface here: %v", err)
+	}
+	if o.NodeIP == "" || o.Config().Address != o.NodeIP || o.NodeIP == "0.0.0.0" {
+		t.Fatalf("node IP %q, address %q", o.NodeIP, o.Config().Address)
+	}
+	if !strings.Contains(strings.Join(o.Args(), " "), "--node-ip="+o.NodeIP) {
+		t.Fatal("--node-ip not pinned")
+	}
+}
+
+func TestReservationItems(t *testing.T) {
+	for v, ok := range map[string]bool{
+		"cpu=1,memory=512Mi": true, "pid=100": true, "memory=-1Gi": false, "gpu=1": false, "memory": false,
+	} {
+		m := map[string]string{"memory": "1"}
+		err := parseReservation(v, &m)
+		if (err == nil) != ok {
+			t.Errorf("%q: %v", v, err)
+		}
+		if err != nil && m["memory"] != "1" {
+			t.Errorf("%q: a refused value changed the map: %v", v, m)
+		}
+	}
+}
+
+func TestArgsCarryPolicyFile(t *testing.T) {
+	o := opts(t)
+	o.PolicyFile = "/run/evelet/kubelet-policy.json"
+	if a := o.Args(); a[0] != PolicyFileFlag+"=/run/evelet/kubelet-policy.json" {
+		t.Fatalf("args %q", a)
+	}
+}

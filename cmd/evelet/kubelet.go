@@ -1,18 +1,14 @@
 package main
 
 import (
-	"context"
-
-	"k8s.io/component-base/cli"
+	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
 	_ "k8s.io/component-base/logs/json/register"          // --logging-format=json, as in the stock kubelet
 	_ "k8s.io/component-base/metrics/prometheus/clientgo" // client-go metrics on /metrics
 	_ "k8s.io/component-base/metrics/prometheus/version"  // build info metric
-	"k8s.io/kubernetes/cmd/kubelet/app"
 )
 
-// runKubelet runs the vendored kubelet exactly as its own main does.
+// runKubelet runs the vendored kubelet with evelet's guards in its
+// dependencies (kubelet-shim.Run).
 func runKubelet(args []string) int {
-	cmd := app.NewKubeletCommand(context.Background())
-	cmd.SetArgs(args)
-	return cli.Run(cmd)
+	return kubeletshim.Run(args)
 }

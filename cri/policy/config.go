@@ -86,6 +86,9 @@ func apply(p *Policy, key, v string) error {
 	case KeyAllowedUnsafeSysctls:
 		return parseList(v, &p.AllowedUnsafeSysctls, parseSysctlPattern)
 	}
+	if ok, err := applyPodSpecKey(&p.PodSpecRules, key, v); ok {
+		return err
+	}
 	return fmt.Errorf("unknown evelet policy key")
 }
 

@@ -112,6 +112,9 @@ type Policy struct {
 	// "*", that pods may set beyond the Kubernetes safe set. Entries that
 	// are not namespaced are ignored: they would change the whole device.
 	AllowedUnsafeSysctls []string
+
+	// PodSpecRules are the knobs of the spec-level rules (podspec.go).
+	PodSpecRules
 }
 
 // DefaultDevicePorts are the ports evelet's own services listen on by

@@ -120,9 +120,10 @@ type ControlPlane struct {
 	probe                     *http.Client // admin credentials, for /readyz
 	insecure                  *http.Client // for the components' /healthz
 
-	mu      sync.Mutex
-	procs   map[string]*proc
-	timings map[string]time.Duration
+	mu       sync.Mutex
+	procs    map[string]*proc
+	timings  map[string]time.Duration
+	approver *servingApprover // kubelet-serving CSRs (servingcsr.go)
 }
 
 // Start prepares and runs a control plane; see Prepare and Run.
@@ -366,7 +367,32 @@ func (c *ControlPlane) Run(ctx context.Context) (err error) {
 	}); err != nil {
 		return err
 	}
-	return phase("default-serviceaccount", func() error { return c.waitDefaultServiceAccount(ctx) })
+	if err := phase("default-serviceaccount", func() error { return c.waitDefaultServiceAccount(ctx) }); err != nil {
+		return err
+	}
+	c.startApprover()
+	return nil
+}
+
+// startApprover runs the kubelet-serving CSR approver (servingcsr.go); its
+// decisions go to logs/serving-csr.log.
+func (c *ControlPlane) startApprover() {
+	logPath := c.path("logs", "serving-csr.log")
+	var mu sync.Mutex
+	logf := func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		f, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+		if err != nil {
+			return
+		}
+		fmt.Fprintf(f, "%s "+format+"\n", append([]any{time.Now().UTC().Format(time.RFC3339)}, args...)...)
+		f.Close()
+	}
+	a := startServingApprover(c.client, logf)
+	c.mu.Lock()
+	c.approver = a
+	c.mu.Unlock()
 }
 
 // StartAPIServer (re)starts the apiserver on its port and waits for
@@ -398,7 +424,12 @@ func (c *ControlPlane) Stop() error {
 	c.mu.Lock()
 	procs := c.procs
 	c.procs = map[string]*proc{}
+	approver := c.approver
+	c.approver = nil
 	c.mu.Unlock()
+	if approver != nil {
+		approver.stop()
+	}
 	var errs []error
 	var mu sync.Mutex
 	for _, wave := range [][]string{{ControllerManager, Scheduler}, {APIServer}, {Etcd}} {
@@ -593,6 +624,9 @@ func (c *ControlPlane) apiserverArgs() []string {
 		"--tls-private-key-file=" + pki("apiserver.key"),
 		"--kubelet-client-certificate=" + pki("apiserver-kubelet-client.crt"),
 		"--kubelet-client-key=" + pki("apiserver-kubelet-client.key"),
+		// Kubelet serving certificates are verified: they come from the
+		// cluster CA (serverTLSBootstrap; the harness approves the CSRs).
+		"--kubelet-certificate-authority=" + pki("ca.crt"),
 		"--requestheader-client-ca-file=" + pki("front-proxy-ca.crt"),
 		"--requestheader-allowed-names=front-proxy-client",
 		"--requestheader-username-headers=X-Remote-User",

@@ -20,6 +20,7 @@ import (
 	"github.com/lf-edge/evelet/cri/policy"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
@@ -177,7 +178,7 @@ func TestEscapes(t *testing.T) {
 	// service account token (both tmpfs).
 	newVictim := func(t *testing.T, name string) (memDir, tokenRel string) {
 		v := guardedPod(name, node, func(p *corev1.Pod) {
-			p.Spec.Volumes = []corev1.Volume{{Name: "mem", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory}}}}
+			p.Spec.Volumes = []corev1.Volume{{Name: "mem", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory, SizeLimit: ptr.To(resource.MustParse("16Mi"))}}}}
 			p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "mem", MountPath: "/mem"}}
 			p.Spec.Containers[0].Command = []string{"sh", "-c", "echo victim-secret > /mem/secret && sleep 3600"}
 		})
