@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -256,7 +257,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			if current == nil {
 				a.publish(func(s *Status) {
 					if s.Phase != PhaseLeft {
-						*s = Status{Phase: PhaseNoJoin, Source: s.Source, AgentPID: s.AgentPID}
+						*s = Status{Phase: PhaseNoJoin, Source: s.Source, AgentPID: s.AgentPID, ConfigErrors: s.ConfigErrors}
 					}
 				})
 				continue
@@ -451,7 +452,22 @@ func (a *Agent) setConfigItems(items map[string]string) {
 		srv.SetPolicy(p)
 	}
 	a.writePolicyFile()
+	a.publishConfigErrors(items)
 	a.log.WithField("items", items).Info("device owner's evelet config items applied")
+}
+
+// publishConfigErrors puts the owner's refused evelet.* config items into
+// the status, so `evelet status` shows why a knob did not take effect (each
+// refused item keeps its default: the tenant gets less, never more).
+func (a *Agent) publishConfigErrors(items map[string]string) {
+	var msgs []string
+	_, errs := policy.FromConfigItems(items)
+	errs = append(errs, (&kubeletshim.Options{ConfigItems: items}).ConfigItemErrors()...)
+	for _, err := range errs {
+		msgs = append(msgs, err.Error())
+	}
+	sort.Strings(msgs)
+	a.publish(func(s *Status) { s.ConfigErrors = msgs })
 }
 
 func (a *Agent) configItems() map[string]string {

@@ -510,3 +510,28 @@ func TestKubeletLayoutAgrees(t *testing.T) {
 		t.Fatalf("kubelet-shim %s %s %s vs layout %s %s %s", o.RootDir(), o.PodLogsDir(), o.ConfigPath(), l.KubeletRoot(), l.PodLogs(), l.KubeletConfig())
 	}
 }
+
+// TestRefusedConfigItemsInStatus: an owner's knob that does not parse is
+// shown in the status (and in status.json), not only logged, and a fixed
+// value clears it.
+func TestRefusedConfigItemsInStatus(t *testing.T) {
+	h := newHarness(t, nil, nil)
+	h.start()
+	h.send(intent.Update{ConfigItems: map[string]string{
+		"evelet.policy.allow-privileged": "maybe",
+		"evelet.kubelet.pod-pids-limit":  "lots",
+	}})
+	h.eventually("both refused items in the status file", func() bool {
+		s, err := ReadStatus(h.a.cfg.RunDir)
+		if err != nil || len(s.ConfigErrors) != 2 {
+			return false
+		}
+		all := strings.Join(s.ConfigErrors, "\n")
+		return strings.Contains(all, "evelet.policy.allow-privileged") && strings.Contains(all, "evelet.kubelet.pod-pids-limit")
+	})
+	h.send(intent.Update{ConfigItems: map[string]string{"evelet.policy.allow-privileged": "false"}})
+	h.eventually("errors cleared", func() bool {
+		s, err := ReadStatus(h.a.cfg.RunDir)
+		return err == nil && len(s.ConfigErrors) == 0
+	})
+}

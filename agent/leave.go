@@ -101,7 +101,7 @@ func (a *Agent) leave(ctx context.Context, stopKubelet func()) {
 		log.Info("left the cluster")
 	}
 	a.publish(func(s *Status) {
-		*s = Status{Phase: PhaseLeft, Source: s.Source, AgentPID: s.AgentPID, NodeName: s.NodeName, APIServer: s.APIServer}
+		*s = Status{Phase: PhaseLeft, Source: s.Source, AgentPID: s.AgentPID, ConfigErrors: s.ConfigErrors, NodeName: s.NodeName, APIServer: s.APIServer}
 		if err != nil {
 			s.LastError, s.LastErrorTime = err.Error(), ptrNow()
 		}

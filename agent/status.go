@@ -36,7 +36,10 @@ type Status struct {
 	KubeletPID       int        `json:"kubeletPID,omitempty"`
 	KubeletRestarts  int        `json:"kubeletRestarts,omitempty"`
 	LastError        string     `json:"lastError,omitempty"`
-	LastErrorTime    *time.Time `json:"lastErrorTime,omitempty"`
+	// ConfigErrors are the owner's evelet.* config items that were refused
+	// (each keeps its default).
+	ConfigErrors  []string   `json:"configErrors,omitempty"`
+	LastErrorTime *time.Time `json:"lastErrorTime,omitempty"`
 	// Updated is when the content last changed.
 	Updated time.Time `json:"updated"`
 	// Heartbeat is when the agent last wrote the file; it does so at least

@@ -6,12 +6,12 @@ package kubeletshim
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/lf-edge/evelet/internal/atomicfile"
+	"github.com/lf-edge/evelet/internal/layout"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -106,13 +106,17 @@ func SanitizeLabelValue(s string) string {
 	return v
 }
 
-// ConfigPath, RootDir, PodLogsDir are where the generated files live.
-func (o *Options) ConfigPath() string { return filepath.Join(o.StateDir, "kubelet", "config.yaml") }
-func (o *Options) RootDir() string    { return filepath.Join(o.StateDir, "kubelet", "root") }
-func (o *Options) PodLogsDir() string { return filepath.Join(o.StateDir, "logs", "pods") }
+// ConfigPath, RootDir, PodLogsDir are where the generated files live;
+// internal/layout names them.
+func (o *Options) ConfigPath() string { return o.state().KubeletConfig() }
+func (o *Options) RootDir() string    { return o.state().KubeletRoot() }
+func (o *Options) PodLogsDir() string { return o.state().PodLogs() }
+
+func (o *Options) state() layout.State       { return layout.State{Dir: o.StateDir} }
+func (o *Options) creds() layout.Credentials { return layout.Credentials{Dir: o.CredentialsDir} }
 
 // Kubeconfig is the kubelet's own kubeconfig (the node's credentials).
-func (o *Options) Kubeconfig() string { return filepath.Join(o.CredentialsDir, "kubeconfig") }
+func (o *Options) Kubeconfig() string { return o.creds().Kubeconfig() }
 
 // Config returns the KubeletConfiguration for the device.
 //
@@ -128,7 +132,7 @@ func (o *Options) Config() *kubeletv1beta1.KubeletConfiguration {
 		Authentication: kubeletv1beta1.KubeletAuthentication{
 			Anonymous: kubeletv1beta1.KubeletAnonymousAuthentication{Enabled: ptr.To(false)},
 			Webhook:   kubeletv1beta1.KubeletWebhookAuthentication{Enabled: ptr.To(true)},
-			X509:      kubeletv1beta1.KubeletX509Authentication{ClientCAFile: filepath.Join(o.CredentialsDir, "ca.crt")},
+			X509:      kubeletv1beta1.KubeletX509Authentication{ClientCAFile: o.creds().ClusterCA()},
 		},
 		Authorization:            kubeletv1beta1.KubeletAuthorization{Mode: kubeletv1beta1.KubeletAuthorizationModeWebhook},
 		RotateCertificates:       true,
@@ -239,9 +243,9 @@ func (o *Options) Args() []string {
 	}
 	a = append(a,
 		"--config="+o.ConfigPath(),
-		"--bootstrap-kubeconfig="+filepath.Join(o.CredentialsDir, "bootstrap-kubeconfig"),
+		"--bootstrap-kubeconfig="+o.creds().BootstrapKubeconfig(),
 		"--kubeconfig="+o.Kubeconfig(),
-		"--cert-dir="+filepath.Join(o.CredentialsDir, "pki"),
+		"--cert-dir="+o.creds().CertDir(),
 		"--root-dir="+o.RootDir(),
 		"--hostname-override="+o.NodeName,
 	)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/lf-edge/evelet/agent/intent"
+	"github.com/lf-edge/evelet/internal/layout"
 
 	"github.com/lf-edge/evelet/agent"
 	"github.com/lf-edge/evelet/agent/eve"
@@ -35,7 +36,7 @@ func newLogger(level string) (*logrus.Entry, error) {
 
 func runAgent(args []string) int {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
-	stateDir := fs.String("state-dir", "/persist/evelet", "persistent state root (credentials, kubelet root, logs)")
+	stateDir := fs.String("state-dir", layout.DefaultStateDir, "persistent state root (credentials, kubelet root, logs)")
 	runDir := fs.String("run-dir", "/run/evelet", "volatile state root (sockets, status)")
 	joinFile := fs.String("join-file", "", "YAML join material (apiServer, token, caCertHashes or kubeconfig; nodeName, deviceUUID); replaces the EVE channel")
 	eveRun := fs.String("eve-run", "/run", "EVE's volatile root (pubsub topics)")

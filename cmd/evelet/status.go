@@ -57,6 +57,9 @@ func runStatus(args []string) int {
 			row("Kubelet", fmt.Sprintf("pid %d, %d restarts", s.KubeletPID, s.KubeletRestarts))
 		}
 		row("Last error", s.LastError)
+		for _, e := range s.ConfigErrors {
+			row("Config item refused", e)
+		}
 		row("Updated", s.Updated.Format(time.RFC3339))
 		if !s.Heartbeat.IsZero() {
 			row("Heartbeat", s.Heartbeat.Format(time.RFC3339))

@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/lf-edge/evelet/internal/layout"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -41,15 +42,15 @@ const (
 // Rules lists every rule name.
 func Rules() []string {
 	return []string{RulePrivileged, RuleHostPID, RuleHostIPC, RuleHostNetwork, RuleHostPath,
-		RuleCapabilities, RuleDevices, RuleSysctls, RuleUnmaskedProc, RuleHostPorts, RuleSeccomp}
+		RuleCapabilities, RuleDevices, RuleSysctls, RuleUnmaskedProc, RuleHostPorts, RuleSeccomp,
+		RuleProbeHost, RuleUnboundedMemoryVolume}
 }
 
-// Production locations of the kubelet's directories: the kubelet-shim layout
-// under the agent's default state directory (/persist/evelet). The agent
-// should set the real ones (kubeletshim.Options.RootDir, PodLogsDir).
-const (
-	DefaultKubeletRootDir = "/persist/evelet/kubelet/root"
-	DefaultPodLogsDir     = "/persist/evelet/logs/pods"
+// Production locations of the kubelet's directories: internal/layout under
+// the agent's default state directory. The agent sets the real ones.
+var (
+	DefaultKubeletRootDir = layout.State{Dir: layout.DefaultStateDir}.KubeletRoot()
+	DefaultPodLogsDir     = layout.State{Dir: layout.DefaultStateDir}.PodLogs()
 )
 
 // Policy is what pods may ask for. The zero value denies everything the

@@ -6,6 +6,9 @@ package layout
 
 import "path/filepath"
 
+// DefaultStateDir is the persistent state root on an EVE device.
+const DefaultStateDir = "/persist/evelet"
+
 // State is the persistent state root.
 type State struct{ Dir string }
 
