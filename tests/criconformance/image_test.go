@@ -1,26 +1,22 @@
 package criconformance
 
 import (
-	"bytes"
-	"fmt"
 	"io"
 	"log"
-	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/lf-edge/evelet/images"
+	"github.com/lf-edge/evelet/tests/internal/ociregistry"
 )
 
 func TestImages(t *testing.T) {
@@ -99,7 +95,7 @@ func TestPullImage(t *testing.T) {
 	if img, err = mutate.Config(img, *cfg); err != nil {
 		t.Fatal(err)
 	}
-	if err := push(srv.URL, "evelet/pulled", "1", img); err != nil {
+	if err := ociregistry.Push(srv.URL, "evelet/pulled", "1", img); err != nil {
 		t.Fatalf("push to the loopback registry: %v", err)
 	}
 	wantID, _ := img.ConfigName()
@@ -136,87 +132,4 @@ func TestPullImage(t *testing.T) {
 	if shimErr == nil || status.Code(shimErr) != status.Code(directErr) {
 		t.Errorf("pull of a missing image: evelet %v, containerd %v", shimErr, directErr)
 	}
-}
-
-// push uploads img to the registry at base as repo:tag with the plain
-// distribution API (blob uploads, then the manifest), which keeps the test
-// free of go-containerregistry's remote package and its credential helpers.
-func push(base, repo, tag string, img v1.Image) error {
-	upload := func(digest v1.Hash, body io.Reader) error {
-		res, err := http.Post(base+"/v2/"+repo+"/blobs/uploads/", "", nil)
-		if err != nil {
-			return err
-		}
-		res.Body.Close()
-		if res.StatusCode != http.StatusAccepted {
-			return fmt.Errorf("start upload: %s", res.Status)
-		}
-		loc, err := url.Parse(res.Header.Get("Location"))
-		if err != nil {
-			return err
-		}
-		u, _ := url.Parse(base)
-		u = u.ResolveReference(loc)
-		q := u.Query()
-		q.Set("digest", digest.String())
-		u.RawQuery = q.Encode()
-		return put(u.String(), "application/octet-stream", body)
-	}
-	layers, err := img.Layers()
-	if err != nil {
-		return err
-	}
-	for _, l := range layers {
-		d, err := l.Digest()
-		if err != nil {
-			return err
-		}
-		rc, err := l.Compressed()
-		if err != nil {
-			return err
-		}
-		err = upload(d, rc)
-		rc.Close()
-		if err != nil {
-			return fmt.Errorf("layer %s: %w", d, err)
-		}
-	}
-	cfgName, err := img.ConfigName()
-	if err != nil {
-		return err
-	}
-	rawCfg, err := img.RawConfigFile()
-	if err != nil {
-		return err
-	}
-	if err := upload(cfgName, bytes.NewReader(rawCfg)); err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	mt, err := img.MediaType()
-	if err != nil {
-		return err
-	}
-	raw, err := img.RawManifest()
-	if err != nil {
-		return err
-	}
-	return put(base+"/v2/"+repo+"/manifests/"+tag, string(mt), bytes.NewReader(raw))
-}
-
-func put(u, contentType string, body io.Reader) error {
-	req, err := http.NewRequest(http.MethodPut, u, body)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", contentType)
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer res.Body.Close()
-	if res.StatusCode != http.StatusCreated {
-		msg, _ := io.ReadAll(io.LimitReader(res.Body, 512))
-		return fmt.Errorf("PUT %s: %s %s", u, res.Status, msg)
-	}
-	return nil
 }
