@@ -82,7 +82,7 @@ func copyDir(t *testing.T, src, dst string) {
 // <Persist>/status. Certificates left in the old place on a current EVE are
 // not read.
 func TestResolveControllerCertLocation(t *testing.T) {
-	c := evesim.Cluster{Name: "prod", JoinServerIP: "10.1.2.3", Token: k10}
+	c := evesim.Cluster{Name: "prod", JoinServerIP: "10.1.2.3", ClusterIPPrefix: "10.1.2.7/24", Token: k10}
 
 	t.Run("current EVE reads /run", func(t *testing.T) {
 		sim := newSim(t)
@@ -144,7 +144,7 @@ func TestResolveControllerCertLocation(t *testing.T) {
 // version unknown only) the old persistent copy. On EVE 16.12.0 and later
 // the <Persist>/status copies are leftovers and never win.
 func TestResolvePrecedenceByRelease(t *testing.T) {
-	prod := evesim.Cluster{Name: "prod", JoinServerIP: "10.1.2.3", Token: k10}
+	prod := evesim.Cluster{Name: "prod", JoinServerIP: "10.1.2.3", ClusterIPPrefix: "10.1.2.7/24", Token: k10}
 
 	// upgraded: a device that was in "prod" on an old EVE, upgraded, and
 	// was then removed from the cluster; it reboots, and zedagent has

@@ -34,7 +34,7 @@ func newSim(t *testing.T) *evesim.Device {
 
 func TestResolveFromPubsubDecryptsToken(t *testing.T) {
 	sim := newSim(t)
-	if err := sim.SetCluster(evesim.Cluster{Name: "prod", JoinServerIP: "10.1.2.3", Token: k10}); err != nil {
+	if err := sim.SetCluster(evesim.Cluster{Name: "prod", JoinServerIP: "10.1.2.3", ClusterIPPrefix: "10.1.2.7/24", Token: k10}); err != nil {
 		t.Fatal(err)
 	}
 	r, err := Resolve(inputs(t, sim))
@@ -52,7 +52,7 @@ func TestResolveFromPubsubDecryptsToken(t *testing.T) {
 
 func TestResolveFallsBackToCheckpoint(t *testing.T) {
 	sim := newSim(t)
-	if err := sim.SetCluster(evesim.Cluster{Name: "prod", JoinServerIP: "10.1.2.3", Token: k10,
+	if err := sim.SetCluster(evesim.Cluster{Name: "prod", JoinServerIP: "10.1.2.3", ClusterIPPrefix: "10.1.2.7/24", Token: k10,
 		ConfigItems: map[string]string{"evelet.apiserver-url": "https://api.example:7443", "other.item": "x"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +79,7 @@ func TestResolveFallsBackToCheckpoint(t *testing.T) {
 
 func TestResolvePrefersZedkubePlaintext(t *testing.T) {
 	sim := newSim(t)
-	if err := sim.SetCluster(evesim.Cluster{Name: "prod", JoinServerIP: "10.1.2.3", Token: k10}); err != nil {
+	if err := sim.SetCluster(evesim.Cluster{Name: "prod", JoinServerIP: "10.1.2.3", ClusterIPPrefix: "10.1.2.7/24", Token: k10}); err != nil {
 		t.Fatal(err)
 	}
 	// With zedkube's plaintext there, decryption is not needed: a broken
@@ -109,7 +109,7 @@ users: [{name: u, user: {token: "abcdef.0123456789abcdef"}}]
 contexts: [{name: x, context: {cluster: c, user: u}}]
 current-context: x
 `
-	if err := sim.SetCluster(evesim.Cluster{Name: "prod", JoinServerIP: "10.1.2.3", Token: kc}); err != nil {
+	if err := sim.SetCluster(evesim.Cluster{Name: "prod", JoinServerIP: "10.1.2.3", ClusterIPPrefix: "10.1.2.7/24", Token: kc}); err != nil {
 		t.Fatal(err)
 	}
 	r, err := Resolve(inputs(t, sim))
@@ -127,7 +127,7 @@ func TestResolveNotInCluster(t *testing.T) {
 	if err != nil || r.Join != nil {
 		t.Fatalf("no cluster yet: %+v, %v", r, err)
 	}
-	if err := sim.SetCluster(evesim.Cluster{Name: "prod", JoinServerIP: "10.1.2.3", Token: k10}); err != nil {
+	if err := sim.SetCluster(evesim.Cluster{Name: "prod", JoinServerIP: "10.1.2.3", ClusterIPPrefix: "10.1.2.7/24", Token: k10}); err != nil {
 		t.Fatal(err)
 	}
 	if err := sim.RemoveCluster(); err != nil {
@@ -157,7 +157,7 @@ func TestResolveErrorsNameTheInput(t *testing.T) {
 	} {
 		t.Run(strings.ReplaceAll(name, " ", "-"), func(t *testing.T) {
 			sim := newSim(t)
-			c := evesim.Cluster{Name: "prod", JoinServerIP: "10.1.2.3", Token: k10}
+			c := evesim.Cluster{Name: "prod", JoinServerIP: "10.1.2.3", ClusterIPPrefix: "10.1.2.7/24", Token: k10}
 			if err := sim.SetCluster(c); err != nil {
 				t.Fatal(err)
 			}

@@ -14,7 +14,7 @@ import (
 // noticed by the poll, and an unchanged state is not reported twice.
 func TestSourceWatchNoticesDeviceKeyChange(t *testing.T) {
 	sim := newSim(t)
-	if err := sim.SetCluster(evesim.Cluster{Name: "prod", JoinServerIP: "10.1.2.3", Token: k10}); err != nil {
+	if err := sim.SetCluster(evesim.Cluster{Name: "prod", JoinServerIP: "10.1.2.3", ClusterIPPrefix: "10.1.2.7/24", Token: k10}); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -57,7 +57,7 @@ func TestSourceWatchNoticesDeviceKeyChange(t *testing.T) {
 // itself, reports what it misses, and notices them when they appear.
 func TestSourceWaitsForControllerCertsInRun(t *testing.T) {
 	sim := newSim(t)
-	if err := sim.SetCluster(evesim.Cluster{Name: "prod", JoinServerIP: "10.1.2.3", Token: k10}); err != nil {
+	if err := sim.SetCluster(evesim.Cluster{Name: "prod", JoinServerIP: "10.1.2.3", ClusterIPPrefix: "10.1.2.7/24", Token: k10}); err != nil {
 		t.Fatal(err)
 	}
 	if err := sim.Reboot(evesim.Options{}); err != nil {
