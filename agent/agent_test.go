@@ -17,6 +17,7 @@ import (
 	"github.com/lf-edge/evelet/internal/layout"
 	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
 	"github.com/sirupsen/logrus"
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // fakeSource hands out one channel per Watch; the test decides what each
@@ -259,12 +260,10 @@ func (h *harness) sync(j *intent.Join) {
 
 func (h *harness) eventually(what string, ok func() bool) {
 	h.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			h.t.Fatalf("timed out waiting for %s; status %+v", what, h.a.Status())
-		}
-		time.Sleep(2 * time.Millisecond)
+	err := wait.PollUntilContextTimeout(context.Background(), 2*time.Millisecond, 10*time.Second, true,
+		func(context.Context) (bool, error) { return ok(), nil })
+	if err != nil {
+		h.t.Fatalf("timed out waiting for %s; status %+v", what, h.a.Status())
 	}
 }
 

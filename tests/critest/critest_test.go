@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/lf-edge/evelet/cri"
 	crictrd "github.com/lf-edge/evelet/cri/containerd"
@@ -279,20 +280,18 @@ func startShim(ctx context.Context, t *testing.T, ctrd *containerd.Containerd, d
 			t.Errorf("evelet CRI: %v", err)
 		}
 	})
-	deadline := time.Now().Add(time.Minute)
-	for {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
+	// Serve listens asynchronously: wait for the socket, or for Serve to fail.
+	err = wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
 		select {
 		case err := <-served:
-			t.Fatalf("evelet CRI stopped: %v", err)
+			return false, fmt.Errorf("evelet CRI stopped: %v", err)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("evelet CRI socket never appeared")
-		}
-		time.Sleep(20 * time.Millisecond)
+		_, err := os.Stat(sock)
+		return err == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("evelet CRI socket %s: %v", sock, err)
 	}
 	return sock, pol
 }
