@@ -107,6 +107,8 @@ type Agent struct {
 	writeMu sync.Mutex
 	written *Status // last status written to status.json
 
+	policyFileMu sync.Mutex // orders writes of the kubelet's policy file
+
 	mu     sync.Mutex
 	status Status
 	sup    kubeletProc
@@ -349,9 +351,7 @@ func (a *Agent) kubelet(j *intent.Join) (kubeletProc, error) {
 		CgroupRoot:  a.cfg.KubeletCgroupRoot,
 		ConfigItems: a.configItems(), PolicyFile: a.cfg.PolicyFile(),
 	}
-	for _, err := range opts.ConfigItemErrors() {
-		a.log.WithError(err).Error("kubelet config item ignored")
-	}
+	// Refused items were logged when they arrived (publishConfigErrors).
 	a.writePolicyFile()
 	if err := opts.WriteConfig(); err != nil {
 		return nil, err
@@ -396,7 +396,7 @@ func (a *Agent) serveCRIOnce(ctx context.Context) error {
 	}
 	defer be.Close()
 	srv, err := cri.NewServer(cri.Config{Socket: a.cfg.CRISocket(), Backend: be, Log: log, Metrics: a.cfg.Metrics,
-		Pods: &cri.KubeconfigPods{Path: filepath.Join(a.cfg.Credentials().Dir, "kubeconfig")}})
+		Pods: &cri.KubeconfigPods{Path: a.cfg.Credentials().KubeconfigPath()}})
 	if err != nil {
 		return err
 	}
@@ -421,10 +421,9 @@ func (a *Agent) policy() policy.Policy {
 	a.mu.Lock()
 	items := a.items
 	a.mu.Unlock()
-	p, errs := policy.FromConfigItems(items)
-	for _, err := range errs {
-		a.log.WithError(err).Error("guardrail config item ignored")
-	}
+	// Refused items are logged and put in the status once per change, by
+	// publishConfigErrors; here they just keep their defaults.
+	p, _ := policy.FromConfigItems(items)
 	dirs := layout.State{Dir: a.cfg.StateDir}
 	p.KubeletRootDir, p.PodLogsDir = dirs.KubeletRoot(), dirs.PodLogs()
 	// No pod's hostPort may take the kubelet's own ports.
@@ -464,6 +463,7 @@ func (a *Agent) publishConfigErrors(items map[string]string) {
 	_, errs := policy.FromConfigItems(items)
 	errs = append(errs, (&kubeletshim.Options{ConfigItems: items}).ConfigItemErrors()...)
 	for _, err := range errs {
+		a.log.WithError(err).Error("config item ignored; it keeps its default")
 		msgs = append(msgs, err.Error())
 	}
 	sort.Strings(msgs)
@@ -480,8 +480,8 @@ func (a *Agent) configItems() map[string]string {
 // kubelet re-reads it on change (kubelet-shim.HostPathGuard). The policy is
 // computed under writeMu, so concurrent writers cannot leave an older one.
 func (a *Agent) writePolicyFile() {
-	a.writeMu.Lock()
-	defer a.writeMu.Unlock()
+	a.policyFileMu.Lock()
+	defer a.policyFileMu.Unlock()
 	if err := kubeletshim.WritePolicyFile(a.cfg.PolicyFile(), a.policy()); err != nil {
 		a.log.WithError(err).Error("kubelet policy file not written; the kubelet allows no host path")
 	}
@@ -530,10 +530,11 @@ func (a *Agent) publish(change func(*Status)) {
 	now := time.Now().UTC()
 	if a.written != nil {
 		s.Updated, s.Heartbeat = a.written.Updated, a.written.Heartbeat
-		if reflect.DeepEqual(*a.written, s) && now.Sub(s.Heartbeat) < a.heartbeat {
+		changed := !reflect.DeepEqual(*a.written, s)
+		if !changed && now.Sub(s.Heartbeat) < a.heartbeat {
 			return
 		}
-		if !reflect.DeepEqual(*a.written, s) {
+		if changed {
 			s.Updated = now
 		}
 	} else {

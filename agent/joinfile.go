@@ -41,13 +41,6 @@ type JoinFile struct {
 
 func (f *JoinFile) Name() string { return "join-file " + f.Path }
 
-// Load parses the join file. A missing file, or one that says only
-// `leave: true`, means "not in a cluster".
-func (f *JoinFile) Load() (*intent.Join, []byte, error) {
-	j, b, _, err := f.load()
-	return j, b, err
-}
-
 // load also reports whether the file is missing.
 func (f *JoinFile) load() (j *intent.Join, raw []byte, missing bool, err error) {
 	b, err := os.ReadFile(f.Path)

@@ -3,8 +3,6 @@ package bootstrap
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -187,9 +185,7 @@ func sameCA(m *Material, stored []byte, recPin string) (bool, error) {
 		if len(stored) == 0 {
 			return false, nil
 		}
-		sum := sha256.Sum256(stored)
-		actual := "sha256:" + hex.EncodeToString(sum[:])
-		return slices.ContainsFunc(m.CABundleHashes, func(p string) bool { return strings.EqualFold(p, actual) }), nil
+		return checkBundle(m.CABundleHashes, stored) == nil, nil
 	}
 }
 

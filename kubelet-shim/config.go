@@ -149,7 +149,6 @@ func (o *Options) Config() *kubeletv1beta1.KubeletConfiguration {
 		// kubernetes.io/kubelet-serving CSR, so an apiserver with
 		// --kubelet-certificate-authority can tell this kubelet from a pod
 		// that took over its port.
-		ServerTLSBootstrap: true,
 		// nodes/proxy must not reach the host's /var/log, pprof or the
 		// log-level switch: a cluster-admin is a tenant here.
 		EnableSystemLogHandler:    ptr.To(false),

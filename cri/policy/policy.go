@@ -41,9 +41,9 @@ const (
 
 // Rules lists every rule name.
 func Rules() []string {
-	return []string{RulePrivileged, RuleHostPID, RuleHostIPC, RuleHostNetwork, RuleHostPath,
-		RuleCapabilities, RuleDevices, RuleSysctls, RuleUnmaskedProc, RuleHostPorts, RuleSeccomp,
-		RuleProbeHost, RuleUnboundedMemoryVolume}
+	return append([]string{RulePrivileged, RuleHostPID, RuleHostIPC, RuleHostNetwork, RuleHostPath,
+		RuleCapabilities, RuleDevices, RuleSysctls, RuleUnmaskedProc, RuleHostPorts, RuleSeccomp},
+		PodSpecRuleNames()...)
 }
 
 // Production locations of the kubelet's directories: internal/layout under
