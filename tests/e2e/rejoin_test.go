@@ -17,34 +17,15 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// kubeletChildren are the kubelet processes the device's agent started,
-// read from /proc (not from the agent's own status).
-func (d *device) kubeletChildren() []int {
-	if d.cmd == nil {
-		return nil
-	}
-	agentPID := d.cmd.Process.Pid
-	var out []int
-	for _, pid := range proc.PIDs() {
-		st, ok := proc.ReadStat(pid)
-		if !ok || st.PPID != agentPID || st.State == 'Z' {
-			continue
-		}
-		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if args := strings.Split(string(cmdline), "\x00"); len(args) > 1 && args[1] == "kubelet" {
-			out = append(out, pid)
-		}
-	}
-	return out
-}
-
+// oneKubelet waits until exactly one kubelet of this device runs
+// (kubeletPIDs: read from /proc, not from the agent's own status).
 func (d *device) oneKubelet(t *testing.T) int {
 	t.Helper()
 	var pid int
-	waitFor(t, 2*time.Minute, "exactly one kubelet child of the agent", func() (bool, error) {
-		k := d.kubeletChildren()
+	waitFor(t, 2*time.Minute, "exactly one kubelet of the device", func() (bool, error) {
+		k := kubeletPIDs(d)
 		if len(k) != 1 {
-			return false, fmt.Errorf("kubelet children %v", k)
+			return false, fmt.Errorf("kubelets %v", k)
 		}
 		pid = k[0]
 		return true, nil
@@ -104,10 +85,10 @@ func TestRebuiltClusterAtSameAddress(t *testing.T) {
 	// Done when the agent says it took the token, or when the kubelet
 	// process changed (the failure this guards against).
 	waitFor(t, time.Minute, "agent took the new token (or restarted the kubelet)", func() (bool, error) {
-		k := d.kubeletChildren()
+		k := kubeletPIDs(d)
 		return strings.Contains(d.log(), "new bootstrap token for the same cluster") || len(k) != 1 || k[0] != kubelet1, nil
 	})
-	if k := d.kubeletChildren(); len(k) != 1 || k[0] != kubelet1 {
+	if k := kubeletPIDs(d); len(k) != 1 || k[0] != kubelet1 {
 		t.Fatalf("kubelet after a token-only change: %v, want the same process %d", k, kubelet1)
 	}
 	if _, ok := proc.ReadStat(kubelet1); !ok {
