@@ -122,8 +122,8 @@ func waitRefused(t *testing.T, ctx context.Context, cs kubernetes.Interface, nam
 		return false, fmt.Errorf("no event with %s and %s: %q", want, how, msgs)
 	})
 	out, err := env.cp.Kubectl(ctx, "describe", "pod", "-n", "default", name)
-	if err != nil || !strings.Contains(out, want) {
-		t.Errorf("kubectl describe pod %s lacks %s: %v\n%s", name, want, err, tail(out, 15))
+	if err != nil || !strings.Contains(out, want) || !strings.Contains(out, how) {
+		t.Errorf("kubectl describe pod %s lacks %s and %s: %v\n%s", name, want, how, err, tail(out, 15))
 	}
 	p, err := cs.CoreV1().Pods("default").Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
