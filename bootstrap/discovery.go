@@ -83,11 +83,20 @@ func (o DiscoveryOptions) Discover(ctx context.Context, m *Material) (*clientcmd
 	o = o.withDefaults()
 	wctx, cancel := context.WithTimeout(ctx, o.Window)
 	defer cancel()
+	var last error
 	for {
 		cfg, err := o.discoverOnce(wctx, m)
 		if err == nil || IsPermanent(err) {
 			return cfg, err
 		}
+		// An attempt cut short by the window's end says only "deadline";
+		// the attempt before it says why discovery is failing.
+		// The clock is asked too: the rate limiter refuses a deadline that
+		// has passed before the context's own timer has fired.
+		if deadline, _ := wctx.Deadline(); last != nil && (wctx.Err() != nil || !time.Now().Before(deadline)) {
+			err = last
+		}
+		last = err
 		if o.OnRetry != nil {
 			o.OnRetry(err)
 		}
