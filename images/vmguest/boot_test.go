@@ -46,6 +46,7 @@ func exerciseGuest(t *testing.T, n *testNet, v *testVM, form string) {
 		t.Fatal(err)
 	}
 	t.Logf("%s form: ready line %.2fs after QEMU started; QEMU VmRSS %d KiB (-m 128M)", form, boot.Seconds(), rss)
+	t.Logf("%s form console:\n%s", form, v.console())
 
 	// Every NIC leased an address from the test's DHCP server, and the
 	// guest said so before the ready line.

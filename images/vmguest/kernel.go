@@ -101,6 +101,10 @@ func fetchKernel(ctx context.Context, cacheDir string) (*kernelTree, error) {
 	}
 	os.RemoveAll(dir) // a broken earlier unpack
 	if err := os.Rename(tmp, dir); err != nil {
+		// Another build may have put the same kernel there meanwhile.
+		if k, openErr := openKernel(dir); openErr == nil {
+			return k, nil
+		}
 		return nil, fmt.Errorf("vmguest: %w", err)
 	}
 	return openKernel(dir)

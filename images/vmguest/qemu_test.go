@@ -91,7 +91,10 @@ func newTestNet(t *testing.T, nics int) *testNet {
 	cmd := exec.Command("ip", "netns", "exec", n.ns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
 		"--port=0", "--no-resolv", "--no-hosts", "--bind-interfaces", "--interface="+testBridge,
 		"--dhcp-range=10.77.0.100,10.77.0.199,255.255.255.0,12h", "--dhcp-option=option:router,"+testGW,
-		"--dhcp-leasefile="+n.leases, "--pid-file=", "--log-dhcp", "--log-facility=-")
+		"--dhcp-leasefile="+n.leases, "--pid-file=", "--log-dhcp", "--log-facility=-",
+		// No ping of an address before offering it: that costs seconds and
+		// nothing else is on this bridge.
+		"--no-ping")
 	var logBuf lockedBuffer
 	cmd.Stdout, cmd.Stderr = &logBuf, &logBuf
 	if err := cmd.Start(); err != nil {
@@ -182,7 +185,8 @@ type testVM struct {
 // testAccel picks KVM only where it can work: /dev/kvm alone is not
 // enough (this project's CI machines have the device node without
 // hardware virtualisation; QEMU then starts and the guest never runs), the
-// CPU must also offer vmx or svm. $EVELET_VMGUEST_ACCEL overrides.
+// CPU must also offer vmx or svm. $EVELET_VMGUEST_ACCEL overrides (it is
+// the value of QEMU's -accel, e.g. "tcg,tb-size=64").
 func testAccel() string {
 	if a := os.Getenv("EVELET_VMGUEST_ACCEL"); a != "" {
 		return a
@@ -208,7 +212,7 @@ func startVM(t *testing.T, n *testNet, bootArgs ...string) *testVM {
 	v := &testVM{qmp: filepath.Join(dir, "qmp.sock"), qga: filepath.Join(dir, "qga.sock"), changed: make(chan struct{}), exited: make(chan struct{})}
 	accel := testAccel()
 	args := []string{"netns", "exec", n.ns, "qemu-system-x86_64",
-		"-machine", "q35,accel=" + accel, "-m", "128M", "-smp", "1",
+		"-machine", "q35", "-accel", accel, "-m", "128M", "-smp", "1",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0",
 		"-qmp", "unix:" + v.qmp + ",server=on,wait=off",
