@@ -74,18 +74,8 @@ func exerciseGuest(t *testing.T, n *testNet, v *testVM, form string) {
 	}
 
 	// Guest agent.
-	q, err := dialQGA(ctx, v.qga)
-	if err != nil {
-		t.Fatal(err)
-	}
+	q := syncedQGA(ctx, t, v)
 	defer q.Close()
-	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		attempt, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		return q.sync(attempt) == nil, nil
-	}); err != nil {
-		t.Fatalf("guest-sync-delimited never answered: %v", err)
-	}
 	if err := q.call(ctx, "guest-ping", nil, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -132,6 +122,17 @@ func exerciseGuest(t *testing.T, n *testNet, v *testVM, form string) {
 	if err := q.call(ctx, "guest-ping", nil, nil); err != nil {
 		t.Fatalf("agent stopped answering after refusals: %v", err)
 	}
+	// A client that leaves mid-command does not wedge the agent for the
+	// next one.
+	if _, err := q.c.Write([]byte(`{"execute":"guest-pi`)); err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	q2 := syncedQGA(ctx, t, v)
+	if err := q2.call(ctx, "guest-ping", nil, nil); err != nil {
+		t.Fatalf("second agent client: %v", err)
+	}
+	q2.Close()
 
 	// ACPI power button: QEMU exits when the guest powers off.
 	downStart := time.Now()
@@ -146,5 +147,79 @@ func exerciseGuest(t *testing.T, n *testNet, v *testVM, form string) {
 		t.Logf("%s form: QEMU exited %.2fs after system_powerdown", form, time.Since(downStart).Seconds())
 	case <-time.After(time.Minute):
 		t.Fatal("qemu still running a minute after system_powerdown")
+	}
+}
+
+// syncedQGA connects to the guest agent and syncs with it.
+func syncedQGA(ctx context.Context, t *testing.T, v *testVM) *qgaClient {
+	t.Helper()
+	q, err := dialQGA(ctx, v.qga)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		attempt, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		return q.sync(attempt) == nil, nil
+	}); err != nil {
+		q.Close()
+		t.Fatalf("guest-sync-delimited never answered: %v", err)
+	}
+	return q
+}
+
+// TestGuestReportsMissingLeaseAndShutsDown boots with one NIC whose tap is
+// on no network: the ready line still comes after the bounded DHCP wait,
+// naming the NIC that got no address; the other NIC serves HTTP with the
+// host name from the kernel command line; guest-shutdown powers off.
+func TestGuestReportsMissingLeaseAndShutsDown(t *testing.T) {
+	requireQEMU(t)
+	imgs := buildImages(t)
+	n := newTestNet(t, 2)
+	run(t, "ip", "-n", n.ns, "link", "set", n.taps[1], "nomaster")
+	v := startVM(t, n, "-kernel", imgs.Kernel, "-initrd", imgs.Initrd,
+		"-append", Cmdline+" evelet.dhcp_timeout=5 evelet.hostname=h3-test-guest")
+	ctx, cancel := context.WithTimeout(context.Background(), bootDeadline)
+	defer cancel()
+	if _, err := v.waitLine(ctx, ReadyLine); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(v.console(), "evelet-guest: dhcp eth1: no lease after 5s") {
+		t.Errorf("console does not name eth1 as the NIC without a lease:\n%s", v.console())
+	}
+	ip := n.leaseFor(guestMAC(0))
+	if ip == "" {
+		t.Fatal("NIC 0 got no lease")
+	}
+	if n.leaseFor(guestMAC(1)) != "" {
+		t.Fatal("the isolated NIC got a lease")
+	}
+	body, err := n.httpGet(ctx, "http://"+ip+"/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "evelet-guest h3-test-guest " + ip + "\n"; body != want {
+		t.Errorf("GET / = %q, want %q", body, want)
+	}
+	q := syncedQGA(ctx, t, v)
+	defer q.Close()
+	out, _, code, err := q.exec(ctx, "hostname", nil, nil)
+	if err != nil || out != "h3-test-guest\n" || code != 0 {
+		t.Errorf("guest-exec hostname = %q, %d, %v", out, code, err)
+	}
+	if err := q.call(ctx, "guest-shutdown", map[string]string{"mode": "sideways"}, nil); err == nil || !strings.Contains(err.Error(), "unknown mode") {
+		t.Errorf("guest-shutdown with a bad mode: err = %v", err)
+	}
+	// No reply on success, like qemu-ga: the guest goes away.
+	if _, err := q.c.Write([]byte(`{"execute":"guest-shutdown"}` + "\n")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-v.exited:
+		if v.waitErr != nil {
+			t.Errorf("qemu exited with %v after guest-shutdown", v.waitErr)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("qemu still running a minute after guest-shutdown")
 	}
 }

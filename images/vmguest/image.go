@@ -109,6 +109,10 @@ func writeDiskFiles(tarPath, ref string, files map[string][]byte) error {
 	if err := tarball.WriteToFile(tmpName, tag, img); err != nil {
 		return fmt.Errorf("vmguest: writing %s: %w", ref, err)
 	}
+	// Nothing secret in it; readable like the raw outputs beside it.
+	if err := os.Chmod(tmpName, 0o644); err != nil {
+		return fmt.Errorf("vmguest: %w", err)
+	}
 	if err := syncPath(tmpName); err != nil {
 		return err
 	}

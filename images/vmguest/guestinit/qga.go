@@ -74,8 +74,13 @@ func serveAgent(r *reaper) {
 	}
 }
 
-// retryReader turns the port's EOF (no host connected) into waiting.
-type retryReader struct{ f *os.File }
+// retryReader turns the port's EOF (no host connected) and read errors
+// into waiting, so the decoder only ever sees data: the agent must outlive
+// any number of host clients coming and going.
+type retryReader struct {
+	f      *os.File
+	logged bool
+}
 
 func (r *retryReader) Read(p []byte) (int, error) {
 	for {
@@ -83,8 +88,9 @@ func (r *retryReader) Read(p []byte) (int, error) {
 		if n > 0 {
 			return n, nil
 		}
-		if err != nil && !errors.Is(err, io.EOF) {
-			return 0, err
+		if err != nil && !errors.Is(err, io.EOF) && !r.logged {
+			r.logged = true
+			logf("agent: read %s: %v (retrying)", r.f.Name(), err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
