@@ -31,7 +31,7 @@ const cniBinDir = "/usr/lib/cni"
 // env is one throwaway pod network: a host bridge h5br<rand>, a conflist
 // (bridge + host-local + portmap) in a temp dir, and a Network over it.
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	dir      string
 	bridge   string
 	subnet   netip.Prefix
@@ -40,7 +40,7 @@ type env struct {
 	net      *Network
 }
 
-func needRoot(t *testing.T) {
+func needRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("vmnet needs root to create network namespaces, bridges and taps")
@@ -56,7 +56,7 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-func newEnv(t *testing.T, subnet string) *env {
+func newEnv(t testing.TB, subnet string) *env {
 	needRoot(t)
 	e := &env{t: t, dir: t.TempDir(), bridge: "h5br" + randHex(3), subnet: netip.MustParsePrefix(subnet)}
 	e.ipamDir = filepath.Join(e.dir, "ipam")
@@ -467,5 +467,33 @@ func TestSetupRefusesBadInputAndLeavesNothing(t *testing.T) {
 		if _, err := n.Setup(context.Background(), bad, PodMeta{}); err == nil {
 			t.Errorf("Setup(%q) accepted", bad)
 		}
+	}
+}
+
+// BenchmarkSetupTeardown measures one VM sandbox network's Setup (netns,
+// CNI ADD of bridge+host-local+portmap, hand-over to bridge+tap, record)
+// plus Teardown (CNI DEL, netns removal).
+func BenchmarkSetupTeardown(b *testing.B) {
+	e := newEnv(b, "10.245.8.0/24")
+	ctx := context.Background()
+	pod := PodMeta{Namespace: "default", Name: "bench", UID: "u"}
+	var setup, teardown time.Duration
+	for i := 0; b.Loop(); i++ {
+		id := fmt.Sprintf("h5-bench-%d", i)
+		t0 := time.Now()
+		if _, err := e.net.Setup(ctx, id, pod); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if err := e.net.Teardown(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+		setup += t1.Sub(t0)
+		teardown += time.Since(t1)
+	}
+	b.ReportMetric(float64(setup.Milliseconds())/float64(b.N), "setup-ms/op")
+	b.ReportMetric(float64(teardown.Milliseconds())/float64(b.N), "teardown-ms/op")
+	if ips := e.ipamEntries(); len(ips) != 0 {
+		b.Errorf("IPAM entries left: %v", ips)
 	}
 }
