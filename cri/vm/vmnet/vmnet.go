@@ -174,6 +174,9 @@ func (n *Network) setup(ctx context.Context, id, path string, pod PodMeta) (*Att
 			att.IPs = append(att.IPs, p.Addr().String())
 		}
 	}
+	if err := guardNICs(path, att.NICs); err != nil {
+		return nil, fmt.Errorf("vmnet: %w", err)
+	}
 	if testHookAfterHandOver != nil {
 		testHookAfterHandOver()
 	}

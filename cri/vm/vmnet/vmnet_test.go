@@ -23,6 +23,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/util/wait"
 )
 
@@ -179,9 +180,9 @@ func nsHandle(t *testing.T, path string) *netlink.Handle {
 }
 
 // standInGuest plays the VM's NIC without QEMU (QEMU with a real guest is
-// TestQEMUGuest...): a namespace with a veth whose far end sits on the NIC's
-// bridge next to the tap and carries the NIC's MAC, like the guest's
-// virtio-net would.
+// TestQEMUGuest...): a namespace with a veth whose near end replaces the tap
+// on the NIC's bridge and whose far end carries the NIC's MAC, like the
+// guest's virtio-net would.
 func standInGuest(t *testing.T, att *Attachment, nic NIC) (guestNS string) {
 	t.Helper()
 	guestNS = filepath.Join(t.TempDir(), "h5-guest-"+randHex(3))
@@ -191,7 +192,16 @@ func standInGuest(t *testing.T, att *Attachment, nic NIC) (guestNS string) {
 	t.Cleanup(func() { removeNetns(guestNS) })
 	h := nsHandle(t, att.Netns)
 	mac, _ := net.ParseMAC(nic.MAC)
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "h5g0", MTU: nic.MTU}, PeerName: "guest0", PeerHardwareAddr: mac}
+	// The veth takes the tap's place and name, so the guard's rules for
+	// the tap apply to it.
+	tap, err := h.LinkByName(nic.Tap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkDel(tap); err != nil {
+		t.Fatal(err)
+	}
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: nic.Tap, MTU: nic.MTU}, PeerName: "guest0", PeerHardwareAddr: mac}
 	if err := h.LinkAdd(veth); err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +209,7 @@ func standInGuest(t *testing.T, att *Attachment, nic NIC) (guestNS string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, _ := h.LinkByName("h5g0")
+	l, _ := h.LinkByName(nic.Tap)
 	if err := h.LinkSetMaster(l, br); err != nil {
 		t.Fatal(err)
 	}
@@ -495,5 +505,110 @@ func BenchmarkSetupTeardown(b *testing.B) {
 	b.ReportMetric(float64(teardown.Milliseconds())/float64(b.N), "teardown-ms/op")
 	if ips := e.ipamEntries(); len(ips) != 0 {
 		b.Errorf("IPAM entries left: %v", ips)
+	}
+}
+
+// TestGuestCannotSpoof: the guest controls its NIC completely, so vmnet's
+// guard must keep it to the MAC and IPv4 address it was given. A stand-in
+// guest NIC tries another IP and another MAC.
+func TestGuestCannotSpoof(t *testing.T) {
+	e := newEnv(t, "10.245.9.0/24")
+	id := "h5-spoof-" + randHex(4)
+	ctx := context.Background()
+	t.Cleanup(func() { e.net.Teardown(ctx, id) })
+	att, err := e.net.Setup(ctx, id, PodMeta{Namespace: "default", Name: "spoof", UID: "u"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nic := att.NICs[0]
+	podIP := netip.MustParseAddr(att.IPs[0])
+	guest := standInGuest(t, att, nic)
+	gh := nsHandle(t, guest)
+	gl, _ := gh.LinkByName("guest0")
+	spoofIP := netip.MustParseAddr("10.245.9.200")
+	for _, a := range []netip.Addr{podIP, spoofIP} {
+		if err := gh.AddrAdd(gl, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	serveIn(t, guest, ":8080", "guest")
+
+	// The given address works; the made-up one is unreachable (its ARP
+	// answers are dropped), and connections from it go nowhere.
+	waitHTTP(t, "http://"+podIP.String()+":8080/", "guest")
+	if got, err := httpGet(ctx, "http://"+spoofIP.String()+":8080/"); err == nil {
+		t.Errorf("the host reached the guest at an address it was not given: %q", got)
+	}
+	hostLn, err := net.Listen("tcp", "10.245.9.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hostLn.Close()
+	go func() {
+		for {
+			c, err := hostLn.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	dialFrom := func(src netip.Addr) error {
+		return inNetns(guest, func() error {
+			d := net.Dialer{Timeout: 2 * time.Second, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
+			c, err := d.Dial("tcp", hostLn.Addr().String())
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+	}
+	if err := dialFrom(podIP); err != nil {
+		t.Errorf("guest to host from its own address: %v", err)
+	}
+	if err := dialFrom(spoofIP); err == nil {
+		t.Errorf("guest reached the host from an address it was not given")
+	}
+
+	// Another MAC: nothing from it reaches the node's bridge (its FDB
+	// never learns it), while the given MAC is learned.
+	fdbHas := func(mac string) bool {
+		br, err := netlink.LinkByName(e.bridge)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ns, _ := netlink.NeighList(br.Attrs().Index, unix.AF_BRIDGE)
+		for _, n := range ns {
+			if strings.EqualFold(n.HardwareAddr.String(), mac) {
+				return true
+			}
+		}
+		// Ports' entries are listed per port, not per bridge.
+		for _, p := range e.bridgePorts() {
+			l, _ := netlink.LinkByName(p)
+			ns, _ := netlink.NeighList(l.Attrs().Index, unix.AF_BRIDGE)
+			for _, n := range ns {
+				if strings.EqualFold(n.HardwareAddr.String(), mac) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	if !fdbHas(nic.MAC) {
+		t.Errorf("the node bridge did not learn the guest's own MAC %s", nic.MAC)
+	}
+	fake, _ := net.ParseMAC("52:54:00:de:ad:01")
+	gh.LinkSetDown(gl)
+	if err := gh.LinkSetHardwareAddr(gl, fake); err != nil {
+		t.Fatal(err)
+	}
+	gh.LinkSetUp(gl)
+	gh.RouteAdd(&netlink.Route{LinkIndex: gl.Attrs().Index, Dst: &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}, Gw: net.ParseIP("10.245.9.1")})
+	for i := 0; i < 3; i++ {
+		dialFrom(podIP) // ARP and SYNs from the fake MAC
+	}
+	if fdbHas(fake.String()) {
+		t.Errorf("frames from a MAC the guest was not given reached the node bridge")
 	}
 }
