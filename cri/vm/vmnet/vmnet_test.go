@@ -360,7 +360,12 @@ func TestSetupGivesGuestThePodIPAndTeardownLeavesNothing(t *testing.T) {
 	guest := standInGuest(t, att, nic)
 	dctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- ServeDHCP(dctx, att) }()
+	// As a caller that copies the attachment into its own types might:
+	// without the Bridge field, ServeDHCP finds the tap's bridge itself.
+	plain := *att
+	plain.NICs = []NIC{nic}
+	plain.NICs[0].Bridge = ""
+	go func() { done <- ServeDHCP(dctx, &plain) }()
 	lease := udhcpc(t, guest, "guest0")
 	if lease["ip"] != podIP.String() || lease["router"] != "10.245.5.1" || lease["subnet"] != "255.255.255.0" ||
 		lease["serverid"] != dhcpServerAddr.String() || lease["hostname"] != "vm-pod" || lease["mtu"] != fmt.Sprint(nic.MTU) {
