@@ -257,6 +257,6 @@ func hostnameOf(name string) string {
 	return name
 }
 
-// Crash points for tests: a hook that calls runtime.Goexit stops Setup there
-// as a kill would, without its cleanup.
+// Crash points for tests: the test's child process stops there and is
+// killed with SIGKILL.
 var testHookAfterNetns, testHookAfterAdd, testHookAfterHandOver func()

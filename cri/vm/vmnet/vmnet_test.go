@@ -2,6 +2,7 @@ package vmnet
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -15,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -28,6 +28,9 @@ import (
 )
 
 const cniBinDir = "/usr/lib/cni"
+
+// startNetns is the network namespace the test process started in.
+var startNetns, _ = os.Readlink("/proc/self/ns/net")
 
 // env is one throwaway pod network: a host bridge h5br<rand>, a conflist
 // (bridge + host-local + portmap) in a temp dir, and a Network over it.
@@ -136,6 +139,15 @@ func (e *env) assertClean(id string) {
 	}
 	if ips := e.ipamEntries(); len(ips) != 0 {
 		t.Errorf("host-local still holds %v", ips)
+	}
+	// No thread of ours stayed in a sandbox namespace (that would keep the
+	// namespace alive after its unmount).
+	host := startNetns
+	tasks, _ := os.ReadDir("/proc/self/task")
+	for _, task := range tasks {
+		if ns, err := os.Readlink("/proc/self/task/" + task.Name() + "/ns/net"); err == nil && ns != host {
+			t.Errorf("thread %s is still in network namespace %s", task.Name(), ns)
+		}
 	}
 	if atts, err := e.net.cniConfig().GetCachedAttachments(id); err != nil || len(atts) != 0 {
 		t.Errorf("libcni cache still has %d attachments (err %v)", len(atts), err)
@@ -404,35 +416,71 @@ func TestSetupGivesGuestThePodIPAndTeardownLeavesNothing(t *testing.T) {
 	}
 }
 
-// crashAt makes Setup stop dead at the hook point, as if the process was
-// killed there: no cleanup runs.
-func crashAt(t *testing.T, e *env, id string, hook *func()) {
+// crashAt runs Setup in a child process (this test binary, running
+// TestCrashHelper) that stops at the hook point and is killed there with
+// SIGKILL: no cleanup, no deferred function runs.
+func crashAt(t *testing.T, e *env, id, step string) {
 	t.Helper()
-	*hook = func() { runtime.Goexit() }
-	defer func() { *hook = nil }()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		e.net.Setup(context.Background(), id, PodMeta{Namespace: "default", Name: "crash", UID: "u"})
-		t.Error("Setup went on past the crash point")
-	}()
-	<-done
+	ready := filepath.Join(t.TempDir(), "ready")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHelper$")
+	cmd.Env = append(os.Environ(),
+		"H5_CRASH_STEP="+step, "H5_CRASH_ID="+id, "H5_CRASH_READY="+ready,
+		"H5_CRASH_CONF="+e.net.cfg.CNIConfDir, "H5_CRASH_NETNS="+e.net.cfg.NetnsDir, "H5_CRASH_CACHE="+e.net.cfg.CacheDir)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 60*time.Second, true, func(context.Context) (bool, error) {
+		_, err := os.Stat(ready)
+		return err == nil, nil
+	})
+	cmd.Process.Kill()
+	cmd.Wait()
+	if err != nil {
+		t.Fatalf("Setup in the child never reached %s: %v\n%s", step, err, out.String())
+	}
+}
+
+// TestCrashHelper is the child of crashAt; it does nothing in a normal run.
+func TestCrashHelper(t *testing.T) {
+	step := os.Getenv("H5_CRASH_STEP")
+	if step == "" {
+		t.Skip("only run by crashAt")
+	}
+	hook := func() {
+		os.WriteFile(os.Getenv("H5_CRASH_READY"), nil, 0o600)
+		select {} // wait for SIGKILL
+	}
+	switch step {
+	case "netns":
+		testHookAfterNetns = hook
+	case "add":
+		testHookAfterAdd = hook
+	case "handover":
+		testHookAfterHandOver = hook
+	default:
+		t.Fatalf("unknown step %q", step)
+	}
+	n, err := New(Config{CNIConfDir: os.Getenv("H5_CRASH_CONF"), CNIBinDirs: []string{cniBinDir},
+		NetnsDir: os.Getenv("H5_CRASH_NETNS"), CacheDir: os.Getenv("H5_CRASH_CACHE")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = n.Setup(context.Background(), os.Getenv("H5_CRASH_ID"), PodMeta{Namespace: "default", Name: "crash", UID: "u"})
+	t.Fatalf("Setup returned (%v) instead of stopping at %s", err, step)
 }
 
 func TestTeardownAfterCrash(t *testing.T) {
 	e := newEnv(t, "10.245.6.0/24")
 	ctx := context.Background()
-	for _, step := range []struct {
-		name string
-		hook *func()
-	}{
-		{"after netns", &testHookAfterNetns},
-		{"after CNI ADD", &testHookAfterAdd},
-		{"after hand-over", &testHookAfterHandOver},
-	} {
-		t.Run(step.name, func(t *testing.T) {
+	for _, step := range []string{"netns", "add", "handover"} {
+		t.Run("killed after "+step, func(t *testing.T) {
 			id := "h5-crash-" + randHex(4)
-			crashAt(t, e, id, step.hook)
+			crashAt(t, e, id, step)
+			if step != "netns" && len(e.ipamEntries()) != 1 {
+				t.Fatalf("IPAM entries %v after the crash, want the one ADD made", e.ipamEntries())
+			}
 			if _, err := os.Stat(e.net.netnsPath(id)); err != nil {
 				t.Fatalf("crash left no namespace to clean: %v", err)
 			}
