@@ -17,6 +17,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -378,7 +380,13 @@ func TestSetupGivesGuestThePodIPAndTeardownLeavesNothing(t *testing.T) {
 	plain.NICs = []NIC{nic}
 	plain.NICs[0].Bridge = ""
 	go func() { done <- ServeDHCP(dctx, &plain) }()
+	// DHCP must stay inside the sandbox: listen for it on the node bridge.
+	leakedDiscover := sniffUDP(t, e.bridge, 67)
+	leakedOffer := sniffUDP(t, e.bridge, 68)
 	lease := udhcpc(t, guest, "guest0")
+	if n, m := leakedDiscover.Load(), leakedOffer.Load(); n != 0 || m != 0 {
+		t.Errorf("DHCP left the sandbox onto the pod network: %d to port 67, %d to port 68", n, m)
+	}
 	if lease["ip"] != podIP.String() || lease["router"] != "10.245.5.1" || lease["subnet"] != "255.255.255.0" ||
 		lease["serverid"] != dhcpServerAddr.String() || lease["hostname"] != "vm-pod" || lease["mtu"] != fmt.Sprint(nic.MTU) {
 		t.Errorf("lease %v: want ip %s router 10.245.5.1 mask /24 hostname vm-pod mtu %d", lease, podIP, nic.MTU)
@@ -664,4 +672,36 @@ func TestGuestCannotSpoof(t *testing.T) {
 	if fdbHas(fake.String()) {
 		t.Errorf("frames from a MAC the guest was not given reached the node bridge")
 	}
+}
+
+// sniffUDP counts the UDP datagrams to port on device dev (broadcasts
+// included) until the test ends.
+func sniffUDP(t *testing.T, dev string, port int) *atomic.Int32 {
+	t.Helper()
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = errors.Join(
+				unix.SetsockoptString(int(fd), unix.SOL_SOCKET, unix.SO_BINDTODEVICE, dev),
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1),
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1))
+		})
+		return errors.Join(err, serr)
+	}}
+	pc, err := lc.ListenPacket(context.Background(), "udp4", fmt.Sprintf(":%d", port))
+	if err != nil {
+		t.Fatalf("listen on %s:%d: %v", dev, port, err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	var n atomic.Int32
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			if _, _, err := pc.ReadFrom(buf); err != nil {
+				return
+			}
+			n.Add(1)
+		}
+	}()
+	return &n
 }
