@@ -363,9 +363,14 @@ func TestSetupGivesGuestThePodIPAndTeardownLeavesNothing(t *testing.T) {
 		t.Errorf("eth0 kept IPv4 addresses %v", addrs)
 	}
 
-	// Status answers from the record for re-adoption.
-	st, err := e.net.Status(id)
-	if err != nil || st.IPs[0] != att.IPs[0] || st.NICs[0].MAC != nic.MAC {
+	// Status answers from the record for re-adoption, also in a new
+	// Network (a restarted shim).
+	again, err := New(e.net.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := again.Status(id)
+	if err != nil || st.IPs[0] != att.IPs[0] || st.NICs[0].MAC != nic.MAC || st.Netns != att.Netns {
 		t.Fatalf("Status = %+v, %v; want %+v", st, err, att)
 	}
 
