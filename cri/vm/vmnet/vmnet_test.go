@@ -710,3 +710,68 @@ func sniffUDP(t *testing.T, dev string, port int) *atomic.Int32 {
 	}()
 	return &n
 }
+
+// TestTwoInterfacesBecomeTwoGuestNICs: a pod with a second network (what a
+// NAD adds through a meta plugin) gets a second guest NIC; each NIC's MAC
+// gets its own address from ServeDHCP. The interfaces are made by hand here
+// (no Multus on this machine) and go through the same hand-over and guard.
+func TestTwoInterfacesBecomeTwoGuestNICs(t *testing.T) {
+	needRoot(t)
+	path := filepath.Join(t.TempDir(), "h5-two-"+randHex(3))
+	if err := createNetns(path); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeNetns(path) })
+	h := nsHandle(t, path)
+	ifaces := []cniIface{
+		{name: "eth0", ips: []netip.Prefix{netip.MustParsePrefix("10.245.10.2/24")}, gateway: netip.MustParseAddr("10.245.10.1")},
+		{name: "net1", ips: []netip.Prefix{netip.MustParsePrefix("10.245.11.7/24")}},
+	}
+	for i, ifc := range ifaces {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: ifc.name}, PeerName: fmt.Sprintf("h5peer%d", i)}
+		if err := h.LinkAdd(veth); err != nil {
+			t.Fatal(err)
+		}
+		l, _ := h.LinkByName(ifc.name)
+		if err := h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: ifc.ips[0].Addr().AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+			t.Fatal(err)
+		}
+		p, _ := h.LinkByName(fmt.Sprintf("h5peer%d", i))
+		h.LinkSetUp(l)
+		h.LinkSetUp(p)
+	}
+	att := &Attachment{Netns: path, Hostname: "two-nics"}
+	for i, ifc := range ifaces {
+		nic, err := handOver(path, i, ifc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		att.NICs = append(att.NICs, nic)
+	}
+	if err := guardNICs(path, att.NICs); err != nil {
+		t.Fatal(err)
+	}
+	if att.NICs[0].Tap == att.NICs[1].Tap || att.NICs[0].Bridge == att.NICs[1].Bridge || att.NICs[0].MAC == att.NICs[1].MAC {
+		t.Fatalf("NICs share a tap, bridge or MAC: %+v", att.NICs)
+	}
+	var guests []string
+	for _, nic := range att.NICs {
+		guests = append(guests, standInGuest(t, att, nic))
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ServeDHCP(ctx, att) }()
+	for i, g := range guests {
+		lease := udhcpc(t, g, "guest0")
+		if lease["ip"] != ifaces[i].ips[0].Addr().String() || lease["hostname"] != "two-nics" {
+			t.Errorf("NIC %d lease %v, want %s", i, lease, ifaces[i].ips[0].Addr())
+		}
+		if want := ifaces[i].gateway; want.IsValid() != (lease["router"] != "") || (want.IsValid() && lease["router"] != want.String()) {
+			t.Errorf("NIC %d router %q, want %v", i, lease["router"], want)
+		}
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Errorf("ServeDHCP: %v", err)
+	}
+}
