@@ -49,6 +49,7 @@ critest: prereqs
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseCheckpoint$$' -fuzztime 20000x ./agent/eve/evecfg/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseTokenPayload$$' -fuzztime 20000x ./agent/eve/evecrypt/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseNetworks$$' -fuzztime 20000x ./cni/annotation/
 
 bench: prereqs build kube
 	mkdir -p _output
