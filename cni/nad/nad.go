@@ -78,7 +78,7 @@ func (r *Resolver) Resolve(ctx context.Context, podNamespace, ns, name string) (
 	}
 	var raw []byte
 	if strings.TrimSpace(config) == "" {
-		if raw, err = r.fromConfDir(name); err != nil {
+		if raw, err = FromConfDir(r.ConfDir, name); err != nil {
 			return nil, fmt.Errorf("NetworkAttachmentDefinition %s has no spec.config: %w", ref, err)
 		}
 	} else {
@@ -161,12 +161,12 @@ func (r *Resolver) check(list *libcni.NetworkConfigList) error {
 	return nil
 }
 
-// fromConfDir finds the config file in ConfDir whose network name is name.
-func (r *Resolver) fromConfDir(name string) ([]byte, error) {
-	if r.ConfDir == "" {
+// FromConfDir returns the config file in dir whose network name is name.
+func FromConfDir(dir, name string) ([]byte, error) {
+	if dir == "" {
 		return nil, errors.New("no CNI conf dir is configured to look it up in")
 	}
-	entries, err := os.ReadDir(r.ConfDir)
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +181,7 @@ func (r *Resolver) fromConfDir(name string) ([]byte, error) {
 	}
 	sort.Strings(files)
 	for _, f := range files {
-		raw, err := os.ReadFile(filepath.Join(r.ConfDir, f))
+		raw, err := os.ReadFile(filepath.Join(dir, f))
 		if err != nil {
 			continue
 		}
@@ -192,7 +192,7 @@ func (r *Resolver) fromConfDir(name string) ([]byte, error) {
 			return raw, nil
 		}
 	}
-	return nil, fmt.Errorf("no CNI config named %q in %s", name, r.ConfDir)
+	return nil, fmt.Errorf("no CNI config named %q in %s", name, dir)
 }
 
 func contains(l []string, s string) bool {
