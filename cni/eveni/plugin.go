@@ -43,19 +43,33 @@ func Add(args *skel.CmdArgs) (*current.Result, *NetConf, error) {
 		return nil, conf, err
 	}
 	res := &current.Result{CNIVersion: current.ImplementedSpecVersion}
+	if ni.Status.Type == NITypeLocal && conf.IPAM.Type != "" {
+		return nil, conf, fmt.Errorf("EVE network instance %s is a Local NI: pod addresses come from the device owner's reserved range, so the NAD must not set ipam", ni.Name())
+	}
+	if conf.IPAM.Type != "" {
+		if err := checkIPAM(conf); err != nil {
+			return nil, conf, err
+		}
+	}
+	// The veth first: IPAM plugins such as dhcp work on the pod interface.
+	undo, err := createVeth(args, conf, ni, res)
+	if err != nil {
+		return nil, conf, fmt.Errorf("EVE network instance %s: %w", ni.Name(), err)
+	}
+	fail := func(err error) (*current.Result, *NetConf, error) {
+		undo()
+		return nil, conf, fmt.Errorf("EVE network instance %s: %w", ni.Name(), err)
+	}
 	o := Owner{ContainerID: args.ContainerID, IfName: args.IfName}
-	var release func()
 	switch ni.Status.Type {
 	case NITypeLocal:
-		if conf.IPAM.Type != "" {
-			return nil, conf, fmt.Errorf("EVE network instance %s is a Local NI: pod addresses come from the device owner's reserved range, so the NAD must not set ipam", ni.Name())
-		}
 		alloc := Allocator{Dir: filepath.Join(set.StateDir, ni.Status.UUID.String())}
 		addr, err := alloc.Allocate(o, ni.Grant.ReservedStart.To4(), ni.Grant.ReservedEnd.To4(), ni.excluded, conf.requestedIPv4())
 		if err != nil {
-			return nil, conf, fmt.Errorf("EVE network instance %s: %w", ni.Name(), err)
+			return fail(err)
 		}
-		release = func() { _ = alloc.Release(o) }
+		next := undo
+		undo = func() { next(); _ = alloc.Release(o) }
 		gw := ni.gateway()
 		res.IPs = []*current.IPConfig{{Address: net.IPNet{IP: addr, Mask: ni.Status.Subnet.Mask}, Gateway: gw}}
 		if conf.DefaultRoute && gw != nil {
@@ -64,22 +78,19 @@ func Add(args *skel.CmdArgs) (*current.Result, *NetConf, error) {
 		res.DNS = types.DNS{Nameservers: ni.dns(), Domain: ni.Status.DomainName}
 	case NITypeSwitch:
 		if conf.IPAM.Type != "" {
-			if err := checkIPAM(conf); err != nil {
-				return nil, conf, err
-			}
 			stdin, err := conf.ipamStdin()
 			if err != nil {
-				return nil, conf, err
+				return fail(err)
 			}
 			r, err := ipam.ExecAdd(conf.IPAM.Type, stdin)
 			if err != nil {
-				return nil, conf, fmt.Errorf("EVE network instance %s: ipam %q: %w", ni.Name(), conf.IPAM.Type, err)
+				return fail(fmt.Errorf("ipam %q: %w", conf.IPAM.Type, err))
 			}
-			release = func() { _ = ipam.ExecDel(conf.IPAM.Type, stdin) }
+			next := undo
+			undo = func() { next(); _ = ipam.ExecDel(conf.IPAM.Type, stdin) }
 			ir, err := current.NewResultFromResult(r)
 			if err != nil {
-				release()
-				return nil, conf, err
+				return fail(err)
 			}
 			res.IPs, res.DNS = ir.IPs, ir.DNS
 			for _, rt := range ir.Routes {
@@ -90,11 +101,8 @@ func Add(args *skel.CmdArgs) (*current.Result, *NetConf, error) {
 			}
 		}
 	}
-	if err := attach(args, conf, ni, res); err != nil {
-		if release != nil {
-			release()
-		}
-		return nil, conf, fmt.Errorf("EVE network instance %s: %w", ni.Name(), err)
+	if err := configure(args, res); err != nil {
+		return fail(err)
 	}
 	return res, conf, nil
 }
@@ -116,12 +124,12 @@ func checkIPAM(conf *NetConf) error {
 	return nil
 }
 
-// attach creates the veth, puts its host end into the NI's bridge and
-// configures the pod end; on failure it removes what it made.
-func attach(args *skel.CmdArgs, conf *NetConf, ni *NI, res *current.Result) error {
+// createVeth creates the veth, puts its host end into the NI's bridge and
+// records both ends in res; undo removes it again.
+func createVeth(args *skel.CmdArgs, conf *NetConf, ni *NI, res *current.Result) (undo func(), err error) {
 	br, err := netlink.LinkByName(ni.Status.BridgeName)
 	if err != nil {
-		return fmt.Errorf("bridge %s: %w", ni.Status.BridgeName, err)
+		return nil, fmt.Errorf("bridge %s: %w", ni.Status.BridgeName, err)
 	}
 	mtu := int(ni.Status.MTU)
 	if mtu == 0 {
@@ -129,7 +137,7 @@ func attach(args *skel.CmdArgs, conf *NetConf, ni *NI, res *current.Result) erro
 	}
 	netns, err := ns.GetNS(args.Netns)
 	if err != nil {
-		return fmt.Errorf("pod network namespace %s: %w", args.Netns, err)
+		return nil, fmt.Errorf("pod network namespace %s: %w", args.Netns, err)
 	}
 	defer netns.Close()
 	hostName := HostVethName(args.ContainerID, args.IfName)
@@ -140,9 +148,12 @@ func attach(args *skel.CmdArgs, conf *NetConf, ni *NI, res *current.Result) erro
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("creating the pod interface: %w", err)
+		return nil, fmt.Errorf("creating the pod interface: %w", err)
 	}
-	undo := func() { _ = netns.Do(func(ns.NetNS) error { return ip.DelLinkByName(args.IfName) }) }
+	nsPath := args.Netns
+	undo = func() {
+		_ = ns.WithNetNSPath(nsPath, func(ns.NetNS) error { return ip.DelLinkByName(args.IfName) })
+	}
 	hl, err := netlink.LinkByName(hostName)
 	if err == nil {
 		err = netlink.LinkSetMaster(hl, br)
@@ -152,28 +163,32 @@ func attach(args *skel.CmdArgs, conf *NetConf, ni *NI, res *current.Result) erro
 	}
 	if err != nil {
 		undo()
-		return fmt.Errorf("adding %s to bridge %s: %w", hostName, br.Attrs().Name, err)
+		return nil, fmt.Errorf("adding %s to bridge %s: %w", hostName, br.Attrs().Name, err)
 	}
 	res.Interfaces = []*current.Interface{
 		{Name: hostIf.Name, Mac: hostIf.HardwareAddr.String()},
 		{Name: contIf.Name, Mac: contIf.HardwareAddr.String(), Sandbox: args.Netns},
 	}
+	return undo, nil
+}
+
+// configure gives the pod interface res's addresses and routes, or just
+// brings it up when there are none (L2 only).
+func configure(args *skel.CmdArgs, res *current.Result) error {
 	for _, c := range res.IPs {
 		c.Interface = current.Int(1)
 	}
-	if len(res.IPs) == 0 {
-		err = netns.Do(func(ns.NetNS) error {
-			l, err := netlink.LinkByName(args.IfName)
-			if err == nil {
-				err = netlink.LinkSetUp(l)
-			}
-			return err
-		})
-	} else {
-		err = netns.Do(func(ns.NetNS) error { return ipam.ConfigureIface(args.IfName, res) })
-	}
+	err := ns.WithNetNSPath(args.Netns, func(ns.NetNS) error {
+		if len(res.IPs) > 0 {
+			return ipam.ConfigureIface(args.IfName, res)
+		}
+		l, err := netlink.LinkByName(args.IfName)
+		if err == nil {
+			err = netlink.LinkSetUp(l)
+		}
+		return err
+	})
 	if err != nil {
-		undo()
 		return fmt.Errorf("configuring %s: %w", args.IfName, err)
 	}
 	return nil
