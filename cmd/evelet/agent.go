@@ -92,6 +92,7 @@ func runAgent(args []string) int {
 		KubeletPort: int32(*kubeletPort), KubeletHealthzPort: int32(*healthzPort),
 		CgroupDriver: *cgroupDriver, KubeletCgroupRoot: *cgroupRoot, Log: log,
 		CNI: cniOpts,
+		EVERoot: pubsub.Root{Run: *eveRun, Persist: *evePersist},
 	})
 	if err := a.Run(ctx); err != nil && ctx.Err() == nil {
 		log.WithError(err).Error("agent stopped")
