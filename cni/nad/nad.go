@@ -130,6 +130,17 @@ func (r *Resolver) check(list *libcni.NetworkConfigList) error {
 	if len(list.Plugins) == 0 {
 		return errors.New("CNI conflist has no plugins")
 	}
+	// A tenant's config must not point a delegate (running as root) at a
+	// host file or socket: host-local's dataDir, dhcp's daemonSocketPath,
+	// eve-ni's eveniConfig (a settings file the tenant could have written
+	// into an emptyDir, with its own allow-list), or whatever a plugin adds.
+	var doc any
+	if err := json.Unmarshal(list.Bytes, &doc); err != nil {
+		return fmt.Errorf("CNI config is not valid JSON: %v", err)
+	}
+	if key := hostPath(doc, ""); key != "" {
+		return fmt.Errorf("%q names a host path; a NetworkAttachmentDefinition may not (the node's settings give plugins their paths)", key)
+	}
 	for _, p := range list.Plugins {
 		t := p.Network.Type
 		if t == r.Self {
@@ -159,6 +170,35 @@ func (r *Resolver) check(list *libcni.NetworkConfigList) error {
 		}
 	}
 	return nil
+}
+
+// hostPath returns the key of the first string value that is an absolute
+// path, "" if none.
+func hostPath(v any, key string) string {
+	switch x := v.(type) {
+	case string:
+		if strings.HasPrefix(x, "/") {
+			return key
+		}
+	case map[string]any:
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			if r := hostPath(x[k], strings.TrimPrefix(key+"."+k, ".")); r != "" {
+				return r
+			}
+		}
+	case []any:
+		for i, e := range x {
+			if r := hostPath(e, fmt.Sprintf("%s[%d]", key, i)); r != "" {
+				return r
+			}
+		}
+	}
+	return ""
 }
 
 // FromConfDir returns the config file in dir whose network name is name.

@@ -86,6 +86,10 @@ func TestResolveRefusals(t *testing.T) {
 		nadObj("pods", "badname", `{"cniVersion":"1.0.0","name":"../../x","type":"bridge"}`),
 		nadObj("pods", "nofile", ""),
 		nadObj("pods", "noplugins", `{"cniVersion":"1.0.0","name":"n","plugins":[]}`),
+		nadObj("pods", "eveniconfig", `{"cniVersion":"1.1.0","name":"e","type":"eve-ni","networkInstance":"ni1","eveniConfig":"/persist/evelet/kubelet/root/pods/x/volumes/kubernetes.io~empty-dir/v/eve-ni.json"}`),
+		nadObj("pods", "dhcpsock", `{"cniVersion":"1.0.0","name":"d","type":"bridge","ipam":{"type":"static","daemonSocketPath":"/run/containerd/containerd.sock"}}`),
+		nadObj("pods", "nestedpath", `{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"},{"type":"macvlan","x":[{"y":"/etc/shadow"}]}]}`),
+		nadObj("pods", "reldatadir", `{"cniVersion":"1.0.0","name":"d","type":"bridge","ipam":{"type":"host-local","dataDir":"../../x"}}`),
 		nadObj("pods", "laterplugin", `{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"},{"type":"host-device"}]}`),
 	)
 	for _, c := range []struct{ ns, name, want string }{
@@ -95,11 +99,15 @@ func TestResolveRefusals(t *testing.T) {
 		{"pods", "hostdev", `plugin type "host-device" is not allowed on this node`},
 		{"pods", "self", "cannot delegate to itself"},
 		{"pods", "ipam", `IPAM type "dhcp" is not allowed`},
-		{"pods", "datadir", `"dataDir" may not be set`},
 		{"pods", "badname", "CNI network name"},
 		{"pods", "nofile", `has no spec.config: no CNI config named "nofile"`},
 		{"pods", "noplugins", "no plugins"},
 		{"pods", "laterplugin", `"host-device" is not allowed`},
+		{"pods", "reldatadir", `"dataDir" may not be set`},
+		{"pods", "eveniconfig", `eveniConfig" names a host path`},
+		{"pods", "dhcpsock", `ipam.daemonSocketPath" names a host path`},
+		{"pods", "nestedpath", `"plugins[1].x[0].y" names a host path`},
+		{"pods", "datadir", `ipam.dataDir" names a host path`},
 	} {
 		_, err := r.Resolve(context.Background(), "pods", c.ns, c.name)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
