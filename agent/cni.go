@@ -94,6 +94,7 @@ func (a *Agent) setupCNI(j *intent.Join) error {
 			"nodeKubeconfig": st.Credentials().Kubeconfig(),
 			"nodeName":       j.NodeName,
 			"rules":          nad.Rules{SharedNamespaces: o.SharedNamespaces, PluginTypes: types, IPAMTypes: ipam},
+			"eveniConfig":    a.cfg.EveNISettingsFile(),
 			// The runtime's hostPort and bandwidth reach the default network.
 			"capabilities": map[string]bool{"portMappings": true, "bandwidth": true},
 		}},

@@ -39,6 +39,9 @@ type Conf struct {
 	NodeKubeconfig string `json:"nodeKubeconfig,omitempty"`
 	// NodeName is this node: the plugin annotates only pods bound to it.
 	NodeName string `json:"nodeName"`
+	// EveNIConfig is the eve-ni plugin's settings file; evelet-cni sets it
+	// as "eveniConfig" in every eve-ni delegate (a NAD may not).
+	EveNIConfig string `json:"eveniConfig,omitempty"`
 	// Rules limit what a NAD may use.
 	Rules nad.Rules `json:"rules"`
 	// RuntimeConfig carries the runtime's capability args (portMappings,

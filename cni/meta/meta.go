@@ -192,7 +192,7 @@ func (p *Plugin) plan(c *Conf, args *skel.CmdArgs, cniArgs [][2]string, id podId
 		if err != nil {
 			return nil, nil, fmt.Errorf("evelet-cni: pod %s/%s: %s: %w", id.Namespace, id.Name, where, err)
 		}
-		a, err := selectionAttachment(s, n)
+		a, err := selectionAttachment(s, n, c.EveNIConfig)
 		if err != nil {
 			return nil, nil, fmt.Errorf("evelet-cni: pod %s/%s: %s: %w", id.Namespace, id.Name, where, err)
 		}
@@ -211,7 +211,7 @@ func refs(sels []annotation.Selection) string {
 
 // selectionAttachment turns a selection and its NAD into one delegate run:
 // the runtimeConfig capabilities (CNI conventions) and cni-args.
-func selectionAttachment(s annotation.Selection, n *nad.Network) (*attachment, error) {
+func selectionAttachment(s annotation.Selection, n *nad.Network, eveniConfig string) (*attachment, error) {
 	caps := map[string]any{}
 	want := func(cap string, v any) { caps[cap] = v }
 	if s.MAC != "" {
@@ -243,18 +243,19 @@ func selectionAttachment(s annotation.Selection, n *nad.Network) (*attachment, e
 		}
 	}
 	cfg := n.List.Bytes
-	if len(s.CNIArgs) > 0 {
+	if len(s.CNIArgs) > 0 || eveniConfig != "" {
 		var err error
-		if cfg, err = withCNIArgs(cfg, s.CNIArgs); err != nil {
-			return nil, fmt.Errorf("NetworkAttachmentDefinition %s: cni-args: %w", n.Ref(), err)
+		if cfg, err = withNodeSettings(cfg, s.CNIArgs, eveniConfig); err != nil {
+			return nil, fmt.Errorf("NetworkAttachmentDefinition %s: %w", n.Ref(), err)
 		}
 	}
 	return &attachment{Ref: n.Ref(), IfName: s.Interface, Config: cfg, CapabilityArgs: caps}, nil
 }
 
-// withCNIArgs puts cni-args into every plugin's "args":{"cni":{...}} (CNI
-// conventions), keeping what the NAD set there.
-func withCNIArgs(list []byte, cniArgs map[string]any) ([]byte, error) {
+// withNodeSettings puts cni-args into every plugin's "args":{"cni":{...}}
+// (CNI conventions), keeping what the NAD set there, and the node's eve-ni
+// settings path into every eve-ni plugin.
+func withNodeSettings(list []byte, cniArgs map[string]any, eveniConfig string) ([]byte, error) {
 	var m map[string]any
 	if err := json.Unmarshal(list, &m); err != nil {
 		return nil, err
@@ -263,6 +264,12 @@ func withCNIArgs(list []byte, cniArgs map[string]any) ([]byte, error) {
 	for _, pl := range plugins {
 		pm, ok := pl.(map[string]any)
 		if !ok {
+			continue
+		}
+		if pm["type"] == "eve-ni" && eveniConfig != "" {
+			pm["eveniConfig"] = eveniConfig
+		}
+		if len(cniArgs) == 0 {
 			continue
 		}
 		a, _ := pm["args"].(map[string]any)

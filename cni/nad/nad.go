@@ -4,6 +4,7 @@
 package nad
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -148,6 +149,9 @@ func (r *Resolver) check(list *libcni.NetworkConfigList) error {
 		}
 		if !contains(r.Rules.PluginTypes, t) {
 			return fmt.Errorf("plugin type %q is not allowed on this node (allowed: %s)", t, list2str(r.Rules.PluginTypes))
+		}
+		if t == "eve-ni" && bytes.Contains(p.Bytes, []byte(`"eveniConfig"`)) {
+			return fmt.Errorf("plugin %q: \"eveniConfig\" is the node's to set, not a NetworkAttachmentDefinition's", t)
 		}
 		var ipam struct {
 			IPAM *struct {

@@ -90,6 +90,7 @@ func TestResolveRefusals(t *testing.T) {
 		nadObj("pods", "dhcpsock", `{"cniVersion":"1.0.0","name":"d","type":"bridge","ipam":{"type":"static","daemonSocketPath":"/run/containerd/containerd.sock"}}`),
 		nadObj("pods", "nestedpath", `{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"},{"type":"macvlan","x":[{"y":"/etc/shadow"}]}]}`),
 		nadObj("pods", "reldatadir", `{"cniVersion":"1.0.0","name":"d","type":"bridge","ipam":{"type":"host-local","dataDir":"../../x"}}`),
+		nadObj("pods", "relevenicfg", `{"cniVersion":"1.1.0","name":"e","type":"eve-ni","networkInstance":"ni1","eveniConfig":"eve-ni.json"}`),
 		nadObj("pods", "laterplugin", `{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"},{"type":"host-device"}]}`),
 	)
 	for _, c := range []struct{ ns, name, want string }{
@@ -103,6 +104,7 @@ func TestResolveRefusals(t *testing.T) {
 		{"pods", "nofile", `has no spec.config: no CNI config named "nofile"`},
 		{"pods", "noplugins", "no plugins"},
 		{"pods", "laterplugin", `"host-device" is not allowed`},
+		{"pods", "relevenicfg", `"eveniConfig" is the node's to set`},
 		{"pods", "reldatadir", `"dataDir" may not be set`},
 		{"pods", "eveniconfig", `eveniConfig" names a host path`},
 		{"pods", "dhcpsock", `ipam.daemonSocketPath" names a host path`},
