@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,9 +25,11 @@ import (
 
 	"github.com/lf-edge/evelet/cni/annotation"
 	"github.com/lf-edge/evelet/cni/nad"
+	"github.com/lf-edge/evelet/cri/policy"
 	"github.com/lf-edge/evelet/images"
 	"github.com/lf-edge/evelet/internal/layout"
 	"github.com/lf-edge/evelet/tests/containerd"
+	"github.com/lf-edge/evelet/tests/evesim"
 )
 
 // The NAD test runs its own containerd: the agent installs evelet-cni into
@@ -199,19 +202,10 @@ func waitSandboxEvent(t *testing.T, ctx context.Context, name, want string) {
 	}
 }
 
-// TestNetworkAttachments: a pod with two NetworkAttachmentDefinitions gets
-// eth0, net1 and net2 with the MAC and IP it asked for and a right
-// network-status; bad input is a clear pod event with nothing attached;
-// deleting the sandbox with the apiserver stopped leaves no interface,
-// lease or cache entry.
-func TestNetworkAttachments(t *testing.T) {
-	needEnv(t)
-	ctx := testCtx(t, 20*time.Minute)
-	cs := env.cp.Client()
-	dc, err := dynamic.NewForConfig(env.cp.RESTConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
+// startNADRuntime starts the test's own containerd whose CNI bin dir holds
+// links to the system plugins, for the agent to install evelet-cni into.
+func startNADRuntime(t *testing.T, ctx context.Context) (*containerd.Containerd, string) {
+	t.Helper()
 	work, err := os.MkdirTemp("/tmp", "evnad-")
 	if err != nil {
 		t.Fatal(err)
@@ -256,8 +250,14 @@ func TestNetworkAttachments(t *testing.T) {
 	if err := ctrd.ImportImages(ctx, pause, busybox); err != nil {
 		t.Fatal(err)
 	}
+	return ctrd, binDir
+}
 
-	// The cluster side: the CRD, the shipped RBAC, a token for it, NADs.
+// setupNADCluster creates the NAD CRD and applies the shipped RBAC, and
+// returns a token of the evelet-network ServiceAccount.
+func setupNADCluster(t *testing.T, ctx context.Context, dc dynamic.Interface) string {
+	t.Helper()
+	cs := env.cp.Client()
 	applyYAML(t, ctx, dc, []byte(nadCRD))
 	waitFor(t, time.Minute, "NAD CRD served", func() (bool, error) {
 		_, err := dc.Resource(nad.GVR).Namespace("default").List(ctx, metav1.ListOptions{})
@@ -278,6 +278,59 @@ func TestNetworkAttachments(t *testing.T) {
 		netToken = tr.Status.Token
 		return true, nil
 	})
+	return netToken
+}
+
+// nadAgentFlags points the device's agent at the NAD runtime with
+// evelet-cni on.
+func nadAgentFlags(ctrd *containerd.Containerd, binDir, plugins string) []string {
+	return []string{"--containerd=" + ctrd.Endpoint(), "--cni-bin-dir=" + binDir, "--cni-conf-dir=" + ctrd.CNIConfDir(),
+		"--cni-default-network=" + nadDefaultNetwork, "--cni-allowed-plugins=" + plugins, "--cni-allowed-ipam=host-local,static"}
+}
+
+// waitNADPodRunning waits for a pod of the default namespace to run.
+func waitNADPodRunning(t *testing.T, ctx context.Context, name string) *corev1.Pod {
+	t.Helper()
+	var pod *corev1.Pod
+	waitFor(t, 3*time.Minute, name+" Running", func() (bool, error) {
+		p, err := env.cp.Client().CoreV1().Pods("default").Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		pod = p
+		return p.Status.Phase == corev1.PodRunning, fmt.Errorf("phase %s %v", p.Status.Phase, p.Status.ContainerStatuses)
+	})
+	return pod
+}
+
+// podLogs waits for the pod's "ip -o addr; ip -o link" output.
+func podLogs(t *testing.T, ctx context.Context, name string) string {
+	t.Helper()
+	var logs string
+	waitFor(t, time.Minute, name+" logs", func() (bool, error) {
+		b, err := env.cp.Client().CoreV1().Pods("default").GetLogs(name, &corev1.PodLogOptions{}).DoRaw(ctx)
+		logs = string(b)
+		return err == nil && strings.Contains(logs, "link/"), err
+	})
+	return logs
+}
+
+// TestNetworkAttachments: a pod with two NetworkAttachmentDefinitions gets
+// eth0, net1 and net2 with the MAC and IP it asked for and a right
+// network-status; bad input is a clear pod event with nothing attached;
+// deleting the sandbox with the apiserver stopped leaves no interface,
+// lease or cache entry.
+func TestNetworkAttachments(t *testing.T) {
+	needEnv(t)
+	ctx := testCtx(t, 20*time.Minute)
+	cs := env.cp.Client()
+	dc, err := dynamic.NewForConfig(env.cp.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrd, binDir := startNADRuntime(t, ctx)
+	netToken := setupNADCluster(t, ctx, dc)
+
 	createNAD(t, ctx, dc, "net-a", `{"cniVersion":"1.0.0","name":"evelet-nad-a","type":"bridge","bridge":"evelet-nad1",
 	  "ipam":{"type":"host-local","subnet":"10.246.61.0/24"}}`)
 	createNAD(t, ctx, dc, "net-b", `{"cniVersion":"1.0.0","name":"evelet-nad-b","plugins":[
@@ -290,9 +343,8 @@ func TestNetworkAttachments(t *testing.T) {
 	j := joinFor(node, newToken(t))
 	j.NetworkToken = netToken
 	d := newDevice(t, j)
-	d.source = []string{"--join-file=" + d.joinPath, "--containerd=" + ctrd.Endpoint(),
-		"--cni-bin-dir=" + binDir, "--cni-conf-dir=" + ctrd.CNIConfDir(), "--cni-default-network=" + nadDefaultNetwork,
-		"--cni-allowed-plugins=bridge,tuning", "--cni-allowed-ipam=host-local,static"}
+	// --containerd again: the last one wins, the NAD runtime.
+	d.source = append([]string{"--join-file=" + d.joinPath}, nadAgentFlags(ctrd, binDir, "bridge,tuning")...)
 	d.start()
 	waitNodeReady(t, node, 4*time.Minute)
 	st := layout.State{Dir: d.stateDir()}
@@ -310,21 +362,8 @@ func TestNetworkAttachments(t *testing.T) {
 	t.Cleanup(func() {
 		cs.CoreV1().Pods("default").Delete(context.Background(), multi.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
 	})
-	var pod *corev1.Pod
-	waitFor(t, 3*time.Minute, "nad-multi Running", func() (bool, error) {
-		p, err := cs.CoreV1().Pods("default").Get(ctx, multi.Name, metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		pod = p
-		return p.Status.Phase == corev1.PodRunning, fmt.Errorf("phase %s %v", p.Status.Phase, p.Status.ContainerStatuses)
-	})
-	var logs string
-	waitFor(t, time.Minute, "nad-multi logs", func() (bool, error) {
-		b, err := cs.CoreV1().Pods("default").GetLogs(multi.Name, &corev1.PodLogOptions{}).DoRaw(ctx)
-		logs = string(b)
-		return err == nil && strings.Contains(logs, "link/"), err
-	})
+	pod := waitNADPodRunning(t, ctx, multi.Name)
+	logs := podLogs(t, ctx, multi.Name)
 	t.Logf("pod's interfaces:\n%s", logs)
 	for _, want := range []string{": eth0 ", "inet 10.244.66.", ": net1 ", "inet 10.246.61.", ": net2 ", "inet " + ipB, "link/ether " + mac} {
 		if !strings.Contains(logs, want) {
@@ -422,6 +461,102 @@ func TestNetworkAttachments(t *testing.T) {
 			left = append(left, bridgePorts(t, br)...)
 		}
 		left = append(left, hostLocalLeases("evelet-nad-a")...)
+		r, _ := filepath.Glob(filepath.Join(st.CNI().MetaState(), "attachments", "*.json"))
+		left = append(left, r...)
+		return len(left) == 0, fmt.Errorf("left: %v", left)
+	})
+}
+
+// TestNetworkAttachmentsEVENI: on a simulated EVE device with a Local
+// network instance the owner gives to Kubernetes, a pod with an eve-ni NAD
+// gets net1 in the owner's reserved range through evelet-cni; a NAD naming
+// an NI the device lacks is a clear pod event; deleting the pod leaves no
+// port on the NI's bridge and no attachment record. The evelet-network
+// token arrives in the EVE cluster token's envelope.
+func TestNetworkAttachmentsEVENI(t *testing.T) {
+	needEnv(t)
+	ctx := testCtx(t, 20*time.Minute)
+	cs := env.cp.Client()
+	dc, err := dynamic.NewForConfig(env.cp.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrd, binDir := startNADRuntime(t, ctx)
+	netToken := setupNADCluster(t, ctx, dc)
+
+	d, sim := newSimDevice(t, "Edge NAD EVE")
+	node := "edge-nad-eve"
+	deleteNodeAtEnd(t, node)
+	nw := evesim.NewNetwork(sim.Root, "h6", t.TempDir())
+	t.Cleanup(func() { nw.Close() })
+	ni, err := nw.AddLocalNI(evesim.LocalNIOptions{Name: "nad-local", UUID: "6b2a7c1e-5d3f-4c2a-8e1b-000000000061",
+		BridgeNum: 61, Subnet: "10.98.61.0/24"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	createNAD(t, ctx, dc, "eve-local", `{"cniVersion":"1.1.0","name":"eve-local","type":"eve-ni","networkInstance":"nad-local"}`)
+	createNAD(t, ctx, dc, "eve-absent", `{"cniVersion":"1.1.0","name":"eve-absent","type":"eve-ni","networkInstance":"no-such-ni"}`)
+
+	d.source = append(d.source, nadAgentFlags(ctrd, binDir, "eve-ni")...)
+	d.start()
+	c := simCluster(t, env.cp, "prod", "11111111-2222-4333-8444-666666666666")
+	envelope, err := json.Marshal(map[string]string{"token": c.Token, "networkToken": netToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Token = string(envelope)
+	c.ConfigItems[policy.KeyNetworkInstances] = "nad-local=10.98.61.200-10.98.61.210"
+	if err := sim.SetCluster(c); err != nil {
+		t.Fatal(err)
+	}
+	waitNodeReady(t, node, 4*time.Minute)
+	st := layout.State{Dir: d.stateDir()}
+	if _, err := os.Stat(st.CNI().NetworkKubeconfig()); err != nil {
+		t.Fatalf("evelet-network kubeconfig from the EVE envelope: %v", err)
+	}
+
+	p := nadPod("nad-eve", node, "eve-local", "busybox ip -o addr; busybox ip -o link; sleep 3600")
+	if _, err := cs.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cs.CoreV1().Pods("default").Delete(context.Background(), p.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
+	})
+	pod := waitNADPodRunning(t, ctx, p.Name)
+	logs := podLogs(t, ctx, p.Name)
+	t.Logf("pod's interfaces:\n%s", logs)
+	var net1 string
+	for _, l := range strings.Split(logs, "\n") {
+		if f := strings.Fields(l); len(f) > 3 && f[1] == "net1" && f[2] == "inet" {
+			net1 = f[3]
+		}
+	}
+	ip, _, err := net.ParseCIDR(net1)
+	if err != nil || ip.To4() == nil || ip.To4()[2] != 61 || ip.To4()[3] < 200 || ip.To4()[3] > 210 {
+		t.Fatalf("net1 address %q, want one in the owner's range 10.98.61.200-210", net1)
+	}
+	var status []annotation.NetworkStatus
+	if err := json.Unmarshal([]byte(pod.Annotations[annotation.StatusKey]), &status); err != nil {
+		t.Fatalf("network-status: %v", err)
+	}
+	if len(status) != 2 || status[1].Name != "default/eve-local" || status[1].Interface != "net1" || strings.Join(status[1].IPs, ",") != ip.String() {
+		t.Errorf("network-status wrong: %+v", status)
+	}
+	bridge := ni.Status.BridgeName
+	if ports := bridgePorts(t, bridge); len(ports) != 1 {
+		t.Errorf("NI bridge %s ports %v, want the pod's veth", bridge, ports)
+	}
+
+	bad := nadPod("nad-eve-absent", node, "eve-absent", "sleep 3600")
+	if _, err := cs.CoreV1().Pods("default").Create(ctx, bad, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitSandboxEvent(t, ctx, bad.Name, "network 1 (default/eve-absent, interface net1)")
+	deletePod(t, ctx, cs, bad.Name)
+
+	deletePod(t, ctx, cs, p.Name)
+	waitFor(t, 2*time.Minute, "nothing left of nad-eve", func() (bool, error) {
+		left := bridgePorts(t, bridge)
 		r, _ := filepath.Glob(filepath.Join(st.CNI().MetaState(), "attachments", "*.json"))
 		left = append(left, r...)
 		return len(left) == 0, fmt.Errorf("left: %v", left)
