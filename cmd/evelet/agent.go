@@ -91,7 +91,7 @@ func runAgent(args []string) int {
 		Source: src, Self: self, DrainTimeout: *drainTimeout, Metrics: reg,
 		KubeletPort: int32(*kubeletPort), KubeletHealthzPort: int32(*healthzPort),
 		CgroupDriver: *cgroupDriver, KubeletCgroupRoot: *cgroupRoot, Log: log,
-		CNI: cniOpts,
+		CNI:     cniOpts,
 		EVERoot: pubsub.Root{Run: *eveRun, Persist: *evePersist},
 	})
 	if err := a.Run(ctx); err != nil && ctx.Err() == nil {
