@@ -337,6 +337,9 @@ func (p *Plugin) add(args *skel.CmdArgs) (types.Result, error) {
 			if !a.Default {
 				what = fmt.Sprintf("network %d (%s, interface %s)", i, a.Ref, a.IfName)
 			}
+			if rec.PodName != "" {
+				what = fmt.Sprintf("pod %s/%s: %s", rec.PodNamespace, rec.PodName, what)
+			}
 			err = fmt.Errorf("evelet-cni: %s: %w", what, err)
 			return nil, p.undo(c, cn, rec, i, err)
 		}

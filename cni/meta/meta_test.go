@@ -152,7 +152,7 @@ func TestHalfwayAddUndone(t *testing.T) {
 		t.Fatal("ADD succeeded with a broken network")
 	}
 	t.Log(err)
-	for _, w := range []string{"network 3 (pods/broken, interface bad0)"} {
+	for _, w := range []string{"pod pods/half: network 3 (pods/broken, interface bad0)", "h6_no_such_sysctl"} {
 		if !strings.Contains(err.Error(), w) {
 			t.Fatalf("error %q does not name %q", err, w)
 		}
