@@ -57,6 +57,13 @@ type Plugin struct {
 	APITimeout time.Duration
 }
 
+func (p *Plugin) log() *logrus.Entry {
+	if p.Log == nil {
+		return logrus.NewEntry(logrus.StandardLogger())
+	}
+	return p.Log
+}
+
 func (p *Plugin) cni(c *Conf, args *skel.CmdArgs) *libcni.CNIConfig {
 	return libcni.NewCNIConfigWithCacheDir(splitPath(args.Path), c.resultsDir(), p.Exec)
 }
@@ -127,15 +134,15 @@ func defaultNetwork(c *Conf) (*libcni.NetworkConfigList, error) {
 	return l, nil
 }
 
-// plan works out, before anything is attached, every attachment of the
-// sandbox. All refusals (bad annotation, unknown or forbidden NAD, missing
-// credential) happen here, so a refused pod has nothing half attached.
 // annotateTarget is the pod network-status goes to (nil: none).
 type annotateTarget struct {
 	pods            Pods
 	namespace, name string
 }
 
+// plan works out, before anything is attached, every attachment of the
+// sandbox. All refusals (bad annotation, unknown or forbidden NAD, missing
+// credential) happen here, so a refused pod has nothing half attached.
 func (p *Plugin) plan(c *Conf, args *skel.CmdArgs, cniArgs [][2]string, id podIdentity) (*record, *annotateTarget, error) {
 	def, err := defaultNetwork(c)
 	if err != nil {
@@ -171,7 +178,7 @@ func (p *Plugin) plan(c *Conf, args *skel.CmdArgs, cniArgs [][2]string, id podId
 	// Only a pod bound to this node is annotated: RBAC cannot narrow the
 	// credential's patch right to this node's pods, the plugin does.
 	var target *annotateTarget
-	if cl.CanAnnotate && (c.NodeName == "" || pod.NodeName == c.NodeName) {
+	if cl.CanAnnotate && c.NodeName != "" && pod.NodeName == c.NodeName {
 		target = &annotateTarget{cl.Pods, id.Namespace, id.Name}
 	}
 	if len(sels) == 0 {
@@ -180,7 +187,7 @@ func (p *Plugin) plan(c *Conf, args *skel.CmdArgs, cniArgs [][2]string, id podId
 	if cl.NADs == nil || !cl.CanAnnotate {
 		return nil, nil, fmt.Errorf("evelet-cni: pod %s/%s asks for networks (%s) but this node has no evelet-network credential: the join material carries none (see docs/networks.md)", id.Namespace, id.Name, refs(sels))
 	}
-	if c.NodeName != "" && pod.NodeName != c.NodeName {
+	if c.NodeName == "" || pod.NodeName != c.NodeName {
 		return nil, nil, fmt.Errorf("evelet-cni: pod %s/%s is bound to node %q, not to this node %q", id.Namespace, id.Name, pod.NodeName, c.NodeName)
 	}
 	for i, s := range sels {
@@ -369,6 +376,7 @@ func (p *Plugin) add(args *skel.CmdArgs) (types.Result, error) {
 // record stays when a DEL fails, so the runtime's DEL or GC retries it.
 func (p *Plugin) undo(c *Conf, cn *libcni.CNIConfig, rec *record, last int, cause error) error {
 	if err := p.delete(c, cn, rec, last); err != nil {
+		p.log().WithError(err).WithField("container", rec.ContainerID).Warn("undoing a failed ADD failed; the record stays for DEL and GC")
 		return fmt.Errorf("%w (and undoing it failed, kept for DEL: %v)", cause, err)
 	}
 	return cause
@@ -498,6 +506,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 			continue
 		}
 		r.NetNS = ""
+		p.log().WithFields(logrus.Fields{"container": r.ContainerID, "pod": r.PodNamespace + "/" + r.PodName}).Info("GC: deleting the attachments of a sandbox the runtime no longer has")
 		if err := p.delete(c, cn, r, len(r.Attachments)-1); err != nil {
 			errs = append(errs, fmt.Errorf("container %s: %w", r.ContainerID, err))
 		}
