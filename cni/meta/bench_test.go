@@ -152,7 +152,7 @@ var (
 	buildErr  error
 )
 
-// buildPlugin builds cmd/evelet-cni once into a temp dir.
+// buildPlugin builds cmd/evelet-cni once into a temp dir (TestMain removes it).
 func buildPlugin(t testing.TB) string {
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "h6-evelet-cni-")
@@ -169,7 +169,6 @@ func buildPlugin(t testing.TB) string {
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
-	t.Cleanup(func() {}) // the binary is shared by the package's tests; TestMain removes it
 	return builtBin
 }
 

@@ -34,7 +34,6 @@ const cniBinDir = "/usr/lib/cni"
 // (bridges, IPAM, iptables stay there), a conf dir with the default
 // network, a fake apiserver for pods and NADs, and the plugin.
 type env struct {
-	t        *testing.T
 	id       string // short random suffix for names
 	hostNS   string // netns name
 	confDir  string
@@ -81,8 +80,7 @@ func randID() string {
 
 func newEnv(t testing.TB) *env {
 	needRoot(t)
-	tt, _ := t.(*testing.T)
-	e := &env{t: tt, id: randID()}
+	e := &env{id: randID()}
 	e.hostNS = "h6-h" + e.id
 	addNetns(t, e.hostNS)
 	ip(t, "-n", e.hostNS, "link", "set", "lo", "up")
