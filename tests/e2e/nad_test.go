@@ -465,6 +465,29 @@ func TestNetworkAttachments(t *testing.T) {
 		left = append(left, r...)
 		return len(left) == 0, fmt.Errorf("left: %v", left)
 	})
+
+	// The join material loses its networkToken: the agent removes the
+	// credential without restarting the kubelet; a pod asking for networks
+	// is refused clearly, a pod without the annotation still runs (the
+	// plugin reads it with the node's own credential).
+	j.NetworkToken = ""
+	d.writeJoin(j)
+	waitFor(t, time.Minute, "evelet-network kubeconfig removed", func() (bool, error) {
+		_, err := os.Stat(st.CNI().NetworkKubeconfig())
+		return os.IsNotExist(err), err
+	})
+	if _, err := cs.CoreV1().Pods("default").Create(ctx, nadPod("nad-nocred", node, "net-a", "sleep 3600"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitSandboxEvent(t, ctx, "nad-nocred", "asks for networks (default/net-a) but this node has no evelet-network credential")
+	deletePod(t, ctx, cs, "nad-nocred")
+	plain := nadPod("nad-plain", node, "", "sleep 3600")
+	delete(plain.Annotations, annotation.NetworksKey)
+	if _, err := cs.CoreV1().Pods("default").Create(ctx, plain, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitNADPodRunning(t, ctx, plain.Name)
+	deletePod(t, ctx, cs, plain.Name)
 }
 
 // TestNetworkAttachmentsEVENI: on a simulated EVE device with a Local
