@@ -16,7 +16,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/lf-edge/evelet/agent/eve/pubsub"
 	"github.com/lf-edge/evelet/agent/intent"
+	"github.com/lf-edge/evelet/agent/upgrade"
 	"github.com/lf-edge/evelet/bootstrap"
 	"github.com/lf-edge/evelet/cri"
 	"github.com/lf-edge/evelet/cri/containerd"
@@ -53,6 +55,9 @@ type Config struct {
 	Discovery bootstrap.DiscoveryOptions
 	// KubeletCgroupRoot is the kubelet's cgroupRoot ("": "/").
 	KubeletCgroupRoot string
+	// EVE is EVE's pubsub root when the join source is the EVE channel;
+	// it enables the upgrade coordinator (upgrade_hook.go). nil: off.
+	EVE *pubsub.Root
 }
 
 // PolicyFile is the guardrail policy for the kubelet's hostPath guard.
@@ -114,6 +119,8 @@ type Agent struct {
 	sup    kubeletProc
 	cri    *cri.Server
 	items  map[string]string // the owner's "evelet." config items
+
+	upgrader *upgrade.Coordinator // running while the node has credentials (EVE channel)
 }
 
 func New(cfg Config) *Agent {
@@ -333,7 +340,9 @@ func (a *Agent) join(ctx context.Context, job *joinJob) {
 	a.publish(func(s *Status) {
 		s.Phase, s.Credentials, s.LastError, s.LastErrorTime = PhaseRunning, string(outcome), "", nil
 	})
+	waitUpgrade := a.startUpgrade(ctx, j)
 	k.Run(ctx)
+	waitUpgrade()
 	a.mu.Lock()
 	a.sup = nil
 	a.mu.Unlock()
@@ -451,6 +460,7 @@ func (a *Agent) setConfigItems(items map[string]string) {
 		srv.SetPolicy(p)
 	}
 	a.writePolicyFile()
+	a.setUpgradeItems(items)
 	a.publishConfigErrors(items)
 	a.log.WithField("items", items).Info("device owner's evelet config items applied")
 }
@@ -462,6 +472,7 @@ func (a *Agent) publishConfigErrors(items map[string]string) {
 	var msgs []string
 	_, errs := policy.FromConfigItems(items)
 	errs = append(errs, (&kubeletshim.Options{ConfigItems: items}).ConfigItemErrors()...)
+	errs = append(errs, upgradeItemErrors(items)...)
 	for _, err := range errs {
 		a.log.WithError(err).Error("config item ignored; it keeps its default")
 		msgs = append(msgs, err.Error())
