@@ -263,7 +263,9 @@ func TestOSUpdateOneDevice(t *testing.T) {
 	if _, err := cs.AppsV1().DaemonSets("default").Create(ctx, dset, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cs.AppsV1().DaemonSets("default").Delete(context.Background(), "upg-ds", metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		cs.AppsV1().DaemonSets("default").Delete(context.Background(), "upg-ds", metav1.DeleteOptions{})
+	})
 	waitFor(t, 3*time.Minute, "2 Deployment pods and the DaemonSet pod Running", func() (bool, error) {
 		run := map[string]int{}
 		for _, p := range podsOn(t, node, "") {
@@ -362,7 +364,9 @@ func TestOSUpdateOneDevice(t *testing.T) {
 	if _, err := cs.PolicyV1().PodDisruptionBudgets("default").Create(ctx, pdb, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cs.PolicyV1().PodDisruptionBudgets("default").Delete(context.Background(), "upg", metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		cs.PolicyV1().PodDisruptionBudgets("default").Delete(context.Background(), "upg", metav1.DeleteOptions{})
+	})
 	waitFor(t, 3*time.Minute, "2 Deployment pods Running and the PDB allowing none", func() (bool, error) {
 		p, err := cs.PolicyV1().PodDisruptionBudgets("default").Get(ctx, "upg", metav1.GetOptions{})
 		if err != nil {
@@ -471,7 +475,9 @@ func TestOSUpdateEarlyDetection(t *testing.T) {
 	if _, err := cs.AppsV1().Deployments("default").Create(ctx, dep, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cs.AppsV1().Deployments("default").Delete(context.Background(), "upg-early", metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		cs.AppsV1().Deployments("default").Delete(context.Background(), "upg-early", metav1.DeleteOptions{})
+	})
 	runningPod(t, "upg-early", 3*time.Minute)
 
 	t0 := time.Now()
