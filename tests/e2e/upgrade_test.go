@@ -35,11 +35,11 @@ var upgradeItems = map[string]string{
 
 // drainSub follows NodeDrainStatus on the socket EVE's subscribers use.
 type drainSub struct {
-	t *testing.T
+	t testing.TB
 	s *socketsub.Sub
 }
 
-func followDrainStatus(t *testing.T, root pubsub.Root) *drainSub {
+func followDrainStatus(t testing.TB, root pubsub.Root) *drainSub {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	return &drainSub{t: t, s: socketsub.Follow(ctx, socketpub.SocketPath(root, pubsub.AgentZedKube, pubsub.TopicNodeDrainStatus), pubsub.TopicNodeDrainStatus)}
@@ -162,7 +162,9 @@ func waitEvent(t *testing.T, node, reason, contains string) {
 }
 
 // podsOn lists the pods bound to node with the label app=app ("" any).
-func podsOn(t *testing.T, node, app string) []corev1.Pod {
+func podsOn(t *testing.T, node, app string) []corev1.Pod { return podsOnTB(t, node, app) }
+
+func podsOnTB(t testing.TB, node, app string) []corev1.Pod {
 	t.Helper()
 	opts := metav1.ListOptions{FieldSelector: "spec.nodeName=" + node}
 	if app != "" {
