@@ -156,7 +156,12 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	if err := c.save(); err != nil {
 		c.log.WithError(err).Error("upgrade state not written")
 	}
-	if st.active() && st.Phase != PhaseRebooted {
+	switch {
+	case st.Phase == PhaseRebooted:
+		// A new boot: nothing is being drained; an asking EVE may ask
+		// again (the request is taken up once this cycle is finished).
+		c.publish(pubsub.DrainStatusNotRequested)
+	case st.active():
 		c.log.WithFields(logrus.Fields{"phase": st.Phase, "attempt": st.Attempt}).Info("resuming the cycle the last run left")
 		c.publish(st.Status)
 	}

@@ -20,6 +20,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 )
@@ -198,6 +199,15 @@ func rebootSim(t *testing.T, d *device, sim *evesim.Device, version string, kube
 	d.start()
 }
 
+// adminCordon is `kubectl cordon` / `uncordon` by the cluster admin.
+func adminCordon(t *testing.T, node string, on bool) {
+	t.Helper()
+	patch := fmt.Sprintf(`{"spec":{"unschedulable":%t}}`, on)
+	if _, err := env.cp.Client().CoreV1().Nodes().Patch(testCtx(t, 10*time.Second), node, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func daemonSet(name string) *appsv1.DaemonSet {
 	labels := map[string]string{"app": name}
 	return &appsv1.DaemonSet{
@@ -337,11 +347,7 @@ func TestOSUpdateOneDevice(t *testing.T) {
 	})
 
 	// 2. A reboot without an OS change, with an admin's cordon.
-	n = getNode(t, node)
-	n.Spec.Unschedulable = true
-	if _, err := cs.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	adminCordon(t, node, true)
 	if _, err := sim.RequestDrain(pubsub.DrainRequesterDeviceOp, "reboot"); err != nil {
 		t.Fatal(err)
 	}
@@ -352,10 +358,7 @@ func TestOSUpdateOneDevice(t *testing.T) {
 		t.Error("the admin's cordon did not survive the reboot cycle")
 	}
 	waitEvent(t, node, upgrade.ReasonRebooted, "stays")
-	n.Spec.Unschedulable = false
-	if _, err := cs.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	adminCordon(t, node, false)
 
 	// 3. A PDB that can never be satisfied.
 	pdb := &policyv1.PodDisruptionBudget{
