@@ -114,7 +114,11 @@ func (d *Drainer) evictable(ctx context.Context) ([]corev1.Pod, error) {
 		if ref := metav1.GetControllerOf(&p); ref != nil && ref.Kind == "DaemonSet" {
 			continue
 		}
-		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		// A finished pod that nobody deletes (a completed Job's) needs no
+		// eviction; one being deleted (an evicted pod the kubelet moved to
+		// its terminal phase) counts until the kubelet has cleaned it up
+		// and removed it, as kubectl drain waits for deletion.
+		if (p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed) && p.DeletionTimestamp == nil {
 			continue
 		}
 		out = append(out, p)
