@@ -101,3 +101,12 @@ func (d *Device) SetNodeAgent(kube, reboot bool) error {
 	}
 	return nil
 }
+
+// PublishBoot is init and baseosmgr at boot: <Run>/eve-release and
+// ZbootStatus for the running version (Reboot does this too; a harness
+// that empties <Run> after Reboot calls it again).
+func (d *Device) PublishBoot() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.writeBoot()
+}
