@@ -10,6 +10,7 @@ import (
 	"github.com/lf-edge/evelet/agent/eve/pubsub"
 	"github.com/lf-edge/evelet/tests/evesim"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 )
 
@@ -70,12 +71,8 @@ func BenchmarkOSUpdateDrain(b *testing.B) {
 			var total time.Duration
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
-				scale, err := cs.AppsV1().Deployments("default").GetScale(ctx, app, metav1.GetOptions{})
-				if err != nil {
-					b.Fatal(err)
-				}
-				scale.Spec.Replicas = int32(n)
-				if _, err := cs.AppsV1().Deployments("default").UpdateScale(ctx, app, scale, metav1.UpdateOptions{}); err != nil {
+				patch := fmt.Sprintf(`{"spec":{"replicas":%d}}`, n)
+				if _, err := cs.AppsV1().Deployments("default").Patch(ctx, app, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 					b.Fatal(err)
 				}
 				waitFor(b, 5*time.Minute, fmt.Sprintf("%d pods Running", n), func() (bool, error) {
