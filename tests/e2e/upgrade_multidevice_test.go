@@ -195,6 +195,7 @@ func TestOSUpdateTwoDevices(t *testing.T) {
 		}
 	}
 	n1, n2 := d1.NodeName(), d2.NodeName()
+	t.Logf("devices %s and %s Ready", n1, n2)
 	ds := followDrainStatus(t, d1.EVE().Root)
 	ds.wait(2*time.Minute, pubsub.DrainStatusNotRequested, 0)
 
@@ -300,6 +301,7 @@ func TestOSUpdateTwoDevices(t *testing.T) {
 		t.Errorf("device 1 after the update: unschedulable %v label %q", n.Spec.Unschedulable, n.Labels[kubeletshim.LabelOSVersion])
 	}
 	waitEvent(t, n1, upgrade.ReasonOSUpdated, upgradeTarget)
+	t.Logf("device 1 back Ready on %s, uncordoned, labelled, OSUpdated %v after the reboot began", upgradeTarget, time.Since(upAt).Round(time.Millisecond))
 	if low, _ := avail.lowest(); low < 2 {
 		t.Errorf("PDB violated around the reboot: %d available at the lowest", low)
 	}
@@ -319,6 +321,7 @@ func TestOSUpdateTwoDevices(t *testing.T) {
 		t.Errorf("device 1 after the fallback: unschedulable %v label %q", n.Spec.Unschedulable, n.Labels[kubeletshim.LabelOSVersion])
 	}
 	waitEvent(t, n1, upgrade.ReasonOSUpdateFailed, "fallback")
+	t.Logf("device 1 fell back to %s: OSUpdateFailed, uncordoned", upgradeTarget)
 	if low, _ := avail.lowest(); low < 2 {
 		t.Errorf("PDB violated: %d available at the lowest", low)
 	}
