@@ -599,3 +599,29 @@ func TestClusterCannotAsk(t *testing.T) {
 		t.Error("cluster objects caused a drain")
 	}
 }
+
+// Where zedkube owns NodeDrainStatus (EVE-k) evelet publishes nothing but
+// still drains its node when EVE asks.
+func TestNoPublisherStillDrains(t *testing.T) {
+	f := newFixture(t, "a")
+	f.start()
+	f.stop()
+	f.c = nil
+	c := New(Config{Client: f.cs, Node: node, EVE: f.sim.Root, StateFile: f.state, BootMarker: filepath.Join(f.runDir, "upgrade-boot"),
+		Log: logrus.NewEntry(logrus.StandardLogger()), Tick: 20 * time.Millisecond,
+		Watch: pubsub.WatchOptions{Debounce: 10 * time.Millisecond, Resync: 200 * time.Millisecond}})
+	c.SetConfigItems(f.items)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	if _, err := f.sim.RequestDrain(pubsub.DrainRequesterUpdate, ""); err != nil {
+		t.Fatal(err)
+	}
+	err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, deadline, true, func(context.Context) (bool, error) {
+		return c.State().Phase == PhaseDrained, nil
+	})
+	if err != nil || f.pods() != 0 || !f.node().Spec.Unschedulable {
+		t.Fatalf("no drain without a publisher: %v, state %+v, %d pods", err, c.State(), f.pods())
+	}
+}
