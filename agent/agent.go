@@ -18,6 +18,7 @@ import (
 
 	"github.com/lf-edge/evelet/agent/eve/pubsub"
 	"github.com/lf-edge/evelet/agent/intent"
+	"github.com/lf-edge/evelet/agent/upgrade"
 	"github.com/lf-edge/evelet/bootstrap"
 	"github.com/lf-edge/evelet/cri"
 	"github.com/lf-edge/evelet/cri/containerd"
@@ -60,6 +61,9 @@ type Config struct {
 	// attach to (agent/eveni.go, agent/nilabels.go). Unset: the device's
 	// for the eve-ni plugin, and no node labels.
 	EVERoot pubsub.Root
+	// EVE is EVE's pubsub root when the join source is the EVE channel;
+	// it enables the upgrade coordinator (upgrade_hook.go). nil: off.
+	EVE *pubsub.Root
 }
 
 // PolicyFile is the guardrail policy for the kubelet's hostPath guard.
@@ -122,7 +126,8 @@ type Agent struct {
 	cri    *cri.Server
 	items  map[string]string // the owner's "evelet." config items
 
-	niKick chan struct{} // the owner's NI list changed (agent/nilabels.go)
+	niKick   chan struct{}        // the owner's NI list changed (agent/nilabels.go)
+	upgrader *upgrade.Coordinator // running while the node has credentials (EVE channel)
 }
 
 func New(cfg Config) *Agent {
@@ -355,7 +360,9 @@ func (a *Agent) join(ctx context.Context, job *joinJob) {
 	a.publish(func(s *Status) {
 		s.Phase, s.Credentials, s.LastError, s.LastErrorTime = PhaseRunning, string(outcome), "", nil
 	})
+	waitUpgrade := a.startUpgrade(ctx, j)
 	k.Run(ctx)
+	waitUpgrade()
 	a.mu.Lock()
 	a.sup = nil
 	a.mu.Unlock()
@@ -474,6 +481,7 @@ func (a *Agent) setConfigItems(items map[string]string) {
 	}
 	a.writePolicyFile()
 	a.writeEveNISettings()
+	a.setUpgradeItems(items)
 	a.publishConfigErrors(items)
 	a.log.WithField("items", items).Info("device owner's evelet config items applied")
 }
@@ -485,6 +493,7 @@ func (a *Agent) publishConfigErrors(items map[string]string) {
 	var msgs []string
 	_, errs := policy.FromConfigItems(items)
 	errs = append(errs, (&kubeletshim.Options{ConfigItems: items}).ConfigItemErrors()...)
+	errs = append(errs, upgradeItemErrors(items)...)
 	for _, err := range errs {
 		a.log.WithError(err).Error("config item ignored; it keeps its default")
 		msgs = append(msgs, err.Error())

@@ -91,6 +91,7 @@ func (a *Agent) leave(ctx context.Context, stopKubelet func()) {
 		}
 	}
 	stopKubelet()
+	a.forgetUpgrade()
 	if err := store.Wipe(); err != nil {
 		errs = append(errs, fmt.Errorf("wipe credentials: %w", err))
 	}

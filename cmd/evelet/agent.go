@@ -61,9 +61,11 @@ func runAgent(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	var src intent.Source = &eve.Source{Root: pubsub.Root{Run: *eveRun, Persist: *evePersist}, ControllerCerts: *eveCerts, Log: log.WithField("component", "eve")}
+	eveRoot := &pubsub.Root{Run: *eveRun, Persist: *evePersist}
+	var src intent.Source = &eve.Source{Root: *eveRoot, ControllerCerts: *eveCerts, Log: log.WithField("component", "eve")}
 	if *joinFile != "" {
 		src = &agent.JoinFile{Path: *joinFile, AbsentFor: *absentFor}
+		eveRoot = nil // no EVE channel: no OS update coordination
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -93,6 +95,7 @@ func runAgent(args []string) int {
 		CgroupDriver: *cgroupDriver, KubeletCgroupRoot: *cgroupRoot, Log: log,
 		CNI:     cniOpts,
 		EVERoot: pubsub.Root{Run: *eveRun, Persist: *evePersist},
+		EVE:     eveRoot,
 	})
 	if err := a.Run(ctx); err != nil && ctx.Err() == nil {
 		log.WithError(err).Error("agent stopped")
