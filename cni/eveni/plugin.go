@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/skel"
@@ -210,15 +211,19 @@ func Del(args *skel.CmdArgs) error {
 			}
 			return err
 		})
-		var nsErr ns.NSPathNotExistErr
-		if err != nil && !errors.As(err, &nsErr) {
+		// A netns that is gone, or no longer a netns (unmounted), took
+		// the pod end of the veth with it.
+		var gone ns.NSPathNotExistErr
+		var notNS ns.NSPathNotNSErr
+		if err != nil && !errors.As(err, &gone) && !errors.As(err, &notNS) {
 			return fmt.Errorf("removing %s: %w", args.IfName, err)
 		}
 	}
 	if l, err := netlink.LinkByName(HostVethName(args.ContainerID, args.IfName)); err == nil {
 		_ = netlink.LinkDel(l)
 	}
-	if conf.IPAM.Type != "" {
+	if conf.IPAM.Type != "" && (conf.IPAM.Type != "dhcp" || checkIPAM(conf) == nil) {
+		// (Without its daemon, dhcp holds no lease to give back.)
 		stdin, err := conf.ipamStdin()
 		if err == nil {
 			err = ipam.ExecDel(conf.IPAM.Type, stdin)
@@ -332,10 +337,20 @@ func GC(args *skel.CmdArgs) error {
 			return err
 		}
 	}
-	if conf.IPAM.Type != "" {
+	if conf.IPAM.Type != "" && ipamKnowsGC(conf.IPAM.Type) {
 		return invoke.DelegateGC(context.TODO(), conf.IPAM.Type, args.StdinData, nil)
 	}
 	return nil
+}
+
+// ipamKnowsGC: IPAM plugins older than CNI 1.1 (Debian's) know no GC.
+func ipamKnowsGC(plugin string) bool {
+	path, err := invoke.FindInPath(plugin, filepath.SplitList(os.Getenv("CNI_PATH")))
+	if err != nil {
+		return false
+	}
+	vi, err := invoke.GetVersionInfo(context.TODO(), path, nil)
+	return err == nil && slices.Contains(vi.SupportedVersions(), "1.1.0")
 }
 
 // dhcpSocket is where the CNI dhcp daemon listens for this config.
