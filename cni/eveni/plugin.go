@@ -47,8 +47,11 @@ func Add(args *skel.CmdArgs) (*current.Result, *NetConf, error) {
 	if ni.Status.Type == NITypeLocal && conf.IPAM.Type != "" {
 		return nil, conf, fmt.Errorf("EVE network instance %s is a Local NI: pod addresses come from the device owner's reserved range, so the NAD must not set ipam", ni.Name())
 	}
-	if conf.IPAM.Type != "" {
-		if err := checkIPAM(conf); err != nil {
+	if err := conf.checkIPAM(); err != nil {
+		return nil, conf, err
+	}
+	if conf.IPAM.Type == "dhcp" {
+		if err := dhcpReady(set); err != nil {
 			return nil, conf, err
 		}
 	}
@@ -79,7 +82,7 @@ func Add(args *skel.CmdArgs) (*current.Result, *NetConf, error) {
 		res.DNS = types.DNS{Nameservers: ni.dns(), Domain: ni.Status.DomainName}
 	case NITypeSwitch:
 		if conf.IPAM.Type != "" {
-			stdin, err := conf.ipamStdin()
+			stdin, err := conf.ipamStdin(set)
 			if err != nil {
 				return fail(err)
 			}
@@ -114,13 +117,10 @@ const (
 	NITypeSwitch = 1
 )
 
-// checkIPAM refuses what cannot work before anything is done.
-func checkIPAM(conf *NetConf) error {
-	if conf.IPAM.Type == "dhcp" {
-		sock := dhcpSocket(conf)
-		if _, err := os.Stat(sock); err != nil {
-			return fmt.Errorf("ipam dhcp needs the CNI dhcp daemon (\"dhcp daemon\"), whose socket %s is missing: %w", sock, err)
-		}
+// dhcpReady refuses dhcp IPAM up front when its daemon is not running.
+func dhcpReady(set *Settings) error {
+	if _, err := os.Stat(set.dhcpSocket()); err != nil {
+		return fmt.Errorf("ipam dhcp needs the CNI dhcp daemon (\"dhcp daemon\"), whose socket %s is missing: %w", set.dhcpSocket(), err)
 	}
 	return nil
 }
@@ -222,19 +222,20 @@ func Del(args *skel.CmdArgs) error {
 	if l, err := netlink.LinkByName(HostVethName(args.ContainerID, args.IfName)); err == nil {
 		_ = netlink.LinkDel(l)
 	}
-	if conf.IPAM.Type != "" && (conf.IPAM.Type != "dhcp" || checkIPAM(conf) == nil) {
-		// (Without its daemon, dhcp holds no lease to give back.)
-		stdin, err := conf.ipamStdin()
+	set, err := LoadSettings(conf.SettingsFile)
+	if err != nil {
+		return err
+	}
+	if conf.checkIPAM() == nil && conf.IPAM.Type != "" && (conf.IPAM.Type != "dhcp" || dhcpReady(set) == nil) {
+		// (Without its daemon, dhcp holds no lease to give back; a
+		// refused IPAM never ran.)
+		stdin, err := conf.ipamStdin(set)
 		if err == nil {
 			err = ipam.ExecDel(conf.IPAM.Type, stdin)
 		}
 		if err != nil {
 			return fmt.Errorf("ipam %q: %w", conf.IPAM.Type, err)
 		}
-	}
-	set, err := LoadSettings(conf.SettingsFile)
-	if err != nil {
-		return err
 	}
 	as, err := allocators(set.StateDir)
 	if err != nil {
@@ -337,7 +338,7 @@ func GC(args *skel.CmdArgs) error {
 			return err
 		}
 	}
-	if conf.IPAM.Type != "" && ipamKnowsGC(conf.IPAM.Type) {
+	if conf.checkIPAM() == nil && conf.IPAM.Type != "" && ipamKnowsGC(conf.IPAM.Type) {
 		return invoke.DelegateGC(context.TODO(), conf.IPAM.Type, args.StdinData, nil)
 	}
 	return nil
@@ -351,12 +352,4 @@ func ipamKnowsGC(plugin string) bool {
 	}
 	vi, err := invoke.GetVersionInfo(context.TODO(), path, nil)
 	return err == nil && slices.Contains(vi.SupportedVersions(), "1.1.0")
-}
-
-// dhcpSocket is where the CNI dhcp daemon listens for this config.
-func dhcpSocket(conf *NetConf) string {
-	if p := conf.dhcpDaemonSocket(); p != "" {
-		return p
-	}
-	return "/run/cni/dhcp.sock"
 }

@@ -85,7 +85,8 @@ func newEnv(t testing.TB, grants []eveni.Grant) *env {
 		}
 	}
 	e.settings = filepath.Join(dir, "eve-ni.json")
-	b, _ := json.Marshal(eveni.Settings{EVERun: filepath.Join(dir, "run"), StateDir: filepath.Join(dir, "state"), Allowed: grants})
+	e.dhcpSock = filepath.Join(dir, "dhcp.sock")
+	b, _ := json.Marshal(eveni.Settings{EVERun: filepath.Join(dir, "run"), StateDir: filepath.Join(dir, "state"), Allowed: grants, DHCPSocket: e.dhcpSock})
 	if err := os.WriteFile(e.settings, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -265,8 +266,7 @@ func TestLocalNIDefaultRouteAndGC(t *testing.T) {
 
 func TestSwitchNIDHCPFromExternalNetwork(t *testing.T) {
 	e := newEnv(t, nil)
-	e.dhcpSock = filepath.Join(e.dir, "dhcp.sock")
-	l := e.list(e.sw.Status.UUID.String(), fmt.Sprintf(`,"ipam":{"type":"dhcp","daemonSocketPath":%q}`, e.dhcpSock))
+	l := e.list(e.sw.Status.UUID.String(), `,"ipam":{"type":"dhcp"}`)
 	p := e.pod("sw")
 	r := rt(p, "net1", nil)
 	// Without the dhcp daemon: refused up front, nothing attached.
@@ -304,6 +304,16 @@ func TestSwitchNIStaticIPs(t *testing.T) {
 	l := e.list("ext", `,"ipam":{"type":"static"}`)
 	p := e.pod("st")
 	r := rt(p, "net1", map[string]any{"ips": []string{"192.168.97.33/24"}, "mac": "02:97:00:00:00:33"})
+	// IPAM that would act outside the pod is refused before anything runs.
+	for ipamConf, want := range map[string]string{
+		`,"ipam":{"type":"host-local","dataDir":"persist/x","ranges":[[{"subnet":"192.168.97.0/24"}]]}`: `ipam "host-local" is not supported`,
+		`,"ipam":{"type":"dhcp","daemonSocketPath":"/run/elsewhere.sock"}`:                              "daemonSocketPath is the node's to set",
+	} {
+		if _, err := e.add(e.list("ext", ipamConf), r); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", ipamConf, err, want)
+		}
+		hostVethGone(t, r)
+	}
 	res, err := e.add(l, r)
 	if err != nil {
 		t.Fatal(err)
