@@ -54,6 +54,8 @@ type Config struct {
 	Discovery bootstrap.DiscoveryOptions
 	// KubeletCgroupRoot is the kubelet's cgroupRoot ("": "/").
 	KubeletCgroupRoot string
+	// CNI turns on multi-network pods (agent/cni.go); zero: off.
+	CNI CNIOptions
 	// EVERoot is EVE's pubsub root, for the network instances pods may
 	// attach to (agent/eveni.go, agent/nilabels.go). Unset: the device's
 	// for the eve-ni plugin, and no node labels.
@@ -263,6 +265,9 @@ func (a *Agent) Run(ctx context.Context) error {
 				// it keeps its client certificate; the token is only used
 				// if the device must bootstrap again.
 				a.log.WithField("node", u.Join.NodeName).Info("new bootstrap token for the same cluster; the kubelet keeps running")
+				if err := a.setupCNI(u.Join); err != nil {
+					a.log.WithError(err).Error("pod networking (evelet-cni) not updated")
+				}
 				current = u.Join
 				continue
 			}
@@ -288,6 +293,7 @@ func sameExceptToken(a, b *intent.Join) bool {
 	}
 	x, y := *a, *b
 	x.Token, y.Token = "", ""
+	x.NetworkToken, y.NetworkToken = "", ""
 	return reflect.DeepEqual(x, y)
 }
 
@@ -332,6 +338,10 @@ func (a *Agent) join(ctx context.Context, job *joinJob) {
 	log.WithField("credentials", outcome).Info("credentials ready")
 	if err := a.store.SetNodeName(j.NodeName); err != nil {
 		log.WithError(err).Warn("join record not updated")
+	}
+	if err := a.setupCNI(j); err != nil {
+		a.fail(&bootstrap.PermanentError{Err: err}, "pod networking (evelet-cni) not set up")
+		return
 	}
 	k, err := a.newKubelet(j)
 	if err != nil {
