@@ -19,6 +19,7 @@ import (
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 )
@@ -321,4 +322,83 @@ func goBuild(ctx context.Context, out, pkg string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
 	cmd.Dir = env.root
 	return cmd.CombinedOutput()
+}
+
+// TestNetworkAttachmentsEVENISwitchDHCP: through evelet-cni and a NAD, a
+// pod's net1 is on a simulated EVE Switch NI, gets its address from the
+// external network's own DHCP server (via the CNI dhcp daemon the agent
+// runs), and reaches the external host; deleting the pod leaves no port on
+// the NI's bridge.
+func TestNetworkAttachmentsEVENISwitchDHCP(t *testing.T) {
+	needEnv(t)
+	ctx := testCtx(t, 20*time.Minute)
+	cs := env.cp.Client()
+	dc, err := dynamic.NewForConfig(env.cp.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrd, binDir := startNADRuntime(t, ctx)
+	netToken := setupNADCluster(t, ctx, dc)
+
+	d, sim := newSimDevice(t, "Edge NAD Switch")
+	node := "edge-nad-switch"
+	deleteNodeAtEnd(t, node)
+	nw := evesim.NewNetwork(sim.Root, "evsw", filepath.Join(d.dir, "evesim-net"))
+	t.Cleanup(func() {
+		if err := nw.Close(); err != nil {
+			t.Errorf("removing the simulated NIs: %v", err)
+		}
+	})
+	sw, err := nw.AddSwitchNI(evesim.SwitchNIOptions{Name: "plant net", BridgeNum: 63, ExternalSubnet: "192.168.63.0/24"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	createNAD(t, ctx, dc, "eve-plant", `{"cniVersion":"1.1.0","name":"eve-plant","type":"eve-ni","networkInstance":"plant net","ipam":{"type":"dhcp"}}`)
+
+	flags := nadAgentFlags(ctrd, binDir, "eve-ni")
+	flags = append(flags, "--cni-allowed-ipam=dhcp,static")
+	d.source = append(d.source, flags...)
+	d.start()
+	c := simCluster(t, env.cp, "prod", "11111111-2222-4333-8444-777777777777")
+	envelope, err := json.Marshal(map[string]string{"token": c.Token, "networkToken": netToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Token = string(envelope)
+	c.ConfigItems["evelet.policy.network-instances"] = "plant net"
+	if err := sim.SetCluster(c); err != nil {
+		t.Fatal(err)
+	}
+	waitNodeReady(t, node, 4*time.Minute)
+	waitNILabels(t, ctx, cs, node, "plant-net")
+
+	p := nadPod("nad-plant", node, "eve-plant", "busybox ip -o addr; busybox ip -o link; sleep 3600")
+	if _, err := cs.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cs.CoreV1().Pods("default").Delete(context.Background(), p.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
+	})
+	waitNADPodRunning(t, ctx, p.Name)
+	logs := podLogs(t, ctx, p.Name)
+	var net1 string
+	for _, l := range strings.Split(logs, "\n") {
+		if f := strings.Fields(l); len(f) > 3 && f[1] == "net1" && f[2] == "inet" {
+			net1 = f[3]
+		}
+	}
+	ip, _, err := net.ParseCIDR(net1)
+	if err != nil || ip.To4() == nil || ip.To4()[2] != 63 || ip.To4()[3] < 100 || ip.To4()[3] > 150 {
+		t.Fatalf("net1 address %q, want a lease from the external DHCP server (192.168.63.100-150)\n%s", net1, logs)
+	}
+	out, err := env.cp.Kubectl(ctx, "exec", "-n", "default", p.Name, "--", "/bin/busybox", "ping", "-c1", "-W5", sw.External.IP.String())
+	if err != nil {
+		t.Errorf("pod cannot reach the external host %s: %v\n%s", sw.External.IP, err, out)
+	}
+	deletePod(t, ctx, cs, p.Name)
+	waitFor(t, 2*time.Minute, "no pod port left on the Switch NI bridge", func() (bool, error) {
+		left := bridgePorts(t, sw.Status.BridgeName)
+		// The NI's own port to the external network stays.
+		return len(left) == 1, fmt.Errorf("ports %v", left)
+	})
 }
