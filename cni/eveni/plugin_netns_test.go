@@ -405,3 +405,33 @@ func BenchmarkLocalNIAddDel(b *testing.B) {
 		})
 	}
 }
+
+// TestLocalNIParallelAdds: plugin processes started at once for three pods
+// on a range of three addresses give each pod its own.
+func TestLocalNIParallelAdds(t *testing.T) {
+	e := newEnv(t, nil)
+	l := e.list("shop floor", "")
+	type out struct {
+		r   *libcni.RuntimeConf
+		res *current.Result
+		err error
+	}
+	ch := make(chan out, 3)
+	for _, n := range []string{"q1", "q2", "q3"} {
+		r := rt(e.pod(n), "net1", nil)
+		go func() { res, err := e.add(l, r); ch <- out{r, res, err} }()
+	}
+	seen := map[string]bool{}
+	for i := 0; i < 3; i++ {
+		o := <-ch
+		if o.err != nil {
+			t.Fatalf("ADD %s: %v", o.r.ContainerID, o.err)
+		}
+		defer e.del(l, o.r)
+		a := o.res.IPs[0].Address.IP.String()
+		if seen[a] {
+			t.Fatalf("two pods got %s", a)
+		}
+		seen[a] = true
+	}
+}
