@@ -72,7 +72,7 @@ func newEnv(t testing.TB, grants []eveni.Grant) *env {
 			t.Errorf("closing the simulated NIs: %v", err)
 		}
 	})
-	if e.local, err = e.net.AddLocalNI(evesim.LocalNIOptions{Name: "shop floor", BridgeNum: 1, Subnet: localSub}); err != nil {
+	if e.local, err = e.net.AddLocalNI(evesim.LocalNIOptions{Name: "shop floor", BridgeNum: 1, Subnet: localSub, MTU: 1400}); err != nil {
 		t.Fatal(err)
 	}
 	if e.sw, err = e.net.AddSwitchNI(evesim.SwitchNIOptions{Name: "ext", BridgeNum: 2, ExternalSubnet: extSub}); err != nil {
@@ -206,6 +206,9 @@ func TestLocalNITwoPods(t *testing.T) {
 	}
 	ping(t, p1, a2.String())
 	ping(t, p2, "10.97.1.1")
+	if out, _ := inPod(p1, "ip", "-o", "link", "show", "net1"); !strings.Contains(out, "mtu 1400") {
+		t.Errorf("pod interface does not have the NI's MTU 1400: %s", out)
+	}
 	if err := e.cni.CheckNetworkList(context.Background(), l, r1); err != nil {
 		t.Errorf("CHECK: %v", err)
 	}
