@@ -25,6 +25,7 @@ import (
 	"github.com/lf-edge/evelet/cni/eveni"
 	"github.com/lf-edge/evelet/tests/evesim"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/util/wait"
 )
 
@@ -57,8 +58,20 @@ func needRoot(t testing.TB) {
 	}
 }
 
+// testLock serialises the netns tests of concurrent runs of this package
+// (fixed link names and subnets); the machine-wide heavy lock is not needed.
+const testLock = "/tmp/evelet-eveni-netns-test.lock"
+
 func newEnv(t testing.TB, grants []eveni.Grant) *env {
 	needRoot(t)
+	lf, err := os.OpenFile(testLock, os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Flock(int(lf.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lf.Close() }) // registered first: runs after the NIs are gone
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "bin")
 	out, err := exec.Command("go", "build", "-o", filepath.Join(bin, "eve-ni"), "github.com/lf-edge/evelet/cmd/eve-ni").CombinedOutput()
