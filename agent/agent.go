@@ -183,6 +183,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); a.runCRI(ctx) }()
 	a.writeEveNISettings()
+	wg.Add(1)
+	go func() { defer wg.Done(); a.runDHCPDaemon(ctx) }()
 	if a.cfg.EVERoot.Run != "" {
 		wg.Add(1)
 		go func() { defer wg.Done(); a.runNILabels(ctx) }()

@@ -43,6 +43,9 @@ func (a *Agent) writeEveNISettings() {
 		StateDir: layout.State{Dir: a.cfg.StateDir}.EveNI(),
 		Allowed:  niGrants(a.policy()),
 	}
+	if a.dhcpDaemon() != "" {
+		s.DHCPSocket = a.cfg.DHCPSocket()
+	}
 	b, err := json.MarshalIndent(s, "", "  ")
 	if err == nil {
 		err = atomicfile.WriteFile(a.cfg.EveNISettingsFile(), b, 0o644)

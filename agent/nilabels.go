@@ -34,7 +34,7 @@ func (a *Agent) runNILabels(ctx context.Context) {
 	var (
 		nis     map[string]pubsub.NetworkInstanceStatus
 		applied map[string]string // nil: not known to be on the Node
-		retry   = backoff.Backoff{Min: time.Second, Max: niLabelResync}
+		retry   = backoff.Backoff{Min: time.Second, Max: 10 * time.Second}
 		timer   = time.NewTimer(niLabelResync)
 	)
 	defer timer.Stop()
@@ -56,13 +56,17 @@ func (a *Agent) runNILabels(ctx context.Context) {
 			continue
 		}
 		node := a.Status().NodeName
-		err := a.syncNILabels(ctx, node, want)
 		if !timer.Stop() {
 			select {
 			case <-timer.C:
 			default:
 			}
 		}
+		if node == "" { // not joined: nothing to label, nothing to back off from
+			timer.Reset(2 * time.Second)
+			continue
+		}
+		err := a.syncNILabels(ctx, node, want)
 		if err != nil {
 			applied = nil
 			d := retry.Next()

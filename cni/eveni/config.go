@@ -34,6 +34,20 @@ type Settings struct {
 	StateDir string `json:"stateDir"`
 	// Allowed are the NIs Kubernetes may use. Empty: none.
 	Allowed []Grant `json:"allowed"`
+	// DHCPSocket is the CNI dhcp daemon's socket for Switch NIs with
+	// dhcp IPAM (default DefaultDHCPSocket). A NAD cannot choose it.
+	DHCPSocket string `json:"dhcpSocket,omitempty"`
+}
+
+// DefaultDHCPSocket is the CNI dhcp daemon's default socket.
+const DefaultDHCPSocket = "/run/cni/dhcp.sock"
+
+// dhcpSocket is where the CNI dhcp daemon listens.
+func (s *Settings) dhcpSocket() string {
+	if s.DHCPSocket != "" {
+		return s.DHCPSocket
+	}
+	return DefaultDHCPSocket
 }
 
 // Grant is one NI the device owner gives to Kubernetes.
@@ -136,29 +150,41 @@ func (c *NetConf) requestedIPv4() net.IP {
 	return nil
 }
 
-// dhcpDaemonSocket is ipam.daemonSocketPath of the dhcp IPAM plugin's
-// config, "" if unset.
-func (c *NetConf) dhcpDaemonSocket() string {
-	var v struct {
-		IPAM struct {
-			DaemonSocketPath string `json:"daemonSocketPath"`
-		} `json:"ipam"`
-	}
-	_ = json.Unmarshal(c.raw, &v)
-	return v.IPAM.DaemonSocketPath
-}
-
 // ipamVersion is the CNI version the IPAM delegate is called with: the
 // IPAM plugins packaged with distributions (Debian 12: 1.1.1) stop at
 // 1.0.0, whose results are the same as 1.1.0's.
 const ipamVersion = "1.0.0"
 
-// ipamStdin is the network configuration for the IPAM delegate.
-func (c *NetConf) ipamStdin() ([]byte, error) {
+// ipamStdin is the network configuration for the IPAM delegate; dhcp
+// gets the node's daemon socket.
+func (c *NetConf) ipamStdin(set *Settings) ([]byte, error) {
 	var m map[string]any
 	if err := json.Unmarshal(c.raw, &m); err != nil {
 		return nil, err
 	}
 	m["cniVersion"] = ipamVersion
+	if im, ok := m["ipam"].(map[string]any); ok && c.IPAM.Type == "dhcp" {
+		im["daemonSocketPath"] = set.dhcpSocket()
+	}
 	return json.Marshal(m)
+}
+
+// checkIPAM allows only the IPAM plugins that act inside the pod's netns
+// and the node's own services: others (host-local with its dataDir, say)
+// would let a NAD write where the device owner did not allow.
+func (c *NetConf) checkIPAM() error {
+	switch c.IPAM.Type {
+	case "", "static":
+		return nil
+	case "dhcp":
+		var v struct {
+			IPAM map[string]any `json:"ipam"`
+		}
+		_ = json.Unmarshal(c.raw, &v)
+		if _, set := v.IPAM["daemonSocketPath"]; set {
+			return fmt.Errorf("ipam dhcp: daemonSocketPath is the node's to set, not the network configuration's")
+		}
+		return nil
+	}
+	return fmt.Errorf("ipam %q is not supported on an EVE Switch NI: use static, dhcp or none", c.IPAM.Type)
 }

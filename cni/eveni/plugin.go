@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/skel"
@@ -46,8 +47,11 @@ func Add(args *skel.CmdArgs) (*current.Result, *NetConf, error) {
 	if ni.Status.Type == NITypeLocal && conf.IPAM.Type != "" {
 		return nil, conf, fmt.Errorf("EVE network instance %s is a Local NI: pod addresses come from the device owner's reserved range, so the NAD must not set ipam", ni.Name())
 	}
-	if conf.IPAM.Type != "" {
-		if err := checkIPAM(conf); err != nil {
+	if err := conf.checkIPAM(); err != nil {
+		return nil, conf, err
+	}
+	if conf.IPAM.Type == "dhcp" {
+		if err := dhcpReady(set); err != nil {
 			return nil, conf, err
 		}
 	}
@@ -78,7 +82,7 @@ func Add(args *skel.CmdArgs) (*current.Result, *NetConf, error) {
 		res.DNS = types.DNS{Nameservers: ni.dns(), Domain: ni.Status.DomainName}
 	case NITypeSwitch:
 		if conf.IPAM.Type != "" {
-			stdin, err := conf.ipamStdin()
+			stdin, err := conf.ipamStdin(set)
 			if err != nil {
 				return fail(err)
 			}
@@ -113,13 +117,10 @@ const (
 	NITypeSwitch = 1
 )
 
-// checkIPAM refuses what cannot work before anything is done.
-func checkIPAM(conf *NetConf) error {
-	if conf.IPAM.Type == "dhcp" {
-		sock := dhcpSocket(conf)
-		if _, err := os.Stat(sock); err != nil {
-			return fmt.Errorf("ipam dhcp needs the CNI dhcp daemon (\"dhcp daemon\"), whose socket %s is missing: %w", sock, err)
-		}
+// dhcpReady refuses dhcp IPAM up front when its daemon is not running.
+func dhcpReady(set *Settings) error {
+	if _, err := os.Stat(set.dhcpSocket()); err != nil {
+		return fmt.Errorf("ipam dhcp needs the CNI dhcp daemon (\"dhcp daemon\"), whose socket %s is missing: %w", set.dhcpSocket(), err)
 	}
 	return nil
 }
@@ -210,26 +211,31 @@ func Del(args *skel.CmdArgs) error {
 			}
 			return err
 		})
-		var nsErr ns.NSPathNotExistErr
-		if err != nil && !errors.As(err, &nsErr) {
+		// A netns that is gone, or no longer a netns (unmounted), took
+		// the pod end of the veth with it.
+		var gone ns.NSPathNotExistErr
+		var notNS ns.NSPathNotNSErr
+		if err != nil && !errors.As(err, &gone) && !errors.As(err, &notNS) {
 			return fmt.Errorf("removing %s: %w", args.IfName, err)
 		}
 	}
 	if l, err := netlink.LinkByName(HostVethName(args.ContainerID, args.IfName)); err == nil {
 		_ = netlink.LinkDel(l)
 	}
-	if conf.IPAM.Type != "" {
-		stdin, err := conf.ipamStdin()
+	set, err := LoadSettings(conf.SettingsFile)
+	if err != nil {
+		return err
+	}
+	if conf.checkIPAM() == nil && conf.IPAM.Type != "" && (conf.IPAM.Type != "dhcp" || dhcpReady(set) == nil) {
+		// (Without its daemon, dhcp holds no lease to give back; a
+		// refused IPAM never ran.)
+		stdin, err := conf.ipamStdin(set)
 		if err == nil {
 			err = ipam.ExecDel(conf.IPAM.Type, stdin)
 		}
 		if err != nil {
 			return fmt.Errorf("ipam %q: %w", conf.IPAM.Type, err)
 		}
-	}
-	set, err := LoadSettings(conf.SettingsFile)
-	if err != nil {
-		return err
 	}
 	as, err := allocators(set.StateDir)
 	if err != nil {
@@ -332,16 +338,18 @@ func GC(args *skel.CmdArgs) error {
 			return err
 		}
 	}
-	if conf.IPAM.Type != "" {
+	if conf.checkIPAM() == nil && conf.IPAM.Type != "" && ipamKnowsGC(conf.IPAM.Type) {
 		return invoke.DelegateGC(context.TODO(), conf.IPAM.Type, args.StdinData, nil)
 	}
 	return nil
 }
 
-// dhcpSocket is where the CNI dhcp daemon listens for this config.
-func dhcpSocket(conf *NetConf) string {
-	if p := conf.dhcpDaemonSocket(); p != "" {
-		return p
+// ipamKnowsGC: IPAM plugins older than CNI 1.1 (Debian's) know no GC.
+func ipamKnowsGC(plugin string) bool {
+	path, err := invoke.FindInPath(plugin, filepath.SplitList(os.Getenv("CNI_PATH")))
+	if err != nil {
+		return false
 	}
-	return "/run/cni/dhcp.sock"
+	vi, err := invoke.GetVersionInfo(context.TODO(), path, nil)
+	return err == nil && slices.Contains(vi.SupportedVersions(), "1.1.0")
 }

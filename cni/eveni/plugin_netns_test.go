@@ -13,16 +13,19 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/lf-edge/evelet/agent/eve/pubsub"
 	"github.com/lf-edge/evelet/cni/eveni"
 	"github.com/lf-edge/evelet/tests/evesim"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/util/wait"
 )
 
@@ -34,7 +37,7 @@ const (
 )
 
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	dir      string
 	cni      *libcni.CNIConfig
 	settings string
@@ -44,7 +47,7 @@ type env struct {
 	dhcpSock string
 }
 
-func needRoot(t *testing.T) {
+func needRoot(t testing.TB) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates bridges, veths, network namespaces and NAT rules")
 	}
@@ -55,8 +58,20 @@ func needRoot(t *testing.T) {
 	}
 }
 
-func newEnv(t *testing.T, grants []eveni.Grant) *env {
+// testLock serialises the netns tests of concurrent runs of this package
+// (fixed link names and subnets); the machine-wide heavy lock is not needed.
+const testLock = "/tmp/evelet-eveni-netns-test.lock"
+
+func newEnv(t testing.TB, grants []eveni.Grant) *env {
 	needRoot(t)
+	lf, err := os.OpenFile(testLock, os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Flock(int(lf.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lf.Close() }) // registered first: runs after the NIs are gone
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "bin")
 	out, err := exec.Command("go", "build", "-o", filepath.Join(bin, "eve-ni"), "github.com/lf-edge/evelet/cmd/eve-ni").CombinedOutput()
@@ -70,7 +85,7 @@ func newEnv(t *testing.T, grants []eveni.Grant) *env {
 			t.Errorf("closing the simulated NIs: %v", err)
 		}
 	})
-	if e.local, err = e.net.AddLocalNI(evesim.LocalNIOptions{Name: "shop floor", BridgeNum: 1, Subnet: localSub}); err != nil {
+	if e.local, err = e.net.AddLocalNI(evesim.LocalNIOptions{Name: "shop floor", BridgeNum: 1, Subnet: localSub, MTU: 1400}); err != nil {
 		t.Fatal(err)
 	}
 	if e.sw, err = e.net.AddSwitchNI(evesim.SwitchNIOptions{Name: "ext", BridgeNum: 2, ExternalSubnet: extSub}); err != nil {
@@ -83,7 +98,8 @@ func newEnv(t *testing.T, grants []eveni.Grant) *env {
 		}
 	}
 	e.settings = filepath.Join(dir, "eve-ni.json")
-	b, _ := json.Marshal(eveni.Settings{EVERun: filepath.Join(dir, "run"), StateDir: filepath.Join(dir, "state"), Allowed: grants})
+	e.dhcpSock = filepath.Join(dir, "dhcp.sock")
+	b, _ := json.Marshal(eveni.Settings{EVERun: filepath.Join(dir, "run"), StateDir: filepath.Join(dir, "state"), Allowed: grants, DHCPSocket: e.dhcpSock})
 	if err := os.WriteFile(e.settings, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -203,6 +219,9 @@ func TestLocalNITwoPods(t *testing.T) {
 	}
 	ping(t, p1, a2.String())
 	ping(t, p2, "10.97.1.1")
+	if out, _ := inPod(p1, "ip", "-o", "link", "show", "net1"); !strings.Contains(out, "mtu 1400") {
+		t.Errorf("pod interface does not have the NI's MTU 1400: %s", out)
+	}
 	if err := e.cni.CheckNetworkList(context.Background(), l, r1); err != nil {
 		t.Errorf("CHECK: %v", err)
 	}
@@ -263,8 +282,7 @@ func TestLocalNIDefaultRouteAndGC(t *testing.T) {
 
 func TestSwitchNIDHCPFromExternalNetwork(t *testing.T) {
 	e := newEnv(t, nil)
-	e.dhcpSock = filepath.Join(e.dir, "dhcp.sock")
-	l := e.list(e.sw.Status.UUID.String(), fmt.Sprintf(`,"ipam":{"type":"dhcp","daemonSocketPath":%q}`, e.dhcpSock))
+	l := e.list(e.sw.Status.UUID.String(), `,"ipam":{"type":"dhcp"}`)
 	p := e.pod("sw")
 	r := rt(p, "net1", nil)
 	// Without the dhcp daemon: refused up front, nothing attached.
@@ -302,6 +320,16 @@ func TestSwitchNIStaticIPs(t *testing.T) {
 	l := e.list("ext", `,"ipam":{"type":"static"}`)
 	p := e.pod("st")
 	r := rt(p, "net1", map[string]any{"ips": []string{"192.168.97.33/24"}, "mac": "02:97:00:00:00:33"})
+	// IPAM that would act outside the pod is refused before anything runs.
+	for ipamConf, want := range map[string]string{
+		`,"ipam":{"type":"host-local","dataDir":"persist/x","ranges":[[{"subnet":"192.168.97.0/24"}]]}`: `ipam "host-local" is not supported`,
+		`,"ipam":{"type":"dhcp","daemonSocketPath":"/run/elsewhere.sock"}`:                              "daemonSocketPath is the node's to set",
+	} {
+		if _, err := e.add(e.list("ext", ipamConf), r); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", ipamConf, err, want)
+		}
+		hostVethGone(t, r)
+	}
 	res, err := e.add(l, r)
 	if err != nil {
 		t.Fatal(err)
@@ -310,6 +338,14 @@ func TestSwitchNIStaticIPs(t *testing.T) {
 		t.Fatalf("address %s, want the requested 192.168.97.33/24", got)
 	}
 	ping(t, p, e.sw.External.IP.String())
+	// GC keeps the valid attachment and copes with an IPAM plugin that
+	// predates GC.
+	if err := e.cni.GCNetworkList(context.Background(), l, &libcni.GCArgs{ValidAttachments: []types.GCAttachment{{ContainerID: r.ContainerID, IfName: r.IfName}}}); err != nil {
+		t.Errorf("GC: %v", err)
+	}
+	if out, _ := inPod(p, "ip", "-o", "addr", "show", "net1"); !strings.Contains(out, "192.168.97.33/24") {
+		t.Errorf("GC of a valid attachment changed it: %s", out)
+	}
 	e.del(l, r)
 	hostVethGone(t, r)
 }
@@ -341,5 +377,77 @@ func TestRefusals(t *testing.T) {
 	}
 	if _, err := e.add(e.list("shop floor", ""), r); err == nil || !strings.Contains(err.Error(), "not activated") {
 		t.Errorf("deactivated NI: %v", err)
+	}
+}
+
+// BenchmarkLocalNIAddDel times ADD and DEL of one pod interface on a Local
+// NI through libcni (one plugin exec each), reported as medians: eve-ni,
+// and for scale Debian's bridge plugin with host-local IPAM doing the same
+// job on the same bridge.
+func BenchmarkLocalNIAddDel(b *testing.B) {
+	e := newEnv(b, nil)
+	p := e.pod("bench")
+	bridge, err := libcni.ConfListFromBytes([]byte(fmt.Sprintf(`{"cniVersion":"1.0.0","name":"h7t-bridge","plugins":[{"type":"bridge","bridge":%q,
+		"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"10.97.1.0/24","rangeStart":"10.97.1.200","rangeEnd":"10.97.1.202"}]]}}]}`,
+		e.local.Status.BridgeName, filepath.Join(e.dir, "host-local"))))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		l    *libcni.NetworkConfigList
+	}{{"eve-ni", e.list("shop floor", "")}, {"bridge+host-local", bridge}} {
+		b.Run(c.name, func(b *testing.B) {
+			var adds, dels []time.Duration
+			for i := 0; i < b.N; i++ {
+				r := rt(p, "net1", nil)
+				r.ContainerID = fmt.Sprintf("bench-%d", i)
+				t0 := time.Now()
+				if _, err := e.add(c.l, r); err != nil {
+					b.Fatal(err)
+				}
+				t1 := time.Now()
+				if err := e.cni.DelNetworkList(context.Background(), c.l, r); err != nil {
+					b.Fatal(err)
+				}
+				adds, dels = append(adds, t1.Sub(t0)), append(dels, time.Since(t1))
+			}
+			med := func(d []time.Duration) float64 {
+				slices.Sort(d)
+				return float64(d[len(d)/2].Microseconds()) / 1000
+			}
+			b.ReportMetric(med(adds), "add-ms")
+			b.ReportMetric(med(dels), "del-ms")
+		})
+	}
+}
+
+// TestLocalNIParallelAdds: plugin processes started at once for three pods
+// on a range of three addresses give each pod its own.
+func TestLocalNIParallelAdds(t *testing.T) {
+	e := newEnv(t, nil)
+	l := e.list("shop floor", "")
+	type out struct {
+		r   *libcni.RuntimeConf
+		res *current.Result
+		err error
+	}
+	ch := make(chan out, 3)
+	for _, n := range []string{"q1", "q2", "q3"} {
+		r := rt(e.pod(n), "net1", nil)
+		go func() { res, err := e.add(l, r); ch <- out{r, res, err} }()
+	}
+	seen := map[string]bool{}
+	for i := 0; i < 3; i++ {
+		o := <-ch
+		if o.err != nil {
+			t.Fatalf("ADD %s: %v", o.r.ContainerID, o.err)
+		}
+		defer e.del(l, o.r)
+		a := o.res.IPs[0].Address.IP.String()
+		if seen[a] {
+			t.Fatalf("two pods got %s", a)
+		}
+		seen[a] = true
 	}
 }

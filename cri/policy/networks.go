@@ -15,7 +15,8 @@ import (
 //	                     subnet and outside its DhcpRange, that the owner
 //	                     reserves for pods
 //
-// <ni> is the NI's display name or UUID. Empty (the default): no NI.
+// <ni> is the NI's display name (blanks inside are kept; a name with ","
+// or "=" must be given by UUID) or UUID. Empty (the default): no NI.
 const KeyNetworkInstances = KeyPrefix + "network-instances"
 
 // NetworkInstanceGrant is one parsed entry of KeyNetworkInstances.
@@ -44,9 +45,6 @@ func ParseNetworkInstanceGrant(e string) (NetworkInstanceGrant, error) {
 	name = strings.TrimSpace(name)
 	if name == "" {
 		return NetworkInstanceGrant{}, fmt.Errorf("no network instance name or UUID")
-	}
-	if strings.ContainsAny(name, " \t\"/") {
-		return NetworkInstanceGrant{}, fmt.Errorf("network instance %q: blanks, quotes and slashes are not allowed", name)
 	}
 	g := NetworkInstanceGrant{NI: name}
 	if !hasRange {
