@@ -88,7 +88,8 @@ type Device struct {
 	mu        sync.Mutex
 	ctrd      *containerd.Containerd
 	ctrdSock  string
-	netnsIno  uint64
+	netnsIno  uint64   // this boot's namespace (0: none)
+	netnsInos []uint64 // every namespace the device had: a process left in an old one is still the device's
 	agent     *exec.Cmd
 	agentDone chan struct{}
 	imported  bool
@@ -317,7 +318,7 @@ func (d *Device) ensureNetNSLocked() error {
 	}
 	// A namespace of this name left by a killed run: empty it and start over.
 	if ino, err := netnsInode(netnsPath(d.nsName)); err == nil {
-		if err := (owner{netnsIno: ino}).killAll(30 * time.Second); err != nil {
+		if err := (owner{netnsInos: []uint64{ino}}).killAll(30 * time.Second); err != nil {
 			return err
 		}
 		deleteNetNS(d.nsName)
@@ -334,6 +335,7 @@ func (d *Device) ensureNetNSLocked() error {
 		return fmt.Errorf("devnet: %w", err)
 	}
 	d.netnsIno = ino
+	d.netnsInos = append(d.netnsInos, ino)
 	return nil
 }
 
@@ -405,7 +407,7 @@ func (d *Device) stopLocked() error {
 }
 
 func (d *Device) owner() owner {
-	return owner{netnsIno: d.netnsIno, cgroupRoot: d.cgroup, ctrdSocket: d.ctrdSock}
+	return owner{netnsInos: d.netnsInos, cgroupRoot: d.cgroup, ctrdSocket: d.ctrdSock}
 }
 
 // Reboot is a power cycle: every process of the device (agent, kubelet,
