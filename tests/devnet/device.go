@@ -70,7 +70,6 @@ type RebootOptions struct {
 // evelet agent (with its kubelet) and EVE files, with EVE's split between
 // <Dir>/persist (kept across reboots) and <Dir>/run (a tmpfs on EVE).
 type Device struct {
-	t    testing.TB
 	n    int
 	net  *Net
 	o    DeviceOptions
@@ -97,8 +96,9 @@ type Device struct {
 	boots     int
 }
 
-// NewDevice prepares device n (1..200): directories, the simulated EVE
-// files, nothing running yet. t.Cleanup closes it, so a failing test leaves
+// NewDevice prepares device n (1..200; one Device per number at a time,
+// the number names its namespace, address and cgroup): directories, the
+// simulated EVE files, nothing running yet. t.Cleanup closes it, so a failing test leaves
 // nothing behind; the agent log's tail goes to the test log then.
 func (n *Net) NewDevice(t testing.TB, idx int, o DeviceOptions) *Device {
 	t.Helper()
@@ -117,7 +117,7 @@ func (n *Net) NewDevice(t testing.TB, idx int, o DeviceOptions) *Device {
 		t.Fatal(err)
 	}
 	d := &Device{
-		t: t, n: idx, net: n, o: o, dir: dir, name: o.Name,
+		n: idx, net: n, o: o, dir: dir, name: o.Name,
 		nsName:   base,
 		hostVeth: n.prefix + strconv.Itoa(idx) + "h",
 		ip:       n.deviceIP(idx),
