@@ -507,8 +507,8 @@ func (d *Device) Close() error {
 }
 
 // Leftovers lists what of the device is still on the host: processes,
-// mounts under its directory, its namespace, its veth, its cgroups. Empty
-// after Close.
+// mounts under its directory, its namespace, its veth, its cgroups,
+// libcni cache entries of its network. Empty after Close.
 func (d *Device) Leftovers() []string {
 	var res []string
 	d.mu.Lock()
@@ -528,6 +528,12 @@ func (d *Device) Leftovers() []string {
 	}
 	if cg := cgroupExists(d.cgroup); len(cg) > 0 {
 		res = append(res, "cgroups "+strings.Join(cg, " "))
+	}
+	ents, _ := os.ReadDir(cniCacheDir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), d.cniNetwork()+"-") {
+			res = append(res, "CNI cache entry "+filepath.Join(cniCacheDir, e.Name()))
+		}
 	}
 	return res
 }

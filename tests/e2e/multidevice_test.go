@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -22,8 +23,9 @@ import (
 // of its own with its own containerd and agent, join the one cluster; the
 // apiserver reaches device 2's kubelet over the bridge (logs, exec); device
 // 1 is power-cycled and comes back with the credentials it kept in
-// /persist, its /run emptied and its pod running again; after Close
-// nothing of either device is left on the host.
+// /persist, its /run emptied and its pod running again; device 2 is
+// stopped and started the orderly way; after Close nothing of either
+// device is left on the host.
 func TestMultiDevice(t *testing.T) {
 	needEnv(t)
 	ctx := testCtx(t, 20*time.Minute)
@@ -32,10 +34,8 @@ func TestMultiDevice(t *testing.T) {
 	d1 := env.devnet.NewDevice(t, 1, opts)
 	d2 := env.devnet.NewDevice(t, 2, opts)
 	devs := []*devnet.Device{d1, d2}
+	// The cluster is shared: an earlier run may have left CSRs of the name.
 	csrsBefore := nodeCSRs(t, d1.NodeName())
-	if len(csrsBefore) != 0 {
-		t.Fatalf("CSRs of %s before it joined: %v", d1.NodeName(), csrsBefore)
-	}
 	t0 := time.Now()
 	for _, d := range devs {
 		if err := d.Start(); err != nil {
@@ -51,20 +51,27 @@ func TestMultiDevice(t *testing.T) {
 			n.Name, time.Since(t0).Round(time.Millisecond), devnet.InternalIP(n), d.NetNS())
 	}
 
-	for _, app := range []string{"md-one", "md-two"} {
+	if joined := nodeCSRs(t, d1.NodeName()); len(joined) <= len(csrsBefore) {
+		t.Errorf("device 1 joined without a CSR of its own (before %v, after %v): did it bootstrap?", csrsBefore, joined)
+	}
+	// Names of this run: the cluster is shared, and a pod of an earlier
+	// run may still be listed (its node gone, pod GC not yet done).
+	sfx := strconv.FormatInt(time.Now().UnixNano()%1_000_000, 36)
+	one, two := "md-one-"+sfx, "md-two-"+sfx
+	for _, app := range []string{one, two} {
 		t.Cleanup(func() {
 			cs.AppsV1().Deployments("default").Delete(ctx, app, metav1.DeleteOptions{})
 		})
 	}
-	if _, err := cs.AppsV1().Deployments("default").Create(ctx, busyboxDeployment("md-one", d1.NodeName(), "echo one-up; exec sleep 3600"), metav1.CreateOptions{}); err != nil {
+	if _, err := cs.AppsV1().Deployments("default").Create(ctx, busyboxDeployment(one, d1.NodeName(), "echo one-up; exec sleep 3600"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cs.AppsV1().Deployments("default").Create(ctx, busyboxDeployment("md-two", d2.NodeName(), "echo hello-from-device-2; exec sleep 3600"), metav1.CreateOptions{}); err != nil {
+	if _, err := cs.AppsV1().Deployments("default").Create(ctx, busyboxDeployment(two, d2.NodeName(), "echo hello-from-device-2; exec sleep 3600"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	pod2 := runningPod(t, "md-two", 3*time.Minute)
+	pod2 := runningPod(t, two, 3*time.Minute)
 	if pod2.Spec.NodeName != d2.NodeName() || !strings.HasPrefix(pod2.Status.PodIP, "10.244.22.") {
-		t.Fatalf("md-two pod on %s with IP %s, want %s and 10.244.22.x", pod2.Spec.NodeName, pod2.Status.PodIP, d2.NodeName())
+		t.Fatalf("pod of %s on %s with IP %s, want %s and 10.244.22.x", two, pod2.Spec.NodeName, pod2.Status.PodIP, d2.NodeName())
 	}
 	// logs and exec go apiserver -> kubelet at 10.250.0.12:10250 over the
 	// bridge, then kubelet -> containerd's stream server in the namespace.
@@ -76,9 +83,9 @@ func TestMultiDevice(t *testing.T) {
 	if err != nil || !strings.Contains(out, "exec-42 from "+pod2.Name) {
 		t.Fatalf("kubectl exec on device 2: %v: %q", err, out)
 	}
-	pod1 := runningPod(t, "md-one", 3*time.Minute)
+	pod1 := runningPod(t, one, 3*time.Minute)
 	if pod1.Spec.NodeName != d1.NodeName() || !strings.HasPrefix(pod1.Status.PodIP, "10.244.21.") {
-		t.Fatalf("md-one pod on %s with IP %s, want %s and 10.244.21.x", pod1.Spec.NodeName, pod1.Status.PodIP, d1.NodeName())
+		t.Fatalf("pod of %s on %s with IP %s, want %s and 10.244.21.x", one, pod1.Spec.NodeName, pod1.Status.PodIP, d1.NodeName())
 	}
 	pod1ID, pod2ID := containerID(pod1), containerID(pod2)
 
@@ -125,7 +132,7 @@ func TestMultiDevice(t *testing.T) {
 	if after := nodeCSRs(t, d1.NodeName()); len(after) != len(csrsBefore) {
 		t.Errorf("CSRs of %s: %v before the reboot, %v after: the reboot asked for new credentials", d1.NodeName(), csrsBefore, after)
 	}
-	waitFor(t, 3*time.Minute, "md-one running again after the reboot", func() (bool, error) {
+	waitFor(t, 3*time.Minute, one+" running again after the reboot", func() (bool, error) {
 		p, err := cs.CoreV1().Pods("default").Get(ctx, pod1.Name, metav1.GetOptions{})
 		if err != nil {
 			return false, err
@@ -138,6 +145,32 @@ func TestMultiDevice(t *testing.T) {
 	if p, err := cs.CoreV1().Pods("default").Get(ctx, pod2.Name, metav1.GetOptions{}); err != nil || containerID(p) != pod2ID {
 		t.Errorf("device 2's pod was disturbed by device 1's reboot: %v", err)
 	}
+
+	// An orderly restart of device 2: pods removed through the CRI, the
+	// agent and containerd stopped, the namespace kept; Start brings it
+	// back with a new container for its pod.
+	if err := d2.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if pids := d2.AgentPID(); pids != 0 || d2.Containerd() != nil {
+		t.Errorf("after Stop: agent pid %d, containerd %v", pids, d2.Containerd())
+	}
+	if err := d2.Start(); err != nil {
+		t.Fatal(err)
+	}
+	upAt = time.Now()
+	if _, err := d2.WaitReadyAfter(ctx, upAt, 4*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*time.Minute, two+" running again after a Stop and Start", func() (bool, error) {
+		p, err := cs.CoreV1().Pods("default").Get(ctx, pod2.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		id := containerID(p)
+		return p.Status.Phase == corev1.PodRunning && id != "" && id != pod2ID,
+			fmt.Errorf("phase %s, running container %q (before %q)", p.Status.Phase, id, pod2ID)
+	})
 
 	for _, d := range devs {
 		if err := d.Close(); err != nil {
