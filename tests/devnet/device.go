@@ -124,6 +124,10 @@ func (n *Net) NewDevice(t testing.TB, idx int, o DeviceOptions) *Device {
 		podCIDR:  fmt.Sprintf("10.244.%d.0/24", 20+idx),
 		cgroup:   "/" + base,
 	}
+	if err := d.sweepStale(); err != nil {
+		os.RemoveAll(dir)
+		t.Fatal(err)
+	}
 	// The evesim device's Run and Persist are the device's own: <dir>/run
 	// and <dir>/persist, as EVE's /run and /persist.
 	if d.eve, err = evesim.NewWithOptions(dir, o.Name, o.EVE); err != nil {
@@ -309,6 +313,19 @@ func (d *Device) ctrdOptions() containerd.Options {
 }
 
 func (d *Device) cniNetwork() string { return d.nsName }
+
+// sweepStale removes what a killed test run left under this device's
+// names: processes in its namespace or cgroup root, the namespace, the
+// veth, the cgroups. (Its old directory and mounts are unknown: they
+// carry a random suffix.)
+func (d *Device) sweepStale() error {
+	o := owner{cgroupRoot: d.cgroup}
+	if ino, err := netnsInode(netnsPath(d.nsName)); err == nil {
+		o.netnsInos = []uint64{ino}
+	}
+	return errors.Join(o.killAll(30*time.Second), unplugDevice(d.hostVeth),
+		deleteNetNS(d.nsName), removeCgroupRoot(d.cgroup, 30*time.Second))
+}
 
 // ensureNetNSLocked creates the namespace and plugs it into the bridge,
 // unless it is there.

@@ -209,3 +209,51 @@ func listenIn(t *testing.T, path, addr string) net.Listener {
 	}
 	return ln
 }
+
+// TestSweepStale: what a killed run left under a device's names (a
+// namespace with a process in it, a veth, a cgroup root with a process)
+// is gone before the device of the same number is made again.
+func TestSweepStale(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root (network namespaces, bridges, cgroups)")
+	}
+	if _, err := exec.LookPath("nsenter"); err != nil {
+		t.Skip("nsenter not installed (util-linux)")
+	}
+	n, err := NewNet(NetOptions{Bridge: "h1dnet1", CIDR: "10.252.0.0/24", Prefix: "h1ds"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	mk := func() *Device {
+		return &Device{n: 2, net: n, dir: t.TempDir(), nsName: "h1ds-2", hostVeth: "h1ds2h", ip: n.deviceIP(2), cgroup: "/h1ds-2"}
+	}
+	old := mk()
+	t.Cleanup(func() { old.powerOffLocked() })
+	if err := old.ensureNetNSLocked(); err != nil {
+		t.Fatal(err)
+	}
+	inNS := startHelper(t, netnsPath(old.nsName), "stale-in-netns")
+	if err := makeCgroupRoot(old.cgroup); err != nil {
+		t.Fatal(err)
+	}
+	inCg := startHelper(t, "", "stale-in-cgroup")
+	for _, dir := range cgroupDirs(old.cgroup) {
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(inCg.Process.Pid)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The run that made them is gone; a new one makes device 2 again.
+	d := mk()
+	if err := d.sweepStale(); err != nil {
+		t.Fatal(err)
+	}
+	for name, cmd := range map[string]*exec.Cmd{"in-netns": inNS, "in-cgroup": inCg} {
+		if alive(cmd.Process.Pid) {
+			t.Errorf("stale %s (pid %d) survived", name, cmd.Process.Pid)
+		}
+	}
+	if left := old.Leftovers(); len(left) > 0 {
+		t.Errorf("left after the sweep: %v", left)
+	}
+}
