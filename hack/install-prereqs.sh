@@ -9,6 +9,7 @@ command -v runc >/dev/null 2>&1 || need="$need runc"
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need="$need busybox-static"
 command -v ip >/dev/null 2>&1 || need="$need iproute2"
 command -v iptables >/dev/null 2>&1 || need="$need iptables"
+command -v nsenter >/dev/null 2>&1 || need="$need util-linux"
 if [ -n "$need" ]; then
   sh "$(dirname "$0")/step.sh" "installing packages with apt-get:$need (about a minute)"
   if [ "$(id -u)" != 0 ]; then
