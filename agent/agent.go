@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/lf-edge/evelet/agent/eve/pubsub"
 	"github.com/lf-edge/evelet/agent/intent"
 	"github.com/lf-edge/evelet/bootstrap"
 	"github.com/lf-edge/evelet/cri"
@@ -53,6 +54,12 @@ type Config struct {
 	Discovery bootstrap.DiscoveryOptions
 	// KubeletCgroupRoot is the kubelet's cgroupRoot ("": "/").
 	KubeletCgroupRoot string
+	// CNI turns on multi-network pods (agent/cni.go); zero: off.
+	CNI CNIOptions
+	// EVERoot is EVE's pubsub root, for the network instances pods may
+	// attach to (agent/eveni.go, agent/nilabels.go). Unset: the device's
+	// for the eve-ni plugin, and no node labels.
+	EVERoot pubsub.Root
 }
 
 // PolicyFile is the guardrail policy for the kubelet's hostPath guard.
@@ -114,6 +121,8 @@ type Agent struct {
 	sup    kubeletProc
 	cri    *cri.Server
 	items  map[string]string // the owner's "evelet." config items
+
+	niKick chan struct{} // the owner's NI list changed (agent/nilabels.go)
 }
 
 func New(cfg Config) *Agent {
@@ -130,7 +139,7 @@ func New(cfg Config) *Agent {
 		cfg.KubeletLog = os.Stderr
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log, status: Status{Phase: PhaseStarting, Source: cfg.Source.Name(), AgentPID: os.Getpid()},
-		sleep: backoff.Sleep, heartbeat: heartbeatEvery}
+		sleep: backoff.Sleep, heartbeat: heartbeatEvery, niKick: make(chan struct{}, 1)}
 	store := cfg.Credentials()
 	onRetry := store.Discovery.OnRetry
 	store.Discovery.OnRetry = func(err error) {
@@ -168,6 +177,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); a.runCRI(ctx) }()
+	a.writeEveNISettings()
+	if a.cfg.EVERoot.Run != "" {
+		wg.Add(1)
+		go func() { defer wg.Done(); a.runNILabels(ctx) }()
+	}
 
 	var (
 		current *intent.Join
@@ -251,6 +265,9 @@ func (a *Agent) Run(ctx context.Context) error {
 				// it keeps its client certificate; the token is only used
 				// if the device must bootstrap again.
 				a.log.WithField("node", u.Join.NodeName).Info("new bootstrap token for the same cluster; the kubelet keeps running")
+				if err := a.setupCNI(u.Join); err != nil {
+					a.log.WithError(err).Error("pod networking (evelet-cni) not updated")
+				}
 				current = u.Join
 				continue
 			}
@@ -276,6 +293,7 @@ func sameExceptToken(a, b *intent.Join) bool {
 	}
 	x, y := *a, *b
 	x.Token, y.Token = "", ""
+	x.NetworkToken, y.NetworkToken = "", ""
 	return reflect.DeepEqual(x, y)
 }
 
@@ -320,6 +338,10 @@ func (a *Agent) join(ctx context.Context, job *joinJob) {
 	log.WithField("credentials", outcome).Info("credentials ready")
 	if err := a.store.SetNodeName(j.NodeName); err != nil {
 		log.WithError(err).Warn("join record not updated")
+	}
+	if err := a.setupCNI(j); err != nil {
+		a.fail(&bootstrap.PermanentError{Err: err}, "pod networking (evelet-cni) not set up")
+		return
 	}
 	k, err := a.newKubelet(j)
 	if err != nil {
@@ -451,6 +473,7 @@ func (a *Agent) setConfigItems(items map[string]string) {
 		srv.SetPolicy(p)
 	}
 	a.writePolicyFile()
+	a.writeEveNISettings()
 	a.publishConfigErrors(items)
 	a.log.WithField("items", items).Info("device owner's evelet config items applied")
 }

@@ -51,6 +51,8 @@ func runAgent(args []string) int {
 	cgroupRoot := fs.String("kubelet-cgroup-root", "", "cgroup the kubelet puts its pods under (empty: /); must exist in every hierarchy")
 	cgroupDriver := fs.String("cgroup-driver", "cgroupfs", "cgroup driver shared by the kubelet and containerd")
 	level := fs.String("log-level", "info", "log level")
+	var cniOpts agent.CNIOptions
+	cniFlags(fs, &cniOpts)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -89,6 +91,8 @@ func runAgent(args []string) int {
 		Source: src, Self: self, DrainTimeout: *drainTimeout, Metrics: reg,
 		KubeletPort: int32(*kubeletPort), KubeletHealthzPort: int32(*healthzPort),
 		CgroupDriver: *cgroupDriver, KubeletCgroupRoot: *cgroupRoot, Log: log,
+		CNI:     cniOpts,
+		EVERoot: pubsub.Root{Run: *eveRun, Persist: *evePersist},
 	})
 	if err := a.Run(ctx); err != nil && ctx.Err() == nil {
 		log.WithError(err).Error("agent stopped")

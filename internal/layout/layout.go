@@ -47,3 +47,8 @@ func (c Credentials) ClusterCA() string { return filepath.Join(c.Dir, "ca.crt") 
 
 // JoinRecord says which cluster the credentials belong to.
 func (c Credentials) JoinRecord() string { return filepath.Join(c.Dir, "join.json") }
+
+// EveNI is the eve-ni CNI plugin's state (address allocations per EVE
+// network instance): persistent, so no address is given twice across a
+// reboot.
+func (s State) EveNI() string { return filepath.Join(s.Dir, "cni", "eve-ni") }
