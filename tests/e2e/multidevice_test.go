@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"bytes"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"os"
@@ -17,6 +19,7 @@ import (
 	"github.com/lf-edge/evelet/tests/devnet"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // TestMultiDevice: two simulated EVE devices, each in a network namespace
@@ -88,6 +91,13 @@ func TestMultiDevice(t *testing.T) {
 		t.Fatalf("pod of %s on %s with IP %s, want %s and 10.244.21.x", one, pod1.Spec.NodeName, pod1.Status.PodIP, d1.NodeName())
 	}
 	pod1ID, pod2ID := containerID(pod1), containerID(pod2)
+	// The pod's process, as device 1's containerd reports it: under the
+	// device's cgroup root, where the reboot's sweep finds it.
+	pod1PID := criContainerPID(t, d1, pod1ID)
+	pod1Start := procStart(pod1PID)
+	if cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pod1PID)); !strings.Contains(string(cg), ":"+d1.CgroupRoot()+"/") {
+		t.Errorf("pod process %d not under %s:\n%s", pod1PID, d1.CgroupRoot(), cg)
+	}
 
 	// Power-cycle device 1.
 	csrsBefore = nodeCSRs(t, d1.NodeName())
@@ -111,6 +121,9 @@ func TestMultiDevice(t *testing.T) {
 	}
 	if _, err := os.Stat(persistMark); err != nil {
 		t.Errorf("%s lost in the reboot: %v", persistMark, err)
+	}
+	if st := procStart(pod1PID); st != "" && st == pod1Start {
+		t.Errorf("pod process %d of the old boot survived the reboot", pod1PID)
 	}
 	for _, pid := range []int{oldAgent, oldCtrd} {
 		if syscall.Kill(pid, 0) == nil && pid != d1.AgentPID() && pid != d1.Containerd().PID() {
@@ -222,4 +235,47 @@ func csrForNode(req []byte, node string) bool {
 	}
 	r, err := x509.ParseCertificateRequest(b.Bytes)
 	return err == nil && r.Subject.CommonName == "system:node:"+node
+}
+
+// criContainerPID asks the device's containerd (not evelet) for the pid of
+// a container ("<runtime>://<id>" as the pod status names it; evelet's
+// shim passes containerd's ids through).
+func criContainerPID(t *testing.T, d *devnet.Device, id string) int {
+	t.Helper()
+	conn, err := d.Containerd().DialCRI()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	st, err := runtimeapi.NewRuntimeServiceClient(conn).ContainerStatus(testCtx(t, 10*time.Second),
+		&runtimeapi.ContainerStatusRequest{ContainerId: id[strings.Index(id, "://")+3:], Verbose: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info struct {
+		Pid int `json:"pid"`
+	}
+	if err := json.Unmarshal([]byte(st.GetInfo()["info"]), &info); err != nil || info.Pid == 0 {
+		t.Fatalf("no pid for container %s: %v %q", id, err, st.GetInfo()["info"])
+	}
+	return info.Pid
+}
+
+// procStart is a process's start time in clock ticks (/proc/<pid>/stat
+// field 22), "" when it is gone or a zombie: with the pid it names one
+// process.
+func procStart(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return ""
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 || f[0] == "Z" || f[0] == "X" { // a killed process not yet reaped is gone
+		return ""
+	}
+	return f[19] // fields after comm start at 3 (state): 22 - 3 = 19
 }
