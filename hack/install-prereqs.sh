@@ -9,6 +9,8 @@ command -v runc >/dev/null 2>&1 || need="$need runc"
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need="$need busybox-static"
 command -v ip >/dev/null 2>&1 || need="$need iproute2"
 command -v iptables >/dev/null 2>&1 || need="$need iptables"
+# nsenter: tests/devnet and tests/containerd (Options.NetNS) run containerd and the agent in a netns
+command -v nsenter >/dev/null 2>&1 || need="$need util-linux"
 # qemu-ga: a real guest agent for the qga/stream tests (cri/vm)
 command -v qemu-ga >/dev/null 2>&1 || need="$need qemu-guest-agent"
 # VM guest image (images/vmguest) and its boot tests.

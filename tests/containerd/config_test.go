@@ -175,3 +175,37 @@ func TestUnescapeMountinfo(t *testing.T) {
 		t.Errorf("got %q", got)
 	}
 }
+
+// TestLayoutRunDir: with RunDir, what a reboot loses (state, runc root,
+// socket, IPAM) is under RunDir and what it keeps (root, config, log,
+// CNI conf) under Dir, and the config says so.
+func TestLayoutRunDir(t *testing.T) {
+	dir, run := t.TempDir(), t.TempDir()
+	l, err := newLayout(Options{Dir: dir, RunDir: run, RuncBinary: "/bin/sh", NetNS: "/proc/self/ns/net"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run, _ = filepath.EvalSymlinks(run)
+	for _, p := range []string{l.state, l.runcRoot, l.socket, l.ipamDataDir} {
+		if !strings.HasPrefix(p, run+"/") {
+			t.Errorf("%s not under RunDir %s", p, run)
+		}
+	}
+	for _, p := range []string{l.root, l.configPath, l.logPath, l.cniConfDir} {
+		if !strings.HasPrefix(p, l.dir+"/") {
+			t.Errorf("%s not under Dir %s", p, l.dir)
+		}
+	}
+	if l.netns != "/proc/self/ns/net" {
+		t.Errorf("netns %q", l.netns)
+	}
+	toml := l.configTOML()
+	for _, want := range []string{`state = "` + l.state + `"`, `Root = "` + l.runcRoot + `"`, `address = "` + l.socket + `"`, `root = "` + l.root + `"`} {
+		if !strings.Contains(toml, want) {
+			t.Errorf("config lacks %s", want)
+		}
+	}
+	if _, err := newLayout(Options{Dir: dir, RuncBinary: "/bin/sh", NetNS: "/run/netns/h1-does-not-exist"}); err == nil {
+		t.Error("a missing NetNS was accepted")
+	}
+}

@@ -56,8 +56,10 @@ type DeviceOptions struct {
 // RebootOptions shape a simulated reboot.
 type RebootOptions struct {
 	// OSVersion is the EVE release the device boots into (default: the
-	// one it runs). A different version is an upgrade or a downgrade: the
-	// simulated boot switches to the other partition.
+	// one it runs): evesim's Reboot writes it to eve-release and to the
+	// current partition's ZbootStatus. evesim models the running
+	// partition as IMGA whatever the release; the partition label does
+	// not switch.
 	OSVersion string
 	// OldEVE: the release booted publishes as EVE before 16.12.0 (only
 	// read when OSVersion is set).
@@ -68,7 +70,6 @@ type RebootOptions struct {
 // evelet agent (with its kubelet) and EVE files, with EVE's split between
 // <Dir>/persist (kept across reboots) and <Dir>/run (a tmpfs on EVE).
 type Device struct {
-	t    testing.TB
 	n    int
 	net  *Net
 	o    DeviceOptions
@@ -86,7 +87,8 @@ type Device struct {
 	mu        sync.Mutex
 	ctrd      *containerd.Containerd
 	ctrdSock  string
-	netnsIno  uint64
+	netnsIno  uint64   // this boot's namespace (0: none)
+	netnsInos []uint64 // every namespace the device had: a process left in an old one is still the device's
 	agent     *exec.Cmd
 	agentDone chan struct{}
 	imported  bool
@@ -94,8 +96,9 @@ type Device struct {
 	boots     int
 }
 
-// NewDevice prepares device n (1..200): directories, the simulated EVE
-// files, nothing running yet. t.Cleanup closes it, so a failing test leaves
+// NewDevice prepares device n (1..200; one Device per number at a time,
+// the number names its namespace, address and cgroup): directories, the
+// simulated EVE files, nothing running yet. t.Cleanup closes it, so a failing test leaves
 // nothing behind; the agent log's tail goes to the test log then.
 func (n *Net) NewDevice(t testing.TB, idx int, o DeviceOptions) *Device {
 	t.Helper()
@@ -114,12 +117,16 @@ func (n *Net) NewDevice(t testing.TB, idx int, o DeviceOptions) *Device {
 		t.Fatal(err)
 	}
 	d := &Device{
-		t: t, n: idx, net: n, o: o, dir: dir, name: o.Name,
+		n: idx, net: n, o: o, dir: dir, name: o.Name,
 		nsName:   base,
 		hostVeth: n.prefix + strconv.Itoa(idx) + "h",
 		ip:       n.deviceIP(idx),
 		podCIDR:  fmt.Sprintf("10.244.%d.0/24", 20+idx),
 		cgroup:   "/" + base,
+	}
+	if err := d.sweepStale(); err != nil {
+		os.RemoveAll(dir)
+		t.Fatal(err)
 	}
 	// The evesim device's Run and Persist are the device's own: <dir>/run
 	// and <dir>/persist, as EVE's /run and /persist.
@@ -307,6 +314,19 @@ func (d *Device) ctrdOptions() containerd.Options {
 
 func (d *Device) cniNetwork() string { return d.nsName }
 
+// sweepStale removes what a killed test run left under this device's
+// names: processes in its namespace or cgroup root, the namespace, the
+// veth, the cgroups. (Its old directory and mounts are unknown: they
+// carry a random suffix.)
+func (d *Device) sweepStale() error {
+	o := owner{cgroupRoot: d.cgroup}
+	if ino, err := netnsInode(netnsPath(d.nsName)); err == nil {
+		o.netnsInos = []uint64{ino}
+	}
+	return errors.Join(o.killAll(30*time.Second), unplugDevice(d.hostVeth),
+		deleteNetNS(d.nsName), removeCgroupRoot(d.cgroup, 30*time.Second))
+}
+
 // ensureNetNSLocked creates the namespace and plugs it into the bridge,
 // unless it is there.
 func (d *Device) ensureNetNSLocked() error {
@@ -315,7 +335,7 @@ func (d *Device) ensureNetNSLocked() error {
 	}
 	// A namespace of this name left by a killed run: empty it and start over.
 	if ino, err := netnsInode(netnsPath(d.nsName)); err == nil {
-		if err := (owner{netnsIno: ino}).killAll(30 * time.Second); err != nil {
+		if err := (owner{netnsInos: []uint64{ino}}).killAll(30 * time.Second); err != nil {
 			return err
 		}
 		deleteNetNS(d.nsName)
@@ -332,6 +352,7 @@ func (d *Device) ensureNetNSLocked() error {
 		return fmt.Errorf("devnet: %w", err)
 	}
 	d.netnsIno = ino
+	d.netnsInos = append(d.netnsInos, ino)
 	return nil
 }
 
@@ -403,7 +424,7 @@ func (d *Device) stopLocked() error {
 }
 
 func (d *Device) owner() owner {
-	return owner{netnsIno: d.netnsIno, cgroupRoot: d.cgroup, ctrdSocket: d.ctrdSock}
+	return owner{netnsInos: d.netnsInos, cgroupRoot: d.cgroup, ctrdSocket: d.ctrdSock}
 }
 
 // Reboot is a power cycle: every process of the device (agent, kubelet,
@@ -421,14 +442,16 @@ func (d *Device) Reboot(o RebootOptions) error {
 	}
 	err := d.powerOffLocked()
 	if err == nil {
+		// /run is lost first; then EVE boots and writes what its init and
+		// baseosmgr put there (eve-release, ZbootStatus).
+		err = os.RemoveAll(d.RunDir())
+	}
+	if err == nil {
 		eo := evesim.Options{OSVersion: d.eve.OSVersion, OldEVE: d.eve.OldEVE}
 		if o.OSVersion != "" {
 			eo = evesim.Options{OSVersion: o.OSVersion, OldEVE: o.OldEVE}
 		}
 		err = d.eve.Reboot(eo)
-	}
-	if err == nil {
-		err = os.RemoveAll(d.RunDir()) // evesim's Run is <run>: already empty
 	}
 	if err == nil {
 		err = d.eve.PublishZedagent()
@@ -503,8 +526,8 @@ func (d *Device) Close() error {
 }
 
 // Leftovers lists what of the device is still on the host: processes,
-// mounts under its directory, its namespace, its veth, its cgroups. Empty
-// after Close.
+// mounts under its directory, its namespace, its veth, its cgroups,
+// libcni cache entries of its network. Empty after Close.
 func (d *Device) Leftovers() []string {
 	var res []string
 	d.mu.Lock()
@@ -524,6 +547,12 @@ func (d *Device) Leftovers() []string {
 	}
 	if cg := cgroupExists(d.cgroup); len(cg) > 0 {
 		res = append(res, "cgroups "+strings.Join(cg, " "))
+	}
+	ents, _ := os.ReadDir(cniCacheDir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), d.cniNetwork()+"-") {
+			res = append(res, "CNI cache entry "+filepath.Join(cniCacheDir, e.Name()))
+		}
 	}
 	return res
 }

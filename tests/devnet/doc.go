@@ -13,9 +13,11 @@
 //	err = dev.Start()                                   // containerd + agent in netns evdev-1; joins the cluster
 //	node, err := dev.WaitReady(ctx, 3*time.Minute)      // Ready, InternalIP 10.250.0.11
 //	err = dev.Reboot(devnet.RebootOptions{OSVersion: "16.13.0-kvm-amd64"})
-//	node, err = dev.WaitReadyAfter(ctx, rebootedAt, 3*time.Minute)
+//	upAt := time.Now() // the old boot is dead once Reboot returns
+//	node, err = dev.WaitReadyAfter(ctx, upAt, 3*time.Minute) // Lease renewed after upAt, Ready
 //	dev.EVE()       // the *evesim.Device: cluster intent, config items, releases
 //	dev.NodeName()  // the node name evelet derives from the EVE name
+//	dev.Stop(); dev.Start()                             // orderly shutdown (pods removed through the CRI) and boot
 //	err = dev.Close()                                   // nothing of it left; dev.Leftovers() says otherwise
 //
 // Device n (1..200) has, with the default prefix "evdev":

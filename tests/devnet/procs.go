@@ -16,9 +16,9 @@ import (
 // owner describes what makes a process part of one device. A process is
 // the device's when any of the three holds; none is a process name.
 type owner struct {
-	netnsIno   uint64 // the device's network namespace (agent, kubelet, containerd, shims, host-network pods)
-	cgroupRoot string // the kubelet's cgroup root (every pod process), e.g. "/evdev-1"
-	ctrdSocket string // containerd's socket: shims name it in "-address"
+	netnsInos  []uint64 // the device's network namespaces, this boot's and earlier ones' (agent, kubelet, containerd, shims, host-network pods)
+	cgroupRoot string   // the kubelet's cgroup root (every pod process), e.g. "/evdev-1"
+	ctrdSocket string   // containerd's socket: shims name it in "-address"
 }
 
 // pids lists the live (not zombie) processes the device owns.
@@ -36,11 +36,19 @@ func (o owner) pids() []int {
 }
 
 func (o owner) inNetNS(pid int) bool {
-	if o.netnsIno == 0 {
+	if len(o.netnsInos) == 0 {
 		return false
 	}
 	l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
-	return err == nil && l == fmt.Sprintf("net:[%d]", o.netnsIno)
+	if err != nil {
+		return false
+	}
+	for _, ino := range o.netnsInos {
+		if l == fmt.Sprintf("net:[%d]", ino) {
+			return true
+		}
+	}
+	return false
 }
 
 // inCgroup: /proc/<pid>/cgroup has one line per v1 hierarchy (or the

@@ -37,11 +37,13 @@ var env struct {
 
 func TestMain(m *testing.M) {
 	code := func() int {
+		// teardown also undoes a setup that failed half way (the devnet
+		// bridge, a started control plane).
+		defer teardown()
 		if err := setup(); err != nil {
 			fmt.Fprintln(os.Stderr, "e2e setup:", err)
 			return 1
 		}
-		defer teardown()
 		return m.Run()
 	}()
 	os.Exit(code)
