@@ -16,8 +16,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 func (b *Backend) CreateContainer(ctx context.Context, req *runtimeapi.CreateContainerRequest, _ ...grpc.CallOption) (*runtimeapi.CreateContainerResponse, error) {
@@ -107,8 +107,7 @@ func (b *Backend) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 
 // accel picks KVM when the device has it, else TCG if the owner allows it.
 func (b *Backend) accel() (string, error) {
-	if f, err := os.OpenFile(b.cfg.KVMDevice, os.O_RDWR, 0); err == nil {
-		f.Close()
+	if kvmUsable(b.cfg.KVMDevice) {
 		return "kvm", nil
 	}
 	if b.cfg.AllowEmulation() {
@@ -117,6 +116,24 @@ func (b *Backend) accel() (string, error) {
 	return "", status.Errorf(codes.FailedPrecondition,
 		"this device has no KVM (%s) and its owner does not allow VM emulation (config item evelet.policy.allow-vm-emulation=true would run the VM under QEMU's slow software emulation)",
 		b.cfg.KVMDevice)
+}
+
+// kvmUsable says whether KVM can make a VM: a /dev/kvm node alone is not
+// enough (it exists on hosts whose CPU lacks VMX/SVM, where KVM_CREATE_VM
+// fails).
+func kvmUsable(dev string) bool {
+	f, err := os.OpenFile(dev, os.O_RDWR|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	const kvmCreateVM = 0xAE01 // _IO(KVMIO, 0x01)
+	fd, _, errno := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), kvmCreateVM, 0)
+	if errno != 0 {
+		return false
+	}
+	syscall.Close(int(fd))
+	return true
 }
 
 func (b *Backend) StartContainer(ctx context.Context, req *runtimeapi.StartContainerRequest, _ ...grpc.CallOption) (*runtimeapi.StartContainerResponse, error) {

@@ -14,7 +14,10 @@ import (
 func qemuArgs(c *containerState, dir string, nics []NIC) []string {
 	cpu := "max"
 	if c.Accel == "kvm" {
-		cpu = "host"
+		// arch-capabilities off: under some nested hypervisors KVM refuses
+		// that MSR and QEMU aborts at start; the guest only loses a hint
+		// about which CPU bugs it need not mitigate.
+		cpu = "host,arch-capabilities=off"
 	}
 	a := []string{
 		"-name", "guest=" + safeName(c.Metadata.GetName()),

@@ -44,12 +44,12 @@ const (
 
 // sandboxState is what the backend remembers of a pod.
 type sandboxState struct {
-	ID             string                          `json:"id"`
+	ID             string                         `json:"id"`
 	Metadata       *runtimeapi.PodSandboxMetadata `json:"metadata"`
-	Labels         map[string]string               `json:"labels,omitempty"`
-	Annotations    map[string]string               `json:"annotations,omitempty"`
-	RuntimeHandler string                          `json:"runtimeHandler"`
-	CreatedAt      int64                           `json:"createdAt"`
+	Labels         map[string]string              `json:"labels,omitempty"`
+	Annotations    map[string]string              `json:"annotations,omitempty"`
+	RuntimeHandler string                         `json:"runtimeHandler"`
+	CreatedAt      int64                          `json:"createdAt"`
 	// Ready is false once StopPodSandbox has run.
 	Ready        bool     `json:"ready"`
 	LogDirectory string   `json:"logDirectory,omitempty"`
@@ -73,13 +73,13 @@ type bootSpec struct {
 // containerState is what the backend remembers of a VM; the process state
 // (running, exited) comes from the supervisor's files.
 type containerState struct {
-	ID          string                         `json:"id"`
-	SandboxID   string                         `json:"sandboxId"`
+	ID          string                        `json:"id"`
+	SandboxID   string                        `json:"sandboxId"`
 	Metadata    *runtimeapi.ContainerMetadata `json:"metadata"`
 	Image       *runtimeapi.ImageSpec         `json:"image"`
-	ImageRef    string                         `json:"imageRef"`
-	Labels      map[string]string              `json:"labels,omitempty"`
-	Annotations map[string]string              `json:"annotations,omitempty"`
+	ImageRef    string                        `json:"imageRef"`
+	Labels      map[string]string             `json:"labels,omitempty"`
+	Annotations map[string]string             `json:"annotations,omitempty"`
 	// LogPath is absolute: the sandbox's log directory + the container's path.
 	LogPath   string   `json:"logPath,omitempty"`
 	CreatedAt int64    `json:"createdAt"`
