@@ -50,9 +50,9 @@ func TestMain(m *testing.M) {
 // without ACPI support would).
 func bootSector(line string, poweroff bool) []byte {
 	code := []byte{
-		0xFA,             // cli
-		0x31, 0xC0,       // xor ax,ax
-		0x8E, 0xD8,       // mov ds,ax
+		0xFA,       // cli
+		0x31, 0xC0, // xor ax,ax
+		0x8E, 0xD8, // mov ds,ax
 		0xBE, 0x00, 0x00, // mov si,msg (patched)
 		0xBA, 0xF8, 0x03, // mov dx,0x3f8
 		0xAC,       // lodsb            (11)
