@@ -1,0 +1,114 @@
+package vmnet
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// The helpers below create and remove a network namespace pinned by a bind
+// mount at a path of our choosing. vishvananda/netns.NewNamed does the same
+// but only under the fixed /run/netns, and the contract wants the namespace
+// under the backend's own NetnsDir, so this is the same few syscalls with a
+// path parameter.
+
+// createNetns makes a new network namespace and bind-mounts it at path. The
+// calling goroutine's thread is never moved: the work happens on a thread
+// that is thrown away afterwards (a thread whose namespace changed must not
+// go back to the Go scheduler's pool).
+func createNetns(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// No UnlockOSThread: the thread dies with the goroutine, so its
+		// changed namespace never serves other goroutines.
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare netns: %w", err)
+			return
+		}
+		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
+		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
+			errc <- fmt.Errorf("bind-mount netns at %s: %w", path, err)
+			return
+		}
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		os.Remove(path)
+		return err
+	}
+	return nil
+}
+
+// removeNetns unmounts and deletes a namespace pinned at path. A missing path
+// or a path that is no longer a mount point is not an error (idempotent).
+func removeNetns(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil &&
+		!errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount netns %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove netns %s: %w", path, err)
+	}
+	return nil
+}
+
+// isNetns tells whether path is a mounted network namespace.
+func isNetns(path string) bool {
+	h, err := netns.GetFromPath(path)
+	if err != nil {
+		return false
+	}
+	defer h.Close()
+	var st unix.Statfs_t
+	if unix.Fstatfs(int(h), &st) != nil {
+		return false
+	}
+	return st.Type == unix.NSFS_MAGIC
+}
+
+// inNetns runs fn on a thread that has joined the namespace at path. Needed
+// for what netlink handles cannot do from outside: creating a tap (the tun
+// driver puts it in the namespace of the thread that opens /dev/net/tun) and
+// opening sockets that must live in the namespace.
+func inNetns(path string, fn func() error) error {
+	target, err := netns.GetFromPath(path)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", path, err)
+	}
+	defer target.Close()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(target); err != nil {
+			errc <- fmt.Errorf("enter netns %s: %w", path, err)
+			return
+		}
+		ferr := fn()
+		if netns.Set(orig) == nil {
+			// Back home: the thread may serve other goroutines again.
+			runtime.UnlockOSThread()
+		}
+		errc <- ferr
+	}()
+	return <-errc
+}
