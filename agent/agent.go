@@ -53,6 +53,8 @@ type Config struct {
 	Discovery bootstrap.DiscoveryOptions
 	// KubeletCgroupRoot is the kubelet's cgroupRoot ("": "/").
 	KubeletCgroupRoot string
+	// VM configures VM pods (vmbackend.go).
+	VM VMConfig
 }
 
 // PolicyFile is the guardrail policy for the kubelet's hostPath guard.
@@ -395,7 +397,9 @@ func (a *Agent) serveCRIOnce(ctx context.Context) error {
 		return err
 	}
 	defer be.Close()
-	srv, err := cri.NewServer(cri.Config{Socket: a.cfg.CRISocket(), Backend: be, Log: log, Metrics: a.cfg.Metrics,
+	handlers, closeVM := a.vmHandlers(be)
+	defer closeVM()
+	srv, err := cri.NewServer(cri.Config{Socket: a.cfg.CRISocket(), Backend: be, Handlers: handlers, Log: log, Metrics: a.cfg.Metrics,
 		Pods: &cri.KubeconfigPods{Path: a.cfg.Credentials().KubeconfigPath()}})
 	if err != nil {
 		return err

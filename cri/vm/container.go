@@ -155,8 +155,11 @@ func (b *Backend) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 	if err != nil {
 		return nil, status.Errorf(codes.Unknown, "VM cgroup: %v", err)
 	}
-	spec := vmmSpec{QEMU: b.cfg.QEMU, Args: qemuArgs(c, dir, sb.NICs), Netns: sb.Netns, Cgroups: cgroups, LogPath: c.LogPath,
-		Net: &Attachment{Netns: sb.Netns, NICs: sb.NICs, IPs: sb.IPs}}
+	var nics []NIC
+	if sb.Net != nil {
+		nics = sb.Net.NICs
+	}
+	spec := vmmSpec{QEMU: b.cfg.QEMU, Args: qemuArgs(c, dir, nics), Netns: sb.Netns, Cgroups: cgroups, LogPath: c.LogPath, Net: sb.Net}
 	if err := writeJSON(filepath.Join(dir, specFile), &spec); err != nil {
 		return nil, status.Errorf(codes.Internal, "writing VM spec: %v", err)
 	}

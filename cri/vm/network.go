@@ -5,19 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/lf-edge/evelet/cri/vm/vmnet"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
-// Network gives a VM pod its network namespace and interfaces. The real one
-// is cri/vm/vmnet (CNI, the same conflist as container pods); the types
-// below mirror vmnet's so that an adapter is a plain copy.
+// Network gives a VM pod its network namespace and interfaces: cri/vm/vmnet
+// (CNI, the same conflist as container pods), or LoopbackNetwork.
 type Network interface {
 	// Setup creates the sandbox's netns and its interfaces.
 	Setup(ctx context.Context, sandboxID string, pod PodMeta) (*Attachment, error)
@@ -25,30 +25,15 @@ type Network interface {
 	Teardown(ctx context.Context, sandboxID string) error
 }
 
-// PodMeta names the pod for CNI_ARGS.
-type PodMeta struct {
-	Namespace, Name, UID string
-	Annotations          map[string]string
-}
+// The types are vmnet's: *vmnet.Network is the Network of a node with
+// pod networking.
+type (
+	PodMeta    = vmnet.PodMeta
+	Attachment = vmnet.Attachment
+	NIC        = vmnet.NIC
+)
 
-// Attachment is what Setup made: the netns path, one NIC per CNI interface,
-// and the pod IPs.
-type Attachment struct {
-	Netns string
-	NICs  []NIC
-	IPs   []string
-}
-
-// NIC is one guest interface: QEMU opens Tap (in the netns) and gives the
-// guest a virtio-net NIC with MAC.
-type NIC struct {
-	PodIfName string
-	Tap       string
-	MAC       string
-	IPs       []netip.Prefix
-	Gateway   netip.Addr
-	MTU       int
-}
+var _ Network = (*vmnet.Network)(nil)
 
 // LoopbackNetwork makes a netns with only loopback in it, bind-mounted at
 // Dir/<sandbox-id>: a VM pod without pod networking (no NICs). It stands in

@@ -3,15 +3,17 @@ package vm
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/lf-edge/evelet/cri/vm/vmnet"
 )
 
 func (b *Backend) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandboxRequest, _ ...grpc.CallOption) (*runtimeapi.RunPodSandboxResponse, error) {
@@ -37,13 +39,21 @@ func (b *Backend) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 		return nil, status.Errorf(codes.Internal, "saving sandbox: %v", err)
 	}
 	md := cfg.GetMetadata()
-	att, err := b.net.Setup(ctx, id, PodMeta{Namespace: md.GetNamespace(), Name: md.GetName(), UID: md.GetUid(), Annotations: cfg.GetAnnotations()})
+	pod := PodMeta{Namespace: md.GetNamespace(), Name: md.GetName(), UID: md.GetUid(), Annotations: cfg.GetAnnotations()}
+	for _, pm := range cfg.GetPortMappings() {
+		pod.PortMappings = append(pod.PortMappings, vmnet.PortMapping{HostPort: pm.GetHostPort(), ContainerPort: pm.GetContainerPort(),
+			Protocol: strings.ToLower(pm.GetProtocol().String()), HostIP: pm.GetHostIp()})
+	}
+	att, err := b.net.Setup(ctx, id, pod)
 	if err != nil {
 		b.net.Teardown(context.WithoutCancel(ctx), id)
 		os.RemoveAll(b.store.sandboxDir(id))
 		return nil, status.Errorf(codes.Unknown, "VM pod network: %v", err)
 	}
-	sb.Netns, sb.IPs, sb.NICs, sb.Ready = att.Netns, att.IPs, att.NICs, true
+	if att.Hostname == "" {
+		att.Hostname = cfg.GetHostname()
+	}
+	sb.Netns, sb.IPs, sb.Net, sb.Ready = att.Netns, att.IPs, att, true
 	if err := b.store.saveSandbox(sb); err != nil {
 		b.net.Teardown(context.WithoutCancel(ctx), id)
 		os.RemoveAll(b.store.sandboxDir(id))
@@ -212,5 +222,3 @@ func matchLabels(labels, selector map[string]string) bool {
 	}
 	return true
 }
-
-var _ = fmt.Sprintf

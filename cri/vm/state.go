@@ -56,7 +56,8 @@ type sandboxState struct {
 	CgroupParent string   `json:"cgroupParent,omitempty"`
 	Netns        string   `json:"netns,omitempty"`
 	IPs          []string `json:"ips,omitempty"`
-	NICs         []NIC    `json:"nics,omitempty"`
+	// Net is what the Network made: the guest's NICs, DNS, host name.
+	Net *Attachment `json:"net,omitempty"`
 }
 
 // bootSpec says how the guest boots: from a disk (firmware) or a kernel.

@@ -21,6 +21,8 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/lf-edge/evelet/cri/vm/vmnet"
 )
 
 // vmmSpec is what the supervisor runs, written by StartContainer.
@@ -32,10 +34,6 @@ type vmmSpec struct {
 	LogPath string      `json:"logPath,omitempty"`
 	Net     *Attachment `json:"net,omitempty"`
 }
-
-// ServeDHCP, when set, runs in the supervisor, inside the pod's netns, for
-// the VM's lifetime: it gives the guest its NICs' addresses (cri/vm/vmnet).
-var ServeDHCP func(ctx context.Context, att *Attachment) error
 
 // criLogMax is the longest log line written as one entry; longer ones are
 // split into partial ("P") entries, as the kubelet's log reader expects.
@@ -114,12 +112,14 @@ func (s *supervisor) run() (int32, string, string) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if ServeDHCP != nil && s.spec.Net != nil && len(s.spec.Net.NICs) > 0 {
-		go s.inNetns(func() {
-			if err := ServeDHCP(ctx, s.spec.Net); err != nil && ctx.Err() == nil {
+	// The guest takes its NICs' addresses by DHCP from here, for the VM's
+	// lifetime (vmnet opens the sockets in the pod's netns).
+	if s.spec.Net != nil && len(s.spec.Net.NICs) > 0 {
+		go func() {
+			if err := vmnet.ServeDHCPWithLog(ctx, s.spec.Net, s.log); err != nil && ctx.Err() == nil {
 				s.log.WithError(err).Error("DHCP responder stopped")
 			}
-		})
+		}()
 	}
 	go s.acceptConsole(ln)
 	pumped := make(chan struct{})
@@ -207,23 +207,6 @@ func (s *supervisor) startQEMU() (*exec.Cmd, io.Reader, *tailBuf, error) {
 	}()
 	r := <-res
 	return r.cmd, r.stdout, stderrBuf, r.err
-}
-
-// inNetns runs f on a thread inside the pod's netns; the thread is
-// discarded afterwards.
-func (s *supervisor) inNetns(f func()) {
-	runtime.LockOSThread()
-	ns, err := netns.GetFromPath(s.spec.Netns)
-	if err != nil {
-		s.log.WithError(err).Error("pod netns")
-		return
-	}
-	defer ns.Close()
-	if err := netns.Set(ns); err != nil {
-		s.log.WithError(err).Error("entering pod netns")
-		return
-	}
-	f()
 }
 
 func (s *supervisor) openLog() error {
