@@ -346,7 +346,8 @@ func (a *Agent) join(ctx context.Context, job *joinJob) {
 func (a *Agent) kubelet(j *intent.Join) (kubeletProc, error) {
 	opts := &kubeletshim.Options{
 		NodeName: j.NodeName, DeviceUUID: j.DeviceUUID, OSVersion: j.OSVersion, NodeIP: j.NodeIP,
-		StateDir: a.cfg.StateDir, CredentialsDir: a.cfg.Credentials().Dir,
+		ExtraLabels: a.vmLabels(),
+		StateDir:    a.cfg.StateDir, CredentialsDir: a.cfg.Credentials().Dir,
 		CRIEndpoint:  "unix://" + a.cfg.CRISocket(),
 		CgroupDriver: a.cfg.CgroupDriver, CgroupV1: kubeletshim.HostCgroupV1(),
 		Port: a.cfg.KubeletPort, HealthzPort: a.cfg.KubeletHealthzPort,

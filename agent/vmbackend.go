@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -56,4 +58,22 @@ func (a *Agent) vmHandlers(images runtimeapi.ImageServiceClient) (map[string]cri
 		return nil, func() {}
 	}
 	return map[string]cri.Backend{vm.Handler: b}, func() { b.Close() }
+}
+
+// Node labels of VM pods: LabelVMRuntime only evelet nodes that run VM pods
+// carry (deploy/runtimeclass-eve-vm.yaml selects on it), LabelKVM says
+// whether they run with KVM or need emulation.
+const (
+	LabelVMRuntime = "node.eve.lf-edge.org/vm-runtime"
+	LabelKVM       = "node.eve.lf-edge.org/kvm"
+)
+
+func (a *Agent) vmLabels() map[string]string {
+	if a.cfg.VM.Disabled {
+		return nil
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		return nil
+	}
+	return map[string]string{LabelVMRuntime: vm.Handler, LabelKVM: strconv.FormatBool(vm.KVMUsable(vm.DefaultKVMDevice))}
 }

@@ -107,7 +107,7 @@ func (b *Backend) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 
 // accel picks KVM when the device has it, else TCG if the owner allows it.
 func (b *Backend) accel() (string, error) {
-	if kvmUsable(b.cfg.KVMDevice) {
+	if KVMUsable(b.cfg.KVMDevice) {
 		return "kvm", nil
 	}
 	if b.cfg.AllowEmulation() {
@@ -118,10 +118,10 @@ func (b *Backend) accel() (string, error) {
 		b.cfg.KVMDevice)
 }
 
-// kvmUsable says whether KVM can make a VM: a /dev/kvm node alone is not
+// KVMUsable says whether KVM can make a VM: a /dev/kvm node alone is not
 // enough (it exists on hosts whose CPU lacks VMX/SVM, where KVM_CREATE_VM
 // fails).
-func kvmUsable(dev string) bool {
+func KVMUsable(dev string) bool {
 	f, err := os.OpenFile(dev, os.O_RDWR|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return false
