@@ -7,11 +7,14 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // fakeAgent is a scripted guest agent on a unix socket: answer gets each
@@ -218,4 +221,53 @@ func TestOneClientPerChannel(t *testing.T) {
 		t.Fatalf("Dial after Close: %v", err)
 	}
 	c2.Close()
+}
+
+// TestRealAgent speaks to Debian's qemu-guest-agent, run on this host
+// (the protocol is the same as in a guest; the in-guest run is in the QEMU
+// tests of cri/vm/vmnet).
+func TestRealAgent(t *testing.T) {
+	bin, err := exec.LookPath("qemu-ga")
+	if err != nil {
+		t.Skip("qemu-ga is not installed (hack/install-prereqs.sh installs qemu-guest-agent)")
+	}
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "qga.sock")
+	cmd := exec.Command(bin, "-m", "unix-listen", "-p", sock, "-t", dir, "-f", filepath.Join(dir, "pid"))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var c *Client
+	err = wait.PollUntilContextCancel(ctx, 20*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		c, err = Dial(ctx, sock) // fails until qemu-ga has made its socket
+		return err == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	defer c.Close()
+	if err := c.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil || info.Version == "" || len(info.Commands) == 0 {
+		t.Fatalf("Info = %+v, %v", info, err)
+	}
+	res, err := c.Exec(ctx, ExecRequest{Path: "sh", Args: []string{"-c", "read x; echo got $x; echo $GREETING >&2; exit 4"}, Env: []string{"GREETING=hello"}, Stdin: []byte("line\n")})
+	if err != nil || res.ExitCode != 4 || string(res.Stdout) != "got line\n" || string(res.Stderr) != "hello\n" {
+		t.Errorf("Exec = %+v (%q, %q), %v", res, res.Stdout, res.Stderr, err)
+	}
+	// A second session after the first: Sync resynchronises.
+	c.Close()
+	c2, err := Dial(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if err := c2.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
 }

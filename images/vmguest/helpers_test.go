@@ -1,0 +1,9 @@
+package vmguest
+
+import "sync"
+
+var (
+	imagesOnce  sync.Once
+	builtImages *Images
+	imagesErr   error
+)
