@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http"
 	"os"
 	"os/exec"
 	"sync"
@@ -18,8 +19,10 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"k8s.io/kubelet/pkg/cri/streaming"
 
 	"github.com/lf-edge/evelet/cri"
+	"github.com/lf-edge/evelet/cri/vm/stream"
 )
 
 // Handler is the RuntimeClass handler of VM pods.
@@ -61,7 +64,10 @@ type Config struct {
 	AllowEmulation func() bool
 	// KVMDevice is /dev/kvm unless a test says otherwise.
 	KVMDevice string
-	Log       *logrus.Entry
+	// StreamAddr is the exec/attach streaming server's address
+	// (DefaultStreamAddr when empty).
+	StreamAddr string
+	Log        *logrus.Entry
 }
 
 // Backend is the VM backend. It keeps nothing in memory that is not also on
@@ -76,6 +82,10 @@ type Backend struct {
 	log     *logrus.Entry
 	locks   sync.Map // id -> *sync.Mutex
 	imageMu sync.Mutex
+
+	streamRT *stream.Runtime
+	stream   streaming.Server
+	httpSrv  *http.Server
 }
 
 var _ cri.Backend = (*Backend)(nil)
@@ -138,7 +148,7 @@ func New(cfg Config) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vm: containerd %s: %w", cfg.ContainerdSocket, err)
 	}
-	return &Backend{
+	b := &Backend{
 		ImageServiceClient: cfg.Images,
 		cfg:                cfg,
 		store:              store{dir: cfg.StateDir},
@@ -146,13 +156,25 @@ func New(cfg Config) (*Backend, error) {
 		conn:               conn,
 		net:                cfg.Network,
 		log:                cfg.Log,
-	}, nil
+	}
+	if cfg.StreamAddr == "" {
+		cfg.StreamAddr = DefaultStreamAddr
+	}
+	if err := b.startStreaming(cfg.StreamAddr); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return b, nil
 }
 
 func (b *Backend) Name() string { return "vm" }
 
-// Close drops the containerd connection; VMs keep running.
-func (b *Backend) Close() error { return b.conn.Close() }
+// Close stops the streaming server and drops the containerd connection;
+// VMs keep running.
+func (b *Backend) Close() error {
+	b.httpSrv.Close()
+	return b.conn.Close()
+}
 
 // lock serialises changes to one sandbox or container.
 func (b *Backend) lock(id string) func() {

@@ -3,12 +3,10 @@ package vm
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -420,30 +418,6 @@ func (b *Backend) ReopenContainerLog(ctx context.Context, req *runtimeapi.Reopen
 	return &runtimeapi.ReopenContainerLogResponse{}, nil
 }
 
-func (b *Backend) ExecSync(ctx context.Context, req *runtimeapi.ExecSyncRequest, _ ...grpc.CallOption) (*runtimeapi.ExecSyncResponse, error) {
-	if _, err := b.store.container(req.GetContainerId()); err != nil {
-		return nil, lookupErr("container", req.GetContainerId(), err)
-	}
-	return nil, unsupported("exec yet")
-}
-
-func (b *Backend) Exec(ctx context.Context, req *runtimeapi.ExecRequest, _ ...grpc.CallOption) (*runtimeapi.ExecResponse, error) {
-	if _, err := b.store.container(req.GetContainerId()); err != nil {
-		return nil, lookupErr("container", req.GetContainerId(), err)
-	}
-	return nil, unsupported("exec yet")
-}
-
-func (b *Backend) Attach(ctx context.Context, req *runtimeapi.AttachRequest, _ ...grpc.CallOption) (*runtimeapi.AttachResponse, error) {
-	if _, err := b.store.container(req.GetContainerId()); err != nil {
-		return nil, lookupErr("container", req.GetContainerId(), err)
-	}
-	return nil, unsupported("attach yet")
-}
-
 func (b *Backend) CheckpointContainer(ctx context.Context, req *runtimeapi.CheckpointContainerRequest, _ ...grpc.CallOption) (*runtimeapi.CheckpointContainerResponse, error) {
 	return nil, unsupported("checkpoints")
 }
-
-var _ = fmt.Sprint
-var _ = strconv.Itoa

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/lf-edge/evelet/cri/vm/stream"
 	"github.com/lf-edge/evelet/cri/vm/vmnet"
 )
 
@@ -189,7 +190,7 @@ func (b *Backend) PortForward(ctx context.Context, req *runtimeapi.PortForwardRe
 	if _, err := b.store.sandbox(req.GetPodSandboxId()); err != nil {
 		return nil, lookupErr("pod sandbox", req.GetPodSandboxId(), err)
 	}
-	return nil, unsupported("port-forward (reach the guest at the pod IP instead)")
+	return nil, status.Error(codes.Unimplemented, stream.ErrPortForward.Error())
 }
 
 func (b *Backend) UpdatePodSandboxResources(ctx context.Context, req *runtimeapi.UpdatePodSandboxResourcesRequest, _ ...grpc.CallOption) (*runtimeapi.UpdatePodSandboxResourcesResponse, error) {
