@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -115,6 +116,7 @@ type harness struct {
 	logDir   string
 	emulate  bool
 	noKVM    bool
+	network  Network
 	mu       sync.Mutex
 }
 
@@ -127,7 +129,7 @@ func (h *harness) backend() *Backend {
 	h.t.Cleanup(func() { conn.Close() })
 	b, err := New(Config{
 		StateDir: h.stateDir, ContainerdSocket: h.ctrd.Socket(), Images: runtimeapi.NewImageServiceClient(conn),
-		NetnsDir: h.netnsDir, Supervisor: []string{os.Args[0]}, KVMDevice: kvmDevice(h.noKVM),
+		Network: h.network, NetnsDir: h.netnsDir, Supervisor: []string{os.Args[0]}, KVMDevice: kvmDevice(h.noKVM),
 		AllowEmulation: func() bool { h.mu.Lock(); defer h.mu.Unlock(); return h.emulate },
 		Log:            logrus.NewEntry(logrus.StandardLogger()),
 	})
@@ -413,3 +415,5 @@ func TestVMRefusals(t *testing.T) {
 		}
 	}
 }
+
+func itoa(i int) string { return strconv.Itoa(i) }
