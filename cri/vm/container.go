@@ -79,7 +79,7 @@ func (b *Backend) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		ID: newID(), SandboxID: sbID, Metadata: cfg.GetMetadata(), Image: cfg.GetImage(), ImageRef: ref,
 		Labels: cfg.GetLabels(), Annotations: cfg.GetAnnotations(), CreatedAt: time.Now().UnixNano(),
 		Boot: boot, VCPUs: vcpus, MemoryMiB: memMiB, Accel: accel,
-		MemoryLimit: r.GetMemoryLimitInBytes(), CPUQuota: r.GetCpuQuota(), CPUPeriod: r.GetCpuPeriod(), CPUShares: r.GetCpuShares(),
+		MemoryLimit: cgroupMemoryLimit(r), CPUQuota: r.GetCpuQuota(), CPUPeriod: r.GetCpuPeriod(), CPUShares: r.GetCpuShares(),
 	}
 	if sb.LogDirectory != "" && cfg.GetLogPath() != "" {
 		c.LogPath = filepath.Join(sb.LogDirectory, cfg.GetLogPath())

@@ -17,15 +17,17 @@ const (
 	DefaultGuestMemoryMiB = 256
 	// MinGuestMemoryMiB is the smallest guest RAM accepted.
 	MinGuestMemoryMiB = 64
-	// QEMUOverheadMiB is the memory QEMU and the supervisor take beyond the
-	// guest's RAM; it comes out of the container's memory limit, because
-	// they all run in the container's cgroup. Measured with TCG
-	// (docs/vm-pods.md, "Resources").
+	// QEMUOverheadMiB is the memory QEMU and the supervisor take beyond
+	// the guest's RAM: the VM's cgroup limit is the container's memory limit
+	// plus this, and deploy/runtimeclass-eve-vm.yaml declares it as the pod
+	// overhead so that the kubelet's pod cgroup and the scheduler count it.
+	// Measured with TCG (docs/vm-pods.md, "Resources").
 	QEMUOverheadMiB = 96
 )
 
-// sizeGuest gives the guest's vCPUs and RAM: CPU limit rounded up to whole
-// vCPUs, memory limit minus QEMU's overhead.
+// sizeGuest gives the guest's vCPUs and RAM: the CPU limit rounded up to
+// whole vCPUs, the memory limit as guest RAM (QEMU's overhead comes on top,
+// as the pod overhead of the RuntimeClass).
 func sizeGuest(r *runtimeapi.LinuxContainerResources) (vcpus, memMiB int, err error) {
 	vcpus = DefaultVCPUs
 	if q, p := r.GetCpuQuota(), r.GetCpuPeriod(); q > 0 && p > 0 {
@@ -36,13 +38,19 @@ func sizeGuest(r *runtimeapi.LinuxContainerResources) (vcpus, memMiB int, err er
 	}
 	memMiB = DefaultGuestMemoryMiB
 	if l := r.GetMemoryLimitInBytes(); l > 0 {
-		min := int64(MinGuestMemoryMiB+QEMUOverheadMiB) * mib
-		if l < min {
-			return 0, 0, fmt.Errorf("memory limit %dMi is below the minimum for a VM pod, %dMi (%dMi guest RAM + %dMi for QEMU)",
-				l/mib, min/mib, MinGuestMemoryMiB, QEMUOverheadMiB)
+		if l < MinGuestMemoryMiB*mib {
+			return 0, 0, fmt.Errorf("memory limit %dMi is below the minimum guest RAM of a VM pod, %dMi", l/mib, MinGuestMemoryMiB)
 		}
-		memMiB = int(l/mib) - QEMUOverheadMiB
-		memMiB &^= 1 // QEMU rounds to 2 MiB on x86 anyway
+		memMiB = int(l / mib)
 	}
 	return vcpus, memMiB, nil
+}
+
+// cgroupMemoryLimit is the VM cgroup's limit: guest RAM plus QEMU's
+// overhead; 0 (none) without a container limit.
+func cgroupMemoryLimit(r *runtimeapi.LinuxContainerResources) int64 {
+	if l := r.GetMemoryLimitInBytes(); l > 0 {
+		return l + QEMUOverheadMiB*mib
+	}
+	return 0
 }

@@ -290,7 +290,7 @@ func TestVMLifecycle(t *testing.T) {
 	}
 	waitLog(t, filepath.Join(h.logDir, "halt", "vm", "0.log"), "evelet-test: halted", 2*time.Minute)
 	c2, _ := b.store.container(cr2.ContainerId)
-	if c2.MemoryMiB != 256-QEMUOverheadMiB || c2.Accel != "tcg" || c2.VCPUs != 1 {
+	if c2.MemoryMiB != 256 || c2.MemoryLimit != (256+QEMUOverheadMiB)*mib || c2.Accel != "tcg" || c2.VCPUs != 1 {
 		t.Errorf("guest sizing: %d MiB, %s, %d vCPUs", c2.MemoryMiB, c2.Accel, c2.VCPUs)
 	}
 	qemuPID := readPID(filepath.Join(b.store.containerDir(cr2.ContainerId), qemuPIDFile))
@@ -377,7 +377,7 @@ func TestVMRefusals(t *testing.T) {
 		{"no disk", containerConfig("vm", "evelet.local/h4-nodisk:1", 0), "has no VM disk: a VM pod's image must hold its disk under /disk/"},
 		{"corrupt qcow2", containerConfig("vm", "evelet.local/h4-corrupt:1", 0), "disk.qcow2"},
 		{"two disks", containerConfig("vm", "evelet.local/h4-twodisk:1", 0), "has 2 files under /disk/"},
-		{"memory too small", containerConfig("vm", "evelet.local/h4-good:1", 100*mib), "memory limit 100Mi is below the minimum for a VM pod"},
+		{"memory too small", containerConfig("vm", "evelet.local/h4-good:1", 32*mib), "memory limit 32Mi is below the minimum guest RAM of a VM pod, 64Mi"},
 	} {
 		err := create(tc.cfg)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
