@@ -79,16 +79,21 @@ func bootFromDir(ctx context.Context, qemuImg, dir, image string) (bootSpec, err
 }
 
 // diskFormat says whether p is qcow2 or raw, and for qcow2 runs qemu-img
-// check. A qcow2 with a backing file is refused: the backing path would be
-// a path on this host, chosen by the image's author.
+// check. A qcow2 with a backing file or an external data file is refused:
+// either would be a path on this host, chosen by the image's author.
 func diskFormat(ctx context.Context, qemuImg, p string) (string, error) {
 	out, err := exec.CommandContext(ctx, qemuImg, "info", "--output=json", "-U", p).Output()
 	if err != nil {
 		return "", fmt.Errorf("qemu-img info: %s", cmdErr(err))
 	}
 	var info struct {
-		Format      string `json:"format"`
-		BackingFile string `json:"backing-filename"`
+		Format         string `json:"format"`
+		BackingFile    string `json:"backing-filename"`
+		FormatSpecific struct {
+			Data struct {
+				DataFile string `json:"data-file"`
+			} `json:"data"`
+		} `json:"format-specific"`
 	}
 	if err := json.Unmarshal(out, &info); err != nil {
 		return "", fmt.Errorf("qemu-img info: %w", err)
@@ -99,6 +104,11 @@ func diskFormat(ctx context.Context, qemuImg, p string) (string, error) {
 	case "qcow2":
 		if info.BackingFile != "" {
 			return "", fmt.Errorf("qcow2 disk has a backing file (%s); a containerDisk must be self-contained", info.BackingFile)
+		}
+		// An external data file is a host path too: QEMU would read and
+		// write it as the guest's disk.
+		if f := info.FormatSpecific.Data.DataFile; f != "" {
+			return "", fmt.Errorf("qcow2 disk has an external data file (%s); a containerDisk must be self-contained", f)
 		}
 		if out, err := exec.CommandContext(ctx, qemuImg, "check", "-U", "-f", "qcow2", p).CombinedOutput(); err != nil {
 			return "", fmt.Errorf("corrupt qcow2 disk: qemu-img check: %s", firstLines(string(out), 3))
