@@ -83,6 +83,10 @@ type Backend struct {
 	locks   sync.Map // id -> *sync.Mutex
 	imageMu sync.Mutex
 
+	// resolveDisk gives the directory with an image's /disk/ files
+	// (diskCache; tests without containerd replace it).
+	resolveDisk func(ctx context.Context, ref string) (string, error)
+
 	streamRT *stream.Runtime
 	stream   streaming.Server
 	httpSrv  *http.Server
@@ -157,6 +161,7 @@ func New(cfg Config) (*Backend, error) {
 		net:                cfg.Network,
 		log:                cfg.Log,
 	}
+	b.resolveDisk = b.diskCache
 	if cfg.StreamAddr == "" {
 		cfg.StreamAddr = DefaultStreamAddr
 	}

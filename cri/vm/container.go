@@ -59,7 +59,7 @@ func (b *Backend) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	ref := cfg.GetImage().GetImage()
-	cache, err := b.diskCache(ctx, ref)
+	cache, err := b.resolveDisk(ctx, ref)
 	if err != nil {
 		if status.Code(err) == codes.NotFound {
 			return nil, err

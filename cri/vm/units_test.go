@@ -107,7 +107,7 @@ func TestValidID(t *testing.T) {
 func TestQEMUArgs(t *testing.T) {
 	c := &containerState{Metadata: &runtimeapi.ContainerMetadata{Name: "g,uest"}, VCPUs: 2, MemoryMiB: 300, Accel: "tcg"}
 	a := strings.Join(qemuArgs(c, "/s/vm/x", []NIC{{Tap: "vmtap0", MAC: "02:00:00:00:00:01"}}), " ")
-	for _, want := range []string{"-nodefaults", "-no-user-config", "-display none", "accel=tcg", "-smp 2", "-m 300", "guest=g_uest",
+	for _, want := range []string{"-nodefaults", "-no-user-config", "-display none", "-accel tcg,tb-size=16", "-smp 2", "-m 300", "guest=g_uest",
 		"file=/s/vm/x/overlay.qcow2,format=qcow2", "unix:/s/vm/x/qmp.sock", "path=/s/vm/x/qga.sock", "name=org.qemu.guest_agent.0",
 		"tap,id=net0,ifname=vmtap0,script=no,downscript=no", "mac=02:00:00:00:00:01", "-sandbox on"} {
 		if !strings.Contains(a, want) {
