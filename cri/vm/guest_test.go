@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -29,7 +28,7 @@ var (
 
 // buildGuest builds h3's test guest once per test binary into the module's
 // _output/vmguest (the kernel cache survives between runs there).
-func buildGuest(t *testing.T) *vmguest.Images {
+func buildGuest(t testing.TB) *vmguest.Images {
 	t.Helper()
 	guestOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -160,34 +159,8 @@ func b2nics(t *testing.T, b *Backend, sb string) []NIC {
 	return s.Net.NICs
 }
 
-// logQEMURSS logs QEMU's resident memory and the part of it beyond the
-// guest's RAM: the RSS of every mapping but the guest RAM block (the one
-// anonymous mapping of the guest's RAM size), from /proc/<pid>/smaps.
+// logQEMURSS logs QEMU's resident memory beyond the guest's RAM
+// (qemuBeyondRAM).
 func logQEMURSS(t *testing.T, b *Backend, id string) {
-	dir := b.store.containerDir(id)
-	pid := readPID(filepath.Join(dir, qemuPIDFile))
-	c, _ := b.store.container(id)
-	sm, err := os.ReadFile(filepath.Join("/proc", itoa(pid), "smaps"))
-	if err != nil {
-		t.Logf("smaps: %v", err)
-		return
-	}
-	var total, ram, size int
-	for _, l := range strings.Split(string(sm), "\n") {
-		f := strings.Fields(l)
-		if len(f) < 2 {
-			continue
-		}
-		switch f[0] {
-		case "Size:":
-			size, _ = strconv.Atoi(f[1])
-		case "Rss:":
-			kb, _ := strconv.Atoi(f[1])
-			total += kb
-			if size >= c.MemoryMiB*1024 && size <= c.MemoryMiB*1024+4096 && ram == 0 {
-				ram = kb
-			}
-		}
-	}
-	t.Logf("QEMU RSS %d MiB, of it guest RAM %d MiB (of %d MiB), beyond guest RAM %d MiB", total/1024, ram/1024, c.MemoryMiB, (total-ram)/1024)
+	t.Logf("QEMU RSS beyond guest RAM: %.1f MiB", qemuBeyondRAM(b, id))
 }
