@@ -162,5 +162,13 @@ func b2nics(t *testing.T, b *Backend, sb string) []NIC {
 // logQEMURSS logs QEMU's resident memory beyond the guest's RAM
 // (qemuBeyondRAM).
 func logQEMURSS(t *testing.T, b *Backend, id string) {
-	t.Logf("QEMU RSS beyond guest RAM: %.1f MiB", qemuBeyondRAM(b, id))
+	sup := readPID(filepath.Join(b.store.containerDir(id), vmmPIDFile))
+	st, _ := os.ReadFile(filepath.Join("/proc", itoa(sup), "status"))
+	var rss string
+	for _, l := range strings.Split(string(st), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") || strings.HasPrefix(l, "RssAnon:") {
+			rss += strings.Join(strings.Fields(l), " ") + " "
+		}
+	}
+	t.Logf("QEMU RSS beyond guest RAM: %.1f MiB; supervisor RSS %s", qemuBeyondRAM(b, id), rss)
 }

@@ -38,9 +38,13 @@ func TestGuestWithoutContainerd(t *testing.T) {
 	os.MkdirAll(diskDir, 0o700)
 	copyFile(t, imgs.Disk, filepath.Join(diskDir, "guest.qcow2"))
 	h := &harness{t: t, stateDir: filepath.Join(short, "vm"), netnsDir: filepath.Join(short, "netns"), logDir: filepath.Join(short, "logs"), emulate: true, noKVM: true}
+	sup := []string{os.Args[0]}
+	if bin := os.Getenv("EVELET_BIN"); bin != "" {
+		sup = []string{bin, "vmm"} // the real `evelet vmm`
+	}
 	newB := func() *Backend {
 		b, err := New(Config{StateDir: h.stateDir, ContainerdSocket: filepath.Join(short, "none.sock"), Images: noImages{},
-			NetnsDir: h.netnsDir, Supervisor: []string{os.Args[0]}, KVMDevice: "/nonexistent/kvm",
+			NetnsDir: h.netnsDir, Supervisor: sup, KVMDevice: "/nonexistent/kvm",
 			AllowEmulation: func() bool { return true }, Log: logrus.NewEntry(logrus.StandardLogger())})
 		if err != nil {
 			t.Fatal(err)
