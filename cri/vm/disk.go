@@ -84,7 +84,7 @@ func bootFromDir(ctx context.Context, qemuImg, dir, image string) (bootSpec, err
 func diskFormat(ctx context.Context, qemuImg, p string) (string, error) {
 	out, err := exec.CommandContext(ctx, qemuImg, "info", "--output=json", "-U", p).Output()
 	if err != nil {
-		return "", fmt.Errorf("qemu-img info: %s", cmdErr(err))
+		return "", fmt.Errorf("corrupt or unreadable disk image: qemu-img info: %s", cmdErr(err))
 	}
 	var info struct {
 		Format         string `json:"format"`

@@ -375,7 +375,7 @@ func TestVMRefusals(t *testing.T) {
 		want string
 	}{
 		{"no disk", containerConfig("vm", "evelet.local/h4-nodisk:1", 0), "has no VM disk: a VM pod's image must hold its disk under /disk/"},
-		{"corrupt qcow2", containerConfig("vm", "evelet.local/h4-corrupt:1", 0), "disk.qcow2"},
+		{"corrupt qcow2", containerConfig("vm", "evelet.local/h4-corrupt:1", 0), "/disk/disk.qcow2: corrupt or unreadable disk image"},
 		{"two disks", containerConfig("vm", "evelet.local/h4-twodisk:1", 0), "has 2 files under /disk/"},
 		{"memory too small", containerConfig("vm", "evelet.local/h4-good:1", 32*mib), "memory limit 32Mi is below the minimum guest RAM of a VM pod, 64Mi"},
 	} {

@@ -309,7 +309,7 @@ func TestVMPods(t *testing.T) {
 		want string
 	}{
 		{vmPod("vm-nodisk", images.BusyboxRef, nil), "has no VM disk"},
-		{vmPod("vm-corrupt", corruptDiskRef, nil), "corrupt qcow2"},
+		{vmPod("vm-corrupt", corruptDiskRef, nil), "corrupt or unreadable disk image"},
 		{vmPod("vm-small", vmguest.DiskRef, func(p *corev1.Pod) {
 			p.Spec.Containers[0].Resources.Limits = corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("32Mi")}
 		}), "below the minimum guest RAM"},
