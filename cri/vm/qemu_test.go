@@ -109,6 +109,60 @@ func TestGuestWithoutContainerd(t *testing.T) {
 	}
 }
 
+// TestKernelBootWithoutContainerd boots h3's guest in the direct kernel
+// boot form (/disk/vmlinuz, /disk/initrd, /disk/cmdline) through the
+// backend: no overlay is made, the ready line reaches the log, and a stop
+// with no grace period kills QEMU (137).
+func TestKernelBootWithoutContainerd(t *testing.T) {
+	needQEMU(t)
+	t.Setenv(supervisorEnv, "1")
+	imgs := buildGuest(t)
+	short, err := os.MkdirTemp("/tmp", "h4vmk-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(short) })
+	diskDir := filepath.Join(short, "disk")
+	os.MkdirAll(diskDir, 0o700)
+	copyFile(t, imgs.Kernel, filepath.Join(diskDir, kernelName))
+	copyFile(t, imgs.Initrd, filepath.Join(diskDir, initrdName))
+	copyFile(t, imgs.Cmdline, filepath.Join(diskDir, cmdlineName))
+	h := &harness{t: t, stateDir: filepath.Join(short, "vm"), netnsDir: filepath.Join(short, "netns"), logDir: filepath.Join(short, "logs")}
+	b, err := New(Config{StateDir: h.stateDir, ContainerdSocket: filepath.Join(short, "none.sock"), Images: noImages{},
+		NetnsDir: h.netnsDir, Supervisor: []string{os.Args[0]}, KVMDevice: "/nonexistent/kvm",
+		AllowEmulation: func() bool { return true }, Log: logrus.NewEntry(logrus.StandardLogger())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	b.resolveDisk = func(context.Context, string) (string, error) { return diskDir, nil }
+	t.Cleanup(func() {
+		if t.Failed() {
+			dumpVMLogs(t, h.stateDir)
+		}
+	})
+	ctx := context.Background()
+	sb := h.sandbox(b, "k")
+	t.Cleanup(func() { b.RemovePodSandbox(context.Background(), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sb}) })
+	cr, err := b.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sb, Config: containerConfig("vm", vmguest.KernelRef, 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(b.store.containerDir(cr.ContainerId), overlayFile)); !os.IsNotExist(err) {
+		t.Errorf("kernel boot made an overlay (%v)", err)
+	}
+	if _, err := b.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: cr.ContainerId}); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, filepath.Join(h.logDir, "k", "vm", "0.log"), vmguest.ReadyLine, 5*time.Minute)
+	if _, err := b.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: cr.ContainerId}); err != nil {
+		t.Fatal(err)
+	}
+	if cs := waitState(t, b, cr.ContainerId, runtimeapi.ContainerState_CONTAINER_EXITED, 5*time.Second); cs.ExitCode != 137 {
+		t.Errorf("stop without grace: exit %d, want 137", cs.ExitCode)
+	}
+}
+
 func needQEMU(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (netns)")
