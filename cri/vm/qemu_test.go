@@ -143,7 +143,9 @@ func TestKernelBootWithoutContainerd(t *testing.T) {
 	})
 	ctx := context.Background()
 	sb := h.sandbox(b, "k")
-	t.Cleanup(func() { b.RemovePodSandbox(context.Background(), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sb}) })
+	t.Cleanup(func() {
+		b.RemovePodSandbox(context.Background(), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sb})
+	})
 	cr, err := b.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sb, Config: containerConfig("vm", vmguest.KernelRef, 0)})
 	if err != nil {
 		t.Fatal(err)
