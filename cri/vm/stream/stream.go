@@ -192,12 +192,12 @@ func (r *Runtime) Attach(ctx context.Context, containerID string, in io.Reader, 
 		go io.Copy(conn, in)
 	}
 	outDone := make(chan error, 1)
+	cw := &clientWriter{w: io.Discard}
+	if out != nil {
+		cw.w = out
+	}
 	go func() {
-		w := io.Writer(io.Discard)
-		if out != nil {
-			w = out
-		}
-		_, err := io.Copy(w, conn)
+		_, err := io.Copy(cw, conn)
 		outDone <- err
 	}()
 	select {
@@ -206,11 +206,31 @@ func (r *Runtime) Attach(ctx context.Context, containerID string, in io.Reader, 
 		return nil
 	case err := <-outDone:
 		conn.Close()
+		if cw.err != nil {
+			// The client went away: a detach, not a failure.
+			r.log.WithField("container", containerID).WithError(cw.err).Debug("attach client gone")
+			return nil
+		}
 		if err != nil && !errors.Is(err, net.ErrClosed) {
 			return fmt.Errorf("container %s: serial console: %w", containerID, err)
 		}
 		return nil
 	}
+}
+
+// clientWriter remembers a failed write to the client, so that a client
+// going away is told apart from the console failing.
+type clientWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (c *clientWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	if err != nil {
+		c.err = err
+	}
+	return n, err
 }
 
 // PortForward is refused for VM pods; see ErrPortForward.

@@ -42,13 +42,19 @@ func ServeDHCPWithLog(ctx context.Context, att *Attachment, log *logrus.Entry) e
 		if !ok {
 			continue
 		}
-		if nic.Bridge == "" {
+		bridge := nic.Bridge
+		if bridge == "" && att.Netns != "" {
+			// An attachment copied by a caller that dropped the field: the
+			// bridge is the tap's master.
+			bridge = masterOf(att.Netns, nic.Tap)
+		}
+		if bridge == "" {
 			return fmt.Errorf("vmnet: NIC %s has no bridge to serve DHCP on", nic.PodIfName)
 		}
 		var srv *server4.Server
 		open := func() error {
 			var err error
-			srv, err = server4.NewServer(nic.Bridge, &net.UDPAddr{IP: net.IPv4zero, Port: dhcpv4.ServerPort}, lease.handle(log))
+			srv, err = server4.NewServer(bridge, &net.UDPAddr{IP: net.IPv4zero, Port: dhcpv4.ServerPort}, lease.handle(log))
 			return err
 		}
 		var err error
@@ -58,7 +64,7 @@ func ServeDHCPWithLog(ctx context.Context, att *Attachment, log *logrus.Entry) e
 			err = open()
 		}
 		if err != nil {
-			return fmt.Errorf("vmnet: DHCP responder on %s: %w", nic.Bridge, err)
+			return fmt.Errorf("vmnet: DHCP responder on %s: %w", bridge, err)
 		}
 		servers = append(servers, srv)
 	}

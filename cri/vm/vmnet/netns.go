@@ -18,9 +18,10 @@ import (
 // path parameter.
 
 // createNetns makes a new network namespace and bind-mounts it at path. The
-// calling goroutine's thread is never moved: the work happens on a thread
-// that is thrown away afterwards (a thread whose namespace changed must not
-// go back to the Go scheduler's pool).
+// work happens on a locked thread that goes back to its namespace before it
+// is unlocked. (Letting the goroutine exit locked is not enough: if it ran
+// on the main thread, Go cannot end that thread and parks it, still in the
+// new namespace, which then lives as long as the process.)
 func createNetns(path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
 		return err
@@ -33,18 +34,27 @@ func createNetns(path string) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		// No UnlockOSThread: the thread dies with the goroutine, so its
-		// changed namespace never serves other goroutines.
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer orig.Close()
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("unshare netns: %w", err)
 			return
 		}
 		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
-		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
-			errc <- fmt.Errorf("bind-mount netns at %s: %w", path, err)
-			return
+		err = unix.Mount(src, path, "none", unix.MS_BIND, "")
+		if err != nil {
+			err = fmt.Errorf("bind-mount netns at %s: %w", path, err)
 		}
-		errc <- nil
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		} // else the thread stays locked and ends with this goroutine
+		errc <- err
 	}()
 	if err := <-errc; err != nil {
 		os.Remove(path)

@@ -174,6 +174,9 @@ func (n *Network) setup(ctx context.Context, id, path string, pod PodMeta) (*Att
 			att.IPs = append(att.IPs, p.Addr().String())
 		}
 	}
+	if err := guardNICs(path, att.NICs); err != nil {
+		return nil, fmt.Errorf("vmnet: %w", err)
+	}
 	if testHookAfterHandOver != nil {
 		testHookAfterHandOver()
 	}
@@ -254,6 +257,6 @@ func hostnameOf(name string) string {
 	return name
 }
 
-// Crash points for tests: a hook that calls runtime.Goexit stops Setup there
-// as a kill would, without its cleanup.
+// Crash points for tests: the test's child process stops there and is
+// killed with SIGKILL.
 var testHookAfterNetns, testHookAfterAdd, testHookAfterHandOver func()

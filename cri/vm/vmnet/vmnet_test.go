@@ -2,6 +2,7 @@ package vmnet
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -15,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -23,15 +23,19 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 const cniBinDir = "/usr/lib/cni"
 
+// startNetns is the network namespace the test process started in.
+var startNetns, _ = os.Readlink("/proc/self/ns/net")
+
 // env is one throwaway pod network: a host bridge h5br<rand>, a conflist
 // (bridge + host-local + portmap) in a temp dir, and a Network over it.
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	dir      string
 	bridge   string
 	subnet   netip.Prefix
@@ -40,7 +44,7 @@ type env struct {
 	net      *Network
 }
 
-func needRoot(t *testing.T) {
+func needRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("vmnet needs root to create network namespaces, bridges and taps")
@@ -56,7 +60,7 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-func newEnv(t *testing.T, subnet string) *env {
+func newEnv(t testing.TB, subnet string) *env {
 	needRoot(t)
 	e := &env{t: t, dir: t.TempDir(), bridge: "h5br" + randHex(3), subnet: netip.MustParsePrefix(subnet)}
 	e.ipamDir = filepath.Join(e.dir, "ipam")
@@ -136,6 +140,15 @@ func (e *env) assertClean(id string) {
 	if ips := e.ipamEntries(); len(ips) != 0 {
 		t.Errorf("host-local still holds %v", ips)
 	}
+	// No thread of ours stayed in a sandbox namespace (that would keep the
+	// namespace alive after its unmount).
+	host := startNetns
+	tasks, _ := os.ReadDir("/proc/self/task")
+	for _, task := range tasks {
+		if ns, err := os.Readlink("/proc/self/task/" + task.Name() + "/ns/net"); err == nil && ns != host {
+			t.Errorf("thread %s is still in network namespace %s", task.Name(), ns)
+		}
+	}
 	if atts, err := e.net.cniConfig().GetCachedAttachments(id); err != nil || len(atts) != 0 {
 		t.Errorf("libcni cache still has %d attachments (err %v)", len(atts), err)
 	}
@@ -179,9 +192,9 @@ func nsHandle(t *testing.T, path string) *netlink.Handle {
 }
 
 // standInGuest plays the VM's NIC without QEMU (QEMU with a real guest is
-// TestQEMUGuest...): a namespace with a veth whose far end sits on the NIC's
-// bridge next to the tap and carries the NIC's MAC, like the guest's
-// virtio-net would.
+// TestQEMUGuest...): a namespace with a veth whose near end replaces the tap
+// on the NIC's bridge and whose far end carries the NIC's MAC, like the
+// guest's virtio-net would.
 func standInGuest(t *testing.T, att *Attachment, nic NIC) (guestNS string) {
 	t.Helper()
 	guestNS = filepath.Join(t.TempDir(), "h5-guest-"+randHex(3))
@@ -191,7 +204,16 @@ func standInGuest(t *testing.T, att *Attachment, nic NIC) (guestNS string) {
 	t.Cleanup(func() { removeNetns(guestNS) })
 	h := nsHandle(t, att.Netns)
 	mac, _ := net.ParseMAC(nic.MAC)
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "h5g0", MTU: nic.MTU}, PeerName: "guest0", PeerHardwareAddr: mac}
+	// The veth takes the tap's place and name, so the guard's rules for
+	// the tap apply to it.
+	tap, err := h.LinkByName(nic.Tap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkDel(tap); err != nil {
+		t.Fatal(err)
+	}
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: nic.Tap, MTU: nic.MTU}, PeerName: "guest0", PeerHardwareAddr: mac}
 	if err := h.LinkAdd(veth); err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +221,7 @@ func standInGuest(t *testing.T, att *Attachment, nic NIC) (guestNS string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, _ := h.LinkByName("h5g0")
+	l, _ := h.LinkByName(nic.Tap)
 	if err := h.LinkSetMaster(l, br); err != nil {
 		t.Fatal(err)
 	}
@@ -350,7 +372,12 @@ func TestSetupGivesGuestThePodIPAndTeardownLeavesNothing(t *testing.T) {
 	guest := standInGuest(t, att, nic)
 	dctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- ServeDHCP(dctx, att) }()
+	// As a caller that copies the attachment into its own types might:
+	// without the Bridge field, ServeDHCP finds the tap's bridge itself.
+	plain := *att
+	plain.NICs = []NIC{nic}
+	plain.NICs[0].Bridge = ""
+	go func() { done <- ServeDHCP(dctx, &plain) }()
 	lease := udhcpc(t, guest, "guest0")
 	if lease["ip"] != podIP.String() || lease["router"] != "10.245.5.1" || lease["subnet"] != "255.255.255.0" ||
 		lease["serverid"] != dhcpServerAddr.String() || lease["hostname"] != "vm-pod" || lease["mtu"] != fmt.Sprint(nic.MTU) {
@@ -389,35 +416,71 @@ func TestSetupGivesGuestThePodIPAndTeardownLeavesNothing(t *testing.T) {
 	}
 }
 
-// crashAt makes Setup stop dead at the hook point, as if the process was
-// killed there: no cleanup runs.
-func crashAt(t *testing.T, e *env, id string, hook *func()) {
+// crashAt runs Setup in a child process (this test binary, running
+// TestCrashHelper) that stops at the hook point and is killed there with
+// SIGKILL: no cleanup, no deferred function runs.
+func crashAt(t *testing.T, e *env, id, step string) {
 	t.Helper()
-	*hook = func() { runtime.Goexit() }
-	defer func() { *hook = nil }()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		e.net.Setup(context.Background(), id, PodMeta{Namespace: "default", Name: "crash", UID: "u"})
-		t.Error("Setup went on past the crash point")
-	}()
-	<-done
+	ready := filepath.Join(t.TempDir(), "ready")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHelper$")
+	cmd.Env = append(os.Environ(),
+		"H5_CRASH_STEP="+step, "H5_CRASH_ID="+id, "H5_CRASH_READY="+ready,
+		"H5_CRASH_CONF="+e.net.cfg.CNIConfDir, "H5_CRASH_NETNS="+e.net.cfg.NetnsDir, "H5_CRASH_CACHE="+e.net.cfg.CacheDir)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 60*time.Second, true, func(context.Context) (bool, error) {
+		_, err := os.Stat(ready)
+		return err == nil, nil
+	})
+	cmd.Process.Kill()
+	cmd.Wait()
+	if err != nil {
+		t.Fatalf("Setup in the child never reached %s: %v\n%s", step, err, out.String())
+	}
+}
+
+// TestCrashHelper is the child of crashAt; it does nothing in a normal run.
+func TestCrashHelper(t *testing.T) {
+	step := os.Getenv("H5_CRASH_STEP")
+	if step == "" {
+		t.Skip("only run by crashAt")
+	}
+	hook := func() {
+		os.WriteFile(os.Getenv("H5_CRASH_READY"), nil, 0o600)
+		select {} // wait for SIGKILL
+	}
+	switch step {
+	case "netns":
+		testHookAfterNetns = hook
+	case "add":
+		testHookAfterAdd = hook
+	case "handover":
+		testHookAfterHandOver = hook
+	default:
+		t.Fatalf("unknown step %q", step)
+	}
+	n, err := New(Config{CNIConfDir: os.Getenv("H5_CRASH_CONF"), CNIBinDirs: []string{cniBinDir},
+		NetnsDir: os.Getenv("H5_CRASH_NETNS"), CacheDir: os.Getenv("H5_CRASH_CACHE")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = n.Setup(context.Background(), os.Getenv("H5_CRASH_ID"), PodMeta{Namespace: "default", Name: "crash", UID: "u"})
+	t.Fatalf("Setup returned (%v) instead of stopping at %s", err, step)
 }
 
 func TestTeardownAfterCrash(t *testing.T) {
 	e := newEnv(t, "10.245.6.0/24")
 	ctx := context.Background()
-	for _, step := range []struct {
-		name string
-		hook *func()
-	}{
-		{"after netns", &testHookAfterNetns},
-		{"after CNI ADD", &testHookAfterAdd},
-		{"after hand-over", &testHookAfterHandOver},
-	} {
-		t.Run(step.name, func(t *testing.T) {
+	for _, step := range []string{"netns", "add", "handover"} {
+		t.Run("killed after "+step, func(t *testing.T) {
 			id := "h5-crash-" + randHex(4)
-			crashAt(t, e, id, step.hook)
+			crashAt(t, e, id, step)
+			if step != "netns" && len(e.ipamEntries()) != 1 {
+				t.Fatalf("IPAM entries %v after the crash, want the one ADD made", e.ipamEntries())
+			}
 			if _, err := os.Stat(e.net.netnsPath(id)); err != nil {
 				t.Fatalf("crash left no namespace to clean: %v", err)
 			}
@@ -467,5 +530,138 @@ func TestSetupRefusesBadInputAndLeavesNothing(t *testing.T) {
 		if _, err := n.Setup(context.Background(), bad, PodMeta{}); err == nil {
 			t.Errorf("Setup(%q) accepted", bad)
 		}
+	}
+}
+
+// BenchmarkSetupTeardown measures one VM sandbox network's Setup (netns,
+// CNI ADD of bridge+host-local+portmap, hand-over to bridge+tap, record)
+// plus Teardown (CNI DEL, netns removal).
+func BenchmarkSetupTeardown(b *testing.B) {
+	e := newEnv(b, "10.245.8.0/24")
+	ctx := context.Background()
+	pod := PodMeta{Namespace: "default", Name: "bench", UID: "u"}
+	var setup, teardown time.Duration
+	for i := 0; b.Loop(); i++ {
+		id := fmt.Sprintf("h5-bench-%d", i)
+		t0 := time.Now()
+		if _, err := e.net.Setup(ctx, id, pod); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if err := e.net.Teardown(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+		setup += t1.Sub(t0)
+		teardown += time.Since(t1)
+	}
+	b.ReportMetric(float64(setup.Milliseconds())/float64(b.N), "setup-ms/op")
+	b.ReportMetric(float64(teardown.Milliseconds())/float64(b.N), "teardown-ms/op")
+	if ips := e.ipamEntries(); len(ips) != 0 {
+		b.Errorf("IPAM entries left: %v", ips)
+	}
+}
+
+// TestGuestCannotSpoof: the guest controls its NIC completely, so vmnet's
+// guard must keep it to the MAC and IPv4 address it was given. A stand-in
+// guest NIC tries another IP and another MAC.
+func TestGuestCannotSpoof(t *testing.T) {
+	e := newEnv(t, "10.245.9.0/24")
+	id := "h5-spoof-" + randHex(4)
+	ctx := context.Background()
+	t.Cleanup(func() { e.net.Teardown(ctx, id) })
+	att, err := e.net.Setup(ctx, id, PodMeta{Namespace: "default", Name: "spoof", UID: "u"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nic := att.NICs[0]
+	podIP := netip.MustParseAddr(att.IPs[0])
+	guest := standInGuest(t, att, nic)
+	gh := nsHandle(t, guest)
+	gl, _ := gh.LinkByName("guest0")
+	spoofIP := netip.MustParseAddr("10.245.9.200")
+	for _, a := range []netip.Addr{podIP, spoofIP} {
+		if err := gh.AddrAdd(gl, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	serveIn(t, guest, ":8080", "guest")
+
+	// The given address works; the made-up one is unreachable (its ARP
+	// answers are dropped), and connections from it go nowhere.
+	waitHTTP(t, "http://"+podIP.String()+":8080/", "guest")
+	if got, err := httpGet(ctx, "http://"+spoofIP.String()+":8080/"); err == nil {
+		t.Errorf("the host reached the guest at an address it was not given: %q", got)
+	}
+	hostLn, err := net.Listen("tcp", "10.245.9.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hostLn.Close()
+	go func() {
+		for {
+			c, err := hostLn.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	dialFrom := func(src netip.Addr) error {
+		return inNetns(guest, func() error {
+			d := net.Dialer{Timeout: 2 * time.Second, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
+			c, err := d.Dial("tcp", hostLn.Addr().String())
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+	}
+	if err := dialFrom(podIP); err != nil {
+		t.Errorf("guest to host from its own address: %v", err)
+	}
+	if err := dialFrom(spoofIP); err == nil {
+		t.Errorf("guest reached the host from an address it was not given")
+	}
+
+	// Another MAC: nothing from it reaches the node's bridge (its FDB
+	// never learns it), while the given MAC is learned.
+	fdbHas := func(mac string) bool {
+		br, err := netlink.LinkByName(e.bridge)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ns, _ := netlink.NeighList(br.Attrs().Index, unix.AF_BRIDGE)
+		for _, n := range ns {
+			if strings.EqualFold(n.HardwareAddr.String(), mac) {
+				return true
+			}
+		}
+		// Ports' entries are listed per port, not per bridge.
+		for _, p := range e.bridgePorts() {
+			l, _ := netlink.LinkByName(p)
+			ns, _ := netlink.NeighList(l.Attrs().Index, unix.AF_BRIDGE)
+			for _, n := range ns {
+				if strings.EqualFold(n.HardwareAddr.String(), mac) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	if !fdbHas(nic.MAC) {
+		t.Errorf("the node bridge did not learn the guest's own MAC %s", nic.MAC)
+	}
+	fake, _ := net.ParseMAC("52:54:00:de:ad:01")
+	gh.LinkSetDown(gl)
+	if err := gh.LinkSetHardwareAddr(gl, fake); err != nil {
+		t.Fatal(err)
+	}
+	gh.LinkSetUp(gl)
+	gh.RouteAdd(&netlink.Route{LinkIndex: gl.Attrs().Index, Dst: &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}, Gw: net.ParseIP("10.245.9.1")})
+	for i := 0; i < 3; i++ {
+		dialFrom(podIP) // ARP and SYNs from the fake MAC
+	}
+	if fdbHas(fake.String()) {
+		t.Errorf("frames from a MAC the guest was not given reached the node bridge")
 	}
 }

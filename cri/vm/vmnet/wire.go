@@ -154,3 +154,26 @@ func randomMAC() (net.HardwareAddr, error) {
 	b[0] = (b[0] | 0x02) &^ 0x01
 	return net.HardwareAddr(b), nil
 }
+
+// masterOf names the bridge link name is on in the namespace at path, or "".
+func masterOf(path, name string) string {
+	nsh, err := netns.GetFromPath(path)
+	if err != nil {
+		return ""
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		return ""
+	}
+	defer h.Close()
+	l, err := h.LinkByName(name)
+	if err != nil || l.Attrs().MasterIndex == 0 {
+		return ""
+	}
+	m, err := h.LinkByIndex(l.Attrs().MasterIndex)
+	if err != nil {
+		return ""
+	}
+	return m.Attrs().Name
+}

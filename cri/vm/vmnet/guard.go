@@ -1,0 +1,116 @@
+package vmnet
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// The guest is root in its own kernel: it can put any source MAC or IP on
+// its NIC, and its frames land on the pod network's L2 segment (the node's
+// CNI bridge) next to other pods and the gateway. Without a guard it could
+// answer ARP for the gateway or another pod's IP (and take their traffic),
+// or fill the node bridge's FDB with made-up MACs. So every frame from a
+// tap must carry the NIC's MAC; ARP must claim the NIC's IPv4 address;
+// IPv4 must come from it (or from 0.0.0.0, which DHCP needs); other
+// ethertypes (IPv6, VLAN tags, ...) are dropped, as the guest is offered
+// IPv4 only. A NIC without an IPv4 address (an L2-only secondary network)
+// keeps only the MAC rule.
+//
+// The rules live in a bridge-family nftables table inside the sandbox
+// namespace, so they go with it; nothing is added to the host.
+
+const guardTable = "evelet_vmguard"
+
+var (
+	ethARP  = binary.BigEndian.AppendUint16(nil, unix.ETH_P_ARP)
+	ethIPv4 = binary.BigEndian.AppendUint16(nil, unix.ETH_P_IP)
+)
+
+// ifnameData is an interface name as nftables compares it (NUL padded).
+func ifnameData(name string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return b
+}
+
+// guardNICs installs the anti-spoofing rules for nics in the namespace at path.
+func guardNICs(path string, nics []NIC) error {
+	nsh, err := netns.GetFromPath(path)
+	if err != nil {
+		return err
+	}
+	defer nsh.Close()
+	c, err := nftables.New(nftables.WithNetNSFd(int(nsh)))
+	if err != nil {
+		return err
+	}
+	defer c.CloseLasting()
+	t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyBridge, Name: guardTable})
+	policy := nftables.ChainPolicyAccept
+	ch := c.AddChain(&nftables.Chain{
+		Name: "from_guest", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityFilter, Policy: &policy,
+	})
+	drop := &expr.Verdict{Kind: expr.VerdictDrop}
+	accept := &expr.Verdict{Kind: expr.VerdictAccept}
+	for _, nic := range nics {
+		mac, err := net.ParseMAC(nic.MAC)
+		if err != nil {
+			return fmt.Errorf("guard %s: %w", nic.Tap, err)
+		}
+		iif := []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifnameData(nic.Tap)},
+		}
+		proto := func(op expr.CmpOp, p []byte) []expr.Any {
+			return []expr.Any{
+				&expr.Meta{Key: expr.MetaKeyPROTOCOL, Register: 1},
+				&expr.Cmp{Op: op, Register: 1, Data: p},
+			}
+		}
+		rule := func(parts ...[]expr.Any) {
+			var ex []expr.Any
+			for _, p := range parts {
+				ex = append(ex, p...)
+			}
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: ex})
+		}
+		// ether saddr != MAC drop
+		rule(iif, []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: mac},
+			drop,
+		})
+		var ip4 net.IP
+		for _, p := range nic.IPs {
+			if p.Addr().Is4() {
+				ip4 = p.Addr().AsSlice()
+				break
+			}
+		}
+		if ip4 == nil {
+			continue
+		}
+		zero := net.IPv4zero.To4()
+		arpSPA := &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 14, Len: 4}
+		ipSrc := &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4}
+		// arp saddr ip 0.0.0.0 accept (address conflict probes); arp saddr ip != IP drop
+		rule(iif, proto(expr.CmpOpEq, ethARP), []expr.Any{arpSPA, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: zero}, accept})
+		rule(iif, proto(expr.CmpOpEq, ethARP), []expr.Any{arpSPA, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ip4}, drop})
+		// ip saddr 0.0.0.0 accept (DHCP before the lease); ip saddr != IP drop
+		rule(iif, proto(expr.CmpOpEq, ethIPv4), []expr.Any{ipSrc, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: zero}, accept})
+		rule(iif, proto(expr.CmpOpEq, ethIPv4), []expr.Any{ipSrc, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ip4}, drop})
+		// anything but ARP and IPv4: drop
+		rule(iif, proto(expr.CmpOpNeq, ethARP), []expr.Any{&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ethIPv4}, drop})
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("install the guest's anti-spoofing rules (nftables, bridge family): %w", err)
+	}
+	return nil
+}
