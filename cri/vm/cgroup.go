@@ -28,21 +28,34 @@ func containerCgroup(parent, id string) string {
 	return filepath.Join(parent, "evelet-vm-"+id)
 }
 
-// hierarchies lists the mounted cgroup v1 hierarchies (their directories
-// under cgroupRoot), one per mount.
-func hierarchies() ([]string, error) {
+// hierarchy is one mounted cgroup v1 hierarchy and its controllers.
+type hierarchy struct {
+	dir   string
+	ctrls map[string]bool
+}
+
+func (h hierarchy) has(ctrl string) bool { return h.ctrls[ctrl] }
+
+// hierarchies lists the mounted cgroup v1 hierarchies. Controllers come
+// from the mount's options: cpu and cpuacct may share one mount
+// ("cpu,cpuacct") or have one each, whatever the directory is called.
+func hierarchies() ([]hierarchy, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	var out []string
+	var out []hierarchy
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
 		for i, x := range fields {
-			if x == "-" && i+1 < len(fields) && fields[i+1] == "cgroup" && strings.HasPrefix(fields[4], cgroupRoot+"/") {
-				out = append(out, fields[4])
+			if x == "-" && i+3 < len(fields) && fields[i+1] == "cgroup" && strings.HasPrefix(fields[4], cgroupRoot+"/") {
+				h := hierarchy{dir: fields[4], ctrls: map[string]bool{}}
+				for _, o := range strings.Split(fields[i+3], ",") {
+					h.ctrls[o] = true
+				}
+				out = append(out, h)
 			}
 		}
 	}
@@ -61,24 +74,23 @@ func makeCgroups(rel string, c *containerState) ([]string, error) {
 	}
 	var dirs []string
 	for _, h := range hs {
-		d := filepath.Join(h, rel)
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return dirs, fmt.Errorf("cgroup %s: %w", d, err)
+		d := filepath.Join(h.dir, rel)
+		if err := mkCgroup(h, rel); err != nil {
+			return dirs, err
 		}
 		dirs = append(dirs, d)
-		base := filepath.Base(h)
 		set := func(file string, v int64) error {
 			if err := os.WriteFile(filepath.Join(d, file), []byte(strconv.FormatInt(v, 10)), 0o644); err != nil {
 				return fmt.Errorf("cgroup %s/%s: %w", d, file, err)
 			}
 			return nil
 		}
-		if strings.Contains(base, "memory") && c.MemoryLimit > 0 {
+		if h.has("memory") && c.MemoryLimit > 0 {
 			if err := set("memory.limit_in_bytes", c.MemoryLimit); err != nil {
 				return dirs, err
 			}
 		}
-		if strings.Contains(base, "cpu") && !strings.Contains(base, "cpuset") {
+		if h.has("cpu") {
 			if c.CPUShares > 0 {
 				if err := set("cpu.shares", c.CPUShares); err != nil {
 					return dirs, err
@@ -93,16 +105,37 @@ func makeCgroups(rel string, c *containerState) ([]string, error) {
 				}
 			}
 		}
-		if strings.Contains(base, "cpuset") {
-			// A new cpuset cgroup starts empty; take the parent's sets.
-			for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
-				if b, err := os.ReadFile(filepath.Join(filepath.Dir(d), f)); err == nil {
-					os.WriteFile(filepath.Join(d, f), b, 0o644)
+	}
+	return dirs, nil
+}
+
+// mkCgroup creates rel in hierarchy h level by level; a new cpuset cgroup
+// starts with no CPUs and no memory nodes (nothing could join it), so it
+// takes its parent's.
+func mkCgroup(h hierarchy, rel string) error {
+	d := h.dir
+	for _, el := range strings.Split(strings.Trim(rel, "/"), "/") {
+		parent := d
+		d = filepath.Join(d, el)
+		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("cgroup %s: %w", d, err)
+		}
+		if !h.has("cpuset") {
+			continue
+		}
+		for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+			cur, _ := os.ReadFile(filepath.Join(d, f))
+			if strings.TrimSpace(string(cur)) != "" {
+				continue
+			}
+			if b, err := os.ReadFile(filepath.Join(parent, f)); err == nil {
+				if err := os.WriteFile(filepath.Join(d, f), b, 0o644); err != nil {
+					return fmt.Errorf("cgroup %s/%s: %w", d, f, err)
 				}
 			}
 		}
 	}
-	return dirs, nil
+	return nil
 }
 
 // removeCgroups removes the VM's cgroup directories; they must be empty.
@@ -116,20 +149,20 @@ func removeCgroups(rel string) error {
 	}
 	var errs []error
 	for _, h := range hs {
-		if err := os.Remove(filepath.Join(h, rel)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := os.Remove(filepath.Join(h.dir, rel)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// cgroupFile reads an integer from a file of the VM's cgroup in the
-// hierarchy whose name contains ctrl.
+// cgroupValue reads an integer from a file of the VM's cgroup in the
+// hierarchy of controller ctrl.
 func cgroupValue(rel, ctrl, file string) (uint64, bool) {
 	hs, _ := hierarchies()
 	for _, h := range hs {
-		if strings.Contains(filepath.Base(h), ctrl) {
-			b, err := os.ReadFile(filepath.Join(h, rel, file))
+		if h.has(ctrl) {
+			b, err := os.ReadFile(filepath.Join(h.dir, rel, file))
 			if err != nil {
 				continue
 			}
@@ -147,10 +180,10 @@ func cgroupValue(rel, ctrl, file string) (uint64, bool) {
 func memoryStat(rel, key string) (uint64, bool) {
 	hs, _ := hierarchies()
 	for _, h := range hs {
-		if !strings.Contains(filepath.Base(h), "memory") {
+		if !h.has("memory") {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(h, rel, "memory.stat"))
+		b, err := os.ReadFile(filepath.Join(h.dir, rel, "memory.stat"))
 		if err != nil {
 			return 0, false
 		}

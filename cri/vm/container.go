@@ -179,7 +179,7 @@ func (b *Backend) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 		_, err := os.Stat(filepath.Join(dir, startedFile))
 		return err == nil, nil
 	})
-	if exit != nil && exit.Reason == "StartError" {
+	if _, serr := os.Stat(filepath.Join(dir, startedFile)); exit != nil && serr != nil {
 		return nil, status.Errorf(codes.Unknown, "starting the VM: %s", exit.Message)
 	}
 	if err != nil {

@@ -37,7 +37,17 @@ func TestGuestWithoutContainerd(t *testing.T) {
 	diskDir := filepath.Join(short, "disk")
 	os.MkdirAll(diskDir, 0o700)
 	copyFile(t, imgs.Disk, filepath.Join(diskDir, "guest.qcow2"))
-	h := &harness{t: t, stateDir: filepath.Join(short, "vm"), netnsDir: filepath.Join(short, "netns"), logDir: filepath.Join(short, "logs"), emulate: true, noKVM: true}
+	h := &harness{t: t, stateDir: filepath.Join(short, "vm"), netnsDir: filepath.Join(short, "netns"), logDir: filepath.Join(short, "logs"), emulate: true, noKVM: true,
+		cgroupParent: "/" + filepath.Base(short)}
+	hs, err := hierarchies()
+	if err != nil || len(hs) == 0 {
+		t.Fatalf("cgroup v1 hierarchies: %v %v", hs, err)
+	}
+	t.Cleanup(func() {
+		for _, hy := range hs {
+			os.Remove(filepath.Join(hy.dir, h.cgroupParent))
+		}
+	})
 	sup := []string{os.Args[0]}
 	if bin := os.Getenv("EVELET_BIN"); bin != "" {
 		sup = []string{bin, "vmm"} // the real `evelet vmm`
@@ -77,6 +87,20 @@ func TestGuestWithoutContainerd(t *testing.T) {
 	t.Logf("create -> running %v, create -> ready line %v (TCG)", running.Round(time.Millisecond), time.Since(created).Round(time.Millisecond))
 	logQEMURSS(t, b, cr.ContainerId)
 
+	// QEMU runs in the VM's cgroup under the pod's, with guest RAM plus
+	// QEMU's overhead as the memory limit.
+	rel := containerCgroup(h.cgroupParent, cr.ContainerId)
+	qemuPID := readPID(filepath.Join(b.store.containerDir(cr.ContainerId), qemuPIDFile))
+	for _, hy := range hs {
+		procs, err := os.ReadFile(filepath.Join(hy.dir, rel, "cgroup.procs"))
+		if err != nil || !strings.Contains("\n"+string(procs), "\n"+itoa(qemuPID)+"\n") {
+			t.Errorf("QEMU %d not in %s: %q %v", qemuPID, filepath.Join(hy.dir, rel), procs, err)
+		}
+	}
+	if v, ok := cgroupValue(rel, "memory", "memory.limit_in_bytes"); !ok || v != (256+QEMUOverheadMiB)*mib {
+		t.Errorf("VM memory limit %d %v, want %d", v, ok, (256+QEMUOverheadMiB)*mib)
+	}
+
 	// The shim restarts: a new Backend answers for the same VM.
 	b = newB()
 	waitState(t, b, cr.ContainerId, runtimeapi.ContainerState_CONTAINER_RUNNING, time.Second)
@@ -88,8 +112,9 @@ func TestGuestWithoutContainerd(t *testing.T) {
 		t.Errorf("exec in guest: %q exit %d", ex.Stdout, ex.ExitCode)
 	}
 	st, err := b.ContainerStats(ctx, &runtimeapi.ContainerStatsRequest{ContainerId: cr.ContainerId})
-	if err != nil || st.GetStats().GetAttributes().GetId() != cr.ContainerId {
-		t.Errorf("stats: %v %v", st, err)
+	if err != nil || st.GetStats().GetAttributes().GetId() != cr.ContainerId || st.GetStats().GetCpu().GetUsageCoreNanoSeconds().GetValue() == 0 ||
+		st.GetStats().GetMemory().GetWorkingSetBytes().GetValue() < 64*mib {
+		t.Errorf("stats from the VM's cgroup: %v %v", st, err)
 	}
 
 	if _, err := b.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: cr.ContainerId, Timeout: 180}); err != nil {
@@ -102,7 +127,7 @@ func TestGuestWithoutContainerd(t *testing.T) {
 	if _, err := b.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sb}); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{b.store.containerDir(cr.ContainerId), filepath.Join(h.netnsDir, sb)} {
+	for _, p := range []string{b.store.containerDir(cr.ContainerId), filepath.Join(h.netnsDir, sb), filepath.Join(hs[0].dir, rel)} {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s left (%v)", p, err)
 		}

@@ -116,8 +116,10 @@ type harness struct {
 	logDir   string
 	emulate  bool
 	noKVM    bool
-	network  Network
-	mu       sync.Mutex
+	// cgroupParent is the sandboxes' cgroup parent, as the kubelet passes it.
+	cgroupParent string
+	network      Network
+	mu           sync.Mutex
 }
 
 func (h *harness) backend() *Backend {
@@ -196,6 +198,7 @@ func (h *harness) sandbox(b *Backend, name string) string {
 	resp, err := b.RunPodSandbox(context.Background(), &runtimeapi.RunPodSandboxRequest{RuntimeHandler: Handler, Config: &runtimeapi.PodSandboxConfig{
 		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "default", Uid: "uid-" + name},
 		LogDirectory: filepath.Join(h.logDir, name),
+		Linux:        &runtimeapi.LinuxPodSandboxConfig{CgroupParent: h.cgroupParent},
 	}})
 	if err != nil {
 		h.t.Fatal(err)

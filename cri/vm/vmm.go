@@ -74,20 +74,22 @@ type supervisor struct {
 // run returns the exit code, reason and message for the container status.
 func (s *supervisor) run() (int32, string, string) {
 	pid := os.Getpid()
+	// Failures before QEMU runs are "StartError": StartContainer reports
+	// them to the kubelet.
 	if err := os.WriteFile(filepath.Join(s.dir, vmmPIDFile), []byte(strconv.Itoa(pid)), 0o600); err != nil {
-		return 128, "Error", err.Error()
+		return 128, "StartError", err.Error()
 	}
 	for _, cg := range s.spec.Cgroups {
 		if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
-			return 128, "Error", fmt.Sprintf("joining cgroup %s: %v", cg, err)
+			return 128, "StartError", fmt.Sprintf("joining cgroup %s: %v", cg, err)
 		}
 	}
 	if err := s.openLog(); err != nil {
-		return 128, "Error", err.Error()
+		return 128, "StartError", err.Error()
 	}
 	ln, err := net.Listen("unix", filepath.Join(s.dir, consoleSocket))
 	if err != nil {
-		return 128, "Error", fmt.Sprintf("console socket: %v", err)
+		return 128, "StartError", fmt.Sprintf("console socket: %v", err)
 	}
 	defer ln.Close()
 	s.clients = map[net.Conn]bool{}
