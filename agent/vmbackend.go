@@ -23,6 +23,16 @@ type VMConfig struct {
 	// CNIConfDir: VM pods get a netns with loopback only.
 	CNIConfDir string
 	CNIBinDirs []string
+	// KVMDevice is KVM's device ("": /dev/kvm). A path that does not exist
+	// turns KVM off: VM pods then need the owner's allow-vm-emulation.
+	KVMDevice string
+}
+
+func (c VMConfig) kvmDevice() string {
+	if c.KVMDevice == "" {
+		return vm.DefaultKVMDevice
+	}
+	return c.KVMDevice
 }
 
 // vmHandlers makes the VM backend for the CRI router. It fails soft: a
@@ -50,7 +60,7 @@ func (a *Agent) vmHandlers(images runtimeapi.ImageServiceClient) (map[string]cri
 	}
 	b, err := vm.New(vm.Config{
 		StateDir: filepath.Join(a.cfg.StateDir, "vm"), ContainerdSocket: strings.TrimPrefix(a.cfg.ContainerdEndpoint, "unix://"),
-		Images: images, Network: network, NetnsDir: netnsDir, Supervisor: sup,
+		Images: images, Network: network, NetnsDir: netnsDir, Supervisor: sup, KVMDevice: a.cfg.VM.kvmDevice(),
 		AllowEmulation: func() bool { return a.policy().AllowVMEmulation }, Log: log,
 	})
 	if err != nil {
@@ -75,5 +85,5 @@ func (a *Agent) vmLabels() map[string]string {
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		return nil
 	}
-	return map[string]string{LabelVMRuntime: vm.Handler, LabelKVM: strconv.FormatBool(vm.KVMUsable(vm.DefaultKVMDevice))}
+	return map[string]string{LabelVMRuntime: vm.Handler, LabelKVM: strconv.FormatBool(vm.KVMUsable(a.cfg.VM.kvmDevice()))}
 }

@@ -54,6 +54,7 @@ func runAgent(args []string) int {
 	cniConf := fs.String("cni-conf-dir", "", "CNI configuration of the pod network, as containerd's, for VM pods (empty: VM pods get loopback only)")
 	cniBin := fs.String("cni-bin-dir", "/opt/cni/bin", "CNI plugin directories for VM pods, comma-separated")
 	noVM := fs.Bool("no-vm-pods", false, "turn VM pods (RuntimeClass handler eve-vm) off")
+	kvmDev := fs.String("vm-kvm-device", "/dev/kvm", "KVM device for VM pods; a path that does not exist turns KVM off (software emulation, if the owner allows it)")
 	level := fs.String("log-level", "info", "log level")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -93,7 +94,7 @@ func runAgent(args []string) int {
 		Source: src, Self: self, DrainTimeout: *drainTimeout, Metrics: reg,
 		KubeletPort: int32(*kubeletPort), KubeletHealthzPort: int32(*healthzPort),
 		CgroupDriver: *cgroupDriver, KubeletCgroupRoot: *cgroupRoot, Log: log,
-		VM: agent.VMConfig{Disabled: *noVM, CNIConfDir: *cniConf, CNIBinDirs: strings.Split(*cniBin, ",")},
+		VM: agent.VMConfig{Disabled: *noVM, CNIConfDir: *cniConf, CNIBinDirs: strings.Split(*cniBin, ","), KVMDevice: *kvmDev},
 	})
 	if err := a.Run(ctx); err != nil && ctx.Err() == nil {
 		log.WithError(err).Error("agent stopped")
