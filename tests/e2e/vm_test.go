@@ -291,9 +291,11 @@ func TestVMPods(t *testing.T) {
 	if now := qemuOf(vmDir); len(now) != 1 || now[0] != qemu[0] {
 		t.Errorf("QEMU after the agent's kill -9: %v, want the same %v", now, qemu)
 	}
-	if _, err := env.cp.Kubectl(ctx, "exec", "-n", "default", "vm-guest", "--", "/bin/true"); err != nil {
-		t.Errorf("kubectl exec after the agent restart: %v", err)
-	}
+	// The new kubelet serves exec once it has synced the pod.
+	waitFor(t, 2*time.Minute, "kubectl exec after the agent restart", func() (bool, error) {
+		out, err := env.cp.Kubectl(ctx, "exec", "-n", "default", "vm-guest", "--", "/bin/sh", "-c", "echo again")
+		return err == nil && strings.Contains(out, "again"), fmt.Errorf("%v: %s", err, tail(out, 3))
+	})
 
 	// Deleting leaves no QEMU, VM directory (overlay, sockets) or netns.
 	deletePod(t, ctx, cs, "vm-guest")
@@ -343,10 +345,17 @@ func TestVMPods(t *testing.T) {
 		waitPodEvent(t, ctx, p.Name, "does not allow VM emulation")
 		deletePod(t, ctx, cs, p.Name)
 	}
-	names, _ := readDirNames(filepath.Join(d.stateDir(), "vm"))
-	for _, n := range names {
-		if n != "images" && n != "sandboxes" {
-			t.Errorf("VM state left behind: %s", n)
+	// The kubelet removes containers and sandboxes after the pods are gone
+	// from the API.
+	waitFor(t, 2*time.Minute, "no VM state left", func() (bool, error) {
+		names, err := readDirNames(filepath.Join(d.stateDir(), "vm"))
+		var left []string
+		for _, n := range names {
+			if n != "images" && n != "sandboxes" {
+				left = append(left, n)
+			}
 		}
-	}
+		sbs, _ := readDirNames(filepath.Join(d.stateDir(), "vm", "sandboxes"))
+		return err == nil && len(left) == 0 && len(sbs) == 0, fmt.Errorf("containers %v sandboxes %v %v", left, sbs, err)
+	})
 }
