@@ -203,6 +203,10 @@ func (h *harness) sandbox(b *Backend, name string) string {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	// Also when the test fails half-way: no VM, netns or tap may outlive it.
+	h.t.Cleanup(func() {
+		b.RemovePodSandbox(context.Background(), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: resp.PodSandboxId})
+	})
 	return resp.PodSandboxId
 }
 
