@@ -19,8 +19,9 @@ import (
 // tap must carry the NIC's MAC; ARP must claim the NIC's IPv4 address;
 // IPv4 must come from it (or from 0.0.0.0, which DHCP needs); other
 // ethertypes (IPv6, VLAN tags, ...) are dropped, as the guest is offered
-// IPv4 only. A NIC without an IPv4 address (an L2-only secondary network)
-// keeps only the MAC rule.
+// IPv4 only. DHCP is kept between the guest and our responder. A NIC
+// without an IPv4 address (an L2-only secondary network, which may have a
+// DHCP server of its own) keeps only the MAC rule.
 //
 // The rules live in a bridge-family nftables table inside the sandbox
 // namespace, so they go with it; nothing is added to the host.
@@ -57,6 +58,14 @@ func guardNICs(path string, nics []NIC) error {
 		Name: "from_guest", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityFilter, Policy: &policy,
 	})
+	fwd := c.AddChain(&nftables.Chain{
+		Name: "dhcp_forward", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &policy,
+	})
+	out := c.AddChain(&nftables.Chain{
+		Name: "dhcp_output", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter, Policy: &policy,
+	})
 	drop := &expr.Verdict{Kind: expr.VerdictDrop}
 	accept := &expr.Verdict{Kind: expr.VerdictAccept}
 	for _, nic := range nics {
@@ -74,12 +83,28 @@ func guardNICs(path string, nics []NIC) error {
 				&expr.Cmp{Op: op, Register: 1, Data: p},
 			}
 		}
-		rule := func(parts ...[]expr.Any) {
+		ruleIn := func(chain *nftables.Chain, parts ...[]expr.Any) {
 			var ex []expr.Any
 			for _, p := range parts {
 				ex = append(ex, p...)
 			}
-			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: ex})
+			c.AddRule(&nftables.Rule{Table: t, Chain: chain, Exprs: ex})
+		}
+		rule := func(parts ...[]expr.Any) { ruleIn(ch, parts...) }
+		ifIs := func(key expr.MetaKey, name string) []expr.Any {
+			return []expr.Any{
+				&expr.Meta{Key: key, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifnameData(name)},
+			}
+		}
+		// udp sport/dport port (offset 0: source, 2: destination)
+		udpPort := func(offset uint32, port uint16) []expr.Any {
+			return []expr.Any{
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: offset, Len: 2},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
+			}
 		}
 		// ether saddr != MAC drop
 		rule(iif, []expr.Any{
@@ -108,6 +133,14 @@ func guardNICs(path string, nics []NIC) error {
 		rule(iif, proto(expr.CmpOpEq, ethIPv4), []expr.Any{ipSrc, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ip4}, drop})
 		// anything but ARP and IPv4: drop
 		rule(iif, proto(expr.CmpOpNeq, ethARP), []expr.Any{&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ethIPv4}, drop})
+
+		// DHCP stays between the guest and our responder: the guest's
+		// requests do not go out to the pod network, our answers do not
+		// either, and no DHCP server there (another VM pod's guest, say)
+		// can answer the guest.
+		ruleIn(fwd, ifIs(expr.MetaKeyIIFNAME, nic.Tap), ifIs(expr.MetaKeyOIFNAME, nic.PodIfName), udpPort(2, 67), []expr.Any{drop})
+		ruleIn(fwd, ifIs(expr.MetaKeyIIFNAME, nic.PodIfName), udpPort(0, 67), []expr.Any{drop})
+		ruleIn(out, ifIs(expr.MetaKeyOIFNAME, nic.PodIfName), udpPort(0, 67), []expr.Any{drop})
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("install the guest's anti-spoofing rules (nftables, bridge family): %w", err)

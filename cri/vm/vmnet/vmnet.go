@@ -90,7 +90,9 @@ type NIC struct {
 type Network struct {
 	cfg Config
 	log *logrus.Entry
-	mu  sync.Mutex // one Setup/Teardown at a time per sandbox is enough; keep it simple
+	// mu serialises Setup and Teardown node-wide: simple, and VM pods
+	// start seldom enough that CNI ADD (tens of ms) is not a queue.
+	mu sync.Mutex
 }
 
 // New checks the configuration and returns a Network.

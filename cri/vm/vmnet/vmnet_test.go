@@ -17,6 +17,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -361,9 +363,14 @@ func TestSetupGivesGuestThePodIPAndTeardownLeavesNothing(t *testing.T) {
 		t.Errorf("eth0 kept IPv4 addresses %v", addrs)
 	}
 
-	// Status answers from the record for re-adoption.
-	st, err := e.net.Status(id)
-	if err != nil || st.IPs[0] != att.IPs[0] || st.NICs[0].MAC != nic.MAC {
+	// Status answers from the record for re-adoption, also in a new
+	// Network (a restarted shim).
+	again, err := New(e.net.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := again.Status(id)
+	if err != nil || st.IPs[0] != att.IPs[0] || st.NICs[0].MAC != nic.MAC || st.Netns != att.Netns {
 		t.Fatalf("Status = %+v, %v; want %+v", st, err, att)
 	}
 
@@ -378,7 +385,13 @@ func TestSetupGivesGuestThePodIPAndTeardownLeavesNothing(t *testing.T) {
 	plain.NICs = []NIC{nic}
 	plain.NICs[0].Bridge = ""
 	go func() { done <- ServeDHCP(dctx, &plain) }()
+	// DHCP must stay inside the sandbox: listen for it on the node bridge.
+	leakedDiscover := sniffUDP(t, e.bridge, 67)
+	leakedOffer := sniffUDP(t, e.bridge, 68)
 	lease := udhcpc(t, guest, "guest0")
+	if n, m := leakedDiscover.Load(), leakedOffer.Load(); n != 0 || m != 0 {
+		t.Errorf("DHCP left the sandbox onto the pod network: %d to port 67, %d to port 68", n, m)
+	}
 	if lease["ip"] != podIP.String() || lease["router"] != "10.245.5.1" || lease["subnet"] != "255.255.255.0" ||
 		lease["serverid"] != dhcpServerAddr.String() || lease["hostname"] != "vm-pod" || lease["mtu"] != fmt.Sprint(nic.MTU) {
 		t.Errorf("lease %v: want ip %s router 10.245.5.1 mask /24 hostname vm-pod mtu %d", lease, podIP, nic.MTU)
@@ -663,5 +676,102 @@ func TestGuestCannotSpoof(t *testing.T) {
 	}
 	if fdbHas(fake.String()) {
 		t.Errorf("frames from a MAC the guest was not given reached the node bridge")
+	}
+}
+
+// sniffUDP counts the UDP datagrams to port on device dev (broadcasts
+// included) until the test ends.
+func sniffUDP(t *testing.T, dev string, port int) *atomic.Int32 {
+	t.Helper()
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = errors.Join(
+				unix.SetsockoptString(int(fd), unix.SOL_SOCKET, unix.SO_BINDTODEVICE, dev),
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1),
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1))
+		})
+		return errors.Join(err, serr)
+	}}
+	pc, err := lc.ListenPacket(context.Background(), "udp4", fmt.Sprintf(":%d", port))
+	if err != nil {
+		t.Fatalf("listen on %s:%d: %v", dev, port, err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	var n atomic.Int32
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			if _, _, err := pc.ReadFrom(buf); err != nil {
+				return
+			}
+			n.Add(1)
+		}
+	}()
+	return &n
+}
+
+// TestTwoInterfacesBecomeTwoGuestNICs: a pod with a second network (what a
+// NAD adds through a meta plugin) gets a second guest NIC; each NIC's MAC
+// gets its own address from ServeDHCP. The interfaces are made by hand here
+// (no Multus on this machine) and go through the same hand-over and guard.
+func TestTwoInterfacesBecomeTwoGuestNICs(t *testing.T) {
+	needRoot(t)
+	path := filepath.Join(t.TempDir(), "h5-two-"+randHex(3))
+	if err := createNetns(path); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeNetns(path) })
+	h := nsHandle(t, path)
+	ifaces := []cniIface{
+		{name: "eth0", ips: []netip.Prefix{netip.MustParsePrefix("10.245.10.2/24")}, gateway: netip.MustParseAddr("10.245.10.1")},
+		{name: "net1", ips: []netip.Prefix{netip.MustParsePrefix("10.245.11.7/24")}},
+	}
+	for i, ifc := range ifaces {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: ifc.name}, PeerName: fmt.Sprintf("h5peer%d", i)}
+		if err := h.LinkAdd(veth); err != nil {
+			t.Fatal(err)
+		}
+		l, _ := h.LinkByName(ifc.name)
+		if err := h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: ifc.ips[0].Addr().AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+			t.Fatal(err)
+		}
+		p, _ := h.LinkByName(fmt.Sprintf("h5peer%d", i))
+		h.LinkSetUp(l)
+		h.LinkSetUp(p)
+	}
+	att := &Attachment{Netns: path, Hostname: "two-nics"}
+	for i, ifc := range ifaces {
+		nic, err := handOver(path, i, ifc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		att.NICs = append(att.NICs, nic)
+	}
+	if err := guardNICs(path, att.NICs); err != nil {
+		t.Fatal(err)
+	}
+	if att.NICs[0].Tap == att.NICs[1].Tap || att.NICs[0].Bridge == att.NICs[1].Bridge || att.NICs[0].MAC == att.NICs[1].MAC {
+		t.Fatalf("NICs share a tap, bridge or MAC: %+v", att.NICs)
+	}
+	var guests []string
+	for _, nic := range att.NICs {
+		guests = append(guests, standInGuest(t, att, nic))
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ServeDHCP(ctx, att) }()
+	for i, g := range guests {
+		lease := udhcpc(t, g, "guest0")
+		if lease["ip"] != ifaces[i].ips[0].Addr().String() || lease["hostname"] != "two-nics" {
+			t.Errorf("NIC %d lease %v, want %s", i, lease, ifaces[i].ips[0].Addr())
+		}
+		if want := ifaces[i].gateway; want.IsValid() != (lease["router"] != "") || (want.IsValid() && lease["router"] != want.String()) {
+			t.Errorf("NIC %d router %q, want %v", i, lease["router"], want)
+		}
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Errorf("ServeDHCP: %v", err)
 	}
 }
