@@ -17,6 +17,8 @@ all: build
 
 build:
 	$(GO) build -tags $(TAGS) -trimpath -ldflags '$(LDFLAGS)' -o bin/evelet ./cmd/evelet
+	$(GO) build -trimpath -ldflags '-s -w -X github.com/lf-edge/evelet/version.Version=$(VERSION)' -o bin/evelet-cni ./cmd/evelet-cni
+	if [ -d cmd/eve-ni ]; then $(GO) build -trimpath -ldflags '-s -w -X github.com/lf-edge/evelet/version.Version=$(VERSION)' -o bin/eve-ni ./cmd/eve-ni; fi
 
 prereqs:
 	sh hack/install-prereqs.sh
@@ -49,6 +51,7 @@ critest: prereqs
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseCheckpoint$$' -fuzztime 20000x ./agent/eve/evecfg/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseTokenPayload$$' -fuzztime 20000x ./agent/eve/evecrypt/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseNetworks$$' -fuzztime 20000x ./cni/annotation/
 
 bench: prereqs build kube
 	mkdir -p _output
@@ -56,6 +59,7 @@ bench: prereqs build kube
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./tests/criconformance/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
 	$(GO) test -run '^$$' -bench . ./cri/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 20m ./cri/vm/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
+	$(GO) test -run '^$$' -bench AddDel -benchtime 20x ./cni/meta/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
 	@ls -l bin/evelet | awk '{printf "binary size: bin/evelet %.1f MiB\n", $$5/1048576}' | tee -a _output/bench.txt
 
 # The demo prints one line per step with the time since `make demo` began

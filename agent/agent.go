@@ -16,7 +16,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/lf-edge/evelet/agent/eve/pubsub"
 	"github.com/lf-edge/evelet/agent/intent"
+	"github.com/lf-edge/evelet/agent/upgrade"
 	"github.com/lf-edge/evelet/bootstrap"
 	"github.com/lf-edge/evelet/cri"
 	"github.com/lf-edge/evelet/cri/containerd"
@@ -55,6 +57,15 @@ type Config struct {
 	KubeletCgroupRoot string
 	// VM configures VM pods (vmbackend.go).
 	VM VMConfig
+	// CNI turns on multi-network pods (agent/cni.go); zero: off.
+	CNI CNIOptions
+	// EVERoot is EVE's pubsub root, for the network instances pods may
+	// attach to (agent/eveni.go, agent/nilabels.go). Unset: the device's
+	// for the eve-ni plugin, and no node labels.
+	EVERoot pubsub.Root
+	// EVE is EVE's pubsub root when the join source is the EVE channel;
+	// it enables the upgrade coordinator (upgrade_hook.go). nil: off.
+	EVE *pubsub.Root
 }
 
 // PolicyFile is the guardrail policy for the kubelet's hostPath guard.
@@ -116,6 +127,9 @@ type Agent struct {
 	sup    kubeletProc
 	cri    *cri.Server
 	items  map[string]string // the owner's "evelet." config items
+
+	niKick   chan struct{}        // the owner's NI list changed (agent/nilabels.go)
+	upgrader *upgrade.Coordinator // running while the node has credentials (EVE channel)
 }
 
 func New(cfg Config) *Agent {
@@ -132,7 +146,7 @@ func New(cfg Config) *Agent {
 		cfg.KubeletLog = os.Stderr
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log, status: Status{Phase: PhaseStarting, Source: cfg.Source.Name(), AgentPID: os.Getpid()},
-		sleep: backoff.Sleep, heartbeat: heartbeatEvery}
+		sleep: backoff.Sleep, heartbeat: heartbeatEvery, niKick: make(chan struct{}, 1)}
 	store := cfg.Credentials()
 	onRetry := store.Discovery.OnRetry
 	store.Discovery.OnRetry = func(err error) {
@@ -170,6 +184,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); a.runCRI(ctx) }()
+	a.writeEveNISettings()
+	wg.Add(1)
+	go func() { defer wg.Done(); a.runDHCPDaemon(ctx) }()
+	if a.cfg.EVERoot.Run != "" {
+		wg.Add(1)
+		go func() { defer wg.Done(); a.runNILabels(ctx) }()
+	}
 
 	var (
 		current *intent.Join
@@ -253,6 +274,9 @@ func (a *Agent) Run(ctx context.Context) error {
 				// it keeps its client certificate; the token is only used
 				// if the device must bootstrap again.
 				a.log.WithField("node", u.Join.NodeName).Info("new bootstrap token for the same cluster; the kubelet keeps running")
+				if err := a.setupCNI(u.Join); err != nil {
+					a.log.WithError(err).Error("pod networking (evelet-cni) not updated")
+				}
 				current = u.Join
 				continue
 			}
@@ -278,6 +302,7 @@ func sameExceptToken(a, b *intent.Join) bool {
 	}
 	x, y := *a, *b
 	x.Token, y.Token = "", ""
+	x.NetworkToken, y.NetworkToken = "", ""
 	return reflect.DeepEqual(x, y)
 }
 
@@ -323,6 +348,10 @@ func (a *Agent) join(ctx context.Context, job *joinJob) {
 	if err := a.store.SetNodeName(j.NodeName); err != nil {
 		log.WithError(err).Warn("join record not updated")
 	}
+	if err := a.setupCNI(j); err != nil {
+		a.fail(&bootstrap.PermanentError{Err: err}, "pod networking (evelet-cni) not set up")
+		return
+	}
 	k, err := a.newKubelet(j)
 	if err != nil {
 		a.fail(&bootstrap.PermanentError{Err: err}, "kubelet configuration refused")
@@ -335,7 +364,9 @@ func (a *Agent) join(ctx context.Context, job *joinJob) {
 	a.publish(func(s *Status) {
 		s.Phase, s.Credentials, s.LastError, s.LastErrorTime = PhaseRunning, string(outcome), "", nil
 	})
+	waitUpgrade := a.startUpgrade(ctx, j)
 	k.Run(ctx)
+	waitUpgrade()
 	a.mu.Lock()
 	a.sup = nil
 	a.mu.Unlock()
@@ -456,6 +487,8 @@ func (a *Agent) setConfigItems(items map[string]string) {
 		srv.SetPolicy(p)
 	}
 	a.writePolicyFile()
+	a.writeEveNISettings()
+	a.setUpgradeItems(items)
 	a.publishConfigErrors(items)
 	a.log.WithField("items", items).Info("device owner's evelet config items applied")
 }
@@ -467,6 +500,7 @@ func (a *Agent) publishConfigErrors(items map[string]string) {
 	var msgs []string
 	_, errs := policy.FromConfigItems(items)
 	errs = append(errs, (&kubeletshim.Options{ConfigItems: items}).ConfigItemErrors()...)
+	errs = append(errs, upgradeItemErrors(items)...)
 	for _, err := range errs {
 		a.log.WithError(err).Error("config item ignored; it keeps its default")
 		msgs = append(msgs, err.Error())

@@ -91,8 +91,12 @@ func (a *Agent) leave(ctx context.Context, stopKubelet func()) {
 		}
 	}
 	stopKubelet()
+	a.forgetUpgrade()
 	if err := store.Wipe(); err != nil {
 		errs = append(errs, fmt.Errorf("wipe credentials: %w", err))
+	}
+	if err := a.removeNetworkCredential(); err != nil {
+		errs = append(errs, fmt.Errorf("wipe evelet-network credential: %w", err))
 	}
 	err := errors.Join(errs...)
 	if err != nil {

@@ -31,10 +31,17 @@ type Material struct {
 	// Kubeconfig is a whole kubeconfig (YAML) with embedded credentials
 	// that may create CSRs; it is used as the kubelet's bootstrap kubeconfig.
 	Kubeconfig string `json:"kubeconfig,omitempty"`
+	// NetworkToken optionally carries the evelet-network ServiceAccount's
+	// token for evelet-cni (read NADs, annotate pods: docs/networks.md).
+	// It plays no part in joining.
+	NetworkToken string `json:"networkToken,omitempty"`
 }
 
 // Validate checks the shape of the material without touching the network.
 func (m *Material) Validate() error {
+	if err := validNetworkToken(m.NetworkToken); err != nil {
+		return permanent(err)
+	}
 	switch {
 	case m.Kubeconfig != "" && m.Token != "":
 		return permanent(fmt.Errorf("join material has both a token and a kubeconfig; give one"))
@@ -107,4 +114,18 @@ func (m *Material) Server() string {
 		return c.Server
 	}
 	return ""
+}
+
+// validNetworkToken: a bearer token is one line of printable ASCII; a
+// bound on its size keeps a bad payload out of a file the plugin reads.
+func validNetworkToken(t string) error {
+	if len(t) > 16<<10 {
+		return fmt.Errorf("networkToken is longer than 16 KiB")
+	}
+	for _, c := range t {
+		if c <= ' ' || c > '~' {
+			return fmt.Errorf("networkToken contains white space or a non-printable character")
+		}
+	}
+	return nil
 }

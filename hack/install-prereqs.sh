@@ -19,7 +19,7 @@ command -v syslinux >/dev/null 2>&1 || need="$need syslinux"
 command -v mcopy >/dev/null 2>&1 || need="$need mtools"
 command -v mkfs.vfat >/dev/null 2>&1 || need="$need dosfstools"
 command -v cpio >/dev/null 2>&1 || need="$need cpio"
-command -v dnsmasq >/dev/null 2>&1 || need="$need dnsmasq-base"
+command -v dnsmasq >/dev/null 2>&1 || need="$need dnsmasq-base" # tests/evesim network instances, vmguest boot tests
 # images/vmguest fetches the cloud kernel with apt-get download: it needs
 # the package lists, which a fresh machine may not have yet.
 nolists=""

@@ -31,6 +31,9 @@ type Drainer struct {
 	Timeout time.Duration
 	// RetryInterval is the pause between evictions refused by a PDB (429).
 	RetryInterval time.Duration
+	// PollInterval is how often the node's pods are listed again while
+	// evicted pods terminate and none is refused (default 250ms).
+	PollInterval time.Duration
 }
 
 // Cordon marks the node unschedulable (or schedulable again).
@@ -84,8 +87,13 @@ func (d *Drainer) Drain(ctx context.Context) error {
 				return fmt.Errorf("evict %s/%s: %w", p.Namespace, p.Name, err)
 			}
 		}
+		wait := d.PollInterval
+		if wait == 0 {
+			wait = 250 * time.Millisecond
+		}
 		if len(blocked) > 0 {
 			d.Log.WithField("pods", blocked).Info("eviction blocked by a PodDisruptionBudget; retrying")
+			wait = retry
 		}
 		select {
 		case <-ctx.Done():
@@ -94,7 +102,7 @@ func (d *Drainer) Drain(ctx context.Context) error {
 				left = append(left, p.Namespace+"/"+p.Name)
 			}
 			return fmt.Errorf("drain of %s incomplete after %v; pods left: %v", d.Node, timeout, left)
-		case <-time.After(retry):
+		case <-time.After(wait):
 		}
 	}
 }
@@ -114,7 +122,11 @@ func (d *Drainer) evictable(ctx context.Context) ([]corev1.Pod, error) {
 		if ref := metav1.GetControllerOf(&p); ref != nil && ref.Kind == "DaemonSet" {
 			continue
 		}
-		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		// A finished pod that nobody deletes (a completed Job's) needs no
+		// eviction; one being deleted (an evicted pod the kubelet moved to
+		// its terminal phase) counts until the kubelet has cleaned it up
+		// and removed it, as kubectl drain waits for deletion.
+		if (p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed) && p.DeletionTimestamp == nil {
 			continue
 		}
 		out = append(out, p)

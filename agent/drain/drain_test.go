@@ -75,3 +75,31 @@ func TestDrainTimesOutNamingPods(t *testing.T) {
 }
 
 func ptrTrue() *bool { b := true; return &b }
+
+// A finished pod is not evicted; a finished pod still being deleted is
+// waited for.
+func TestDrainWaitsForTerminatingFinishedPods(t *testing.T) {
+	now := metav1.Now()
+	done := pod("done", "n1", func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded })
+	going := pod("going", "n1", func(p *corev1.Pod) { p.Status.Phase = corev1.PodFailed; p.DeletionTimestamp = &now })
+	cs := fake.NewSimpleClientset(done, going)
+	var evictions int
+	cs.PrependReactor("create", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		evictions++
+		return true, nil, nil
+	})
+	d := &Drainer{Client: cs, Node: "n1", Log: logrus.NewEntry(logrus.New()), RetryInterval: 10 * time.Millisecond, Timeout: 200 * time.Millisecond}
+	err := d.Drain(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "default/going") || strings.Contains(err.Error(), "default/done") {
+		t.Fatalf("err = %v, want a timeout naming only default/going", err)
+	}
+	if evictions != 0 {
+		t.Errorf("%d evictions of finished pods", evictions)
+	}
+	if err := cs.Tracker().Delete(schema.GroupVersionResource{Version: "v1", Resource: "pods"}, "default", "going"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Drain(context.Background()); err != nil {
+		t.Fatalf("drain with only a finished pod left: %v", err)
+	}
+}

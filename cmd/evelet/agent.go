@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -51,11 +50,13 @@ func runAgent(args []string) int {
 	healthzPort := fs.Int("kubelet-healthz-port", 0, "kubelet healthz port (0: 10248)")
 	cgroupRoot := fs.String("kubelet-cgroup-root", "", "cgroup the kubelet puts its pods under (empty: /); must exist in every hierarchy")
 	cgroupDriver := fs.String("cgroup-driver", "cgroupfs", "cgroup driver shared by the kubelet and containerd")
-	cniConf := fs.String("cni-conf-dir", "", "CNI configuration of the pod network, as containerd's, for VM pods (empty: VM pods get loopback only)")
-	cniBin := fs.String("cni-bin-dir", "/opt/cni/bin", "CNI plugin directories for VM pods, comma-separated")
+	vmCNIConf := fs.String("vm-cni-conf-dir", "", "CNI configuration of VM pods' network, as containerd's (empty: --cni-conf-dir; both empty: VM pods get loopback only)")
+	vmCNIBin := fs.String("vm-cni-bin-dir", "", "CNI plugin directories for VM pods, comma-separated (empty: --cni-bin-dir, else /opt/cni/bin)")
 	noVM := fs.Bool("no-vm-pods", false, "turn VM pods (RuntimeClass handler eve-vm) off")
 	kvmDev := fs.String("vm-kvm-device", "/dev/kvm", "KVM device for VM pods; a path that does not exist turns KVM off (software emulation, if the owner allows it)")
 	level := fs.String("log-level", "info", "log level")
+	var cniOpts agent.CNIOptions
+	cniFlags(fs, &cniOpts)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -64,9 +65,11 @@ func runAgent(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	var src intent.Source = &eve.Source{Root: pubsub.Root{Run: *eveRun, Persist: *evePersist}, ControllerCerts: *eveCerts, Log: log.WithField("component", "eve")}
+	eveRoot := &pubsub.Root{Run: *eveRun, Persist: *evePersist}
+	var src intent.Source = &eve.Source{Root: *eveRoot, ControllerCerts: *eveCerts, Log: log.WithField("component", "eve")}
 	if *joinFile != "" {
 		src = &agent.JoinFile{Path: *joinFile, AbsentFor: *absentFor}
+		eveRoot = nil // no EVE channel: no OS update coordination
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -94,7 +97,10 @@ func runAgent(args []string) int {
 		Source: src, Self: self, DrainTimeout: *drainTimeout, Metrics: reg,
 		KubeletPort: int32(*kubeletPort), KubeletHealthzPort: int32(*healthzPort),
 		CgroupDriver: *cgroupDriver, KubeletCgroupRoot: *cgroupRoot, Log: log,
-		VM: agent.VMConfig{Disabled: *noVM, CNIConfDir: *cniConf, CNIBinDirs: strings.Split(*cniBin, ","), KVMDevice: *kvmDev},
+		VM:      vmConfig(*noVM, *vmCNIConf, *vmCNIBin, *kvmDev, cniOpts),
+		CNI:     cniOpts,
+		EVERoot: pubsub.Root{Run: *eveRun, Persist: *evePersist},
+		EVE:     eveRoot,
 	})
 	if err := a.Run(ctx); err != nil && ctx.Err() == nil {
 		log.WithError(err).Error("agent stopped")

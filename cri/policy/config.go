@@ -28,7 +28,7 @@ const (
 
 func isListKey(k string) bool {
 	switch k {
-	case KeyAllowedHostPaths, KeyAllowedCapabilities, KeyAllowedDevices, KeyAllowedUnsafeSysctls, KeyAllowedHostPorts:
+	case KeyAllowedHostPaths, KeyAllowedCapabilities, KeyAllowedDevices, KeyAllowedUnsafeSysctls, KeyAllowedHostPorts, KeyNetworkInstances:
 		return true
 	}
 	return false
@@ -88,6 +88,8 @@ func apply(p *Policy, key, v string) error {
 		return parseList(v, &p.AllowedDevices, parseDevice)
 	case KeyAllowedUnsafeSysctls:
 		return parseList(v, &p.AllowedUnsafeSysctls, parseSysctlPattern)
+	case KeyNetworkInstances:
+		return parseList(v, &p.AllowedNetworkInstances, parseNetworkInstance)
 	}
 	if ok, err := applyPodSpecKey(&p.PodSpecRules, key, v); ok {
 		return err

@@ -119,6 +119,11 @@ type Policy struct {
 	// are not namespaced are ignored: they would change the whole device.
 	AllowedUnsafeSysctls []string
 
+	// AllowedNetworkInstances are the EVE network instances pods may attach
+	// to (KeyNetworkInstances entries, normalized; networks.go). Enforced
+	// by the eve-ni CNI plugin, not by the CRI checks.
+	AllowedNetworkInstances []string
+
 	// PodSpecRules are the knobs of the spec-level rules (podspec.go).
 	PodSpecRules
 }
@@ -142,6 +147,7 @@ func (p Policy) Clone() Policy {
 	p.AllowedUnsafeSysctls = slices.Clone(p.AllowedUnsafeSysctls)
 	p.AllowedHostPorts = slices.Clone(p.AllowedHostPorts)
 	p.DevicePorts = slices.Clone(p.DevicePorts)
+	p.AllowedNetworkInstances = slices.Clone(p.AllowedNetworkInstances)
 	return p
 }
 

@@ -26,6 +26,10 @@ func (s State) KubeletRoot() string { return filepath.Join(s.Dir, "kubelet", "ro
 // PodLogs is the kubelet's podLogsDir.
 func (s State) PodLogs() string { return filepath.Join(s.Dir, "logs", "pods") }
 
+// UpgradeState is the upgrade coordinator's record of an OS update or
+// reboot in progress (agent/upgrade): it must survive the reboot it spans.
+func (s State) UpgradeState() string { return filepath.Join(s.Dir, "upgrade", "state.json") }
+
 // Credentials names the files in the credential directory.
 type Credentials struct{ Dir string }
 
@@ -47,3 +51,8 @@ func (c Credentials) ClusterCA() string { return filepath.Join(c.Dir, "ca.crt") 
 
 // JoinRecord says which cluster the credentials belong to.
 func (c Credentials) JoinRecord() string { return filepath.Join(c.Dir, "join.json") }
+
+// EveNI is the eve-ni CNI plugin's state (address allocations per EVE
+// network instance): persistent, so no address is given twice across a
+// reboot.
+func (s State) EveNI() string { return filepath.Join(s.Dir, "cni", "eve-ni") }

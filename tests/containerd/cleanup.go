@@ -50,7 +50,9 @@ func (c *Containerd) forceCleanup() []error {
 		}
 	}
 	for _, ct := range ctrs {
-		if ct.sandbox {
+		// In a namespace of its own, CNI's work (bridge, NAT rules) lies in
+		// that namespace and goes with it; the host must not be touched.
+		if ct.sandbox && c.l.netns == "" {
 			if err := c.cniDel(ct); err != nil {
 				errs = append(errs, err)
 			}
@@ -62,7 +64,7 @@ func (c *Containerd) forceCleanup() []error {
 	if err := unmountUnder(c.l.dir, c.l.socketDir); err != nil {
 		errs = append(errs, err)
 	}
-	if !c.bridgeExisted {
+	if !c.bridgeExisted && c.l.netns == "" {
 		if link, err := netlink.LinkByName(c.l.bridge); err == nil {
 			if err := netlink.LinkDel(link); err != nil {
 				errs = append(errs, fmt.Errorf("containerd: deleting bridge %s: %w", c.l.bridge, err))

@@ -33,6 +33,7 @@ const (
 // layout holds every path and setting of one harness, derived from Options.
 type layout struct {
 	dir          string // absolute, symlinks resolved
+	runDir       string // Options.RunDir, absolute, symlinks resolved ("" = none)
 	configPath   string
 	logPath      string
 	root         string // containerd root
@@ -53,6 +54,7 @@ type layout struct {
 	restrictOOM  bool
 	mirrors      map[string]string
 	runc         string // runc binary, absolute
+	netns        string // network namespace path containerd runs in ("" = ours)
 }
 
 // newLayout validates o and fills in defaults. It creates no files, except
@@ -91,6 +93,29 @@ func newLayout(o Options) (*layout, error) {
 		snapshotter:  o.Snapshotter,
 		restrictOOM:  o.RestrictOOMScoreAdj,
 		mirrors:      o.RegistryMirrors,
+	}
+	if o.RunDir != "" {
+		run, err := filepath.Abs(o.RunDir)
+		if err != nil {
+			return nil, fmt.Errorf("containerd: %w", err)
+		}
+		if err := os.MkdirAll(run, 0o711); err != nil {
+			return nil, fmt.Errorf("containerd: %w", err)
+		}
+		if run, err = filepath.EvalSymlinks(run); err != nil {
+			return nil, fmt.Errorf("containerd: %w", err)
+		}
+		l.runDir = run
+		l.state = filepath.Join(run, "state")
+		l.runcRoot = filepath.Join(run, "runc")
+		l.socketDir = run
+		l.ipamDataDir = filepath.Join(run, "cni", "ipam")
+	}
+	if o.NetNS != "" {
+		if _, err := os.Stat(o.NetNS); err != nil {
+			return nil, fmt.Errorf("containerd: NetNS: %w", err)
+		}
+		l.netns = o.NetNS
 	}
 	if l.cniBinDir == "" {
 		l.cniBinDir = defaultCNIBinDir

@@ -47,6 +47,20 @@ type Options struct {
 	// Dir/run/containerd.sock unless that path is too long for a unix
 	// socket; then it goes into a short directory under /tmp.
 	Dir string
+	// RunDir, if set, takes the volatile part of the state out of Dir, as
+	// a device keeps it on a tmpfs that a reboot empties: containerd's
+	// state (task bundles, pod network namespaces), the runc root, CNI
+	// IPAM data and the socket (RunDir/containerd.sock). Dir keeps the
+	// config, the log, containerd's root (content, snapshots, metadata).
+	RunDir string
+	// NetNS, if set, is the path of a network namespace (e.g.
+	// /run/netns/<name>) containerd runs in, and so its shims, its CRI
+	// stream server and every CNI plugin it runs: started with
+	// `nsenter --net=<NetNS>`, only the network namespace, so that the
+	// kubelet's mounts stay visible to containerd and runc. The pod bridge
+	// is then made inside that namespace; Stop leaves the namespace and
+	// what CNI made in it (bridge, NAT rules) to the namespace's owner.
+	NetNS string
 	// SandboxImage is the CRI's pause image (default images.PauseRef). It
 	// must be imported (ImportImages) before the first pod: nothing is
 	// pulled from a registry here.
@@ -97,6 +111,7 @@ type Containerd struct {
 	log        io.Writer
 	containerd string
 	ctr        string
+	nsenter    string // set when Options.NetNS is
 	timeout    time.Duration
 
 	bridgeExisted bool
@@ -146,6 +161,11 @@ func Start(ctx context.Context, o Options) (*Containerd, error) {
 	if _, err := findBinary("", "containerd-shim-runc-v2"); err != nil {
 		return fail(err)
 	}
+	if l.netns != "" {
+		if c.nsenter, err = findBinary("", "nsenter"); err != nil {
+			return fail(err)
+		}
+	}
 	if err := l.writeFiles(); err != nil {
 		return fail(err)
 	}
@@ -172,6 +192,10 @@ func (c *Containerd) startProcess(ctx context.Context) error {
 	fmt.Fprintf(c.logFile, "%s %s --config %s at %s\n", startMarker,
 		c.containerd, c.l.configPath, time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(c.containerd, "--config", c.l.configPath)
+	if c.l.netns != "" {
+		// nsenter execs containerd in place: the pid stays containerd's.
+		cmd = exec.Command(c.nsenter, "--net="+c.l.netns, "--", c.containerd, "--config", c.l.configPath)
+	}
 	// Its own process group: a terminal's Ctrl-C reaches the demo, not
 	// containerd, and Stop decides the order of shutdown.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

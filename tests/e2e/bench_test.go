@@ -44,11 +44,10 @@ func BenchmarkJoin(b *testing.B) {
 		waitNodeReady(b, node, 3*time.Minute)
 		total += time.Since(start)
 		b.StopTimer()
-		time.Sleep(5 * time.Second) // let the kubelet settle before reading RSS
 		if st, err := d.status(); err == nil && st.KubeletPID != 0 {
-			rssKubelet += rssKB(st.KubeletPID)
+			rssKubelet += settledRSSKB(st.KubeletPID)
 		}
-		rssAgent += rssKB(d.cmd.Process.Pid)
+		rssAgent += settledRSSKB(d.cmd.Process.Pid)
 		d.stop()
 		env.cp.Client().CoreV1().Nodes().Delete(context.Background(), node, metav1.DeleteOptions{})
 		b.StartTimer()
@@ -177,6 +176,29 @@ func median(d []time.Duration) time.Duration {
 	s := append([]time.Duration(nil), d...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return s[len(s)/2]
+}
+
+// settledRSSKB reads a process's RSS once it has stopped growing: two
+// readings a second apart within 1%, or the last reading after 30 s. A
+// kubelet just Ready still allocates for a while (informers, first syncs).
+func settledRSSKB(pid int) int64 {
+	prev := rssKB(pid)
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
+		time.Sleep(time.Second)
+		cur := rssKB(pid)
+		if cur == 0 || abs64(cur-prev)*100 <= prev {
+			return cur
+		}
+		prev = cur
+	}
+	return prev
+}
+
+func abs64(v int64) int64 {
+	if v < 0 {
+		return -v
+	}
+	return v
 }
 
 func rssKB(pid int) int64 {

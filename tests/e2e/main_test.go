@@ -16,6 +16,7 @@ import (
 	"github.com/lf-edge/evelet/images"
 	"github.com/lf-edge/evelet/tests/containerd"
 	"github.com/lf-edge/evelet/tests/controlplane"
+	"github.com/lf-edge/evelet/tests/devnet"
 )
 
 // env is shared by every test in the package: one control plane, one
@@ -27,6 +28,11 @@ var env struct {
 	cp      *controlplane.ControlPlane
 	ctrd    *containerd.Containerd
 	skipWhy string
+	// devnet is the bridge the control plane listens on, so devices in
+	// network namespaces of their own (tests/devnet) reach it; images are
+	// the image tarballs every device imports.
+	devnet *devnet.Net
+	images []string
 }
 
 func TestMain(m *testing.M) {
@@ -73,10 +79,15 @@ func setup() error {
 	if err != nil {
 		return err
 	}
+	if env.devnet, err = devnet.NewNet(devnet.NetOptions{}); err != nil {
+		return err
+	}
 	t0 := time.Now()
 	env.cp, err = controlplane.Start(ctx, controlplane.Options{
 		Dir: filepath.Join(work, "cp"), BinDir: os.Getenv("KUBE_BIN_DIR"),
 		NodeMonitorGracePeriod: 20 * time.Second,
+		// Reachable from the host and from devnet's namespaces alike.
+		AdvertiseAddress: env.devnet.HostIP(), BindAddress: env.devnet.HostIP(),
 	})
 	if err != nil {
 		return fmt.Errorf("control plane: %w", err)
@@ -99,6 +110,7 @@ func setup() error {
 	if err != nil {
 		return fmt.Errorf("containerd: %w", err)
 	}
+	env.images = []string{pause, busybox}
 	if err := env.ctrd.ImportImages(ctx, pause, busybox); err != nil {
 		return fmt.Errorf("import images: %w", err)
 	}
@@ -111,6 +123,9 @@ func teardown() {
 	}
 	if env.cp != nil {
 		env.cp.Stop()
+	}
+	if env.devnet != nil {
+		env.devnet.Close()
 	}
 }
 

@@ -135,31 +135,6 @@ func vmPod(name, image string, mut func(*corev1.Pod)) *corev1.Pod {
 	return p
 }
 
-// waitPodEvent waits for an event of pod name whose message has want, and
-// checks that kubectl describe pod shows it.
-func waitPodEvent(t *testing.T, ctx context.Context, name, want string) {
-	t.Helper()
-	cs := env.cp.Client()
-	waitFor(t, 3*time.Minute, name+" event "+want, func() (bool, error) {
-		ev, err := cs.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + name})
-		if err != nil {
-			return false, err
-		}
-		var msgs []string
-		for _, e := range ev.Items {
-			if strings.Contains(e.Message, want) {
-				return true, nil
-			}
-			msgs = append(msgs, e.Message)
-		}
-		return false, fmt.Errorf("events %q", msgs)
-	})
-	out, err := env.cp.Kubectl(ctx, "describe", "pod", "-n", "default", name)
-	if err != nil || !strings.Contains(out, want) {
-		t.Errorf("kubectl describe pod %s lacks %q: %v\n%s", name, want, err, tail(out, 15))
-	}
-}
-
 // qemuOf lists the QEMU processes whose command line names dir.
 func qemuOf(dir string) []int {
 	var pids []int
@@ -196,7 +171,7 @@ func TestVMPods(t *testing.T) {
 	// KVM off, as on the CI machines: this host's nested /dev/kvm makes VMs
 	// but fails real guests in the firmware ("KVM internal error ...
 	// emulation failure"), so the guests run under TCG.
-	d.source = append(d.source, "--cni-conf-dir="+env.ctrd.CNIConfDir(), "--cni-bin-dir=/usr/lib/cni", "--vm-kvm-device=/nonexistent/kvm")
+	d.source = append(d.source, "--vm-cni-conf-dir="+env.ctrd.CNIConfDir(), "--vm-cni-bin-dir=/usr/lib/cni", "--vm-kvm-device=/nonexistent/kvm")
 	deleteNodeAtEnd(t, node)
 	cl := simCluster(t, env.cp, "prod", "33333333-4444-4555-8666-777777777777")
 	cl.ConfigItems[policy.KeyAllowVMEmulation] = "true"
@@ -257,6 +232,27 @@ func TestVMPods(t *testing.T) {
 	if err != nil || !strings.Contains(out, "exec-in-guest") {
 		t.Errorf("kubectl exec in the guest: %v %q", err, out)
 	}
+	// The guest powers itself off: the container exits 0 and the restart
+	// policy (Always) starts a new one, from a fresh overlay.
+	first := pod.Status.ContainerStatuses[0]
+	env.cp.Kubectl(ctx, "exec", "-n", "default", "vm-guest", "--", "/bin/sh", "-c", "echo o > /proc/sysrq-trigger")
+	waitFor(t, 5*time.Minute, "VM container restarted after the guest's power-off", func() (bool, error) {
+		p, err := cs.CoreV1().Pods("default").Get(ctx, "vm-guest", metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		s := p.Status.ContainerStatuses[0]
+		last := s.LastTerminationState.Terminated
+		ok := s.RestartCount == first.RestartCount+1 && s.ContainerID != first.ContainerID && s.State.Running != nil &&
+			last != nil && last.ExitCode == 0 && last.ContainerID == first.ContainerID
+		pod = p
+		return ok, fmt.Errorf("status %+v", s)
+	})
+	waitFor(t, 5*time.Minute, "ready line of the restarted guest", func() (bool, error) {
+		out, err := env.cp.Kubectl(ctx, "logs", "-n", "default", "vm-guest")
+		return strings.Contains(out, vmguest.ReadyLine), fmt.Errorf("%v: %s", err, tail(out, 5))
+	})
+
 	runningPod := func(name string) *corev1.Pod {
 		var p *corev1.Pod
 		waitFor(t, 3*time.Minute, name+" Running", func() (bool, error) {
@@ -326,7 +322,7 @@ func TestVMPods(t *testing.T) {
 		if _, err := cs.CoreV1().Pods("default").Create(ctx, b.pod, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		waitPodEvent(t, ctx, b.pod.Name, b.want)
+		waitPodEvent(t, ctx, cs, b.pod.Name, b.want)
 		deletePod(t, ctx, cs, b.pod.Name)
 	}
 	{
@@ -342,7 +338,7 @@ func TestVMPods(t *testing.T) {
 		if _, err := cs.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		waitPodEvent(t, ctx, p.Name, "does not allow VM emulation")
+		waitPodEvent(t, ctx, cs, p.Name, "does not allow VM emulation")
 		deletePod(t, ctx, cs, p.Name)
 	}
 	// The kubelet removes containers and sandboxes after the pods are gone

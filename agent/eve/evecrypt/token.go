@@ -57,6 +57,9 @@ type Token struct {
 	APIServer string
 	// Kubeconfig is the raw kubeconfig (KindKubeconfig only).
 	Kubeconfig []byte
+	// NetworkToken is the optional evelet-network ServiceAccount token
+	// (envelope "networkToken"), for evelet-cni.
+	NetworkToken string
 }
 
 // BootstrapToken returns "<id>.<secret>", or "" for a kubeconfig.
@@ -232,6 +235,7 @@ func parseEnvelope(b []byte) (*Token, error) {
 		if e.APIServer != "" {
 			t.APIServer = e.APIServer
 		}
+		t.NetworkToken = e.NetworkToken
 		return t, nil
 	case e.Token == "":
 		return nil, errors.New("cluster token envelope has neither \"token\" nor \"kubeconfig\"")
@@ -244,7 +248,7 @@ func parseEnvelope(b []byte) (*Token, error) {
 		if err != nil {
 			return nil, err
 		}
-		t.APIServer = e.APIServer
+		t.APIServer, t.NetworkToken = e.APIServer, e.NetworkToken
 		return t, nil
 	}
 	id, secret, ok := strings.Cut(e.Token, ".")
@@ -269,12 +273,13 @@ func parseEnvelope(b []byte) (*Token, error) {
 		pins = append(pins, "sha256:"+strings.ToLower(hexPart))
 	}
 	return &Token{
-		Kind:        KindBootstrapToken,
-		TokenID:     id,
-		TokenSecret: secret,
-		CAHashes:    pins,
-		CAHashKind:  kind,
-		APIServer:   e.APIServer,
+		Kind:         KindBootstrapToken,
+		TokenID:      id,
+		TokenSecret:  secret,
+		CAHashes:     pins,
+		CAHashKind:   kind,
+		APIServer:    e.APIServer,
+		NetworkToken: e.NetworkToken,
 	}, nil
 }
 
@@ -282,9 +287,9 @@ func parseEnvelope(b []byte) (*Token, error) {
 // the caller supplies https://<join_server_ip>:6443 then).
 func (t *Token) Material() bootstrap.Material {
 	if t.Kind == KindKubeconfig {
-		return bootstrap.Material{Kubeconfig: string(t.Kubeconfig)}
+		return bootstrap.Material{Kubeconfig: string(t.Kubeconfig), NetworkToken: t.NetworkToken}
 	}
-	m := bootstrap.Material{APIServer: t.APIServer, Token: t.BootstrapToken()}
+	m := bootstrap.Material{APIServer: t.APIServer, Token: t.BootstrapToken(), NetworkToken: t.NetworkToken}
 	if t.CAHashKind == CAHashCertBundle {
 		m.CABundleHashes = slices.Clone(t.CAHashes)
 	} else {

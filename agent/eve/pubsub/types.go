@@ -285,6 +285,22 @@ type NetworkInstanceInfo struct {
 	BridgeIPAddr  net.IP
 	BridgeMac     net.HardwareAddr
 	BridgeIfindex int
+	// IPAssignments are the addresses EVE gave its apps on this NI, keyed
+	// by the app interface's MAC (cni/eveni never hands them to a pod).
+	IPAssignments map[string]AssignedAddrs
+}
+
+// AssignedAddrs is pillar's types.AssignedAddrs.
+type AssignedAddrs struct {
+	IPv4Addrs []AssignedAddr
+	IPv6Addrs []AssignedAddr
+}
+
+// AssignedAddr is pillar's types.AssignedAddr; AssignedBy is its
+// AddressSource (a uint8 enum, not read).
+type AssignedAddr struct {
+	Address    net.IP
+	AssignedBy uint8
 }
 
 // ChangeInProgressType is pillar's types.ChangeInProgressType.

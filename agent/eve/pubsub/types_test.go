@@ -147,12 +147,15 @@ func TestRoundTripEdgeNodeInfo(t *testing.T) {
 func TestRoundTripNetworkInstanceStatus(t *testing.T) {
 	ni := roundTrip[NetworkInstanceStatus](t, "NetworkInstanceStatus.json",
 		"NtpServers", "DnsNameToIPList", "PropagateConnRoutes", "StaticRoutes", "EnableFlowlog",
-		"STPConfig", "VlanAccessPorts", "ForwardLLDP", "MirrorIfName", "IPAssignments", "Vifs",
+		"STPConfig", "VlanAccessPorts", "ForwardLLDP", "MirrorIfName", "Vifs",
 		"VlanMap", "NumTrunkPorts", "ValidationErr", "AllocationErr", "CombinedNTPServers",
 		"IntendedRoutes", "CurrentRoutes", "ReconcileErr")
 	if ni.UUID != "8b2d7c3a-55aa-4e8f-9b1c-0d2e3f4a5b6c" || ni.Type != NetworkInstanceTypeLocal ||
 		ni.Activate != 4 || !ni.Activated {
 		t.Errorf("ids/flags: %+v", ni)
+	}
+	if a := ni.IPAssignments["02:16:3e:aa:bb:01"].IPv4Addrs; len(a) != 1 || !a[0].Address.Equal(net.ParseIP("10.11.12.2")) {
+		t.Errorf("IPAssignments: %+v", ni.IPAssignments)
 	}
 	if ni.BridgeName != "bn1" || ni.BridgeMac.String() != "02:16:3e:5a:01:02" || !ni.BridgeIPAddr.Equal(net.ParseIP("10.11.12.1")) {
 		t.Errorf("bridge: %s %s %s", ni.BridgeName, ni.BridgeMac, ni.BridgeIPAddr)

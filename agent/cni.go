@@ -1,0 +1,193 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/lf-edge/evelet/agent/intent"
+	"github.com/lf-edge/evelet/cni/meta"
+	"github.com/lf-edge/evelet/cni/nad"
+	"github.com/lf-edge/evelet/internal/atomicfile"
+	"github.com/lf-edge/evelet/internal/layout"
+)
+
+// CNIOptions turn on multi-network pods (docs/networks.md): the agent
+// installs evelet-cni and eve-ni into the runtime's CNI bin dir and makes
+// evelet-cni the pod network. Off while BinDir and ConfDir are empty.
+type CNIOptions struct {
+	BinDir, ConfDir string
+	// DefaultNetwork is the network name of the default pod network's
+	// conflist in ConfDir (evelet-cni's delegate for eth0).
+	DefaultNetwork string
+	// PluginTypes and IPAMTypes are what a NetworkAttachmentDefinition may
+	// use (nad.Rules); SharedNamespaces may be used from any namespace.
+	PluginTypes, IPAMTypes, SharedNamespaces []string
+}
+
+// Defaults of CNIOptions: a NAD may only use eve-ni, which applies the
+// device owner's network-instance policy; other plugins (macvlan or
+// host-device on a host NIC) would hand host networks to the tenant.
+var (
+	DefaultCNIPluginTypes = []string{"eve-ni"}
+	DefaultCNIIPAMTypes   = []string{"static", "dhcp", "host-local"}
+)
+
+const (
+	// CNIConflistName sorts before any other conflist, so a runtime that
+	// loads one network (containerd's max_conf_num = 1) loads evelet-cni.
+	CNIConflistName = "00-evelet.conflist"
+	cniNetworkName  = "evelet"
+)
+
+func (o *CNIOptions) enabled() bool { return o.BinDir != "" && o.ConfDir != "" }
+
+// cniPlugins are the binaries installed next to the running evelet.
+var cniPlugins = []struct {
+	name     string
+	required bool
+}{{meta.PluginType, true}, {"eve-ni", false}}
+
+// setupCNI installs the plugins, writes or removes the evelet-network
+// kubeconfig from j's networkToken, and writes the conflist.
+func (a *Agent) setupCNI(j *intent.Join) error {
+	o := a.cfg.CNI
+	if !o.enabled() {
+		return nil
+	}
+	if err := a.installCNIPlugins(); err != nil {
+		return err
+	}
+	st := layout.State{Dir: a.cfg.StateDir}
+	if err := os.MkdirAll(st.CNI().Dir, 0o700); err != nil {
+		return fmt.Errorf("cni: %w", err)
+	}
+	if err := a.writeNetworkKubeconfig(j); err != nil {
+		return err
+	}
+	types, ipam := o.PluginTypes, o.IPAMTypes
+	if types == nil {
+		types = DefaultCNIPluginTypes
+	}
+	if ipam == nil {
+		ipam = DefaultCNIIPAMTypes
+	}
+	def := o.DefaultNetwork
+	if def == "" {
+		def = "evelet-default"
+	}
+	conf := map[string]any{
+		"cniVersion": "1.0.0", // what containerd 1.6's libcni reads; the plugin speaks up to 1.1.0
+		"name":       cniNetworkName,
+		"plugins": []any{map[string]any{
+			"type":           meta.PluginType,
+			"delegate":       def,
+			"confDir":        o.ConfDir,
+			"stateDir":       st.CNI().MetaState(),
+			"kubeconfig":     st.CNI().NetworkKubeconfig(),
+			"nodeKubeconfig": st.Credentials().Kubeconfig(),
+			"nodeName":       j.NodeName,
+			"rules":          nad.Rules{SharedNamespaces: o.SharedNamespaces, PluginTypes: types, IPAMTypes: ipam},
+			"eveniConfig":    a.cfg.EveNISettingsFile(),
+			// The runtime's hostPort and bandwidth reach the default network.
+			"capabilities": map[string]bool{"portMappings": true, "bandwidth": true},
+		}},
+	}
+	b, err := json.MarshalIndent(conf, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := atomicfile.WriteFile(filepath.Join(o.ConfDir, CNIConflistName), append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("cni: %w", err)
+	}
+	a.log.WithFields(map[string]any{"conf": filepath.Join(o.ConfDir, CNIConflistName), "delegate": def,
+		"networkCredential": j.NetworkToken != ""}).Info("evelet-cni is the pod network")
+	return nil
+}
+
+// installCNIPlugins copies the plugin binaries next to the running evelet
+// into BinDir (temp-then-rename, so the runtime never runs a torn binary),
+// skipping copies already identical.
+func (a *Agent) installCNIPlugins() error {
+	srcDir := filepath.Dir(a.cfg.Self)
+	for _, p := range cniPlugins {
+		src := filepath.Join(srcDir, p.name)
+		b, err := os.ReadFile(src)
+		if errors.Is(err, os.ErrNotExist) && !p.required {
+			a.log.WithField("plugin", src).Warn("CNI plugin not built; NADs of that type will fail")
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("cni: plugin %s: %w (make build puts it next to bin/evelet)", p.name, err)
+		}
+		dst := filepath.Join(a.cfg.CNI.BinDir, p.name)
+		if old, err := os.ReadFile(dst); err == nil && bytes.Equal(old, b) {
+			continue
+		}
+		if err := os.MkdirAll(a.cfg.CNI.BinDir, 0o755); err != nil {
+			return fmt.Errorf("cni: %w", err)
+		}
+		if err := atomicfile.WriteFile(dst, b, 0o755); err != nil {
+			return fmt.Errorf("cni: install %s: %w", p.name, err)
+		}
+	}
+	return nil
+}
+
+// writeNetworkKubeconfig writes the evelet-network credential: the node's
+// cluster entry (server and CA) with the ServiceAccount token. Without a
+// token in the join material any old one is removed, so a revoked
+// credential does not linger.
+func (a *Agent) writeNetworkKubeconfig(j *intent.Join) error {
+	path := layout.State{Dir: a.cfg.StateDir}.CNI().NetworkKubeconfig()
+	if j.NetworkToken == "" {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("cni: %w", err)
+		}
+		return nil
+	}
+	creds := layout.State{Dir: a.cfg.StateDir}.Credentials()
+	var cluster *clientcmdapi.Cluster
+	for _, p := range []string{creds.Kubeconfig(), creds.BootstrapKubeconfig()} {
+		cfg, err := clientcmd.LoadFromFile(p)
+		if err != nil {
+			continue
+		}
+		if ctx := cfg.Contexts[cfg.CurrentContext]; ctx != nil && cfg.Clusters[ctx.Cluster] != nil {
+			cluster = cfg.Clusters[ctx.Cluster]
+			break
+		}
+	}
+	if cluster == nil {
+		return fmt.Errorf("cni: no node kubeconfig to take the cluster's server and CA from")
+	}
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["cluster"] = cluster
+	cfg.AuthInfos["evelet-network"] = &clientcmdapi.AuthInfo{Token: j.NetworkToken}
+	cfg.Contexts["evelet-network"] = &clientcmdapi.Context{Cluster: "cluster", AuthInfo: "evelet-network"}
+	cfg.CurrentContext = "evelet-network"
+	b, err := clientcmd.Write(*cfg)
+	if err != nil {
+		return fmt.Errorf("cni: %w", err)
+	}
+	if err := atomicfile.WriteFile(path, b, 0o600); err != nil {
+		return fmt.Errorf("cni: %w", err)
+	}
+	return nil
+}
+
+// removeNetworkCredential drops the evelet-network kubeconfig when the
+// device leaves its cluster, with the other credentials.
+func (a *Agent) removeNetworkCredential() error {
+	err := os.Remove(layout.State{Dir: a.cfg.StateDir}.CNI().NetworkKubeconfig())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,246 @@
+// Package annotation parses and renders the pod annotations of the Network
+// Plumbing WG's "Kubernetes Network Custom Resource Definition De-facto
+// Standard" (v1.3): the networks a pod asks for
+// (k8s.v1.cni.cncf.io/networks) and what it got
+// (k8s.v1.cni.cncf.io/network-status).
+//
+// The parser is strict: the annotation is written by a tenant, so anything
+// the spec does not allow (and any key it does not name) is an error that
+// names the offending element, rather than something silently ignored.
+package annotation
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+const (
+	// NetworksKey is the network attachment selection annotation.
+	NetworksKey = "k8s.v1.cni.cncf.io/networks"
+	// StatusKey is the network status annotation.
+	StatusKey = "k8s.v1.cni.cncf.io/network-status"
+
+	// MaxNetworks bounds the attachments of one pod: each costs a delegate
+	// run at sandbox creation, so an unbounded list is a cheap way to stall
+	// the node.
+	MaxNetworks = 32
+)
+
+// Selection is one "network selection element" of the spec. Namespace
+// and Interface are always filled after Parse.
+type Selection struct {
+	Name           string         `json:"name"`
+	Namespace      string         `json:"namespace,omitempty"`
+	Interface      string         `json:"interface,omitempty"`
+	IPs            []string       `json:"ips,omitempty"`
+	MAC            string         `json:"mac,omitempty"`
+	InfinibandGUID string         `json:"infiniband-guid,omitempty"`
+	DefaultRoute   []string       `json:"default-route,omitempty"`
+	CNIArgs        map[string]any `json:"cni-args,omitempty"`
+	PortMappings   []PortMapping  `json:"portMappings,omitempty"`
+	Bandwidth      *Bandwidth     `json:"bandwidth,omitempty"`
+}
+
+// PortMapping is the CNI "portMappings" capability's element.
+type PortMapping struct {
+	HostPort      int    `json:"hostPort"`
+	ContainerPort int    `json:"containerPort"`
+	Protocol      string `json:"protocol,omitempty"`
+	HostIP        string `json:"hostIP,omitempty"`
+}
+
+// Bandwidth is the CNI "bandwidth" capability.
+type Bandwidth struct {
+	IngressRate  int64 `json:"ingressRate,omitempty"`
+	IngressBurst int64 `json:"ingressBurst,omitempty"`
+	EgressRate   int64 `json:"egressRate,omitempty"`
+	EgressBurst  int64 `json:"egressBurst,omitempty"`
+}
+
+// Ref is "namespace/name", how the spec names a network in network-status.
+func (s Selection) Ref() string { return s.Namespace + "/" + s.Name }
+
+// Parse parses the value of NetworksKey for a pod in podNamespace.
+// defaultIfname is the interface of the default network (eth0), which no
+// selection may take. An empty value yields no selections.
+func Parse(value, podNamespace, defaultIfname string) ([]Selection, error) {
+	v := strings.TrimSpace(value)
+	if v == "" {
+		return nil, nil
+	}
+	var sels []Selection
+	var err error
+	if strings.HasPrefix(v, "[") {
+		sels, err = parseJSON(v)
+	} else if strings.HasPrefix(v, "{") {
+		return nil, fmt.Errorf("%s: a JSON value must be a list of network selection elements ([{...}]), not a single object", NetworksKey)
+	} else {
+		sels, err = parseShort(v)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(sels) == 0 {
+		return nil, fmt.Errorf("%s: the list names no network", NetworksKey)
+	}
+	if len(sels) > MaxNetworks {
+		return nil, fmt.Errorf("%s: %d networks asked for, at most %d are allowed", NetworksKey, len(sels), MaxNetworks)
+	}
+	seen := map[string]int{}
+	if defaultIfname != "" {
+		seen[defaultIfname] = 0
+	}
+	for i := range sels {
+		s := &sels[i]
+		if s.Namespace == "" {
+			s.Namespace = podNamespace
+		}
+		// Spec: without an interface name the implementation picks one;
+		// evelet-cni uses net<position>, as the reference implementation does.
+		if s.Interface == "" {
+			s.Interface = fmt.Sprintf("net%d", i+1)
+		}
+		if err := s.validate(); err != nil {
+			return nil, fmt.Errorf("%s: network %d (%q): %w", NetworksKey, i+1, s.Name, err)
+		}
+		if j, dup := seen[s.Interface]; dup {
+			other := "the default network"
+			if j > 0 {
+				other = fmt.Sprintf("network %d (%q)", j, sels[j-1].Name)
+			}
+			return nil, fmt.Errorf("%s: network %d (%q): interface %q is already used by %s", NetworksKey, i+1, s.Name, s.Interface, other)
+		}
+		seen[s.Interface] = i + 1
+	}
+	return sels, nil
+}
+
+// parseShort parses the comma form: [namespace/]name[@interface], ...
+func parseShort(v string) ([]Selection, error) {
+	var out []Selection
+	for i, item := range strings.Split(v, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			return nil, fmt.Errorf("%s: element %d of the comma-separated list is empty", NetworksKey, i+1)
+		}
+		var s Selection
+		rest := item
+		if ns, name, ok := strings.Cut(rest, "/"); ok {
+			if ns == "" {
+				return nil, fmt.Errorf("%s: %q: empty namespace before '/'", NetworksKey, item)
+			}
+			s.Namespace, rest = ns, name
+		}
+		if name, ifname, ok := strings.Cut(rest, "@"); ok {
+			if ifname == "" {
+				return nil, fmt.Errorf("%s: %q: empty interface name after '@'", NetworksKey, item)
+			}
+			rest, s.Interface = name, ifname
+		}
+		if rest == "" {
+			return nil, fmt.Errorf("%s: %q: no network name", NetworksKey, item)
+		}
+		s.Name = rest
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+func parseJSON(v string) ([]Selection, error) {
+	dec := json.NewDecoder(bytes.NewReader([]byte(v)))
+	dec.DisallowUnknownFields()
+	var sels []Selection
+	if err := dec.Decode(&sels); err != nil {
+		return nil, fmt.Errorf("%s: not a valid JSON list of network selection elements: %v", NetworksKey, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%s: trailing data after the JSON list", NetworksKey)
+	}
+	for i, s := range sels {
+		if s.Name == "" {
+			return nil, fmt.Errorf("%s: element %d has no \"name\" (required by the spec)", NetworksKey, i+1)
+		}
+	}
+	return sels, nil
+}
+
+func (s *Selection) validate() error {
+	// A NAD is a namespaced API object: its name is a DNS-1123 subdomain,
+	// its namespace a DNS-1123 label.
+	if errs := validation.IsDNS1123Subdomain(s.Name); len(errs) > 0 {
+		return fmt.Errorf("invalid network name %q: %s", s.Name, strings.Join(errs, "; "))
+	}
+	if errs := validation.IsDNS1123Label(s.Namespace); len(errs) > 0 {
+		return fmt.Errorf("invalid namespace %q: %s", s.Namespace, strings.Join(errs, "; "))
+	}
+	if err := ValidIfname(s.Interface); err != nil {
+		return err
+	}
+	if s.MAC != "" {
+		hw, err := net.ParseMAC(s.MAC)
+		if err != nil || len(hw) != 6 {
+			return fmt.Errorf("invalid mac %q: want a 48-bit MAC address such as 02:00:00:00:00:01", s.MAC)
+		}
+		if hw[0]&1 != 0 {
+			return fmt.Errorf("invalid mac %q: a multicast address cannot be an interface's address", s.MAC)
+		}
+	}
+	if s.InfinibandGUID != "" {
+		if hw, err := net.ParseMAC(s.InfinibandGUID); err != nil || len(hw) != 8 {
+			return fmt.Errorf("invalid infiniband-guid %q: want 8 bytes such as 00:11:22:33:44:55:66:77", s.InfinibandGUID)
+		}
+	}
+	for _, ip := range s.IPs {
+		if _, _, err := net.ParseCIDR(ip); err != nil && net.ParseIP(ip) == nil {
+			return fmt.Errorf("invalid ips entry %q: want an address, optionally with a prefix length (10.1.1.11/24)", ip)
+		}
+	}
+	for _, gw := range s.DefaultRoute {
+		if net.ParseIP(gw) == nil {
+			return fmt.Errorf("invalid default-route entry %q: want a gateway IP address", gw)
+		}
+	}
+	for _, pm := range s.PortMappings {
+		if pm.HostPort < 1 || pm.HostPort > 65535 || pm.ContainerPort < 1 || pm.ContainerPort > 65535 {
+			return fmt.Errorf("invalid portMappings entry %+v: ports must be 1-65535", pm)
+		}
+		switch strings.ToLower(pm.Protocol) {
+		case "", "tcp", "udp", "sctp":
+		default:
+			return fmt.Errorf("invalid portMappings protocol %q: want tcp, udp or sctp", pm.Protocol)
+		}
+		if pm.HostIP != "" && net.ParseIP(pm.HostIP) == nil {
+			return fmt.Errorf("invalid portMappings hostIP %q", pm.HostIP)
+		}
+	}
+	if b := s.Bandwidth; b != nil && (b.IngressRate < 0 || b.IngressBurst < 0 || b.EgressRate < 0 || b.EgressBurst < 0) {
+		return fmt.Errorf("invalid bandwidth %+v: rates and bursts cannot be negative", *b)
+	}
+	return nil
+}
+
+// ValidIfname checks a Linux interface name: 1-15 bytes, not "." or "..",
+// no '/', ':' or white space (the kernel's dev_valid_name), and not "lo".
+func ValidIfname(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("empty interface name")
+	case len(name) > 15:
+		return fmt.Errorf("interface name %q is longer than 15 bytes", name)
+	case name == "." || name == "..":
+		return fmt.Errorf("interface name %q is not allowed", name)
+	case name == "lo":
+		return fmt.Errorf("interface name %q is the loopback interface", name)
+	}
+	for _, c := range name {
+		if c == '/' || c == ':' || c <= ' ' || c == 0x7f || c > 0x7e {
+			return fmt.Errorf("interface name %q: contains %q (no '/', ':', white space or non-ASCII)", name, c)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,31 @@
+package meta
+
+import (
+	"encoding/json"
+	"reflect"
+	"testing"
+)
+
+func TestWithNodeSettings(t *testing.T) {
+	in := []byte(`{"cniVersion":"1.1.0","name":"n","plugins":[
+	  {"type":"eve-ni","networkInstance":"ni1","args":{"cni":{"keep":1}}},
+	  {"type":"tuning"}]}`)
+	out, err := withNodeSettings(in, map[string]any{"k": "v"}, "/run/evelet/eve-ni.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m struct {
+		Plugins []map[string]any `json:"plugins"`
+	}
+	if err := json.Unmarshal(out, &m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Plugins[0]["eveniConfig"] != "/run/evelet/eve-ni.json" || m.Plugins[1]["eveniConfig"] != nil {
+		t.Fatalf("eveniConfig: %v", m.Plugins)
+	}
+	want0 := map[string]any{"cni": map[string]any{"keep": float64(1), "k": "v"}}
+	want1 := map[string]any{"cni": map[string]any{"k": "v"}}
+	if !reflect.DeepEqual(m.Plugins[0]["args"], want0) || !reflect.DeepEqual(m.Plugins[1]["args"], want1) {
+		t.Fatalf("args: %v / %v", m.Plugins[0]["args"], m.Plugins[1]["args"])
+	}
+}

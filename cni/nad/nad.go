@@ -1,0 +1,263 @@
+// Package nad resolves NetworkAttachmentDefinitions (k8s.cni.cncf.io/v1)
+// into CNI network configuration lists, with the namespace and plugin rules
+// that keep a tenant's NAD inside what the device owner allows.
+package nad
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/containernetworking/cni/libcni"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+)
+
+// GVR is the NetworkAttachmentDefinition resource.
+var GVR = schema.GroupVersionResource{Group: "k8s.cni.cncf.io", Version: "v1", Resource: "network-attachment-definitions"}
+
+// Rules is what the device owner (through the agent) lets a NAD use.
+type Rules struct {
+	// SharedNamespaces are namespaces whose NADs any pod may use, besides
+	// its own namespace. Empty: a pod uses only NADs of its own namespace.
+	SharedNamespaces []string `json:"sharedNamespaces,omitempty"`
+	// PluginTypes are the CNI plugin types a NAD's config may name. Every
+	// plugin in a conflist must be listed. A plugin like host-device or
+	// macvlan on a host interface hands a host network to the pod, so the
+	// agent's default is only eve-ni (which applies the owner's NI policy).
+	PluginTypes []string `json:"pluginTypes"`
+	// IPAMTypes are the IPAM plugin types a NAD may name ("ipam":{"type"}).
+	IPAMTypes []string `json:"ipamTypes,omitempty"`
+}
+
+// Network is one resolved attachment definition.
+type Network struct {
+	Namespace, Name string
+	List            *libcni.NetworkConfigList
+}
+
+// Ref is "namespace/name".
+func (n *Network) Ref() string { return n.Namespace + "/" + n.Name }
+
+// Resolver reads NADs from the apiserver.
+type Resolver struct {
+	Client dynamic.Interface
+	// ConfDir is where a NAD with an empty spec.config finds its
+	// configuration: the file whose network "name" is the NAD's name.
+	ConfDir string
+	Rules   Rules
+	// Self is the meta plugin's own type, never allowed as a delegate.
+	Self string
+}
+
+// Resolve returns the network podNamespace's pod asked for as ns/name.
+func (r *Resolver) Resolve(ctx context.Context, podNamespace, ns, name string) (*Network, error) {
+	ref := ns + "/" + name
+	if ns != podNamespace && !contains(r.Rules.SharedNamespaces, ns) {
+		return nil, fmt.Errorf("NetworkAttachmentDefinition %s: a pod in namespace %q may use only NADs of its own namespace%s", ref, podNamespace, sharedHint(r.Rules.SharedNamespaces))
+	}
+	obj, err := r.Client.Resource(GVR).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("NetworkAttachmentDefinition %s not found", ref)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("NetworkAttachmentDefinition %s: %w", ref, err)
+	}
+	config, _, err := unstructured.NestedString(obj.Object, "spec", "config")
+	if err != nil {
+		return nil, fmt.Errorf("NetworkAttachmentDefinition %s: spec.config is not a string: %w", ref, err)
+	}
+	var raw []byte
+	if strings.TrimSpace(config) == "" {
+		if raw, err = FromConfDir(r.ConfDir, name); err != nil {
+			return nil, fmt.Errorf("NetworkAttachmentDefinition %s has no spec.config: %w", ref, err)
+		}
+	} else {
+		raw = []byte(config)
+	}
+	list, err := Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("NetworkAttachmentDefinition %s: %w", ref, err)
+	}
+	if err := r.check(list); err != nil {
+		return nil, fmt.Errorf("NetworkAttachmentDefinition %s: %w", ref, err)
+	}
+	return &Network{Namespace: ns, Name: name, List: list}, nil
+}
+
+// Parse reads a CNI config or conflist. The JSON check comes first so a
+// tenant sees "not valid JSON" rather than a library message.
+func Parse(raw []byte) (*libcni.NetworkConfigList, error) {
+	var probe map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &probe); err != nil {
+		return nil, fmt.Errorf("CNI config is not valid JSON: %v", err)
+	}
+	if _, isList := probe["plugins"]; isList {
+		list, err := libcni.ConfListFromBytes(raw)
+		if err != nil {
+			return nil, fmt.Errorf("CNI conflist: %w", err)
+		}
+		return list, nil
+	}
+	conf, err := libcni.ConfFromBytes(raw)
+	if err != nil {
+		return nil, fmt.Errorf("CNI config: %w", err)
+	}
+	list, err := libcni.ConfListFromConf(conf)
+	if err != nil {
+		return nil, fmt.Errorf("CNI config: %w", err)
+	}
+	return list, nil
+}
+
+// networkName is libcni's rule for network names; the name becomes part of
+// cache and IPAM paths, so nothing else may pass.
+var networkName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`)
+
+func (r *Resolver) check(list *libcni.NetworkConfigList) error {
+	if !networkName.MatchString(list.Name) {
+		return fmt.Errorf("CNI network name %q: use letters, digits, '-', '_' and '.'", list.Name)
+	}
+	if len(list.Plugins) == 0 {
+		return errors.New("CNI conflist has no plugins")
+	}
+	// A tenant's config must not point a delegate (running as root) at a
+	// host file or socket: host-local's dataDir, dhcp's daemonSocketPath,
+	// eve-ni's eveniConfig (a settings file the tenant could have written
+	// into an emptyDir, with its own allow-list), or whatever a plugin adds.
+	var doc any
+	if err := json.Unmarshal(list.Bytes, &doc); err != nil {
+		return fmt.Errorf("CNI config is not valid JSON: %v", err)
+	}
+	if key := hostPath(doc, ""); key != "" {
+		return fmt.Errorf("%q names a host path; a NetworkAttachmentDefinition may not (the node's settings give plugins their paths)", key)
+	}
+	for _, p := range list.Plugins {
+		t := p.Network.Type
+		if t == r.Self {
+			return fmt.Errorf("plugin type %q: evelet-cni cannot delegate to itself", t)
+		}
+		if !contains(r.Rules.PluginTypes, t) {
+			return fmt.Errorf("plugin type %q is not allowed on this node (allowed: %s)", t, list2str(r.Rules.PluginTypes))
+		}
+		if t == "eve-ni" && bytes.Contains(p.Bytes, []byte(`"eveniConfig"`)) {
+			return fmt.Errorf("plugin %q: \"eveniConfig\" is the node's to set, not a NetworkAttachmentDefinition's", t)
+		}
+		var ipam struct {
+			IPAM *struct {
+				Type    string `json:"type"`
+				DataDir string `json:"dataDir"`
+			} `json:"ipam"`
+		}
+		if err := json.Unmarshal(p.Bytes, &ipam); err != nil {
+			return fmt.Errorf("plugin %q: %v", t, err)
+		}
+		if ipam.IPAM != nil && ipam.IPAM.Type != "" {
+			if !contains(r.Rules.IPAMTypes, ipam.IPAM.Type) {
+				return fmt.Errorf("IPAM type %q is not allowed on this node (allowed: %s)", ipam.IPAM.Type, list2str(r.Rules.IPAMTypes))
+			}
+			// host-local writes its leases under dataDir as root: a tenant
+			// must not choose where on the host that is.
+			if ipam.IPAM.DataDir != "" {
+				return fmt.Errorf("IPAM %q: \"dataDir\" may not be set in a NetworkAttachmentDefinition", ipam.IPAM.Type)
+			}
+		}
+	}
+	return nil
+}
+
+// hostPath returns the key of the first string value that is an absolute
+// path, "" if none.
+func hostPath(v any, key string) string {
+	switch x := v.(type) {
+	case string:
+		if strings.HasPrefix(x, "/") {
+			return key
+		}
+	case map[string]any:
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			if r := hostPath(x[k], strings.TrimPrefix(key+"."+k, ".")); r != "" {
+				return r
+			}
+		}
+	case []any:
+		for i, e := range x {
+			if r := hostPath(e, fmt.Sprintf("%s[%d]", key, i)); r != "" {
+				return r
+			}
+		}
+	}
+	return ""
+}
+
+// FromConfDir returns the config file in dir whose network name is name.
+func FromConfDir(dir, name string) ([]byte, error) {
+	if dir == "" {
+		return nil, errors.New("no CNI conf dir is configured to look it up in")
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var files []string
+	for _, e := range entries {
+		switch filepath.Ext(e.Name()) {
+		case ".conf", ".conflist", ".json":
+			if e.Type().IsRegular() {
+				files = append(files, e.Name())
+			}
+		}
+	}
+	sort.Strings(files)
+	for _, f := range files {
+		raw, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			continue
+		}
+		var n struct {
+			Name string `json:"name"`
+		}
+		if json.Unmarshal(raw, &n) == nil && n.Name == name {
+			return raw, nil
+		}
+	}
+	return nil, fmt.Errorf("no CNI config named %q in %s", name, dir)
+}
+
+func contains(l []string, s string) bool {
+	for _, x := range l {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func list2str(l []string) string {
+	if len(l) == 0 {
+		return "none"
+	}
+	return strings.Join(l, ", ")
+}
+
+func sharedHint(l []string) string {
+	if len(l) == 0 {
+		return ""
+	}
+	return " or of " + strings.Join(l, ", ")
+}
