@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -232,6 +233,40 @@ func TestVMPods(t *testing.T) {
 	if err != nil || !strings.Contains(out, "exec-in-guest") {
 		t.Errorf("kubectl exec in the guest: %v %q", err, out)
 	}
+	// The kubelet's summary (what kubectl top and eviction read) counts
+	// the VM: its pod's memory includes the guest's RAM QEMU touched.
+	waitFor(t, 2*time.Minute, "VM pod in the kubelet's stats summary", func() (bool, error) {
+		raw, err := env.cp.Kubectl(ctx, "get", "--raw", "/api/v1/nodes/"+node+"/proxy/stats/summary")
+		if err != nil {
+			return false, err
+		}
+		var sum struct {
+			Pods []struct {
+				PodRef struct{ Name string } `json:"podRef"`
+				Memory *struct {
+					WorkingSetBytes uint64 `json:"workingSetBytes"`
+				} `json:"memory"`
+				CPU *struct {
+					UsageCoreNanoSeconds uint64 `json:"usageCoreNanoSeconds"`
+				} `json:"cpu"`
+			} `json:"pods"`
+		}
+		if err := json.Unmarshal([]byte(raw), &sum); err != nil {
+			return false, err
+		}
+		for _, p := range sum.Pods {
+			if p.PodRef.Name == "vm-guest" && p.Memory != nil && p.CPU != nil {
+				// The first samples (cAdvisor's housekeeping) may still be zero.
+				if p.Memory.WorkingSetBytes > 64<<20 && p.CPU.UsageCoreNanoSeconds > 0 {
+					t.Logf("vm-guest in /stats/summary: working set %d MiB, CPU %d ms", p.Memory.WorkingSetBytes>>20, p.CPU.UsageCoreNanoSeconds/1e6)
+					return true, nil
+				}
+				return false, fmt.Errorf("memory %d cpu %d", p.Memory.WorkingSetBytes, p.CPU.UsageCoreNanoSeconds)
+			}
+		}
+		return false, fmt.Errorf("vm-guest not in the summary")
+	})
+
 	// The guest powers itself off: the container exits 0 and the restart
 	// policy (Always) starts a new one, from a fresh overlay.
 	first := pod.Status.ContainerStatuses[0]
