@@ -58,6 +58,7 @@ bench: prereqs build kube
 	$(GO) test -run '^$$' -bench . -benchtime 10x -timeout 40m ./tests/e2e/ | grep -E '^(Benchmark|ok|FAIL)' | tee _output/bench.txt
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./tests/criconformance/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
 	$(GO) test -run '^$$' -bench . ./cri/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
+	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 20m ./cri/vm/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
 	$(GO) test -run '^$$' -bench AddDel -benchtime 20x ./cni/meta/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
 	@ls -l bin/evelet | awk '{printf "binary size: bin/evelet %.1f MiB\n", $$5/1048576}' | tee -a _output/bench.txt
 

@@ -55,6 +55,8 @@ type Config struct {
 	Discovery bootstrap.DiscoveryOptions
 	// KubeletCgroupRoot is the kubelet's cgroupRoot ("": "/").
 	KubeletCgroupRoot string
+	// VM configures VM pods (vmbackend.go).
+	VM VMConfig
 	// CNI turns on multi-network pods (agent/cni.go); zero: off.
 	CNI CNIOptions
 	// EVERoot is EVE's pubsub root, for the network instances pods may
@@ -375,7 +377,8 @@ func (a *Agent) join(ctx context.Context, job *joinJob) {
 func (a *Agent) kubelet(j *intent.Join) (kubeletProc, error) {
 	opts := &kubeletshim.Options{
 		NodeName: j.NodeName, DeviceUUID: j.DeviceUUID, OSVersion: j.OSVersion, NodeIP: j.NodeIP,
-		StateDir: a.cfg.StateDir, CredentialsDir: a.cfg.Credentials().Dir,
+		ExtraLabels: a.vmLabels(),
+		StateDir:    a.cfg.StateDir, CredentialsDir: a.cfg.Credentials().Dir,
 		CRIEndpoint:  "unix://" + a.cfg.CRISocket(),
 		CgroupDriver: a.cfg.CgroupDriver, CgroupV1: kubeletshim.HostCgroupV1(),
 		Port: a.cfg.KubeletPort, HealthzPort: a.cfg.KubeletHealthzPort,
@@ -426,7 +429,9 @@ func (a *Agent) serveCRIOnce(ctx context.Context) error {
 		return err
 	}
 	defer be.Close()
-	srv, err := cri.NewServer(cri.Config{Socket: a.cfg.CRISocket(), Backend: be, Log: log, Metrics: a.cfg.Metrics,
+	handlers, closeVM := a.vmHandlers(be)
+	defer closeVM()
+	srv, err := cri.NewServer(cri.Config{Socket: a.cfg.CRISocket(), Backend: be, Handlers: handlers, Log: log, Metrics: a.cfg.Metrics,
 		Pods: &cri.KubeconfigPods{Path: a.cfg.Credentials().KubeconfigPath()}})
 	if err != nil {
 		return err

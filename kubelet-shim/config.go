@@ -32,6 +32,8 @@ type Options struct {
 	NodeName   string
 	DeviceUUID string
 	OSVersion  string
+	// ExtraLabels are further node labels (the VM runtime's, agent/vmbackend.go).
+	ExtraLabels map[string]string
 	// NodeIP is passed to the kubelet when set; otherwise it detects one.
 	NodeIP string
 	// StateDir is persistent: kubelet root dir, pod logs, credentials.
@@ -81,6 +83,9 @@ func (o *Options) Validate() error {
 
 func (o *Options) labels() map[string]string {
 	l := map[string]string{}
+	for k, v := range o.ExtraLabels {
+		l[k] = v
+	}
 	if o.DeviceUUID != "" {
 		l[LabelDeviceUUID] = o.DeviceUUID
 	}

@@ -50,6 +50,10 @@ func runAgent(args []string) int {
 	healthzPort := fs.Int("kubelet-healthz-port", 0, "kubelet healthz port (0: 10248)")
 	cgroupRoot := fs.String("kubelet-cgroup-root", "", "cgroup the kubelet puts its pods under (empty: /); must exist in every hierarchy")
 	cgroupDriver := fs.String("cgroup-driver", "cgroupfs", "cgroup driver shared by the kubelet and containerd")
+	vmCNIConf := fs.String("vm-cni-conf-dir", "", "CNI configuration of VM pods' network, as containerd's (empty: --cni-conf-dir; both empty: VM pods get loopback only)")
+	vmCNIBin := fs.String("vm-cni-bin-dir", "", "CNI plugin directories for VM pods, comma-separated (empty: --cni-bin-dir, else /opt/cni/bin)")
+	noVM := fs.Bool("no-vm-pods", false, "turn VM pods (RuntimeClass handler eve-vm) off")
+	kvmDev := fs.String("vm-kvm-device", "/dev/kvm", "KVM device for VM pods; a path that does not exist turns KVM off (software emulation, if the owner allows it)")
 	level := fs.String("log-level", "info", "log level")
 	var cniOpts agent.CNIOptions
 	cniFlags(fs, &cniOpts)
@@ -93,6 +97,7 @@ func runAgent(args []string) int {
 		Source: src, Self: self, DrainTimeout: *drainTimeout, Metrics: reg,
 		KubeletPort: int32(*kubeletPort), KubeletHealthzPort: int32(*healthzPort),
 		CgroupDriver: *cgroupDriver, KubeletCgroupRoot: *cgroupRoot, Log: log,
+		VM:      vmConfig(*noVM, *vmCNIConf, *vmCNIBin, *kvmDev, cniOpts),
 		CNI:     cniOpts,
 		EVERoot: pubsub.Root{Run: *eveRun, Persist: *evePersist},
 		EVE:     eveRoot,

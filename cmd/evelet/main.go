@@ -3,6 +3,7 @@
 //	evelet agent    the supervisor (join, CRI shim, kubelet child)
 //	evelet kubelet  the vendored kubelet (started by the agent)
 //	evelet cri      the CRI shim alone (debugging, benchmarks)
+//	evelet vmm      the supervisor of one VM pod's QEMU (started by the CRI shim)
 //	evelet status   what the agent is doing
 //	evelet version  evelet's and the vendored kubelet's versions
 package main
@@ -19,6 +20,7 @@ var commands = map[string]func(args []string) int{
 	"cri":     runCRI,
 	"status":  runStatus,
 	"version": runVersion,
+	"vmm":     runVMM,
 }
 
 func usage() {

@@ -23,6 +23,7 @@ const (
 	KeyAllowedCapabilities    = KeyPrefix + "allowed-capabilities"
 	KeyAllowedDevices         = KeyPrefix + "allowed-devices"
 	KeyAllowedUnsafeSysctls   = KeyPrefix + "allowed-unsafe-sysctls"
+	KeyAllowVMEmulation       = KeyPrefix + "allow-vm-emulation"
 )
 
 func isListKey(k string) bool {
@@ -75,6 +76,8 @@ func apply(p *Policy, key, v string) error {
 		return parseBool(v, &p.AllowUnmaskedProc)
 	case KeyAllowUnconfinedSeccomp:
 		return parseBool(v, &p.AllowUnconfinedSeccomp)
+	case KeyAllowVMEmulation:
+		return parseBool(v, &p.AllowVMEmulation)
 	case KeyAllowedHostPorts:
 		return parseList(v, &p.AllowedHostPorts, parsePortRange)
 	case KeyAllowedHostPaths:

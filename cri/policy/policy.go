@@ -72,6 +72,11 @@ type Policy struct {
 	// AllowUnconfinedSeccomp admits pods and containers that ask for no
 	// seccomp filter (seccompProfile type Unconfined).
 	AllowUnconfinedSeccomp bool
+	// AllowVMEmulation lets VM pods (RuntimeClass handler eve-vm) run under
+	// QEMU's software emulation (TCG) on a device without /dev/kvm. Off by
+	// default: TCG is slow and burns the device's CPU. The VM backend
+	// checks it, as the pod's container is created.
+	AllowVMEmulation bool
 
 	// AllowedHostPorts are the host ports (PodSandboxConfig port mappings,
 	// a pod's hostPort) pods may take: entries "port" or "low-high".

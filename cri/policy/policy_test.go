@@ -34,6 +34,7 @@ func TestFromConfigItemsAllKeys(t *testing.T) {
 		KeyAllowHostNetwork:       " true ",
 		KeyAllowUnmaskedProc:      "t",
 		KeyAllowUnconfinedSeccomp: "true",
+		KeyAllowVMEmulation:       "true",
 		KeyAllowedHostPorts:       "8080, 30000 - 30100,443-443",
 		KeyAllowedHostPaths:       "/data, /mnt/usb/,",
 		KeyAllowedCapabilities:    "net_admin,CAP_SYS_TIME",
@@ -47,7 +48,7 @@ func TestFromConfigItemsAllKeys(t *testing.T) {
 	}
 	want := Policy{
 		AllowPrivileged: true, AllowHostPID: true, AllowHostIPC: true, AllowHostNetwork: true, AllowUnmaskedProc: true,
-		AllowUnconfinedSeccomp: true, AllowedHostPorts: []string{"8080", "30000-30100", "443"},
+		AllowUnconfinedSeccomp: true, AllowVMEmulation: true, AllowedHostPorts: []string{"8080", "30000-30100", "443"},
 		KubeletRootDir: DefaultKubeletRootDir, PodLogsDir: DefaultPodLogsDir,
 		AllowedHostPaths:     []string{"/data", "/mnt/usb"},
 		AllowedCapabilities:  []string{"NET_ADMIN", "SYS_TIME"},
@@ -63,7 +64,7 @@ func equalPolicy(a, b Policy) bool {
 	eq := func(x, y []string) bool { return strings.Join(x, "|") == strings.Join(y, "|") }
 	return a.AllowPrivileged == b.AllowPrivileged && a.AllowHostPID == b.AllowHostPID &&
 		a.AllowHostIPC == b.AllowHostIPC && a.AllowHostNetwork == b.AllowHostNetwork &&
-		a.AllowUnmaskedProc == b.AllowUnmaskedProc && a.AllowUnconfinedSeccomp == b.AllowUnconfinedSeccomp &&
+		a.AllowUnmaskedProc == b.AllowUnmaskedProc && a.AllowUnconfinedSeccomp == b.AllowUnconfinedSeccomp && a.AllowVMEmulation == b.AllowVMEmulation &&
 		eq(a.AllowedHostPorts, b.AllowedHostPorts) && a.KubeletRootDir == b.KubeletRootDir &&
 		a.PodLogsDir == b.PodLogsDir && eq(a.AllowedHostPaths, b.AllowedHostPaths) &&
 		eq(a.AllowedCapabilities, b.AllowedCapabilities) && eq(a.AllowedDevices, b.AllowedDevices) &&

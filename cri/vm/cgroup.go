@@ -1,0 +1,198 @@
+package vm
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// cgroupRoot is where cgroup v1 hierarchies are mounted.
+const cgroupRoot = "/sys/fs/cgroup"
+
+// containerCgroup is the cgroup path (relative to each hierarchy) of a VM:
+// a child of the pod's cgroup parent that the kubelet passed, so the
+// kubelet's pod accounting, limits and eviction cover QEMU.
+func containerCgroup(parent, id string) string {
+	if parent == "" {
+		return ""
+	}
+	if strings.HasSuffix(parent, ".slice") {
+		// systemd driver: the parent is a slice name, not a path.
+		return "" // not supported here; documented
+	}
+	return filepath.Join(parent, "evelet-vm-"+id)
+}
+
+// hierarchy is one mounted cgroup v1 hierarchy and its controllers.
+type hierarchy struct {
+	dir   string
+	ctrls map[string]bool
+}
+
+func (h hierarchy) has(ctrl string) bool { return h.ctrls[ctrl] }
+
+// hierarchies lists the mounted cgroup v1 hierarchies. Controllers come
+// from the mount's options: cpu and cpuacct may share one mount
+// ("cpu,cpuacct") or have one each, whatever the directory is called.
+func hierarchies() ([]hierarchy, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []hierarchy
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		for i, x := range fields {
+			if x == "-" && i+3 < len(fields) && fields[i+1] == "cgroup" && strings.HasPrefix(fields[4], cgroupRoot+"/") {
+				h := hierarchy{dir: fields[4], ctrls: map[string]bool{}}
+				for _, o := range strings.Split(fields[i+3], ",") {
+					h.ctrls[o] = true
+				}
+				out = append(out, h)
+			}
+		}
+	}
+	return out, sc.Err()
+}
+
+// makeCgroups creates the VM's cgroup in every hierarchy and sets its
+// limits; it returns the directories the supervisor joins.
+func makeCgroups(rel string, c *containerState) ([]string, error) {
+	if rel == "" {
+		return nil, nil
+	}
+	hs, err := hierarchies()
+	if err != nil {
+		return nil, err
+	}
+	var dirs []string
+	for _, h := range hs {
+		d := filepath.Join(h.dir, rel)
+		if err := mkCgroup(h, rel); err != nil {
+			return dirs, err
+		}
+		dirs = append(dirs, d)
+		set := func(file string, v int64) error {
+			if err := os.WriteFile(filepath.Join(d, file), []byte(strconv.FormatInt(v, 10)), 0o644); err != nil {
+				return fmt.Errorf("cgroup %s/%s: %w", d, file, err)
+			}
+			return nil
+		}
+		if h.has("memory") && c.MemoryLimit > 0 {
+			if err := set("memory.limit_in_bytes", c.MemoryLimit); err != nil {
+				return dirs, err
+			}
+		}
+		if h.has("cpu") {
+			if c.CPUShares > 0 {
+				if err := set("cpu.shares", c.CPUShares); err != nil {
+					return dirs, err
+				}
+			}
+			if c.CPUQuota > 0 && c.CPUPeriod > 0 {
+				if err := set("cpu.cfs_period_us", c.CPUPeriod); err != nil {
+					return dirs, err
+				}
+				if err := set("cpu.cfs_quota_us", c.CPUQuota); err != nil {
+					return dirs, err
+				}
+			}
+		}
+	}
+	return dirs, nil
+}
+
+// mkCgroup creates rel in hierarchy h level by level; a new cpuset cgroup
+// starts with no CPUs and no memory nodes (nothing could join it), so it
+// takes its parent's.
+func mkCgroup(h hierarchy, rel string) error {
+	d := h.dir
+	for _, el := range strings.Split(strings.Trim(rel, "/"), "/") {
+		parent := d
+		d = filepath.Join(d, el)
+		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("cgroup %s: %w", d, err)
+		}
+		if !h.has("cpuset") {
+			continue
+		}
+		for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+			cur, _ := os.ReadFile(filepath.Join(d, f))
+			if strings.TrimSpace(string(cur)) != "" {
+				continue
+			}
+			if b, err := os.ReadFile(filepath.Join(parent, f)); err == nil {
+				if err := os.WriteFile(filepath.Join(d, f), b, 0o644); err != nil {
+					return fmt.Errorf("cgroup %s/%s: %w", d, f, err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// removeCgroups removes the VM's cgroup directories; they must be empty.
+func removeCgroups(rel string) error {
+	if rel == "" {
+		return nil
+	}
+	hs, err := hierarchies()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, h := range hs {
+		if err := os.Remove(filepath.Join(h.dir, rel)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// cgroupValue reads an integer from a file of the VM's cgroup in the
+// hierarchy of controller ctrl.
+func cgroupValue(rel, ctrl, file string) (uint64, bool) {
+	hs, _ := hierarchies()
+	for _, h := range hs {
+		if h.has(ctrl) {
+			b, err := os.ReadFile(filepath.Join(h.dir, rel, file))
+			if err != nil {
+				continue
+			}
+			v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+			if err != nil {
+				continue
+			}
+			return v, true
+		}
+	}
+	return 0, false
+}
+
+// memoryStat reads one key of the VM's memory.stat.
+func memoryStat(rel, key string) (uint64, bool) {
+	hs, _ := hierarchies()
+	for _, h := range hs {
+		if !h.has("memory") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(h.dir, rel, "memory.stat"))
+		if err != nil {
+			return 0, false
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, " "); ok && k == key {
+				n, err := strconv.ParseUint(v, 10, 64)
+				return n, err == nil
+			}
+		}
+	}
+	return 0, false
+}
