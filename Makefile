@@ -60,6 +60,8 @@ bench: prereqs build kube
 	$(GO) test -run '^$$' -bench . ./cri/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 20m ./cri/vm/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
 	$(GO) test -run '^$$' -bench AddDel -benchtime 20x ./cni/meta/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
+	$(GO) test -run '^$$' -bench LocalNIAddDel -benchtime 20x ./cni/eveni/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
+	$(GO) test -run '^$$' -bench SetupTeardown -benchtime 10x ./cri/vm/vmnet/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
 	@ls -l bin/evelet | awk '{printf "binary size: bin/evelet %.1f MiB\n", $$5/1048576}' | tee -a _output/bench.txt
 
 # The demo prints one line per step with the time since `make demo` began
