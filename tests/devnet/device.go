@@ -56,10 +56,8 @@ type DeviceOptions struct {
 // RebootOptions shape a simulated reboot.
 type RebootOptions struct {
 	// OSVersion is the EVE release the device boots into (default: the
-	// one it runs): evesim's Reboot writes it to eve-release and to the
-	// current partition's ZbootStatus. evesim models the running
-	// partition as IMGA whatever the release; the partition label does
-	// not switch.
+	// one it runs): evesim's Reboot boots it from the other partition
+	// (eve-release, ZbootStatus: tests/evesim/zboot.go).
 	OSVersion string
 	// OldEVE: the release booted publishes as EVE before 16.12.0 (only
 	// read when OSVersion is set).

@@ -78,14 +78,29 @@ func (d *Device) WithdrawDrain(by pubsub.DrainRequester) error {
 }
 
 // SetPartitionUpdating is baseosmgr having written version to the other
-// partition (IMGB) and marked it updating.
+// partition and marked it updating; the next Reboot into version boots it.
 func (d *Device) SetPartitionUpdating(version string) error {
-	z := pubsub.ZbootStatus{PartitionLabel: pubsub.PartitionIMGB, PartitionDevname: "/dev/sda3",
-		PartitionState: pubsub.PartitionStateUpdating, ShortVersion: version, LongVersion: version}
-	if err := pubsub.Write(d.Root.ZbootStatus(pubsub.PartitionIMGB), z); err != nil {
-		return fmt.Errorf("evesim: %w", err)
-	}
-	return nil
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.parts.other().state, d.parts.other().version = pubsub.PartitionStateUpdating, version
+	return d.writeZboot()
+}
+
+// CompleteTest is the end of the new partition's test window
+// (timer.test.baseimage.update): it becomes active, the old one unused.
+func (d *Device) CompleteTest() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.parts.current().state, d.parts.current().tested = pubsub.PartitionStateActive, true
+	*d.parts.other() = partition{state: pubsub.PartitionStateUnused}
+	return d.writeZboot()
+}
+
+// CurrentPartition is the label of the partition the device runs from.
+func (d *Device) CurrentPartition() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.parts.currentLabel()
 }
 
 // SetNodeAgent is nodeagent publishing its status. kube says the build is
@@ -94,7 +109,7 @@ func (d *Device) SetNodeAgent(kube, reboot bool) error {
 	d.mu.Lock()
 	cur := d.OSVersion
 	d.mu.Unlock()
-	s := pubsub.NodeAgentStatus{Name: pubsub.KeyNodeAgent, CurPart: pubsub.PartitionIMGA, HVTypeKube: kube, DeviceReboot: reboot,
+	s := pubsub.NodeAgentStatus{Name: pubsub.KeyNodeAgent, CurPart: d.CurrentPartition(), HVTypeKube: kube, DeviceReboot: reboot,
 		RebootReason: "evesim", RebootImage: cur}
 	if err := pubsub.Write(d.Root.NodeAgentStatus(), s); err != nil {
 		return fmt.Errorf("evesim: %w", err)

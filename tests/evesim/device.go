@@ -143,8 +143,8 @@ type Device struct {
 	SigningKey  *ecdsa.PrivateKey
 	SigningCert *x509.Certificate
 
-	// OSVersion is the running EVE version (<Run>/eve-release, ZbootStatus
-	// IMGA ShortVersion). Set by New and Reboot.
+	// OSVersion is the running EVE version (<Run>/eve-release, the current
+	// partition's ZbootStatus ShortVersion). Set by New and Reboot.
 	OSVersion string
 	// OldEVE: the device publishes like EVE before 16.12.0 (Options.OldEVE).
 	OldEVE bool
@@ -154,6 +154,7 @@ type Device struct {
 	enterpriseID string
 
 	mu      sync.Mutex
+	parts   partitions        // the two EVE partitions (zboot.go)
 	version int               // config version of the last checkpoint written
 	items   map[string]string // current EdgeDevConfig configItems
 	cl      *clusterState     // current cluster, nil when none
@@ -238,6 +239,7 @@ func (d *Device) Reboot(opt Options) error {
 	if err := os.RemoveAll(d.Root.Run); err != nil {
 		return fmt.Errorf("evesim: %w", err)
 	}
+	d.parts.reboot(d.OSVersion, opt.OSVersion)
 	d.OSVersion, d.OldEVE = opt.OSVersion, opt.OldEVE
 	return d.writeBoot()
 }
@@ -392,22 +394,7 @@ func (d *Device) writeControllerCerts() error {
 // writeZboot publishes IMGA as the active, current partition running
 // OSVersion and IMGB as unused.
 func (d *Device) writeZboot() error {
-	for _, z := range []pubsub.ZbootStatus{
-		{
-			PartitionLabel:   pubsub.PartitionIMGA,
-			PartitionDevname: "/dev/sda2",
-			PartitionState:   pubsub.PartitionStateActive,
-			ShortVersion:     d.OSVersion,
-			LongVersion:      d.OSVersion,
-			CurrentPartition: true,
-			TestComplete:     true,
-		},
-		{
-			PartitionLabel:   pubsub.PartitionIMGB,
-			PartitionDevname: "/dev/sda3",
-			PartitionState:   pubsub.PartitionStateUnused,
-		},
-	} {
+	for _, z := range d.parts.status(d.OSVersion) {
 		if err := pubsub.Write(d.Root.ZbootStatus(z.PartitionLabel), z); err != nil {
 			return fmt.Errorf("evesim: %w", err)
 		}
