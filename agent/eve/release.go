@@ -46,7 +46,7 @@ func ReleaseOf(s pubsub.Snapshot) Release {
 	if s.EVERelease != "" {
 		return ParseRelease(s.EVERelease)
 	}
-	return ParseRelease(osVersion(s))
+	return ParseRelease(s.RunningVersion())
 }
 
 // Known reports whether the version could be read. A snapshot build

@@ -144,7 +144,7 @@ func Resolve(in Inputs) (*Resolved, error) {
 		Material:   m,
 		NodeName:   NodeName(devName, devID),
 		DeviceUUID: devID,
-		OSVersion:  osVersion(in.Snapshot),
+		OSVersion:  in.Snapshot.RunningVersion(),
 	}
 	if err := j.Validate(); err != nil {
 		return nil, err
@@ -216,16 +216,6 @@ func signal(cc *pubsub.EdgeNodeClusterConfig) *pubsub.EdgeNodeClusterConfig {
 		return nil
 	}
 	return cc
-}
-
-// osVersion is the running partition's EVE version.
-func osVersion(s pubsub.Snapshot) string {
-	for _, z := range s.Zboot {
-		if z.CurrentPartition {
-			return z.ShortVersion
-		}
-	}
-	return ""
 }
 
 // firstPubsubError reports a broken topic evelet depends on. Other topics'

@@ -240,7 +240,7 @@ func (c *Coordinator) begin(ctx context.Context, req *request, snap pubsub.Snaps
 	c.update(func(s *State) {
 		keep := s.active() && s.WeCordoned // a retry: evelet still holds its cordon
 		*s = State{Node: s.Node, Phase: PhaseDraining, Key: req.key, Trigger: req.trigger, Requester: req.requester,
-			RequestedAt: req.at, FromVersion: runningVersion(snap), ToVersion: req.toVersion, ContentTreeUUID: req.contentTree,
+			RequestedAt: req.at, FromVersion: snap.RunningVersion(), ToVersion: req.toVersion, ContentTreeUUID: req.contentTree,
 			WeCordoned: keep, SawDrainRequest: s.SawDrainRequest || req.asked, Done: s.Done, Status: s.Status}
 	})
 	st := c.State()
@@ -399,7 +399,7 @@ func (c *Coordinator) updateFailed(ctx context.Context, snap pubsub.Snapshot, wh
 
 // afterReboot ends the cycle once the node is Ready on this boot.
 func (c *Coordinator) afterReboot(ctx context.Context, snap pubsub.Snapshot) {
-	running := runningVersion(snap)
+	running := snap.RunningVersion()
 	if running == "" {
 		return // baseosmgr has not published ZbootStatus yet
 	}

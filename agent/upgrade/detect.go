@@ -30,17 +30,6 @@ type request struct {
 	asked bool
 }
 
-// runningVersion is the version of the partition EVE booted from, the one
-// the node's os-version label shows.
-func runningVersion(s pubsub.Snapshot) string {
-	for _, z := range s.Zboot {
-		if z.CurrentPartition {
-			return z.ShortVersion
-		}
-	}
-	return ""
-}
-
 // activating returns the BaseOsConfig that activates a version other than
 // running, if any (the first by content-tree UUID: EVE activates one).
 func activating(s pubsub.Snapshot, running string) (string, pubsub.BaseOsConfig, bool) {
@@ -64,7 +53,7 @@ func activating(s pubsub.Snapshot, running string) (string, pubsub.BaseOsConfig,
 // its request after a failed drain and asks again, and an early signal
 // would start a drain EVE did not ask for.
 func detect(s pubsub.Snapshot, asks bool, done map[string]uint32, now time.Time) *request {
-	running := runningVersion(s)
+	running := s.RunningVersion()
 	ct, cfg, upd := activating(s, running)
 	if r, ok := s.DrainRequests[pubsub.AgentZedAgent]; ok {
 		return &request{key: "zedagent/" + r.RequestedAt.UTC().Format(time.RFC3339Nano), trigger: TriggerDrainRequestDeviceOp,

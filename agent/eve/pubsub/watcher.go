@@ -47,6 +47,18 @@ type Snapshot struct {
 	Errors map[string]error `json:"-"`
 }
 
+// RunningVersion is the EVE version of the partition the device booted
+// from (ZbootStatus with CurrentPartition), "" when baseosmgr has not
+// published it.
+func (s Snapshot) RunningVersion() string {
+	for _, z := range s.Zboot {
+		if z.CurrentPartition {
+			return z.ShortVersion
+		}
+	}
+	return ""
+}
+
 func newSnapshot() Snapshot {
 	return Snapshot{
 		NetworkInstances: map[string]NetworkInstanceStatus{},

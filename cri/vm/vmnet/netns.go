@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -122,3 +123,27 @@ func inNetns(path string, fn func() error) error {
 	}()
 	return <-errc
 }
+
+// CreateLoopbackNetns creates a network namespace pinned at path with only
+// loopback in it, up: the netns of a VM pod without pod networking.
+func CreateLoopbackNetns(path string) error {
+	if err := createNetns(path); err != nil {
+		return err
+	}
+	err := inNetns(path, func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(lo)
+	})
+	if err != nil {
+		removeNetns(path)
+		return fmt.Errorf("loopback in netns %s: %w", path, err)
+	}
+	return nil
+}
+
+// RemoveNetns unmounts and deletes a namespace pinned at path; gone already
+// is fine.
+func RemoveNetns(path string) error { return removeNetns(path) }
