@@ -2,6 +2,8 @@ package meta
 
 import (
 	"encoding/json"
+	"fmt"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -124,4 +126,31 @@ func TestDefaultRouteRefusedAndUndone(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The claim is per IP family of the gateways: an IPv6 gateway moves the
+// IPv6 default route and leaves eth0's IPv4 one alone.
+func TestDefaultRouteIPv6OnlyMovesIPv6(t *testing.T) {
+	e := newEnvNamed(t, "h9")
+	e.addNAD(t, "br6", fmt.Sprintf(`{"cniVersion":"1.0.0","name":"h6-%s-br6","type":"bridge","bridge":"h6br6",
+	  "ipam":{"type":"host-local","subnet":"fd00:206:6::/64","gateway":"fd00:206:6::1"}}`, e.id))
+	t.Cleanup(func() { os.RemoveAll(filepath.Join("/var/lib/cni/networks", "h6-"+e.id+"-br6")) })
+	args := e.sandbox(t, "six", `[{"name":"br6","default-route":["fd00:206:6::1"]}]`)
+	if _, err := e.add(args); err != nil {
+		t.Fatal(err)
+	}
+	if got := defaultRoutesIn(t, args.Netns); !reflect.DeepEqual(got, []string{"10.206.0.1 eth0"}) {
+		t.Fatalf("IPv4 default routes %v, want eth0's untouched", got)
+	}
+	out := ip(t, "-n", filepath.Base(args.Netns), "-6", "route", "show", "default")
+	if f := strings.Fields(out); len(f) < 5 || f[2] != "fd00:206:6::1" || f[4] != "net1" || strings.Count(out, "default") != 1 {
+		t.Fatalf("IPv6 default routes %q, want only via fd00:206:6::1 dev net1", out)
+	}
+	if err := e.check(args); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	if err := e.del(args); err != nil {
+		t.Fatal(err)
+	}
+	e.requireClean(t, args)
 }
