@@ -540,11 +540,14 @@ func TestNetworkAttachments(t *testing.T) {
 	if n, err := readySandboxes(); err != nil || n != 1 {
 		t.Fatalf("nad-multi's sandbox was already torn down when the apiserver stopped (%d ready, %v): the grace period did not hold", n, err)
 	}
-	waitFor(t, time.Duration(nadGrace)*time.Second+3*time.Minute, "the kubelet tearing nad-multi's sandbox down", func() (bool, error) {
-		n, err := readySandboxes()
-		return err == nil && n == 0, fmt.Errorf("%d ready sandboxes (%v)", n, err)
+	// Gone, not just NotReady: containerd marks the sandbox NotReady when
+	// its pause process exits, before the CNI DEL has run; the kubelet
+	// removes it after StopPodSandbox (network torn down) returned.
+	waitFor(t, time.Duration(nadGrace)*time.Second+3*time.Minute, "the kubelet removing nad-multi's sandbox", func() (bool, error) {
+		sb, err := sandboxes()
+		return err == nil && len(sb) == 0, fmt.Errorf("%d sandboxes (%v)", len(sb), err)
 	})
-	t.Logf("sandbox torn down %v after the apiserver stopped", time.Since(apiDown).Round(time.Second))
+	t.Logf("sandbox removed %v after the apiserver stopped", time.Since(apiDown).Round(time.Second))
 	for _, br := range nadBridges {
 		if p := bridgePorts(t, br); len(p) != 0 {
 			t.Errorf("%s still has ports %v after the sandbox stopped", br, p)
