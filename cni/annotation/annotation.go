@@ -34,16 +34,20 @@ const (
 // Selection is one "network selection element" of the spec. Namespace
 // and Interface are always filled after Parse.
 type Selection struct {
-	Name           string         `json:"name"`
-	Namespace      string         `json:"namespace,omitempty"`
-	Interface      string         `json:"interface,omitempty"`
-	IPs            []string       `json:"ips,omitempty"`
-	MAC            string         `json:"mac,omitempty"`
-	InfinibandGUID string         `json:"infiniband-guid,omitempty"`
-	DefaultRoute   []string       `json:"default-route,omitempty"`
-	CNIArgs        map[string]any `json:"cni-args,omitempty"`
-	PortMappings   []PortMapping  `json:"portMappings,omitempty"`
-	Bandwidth      *Bandwidth     `json:"bandwidth,omitempty"`
+	Name           string   `json:"name"`
+	Namespace      string   `json:"namespace,omitempty"`
+	Interface      string   `json:"interface,omitempty"`
+	IPs            []string `json:"ips,omitempty"`
+	MAC            string   `json:"mac,omitempty"`
+	InfinibandGUID string   `json:"infiniband-guid,omitempty"`
+	DefaultRoute   []string `json:"default-route,omitempty"`
+	// HasDefaultRoute is true when the element carries "default-route",
+	// also as an empty list (the spec allows it: the network's own
+	// gateways then carry the default route).
+	HasDefaultRoute bool           `json:"-"`
+	CNIArgs         map[string]any `json:"cni-args,omitempty"`
+	PortMappings    []PortMapping  `json:"portMappings,omitempty"`
+	Bandwidth       *Bandwidth     `json:"bandwidth,omitempty"`
 }
 
 // PortMapping is the CNI "portMappings" capability's element.
@@ -117,6 +121,17 @@ func Parse(value, podNamespace, defaultIfname string) ([]Selection, error) {
 		}
 		seen[s.Interface] = i + 1
 	}
+	// Spec 4.1.2.1.9: only one attachment may specify "default-route".
+	claim := 0
+	for i := range sels {
+		if !sels[i].HasDefaultRoute {
+			continue
+		}
+		if claim > 0 {
+			return nil, fmt.Errorf("%s: network %d (%q) and network %d (%q) both set \"default-route\": only one network of a pod may carry the default route", NetworksKey, claim, sels[claim-1].Name, i+1, sels[i].Name)
+		}
+		claim = i + 1
+	}
 	return sels, nil
 }
 
@@ -161,9 +176,18 @@ func parseJSON(v string) ([]Selection, error) {
 	if dec.More() {
 		return nil, fmt.Errorf("%s: trailing data after the JSON list", NetworksKey)
 	}
+	// Which elements carry "default-route" at all: an empty list is a
+	// choice too, which []string cannot tell from an absent key.
+	var keys []map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(v), &keys); err != nil || len(keys) != len(sels) {
+		return nil, fmt.Errorf("%s: not a valid JSON list of network selection elements", NetworksKey)
+	}
 	for i, s := range sels {
 		if s.Name == "" {
 			return nil, fmt.Errorf("%s: element %d has no \"name\" (required by the spec)", NetworksKey, i+1)
+		}
+		if raw, ok := keys[i]["default-route"]; ok && string(bytes.TrimSpace(raw)) != "null" {
+			sels[i].HasDefaultRoute = true
 		}
 	}
 	return sels, nil

@@ -73,7 +73,7 @@ func TestParseJSONForm(t *testing.T) {
 		{Name: "a", Namespace: "pods", Interface: "net1"},
 		{Name: "b", Namespace: "other", Interface: "data0"},
 		{Name: "c", Namespace: "pods", Interface: "net3", MAC: "02:00:00:00:00:0c", IPs: []string{"10.1.1.11/24", "fd00::11/64", "10.2.2.2"}},
-		{Name: "d", Namespace: "pods", Interface: "net4", DefaultRoute: []string{"10.1.1.1"}},
+		{Name: "d", Namespace: "pods", Interface: "net4", DefaultRoute: []string{"10.1.1.1"}, HasDefaultRoute: true},
 		{Name: "e", Namespace: "pods", Interface: "net5", CNIArgs: map[string]any{"k": "v", "n": float64(1)}},
 		{Name: "f", Namespace: "pods", Interface: "net6", PortMappings: []PortMapping{{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"}}},
 		{Name: "g", Namespace: "pods", Interface: "net7", Bandwidth: &Bandwidth{1000, 100, 2000, 200}},
@@ -84,6 +84,21 @@ func TestParseJSONForm(t *testing.T) {
 	}
 	if got[1].Ref() != "other/b" {
 		t.Fatalf("Ref = %q", got[1].Ref())
+	}
+}
+
+// An empty "default-route" list still claims the default route (spec
+// 4.1.2.1.9: "This list may be empty"); null or an absent key does not.
+func TestParseDefaultRouteClaim(t *testing.T) {
+	got, err := Parse(`[{"name":"a","default-route":[]},{"name":"b","default-route":null},{"name":"c"}]`, "pods", "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got[0].HasDefaultRoute || got[1].HasDefaultRoute || got[2].HasDefaultRoute {
+		t.Fatalf("claims: %v %v %v, want true false false", got[0].HasDefaultRoute, got[1].HasDefaultRoute, got[2].HasDefaultRoute)
+	}
+	if got, err := Parse("a,b", "pods", "eth0"); err != nil || got[0].HasDefaultRoute || got[1].HasDefaultRoute {
+		t.Fatalf("comma form: %+v %v", got, err)
 	}
 }
 
@@ -116,6 +131,8 @@ func TestParseRefusals(t *testing.T) {
 		{"multicast mac", `[{"name":"a","mac":"01:00:5e:00:00:01"}]`, "multicast"},
 		{"bad ip", `[{"name":"a","ips":["10.0.0.300/24"]}]`, "invalid ips entry"},
 		{"bad gateway", `[{"name":"a","default-route":["x"]}]`, "invalid default-route"},
+		{"two default-route claims", `[{"name":"a","default-route":["10.0.0.1"]},{"name":"b","default-route":[]}]`, `network 1 ("a") and network 2 ("b") both set "default-route"`},
+		{"default-route not a list", `[{"name":"a","default-route":"10.0.0.1"}]`, "not a valid JSON list"},
 		{"bad port", `[{"name":"a","portMappings":[{"hostPort":0,"containerPort":80}]}]`, "ports must be"},
 		{"bad protocol", `[{"name":"a","portMappings":[{"hostPort":1,"containerPort":80,"protocol":"icmp"}]}]`, "protocol"},
 		{"negative bandwidth", `[{"name":"a","bandwidth":{"ingressRate":-1}}]`, "negative"},

@@ -12,6 +12,10 @@ type NetworkStatus struct {
 	Default   bool     `json:"default,omitempty"`
 	DNS       *DNS     `json:"dns,omitempty"`
 	Gateway   []string `json:"gateway,omitempty"`
+	// DefaultRoute is the spec's "default-route" status key (5.3.6.4): the
+	// default gateways the attachment got because its selection element
+	// asked for the default route.
+	DefaultRoute []string `json:"default-route,omitempty"`
 }
 
 // DNS is the CNI result's DNS section as network-status shows it.

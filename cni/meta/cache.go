@@ -21,6 +21,12 @@ type attachment struct {
 	Config         []byte         `json:"config"` // the conflist as run
 	CapabilityArgs map[string]any `json:"capabilityArgs,omitempty"`
 	Default        bool           `json:"default,omitempty"`
+	// ClaimsDefaultRoute: the pod's "default-route" named this network;
+	// DefaultRouteGateways are the gateways it listed (empty: the
+	// result's), DefaultRouteVia the ones ADD installed (for CHECK).
+	ClaimsDefaultRoute   bool     `json:"claimsDefaultRoute,omitempty"`
+	DefaultRouteGateways []string `json:"defaultRouteGateways,omitempty"`
+	DefaultRouteVia      []string `json:"defaultRouteVia,omitempty"`
 }
 
 func (a *attachment) list() (*libcni.NetworkConfigList, error) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -190,16 +191,14 @@ func (p *Plugin) plan(c *Conf, args *skel.CmdArgs, cniArgs [][2]string, id podId
 	if c.NodeName == "" || pod.NodeName != c.NodeName {
 		return nil, nil, fmt.Errorf("evelet-cni: pod %s/%s is bound to node %q, not to this node %q", id.Namespace, id.Name, pod.NodeName, c.NodeName)
 	}
+	claimed := slices.ContainsFunc(sels, func(s annotation.Selection) bool { return s.HasDefaultRoute })
 	for i, s := range sels {
 		where := fmt.Sprintf("network %d (%s, interface %s)", i+1, s.Ref(), s.Interface)
-		if len(s.DefaultRoute) > 0 {
-			return nil, nil, fmt.Errorf("evelet-cni: pod %s/%s: %s: \"default-route\" is not supported by evelet-cni; put the route in the NAD's config", id.Namespace, id.Name, where)
-		}
 		n, err := cl.NADs.Resolve(ctx, id.Namespace, s.Namespace, s.Name)
 		if err != nil {
 			return nil, nil, fmt.Errorf("evelet-cni: pod %s/%s: %s: %w", id.Namespace, id.Name, where, err)
 		}
-		a, err := selectionAttachment(s, n, c.EveNIConfig)
+		a, err := selectionAttachment(s, n, c.EveNIConfig, claimed)
 		if err != nil {
 			return nil, nil, fmt.Errorf("evelet-cni: pod %s/%s: %s: %w", id.Namespace, id.Name, where, err)
 		}
@@ -218,7 +217,12 @@ func refs(sels []annotation.Selection) string {
 
 // selectionAttachment turns a selection and its NAD into one delegate run:
 // the runtimeConfig capabilities (CNI conventions) and cni-args.
-func selectionAttachment(s annotation.Selection, n *nad.Network, eveniConfig string) (*attachment, error) {
+//
+// When the pod chose a network for its default route (claimed), eve-ni
+// delegates are told so through their own "defaultRoute" switch: on for
+// the chosen network, off for the others, whatever the NAD said, so that
+// their results show the routes the pod really gets.
+func selectionAttachment(s annotation.Selection, n *nad.Network, eveniConfig string, claimed bool) (*attachment, error) {
 	caps := map[string]any{}
 	want := func(cap string, v any) { caps[cap] = v }
 	if s.MAC != "" {
@@ -250,19 +254,24 @@ func selectionAttachment(s annotation.Selection, n *nad.Network, eveniConfig str
 		}
 	}
 	cfg := n.List.Bytes
-	if len(s.CNIArgs) > 0 || eveniConfig != "" {
+	var eveniDefault *bool
+	if claimed {
+		eveniDefault = &s.HasDefaultRoute
+	}
+	if len(s.CNIArgs) > 0 || eveniConfig != "" || eveniDefault != nil {
 		var err error
-		if cfg, err = withNodeSettings(cfg, s.CNIArgs, eveniConfig); err != nil {
+		if cfg, err = withNodeSettings(cfg, s.CNIArgs, eveniConfig, eveniDefault); err != nil {
 			return nil, fmt.Errorf("NetworkAttachmentDefinition %s: %w", n.Ref(), err)
 		}
 	}
-	return &attachment{Ref: n.Ref(), IfName: s.Interface, Config: cfg, CapabilityArgs: caps}, nil
+	return &attachment{Ref: n.Ref(), IfName: s.Interface, Config: cfg, CapabilityArgs: caps,
+		ClaimsDefaultRoute: s.HasDefaultRoute, DefaultRouteGateways: s.DefaultRoute}, nil
 }
 
 // withNodeSettings puts cni-args into every plugin's "args":{"cni":{...}}
 // (CNI conventions), keeping what the NAD set there, and the node's eve-ni
-// settings path into every eve-ni plugin.
-func withNodeSettings(list []byte, cniArgs map[string]any, eveniConfig string) ([]byte, error) {
+// settings path and, when set, defaultRoute into every eve-ni plugin.
+func withNodeSettings(list []byte, cniArgs map[string]any, eveniConfig string, eveniDefault *bool) ([]byte, error) {
 	var m map[string]any
 	if err := json.Unmarshal(list, &m); err != nil {
 		return nil, err
@@ -275,6 +284,9 @@ func withNodeSettings(list []byte, cniArgs map[string]any, eveniConfig string) (
 		}
 		if pm["type"] == "eve-ni" && eveniConfig != "" {
 			pm["eveniConfig"] = eveniConfig
+		}
+		if pm["type"] == "eve-ni" && eveniDefault != nil {
+			pm["defaultRoute"] = *eveniDefault
 		}
 		if len(cniArgs) == 0 {
 			continue
@@ -351,6 +363,11 @@ func (p *Plugin) add(args *skel.CmdArgs) (types.Result, error) {
 			return nil, p.undo(c, cn, rec, i, err)
 		}
 	}
+	if i := rec.claimIndex(); i >= 0 {
+		if err := p.applyDefaultRoute(c, rec, i, results[i]); err != nil {
+			return nil, p.undo(c, cn, rec, len(rec.Attachments)-1, err)
+		}
+	}
 	status, err := networkStatus(rec, results)
 	if err != nil {
 		return nil, p.undo(c, cn, rec, len(rec.Attachments)-1, fmt.Errorf("evelet-cni: %w", err))
@@ -370,6 +387,31 @@ func (p *Plugin) add(args *skel.CmdArgs) (types.Result, error) {
 		}
 	}
 	return res, nil
+}
+
+// applyDefaultRoute moves the pod's default route to attachment i, as its
+// "default-route" asked, and records the gateways for CHECK.
+func (p *Plugin) applyDefaultRoute(c *Conf, rec *record, i int, res types.Result) error {
+	a := &rec.Attachments[i]
+	what := fmt.Sprintf("network %d (%s, interface %s)", i, a.Ref, a.IfName)
+	if rec.PodName != "" {
+		what = fmt.Sprintf("pod %s/%s: %s", rec.PodNamespace, rec.PodName, what)
+	}
+	gws, err := defaultGateways(a, res)
+	if err != nil {
+		return fmt.Errorf("evelet-cni: %s: %w", what, err)
+	}
+	if err := setDefaultRoute(rec.NetNS, a.IfName, gws); err != nil {
+		return fmt.Errorf("evelet-cni: %s: default route: %w", what, err)
+	}
+	a.DefaultRouteVia = nil
+	for _, gw := range gws {
+		a.DefaultRouteVia = append(a.DefaultRouteVia, gw.String())
+	}
+	if err := c.saveRecord(rec); err != nil {
+		return fmt.Errorf("evelet-cni: attachment cache: %w", err)
+	}
+	return nil
 }
 
 // undo deletes attachments last..0 (in reverse) after a failed ADD. The
@@ -458,6 +500,11 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 		if err != nil {
 			return fmt.Errorf("evelet-cni: CHECK %s (interface %s): %w", a.Ref, a.IfName, err)
 		}
+		if len(a.DefaultRouteVia) > 0 {
+			if err := checkDefaultRoute(rec.NetNS, a.IfName, a.DefaultRouteVia); err != nil {
+				return fmt.Errorf("evelet-cni: CHECK %s (interface %s): \"default-route\": %w", a.Ref, a.IfName, err)
+			}
+		}
 	}
 	return nil
 }
@@ -527,7 +574,7 @@ func networkStatus(rec *record, results []types.Result) (string, error) {
 	var st []annotation.NetworkStatus
 	for i, r := range results {
 		a := &rec.Attachments[i]
-		s := annotation.NetworkStatus{Name: a.Ref, Interface: a.IfName, Default: a.Default}
+		s := annotation.NetworkStatus{Name: a.Ref, Interface: a.IfName, Default: a.Default, DefaultRoute: a.DefaultRouteVia}
 		if r != nil {
 			cur, err := types100.NewResultFromResult(r)
 			if err != nil {

@@ -172,7 +172,7 @@ func TestRefusalsAttachNothing(t *testing.T) {
 		{"notjson", "notjson", "NetworkAttachmentDefinition pods/notjson: CNI config is not valid JSON"},
 		{"othernamespace", "kube-system/br1", `may use only NADs of its own namespace`},
 		{"nomaccap", `[{"name":"br1","mac":"02:00:00:00:00:09"}]`, `no plugin of it supports "mac"`},
-		{"defroute", `[{"name":"br1","default-route":["10.206.11.1"]}]`, `"default-route" is not supported`},
+		{"twodefroutes", `[{"name":"br1","default-route":["10.206.11.1"]},{"name":"br2","default-route":[]}]`, `both set "default-route"`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			args := e.sandbox(t, c.name, c.networks)

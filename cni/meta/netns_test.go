@@ -35,6 +35,7 @@ const cniBinDir = "/usr/lib/cni"
 // network, a fake apiserver for pods and NADs, and the plugin.
 type env struct {
 	id       string // short random suffix for names
+	prefix   string // of netns names
 	hostNS   string // netns name
 	confDir  string
 	stateDir string
@@ -78,10 +79,14 @@ func randID() string {
 	return hex.EncodeToString(b)
 }
 
-func newEnv(t testing.TB) *env {
+func newEnv(t testing.TB) *env { return newEnvNamed(t, "h6") }
+
+// newEnvNamed names the test's network namespaces <prefix>-h<id> and
+// <prefix>-c<id><pod>.
+func newEnvNamed(t testing.TB, prefix string) *env {
 	needRoot(t)
-	e := &env{id: randID()}
-	e.hostNS = "h6-h" + e.id
+	e := &env{id: randID(), prefix: prefix}
+	e.hostNS = prefix + "-h" + e.id
 	addNetns(t, e.hostNS)
 	ip(t, "-n", e.hostNS, "link", "set", "lo", "up")
 	ip(t, "-n", e.hostNS, "link", "add", "h6d0", "type", "veth", "peer", "name", "h6d1") // no dummy module here
@@ -146,7 +151,7 @@ func (e *env) addNAD(t testing.TB, name, config string) {
 
 // sandbox makes a pod's netns and registers the pod with its annotation.
 func (e *env) sandbox(t testing.TB, name, networks string) *skel.CmdArgs {
-	path := addNetns(t, "h6-c"+e.id+name)
+	path := addNetns(t, e.prefix+"-c"+e.id+name)
 	uid := "uid-" + name
 	p := &Pod{UID: uid, NodeName: "node1", Annotations: map[string]string{}}
 	if networks != "" {

@@ -15,6 +15,7 @@ import (
 
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -315,11 +316,48 @@ func podLogs(t *testing.T, ctx context.Context, name string) string {
 	return logs
 }
 
+// podRoutes waits for the pod's "ip route" output, which its command
+// prints between ROUTES and END.
+func podRoutes(t *testing.T, ctx context.Context, name string) string {
+	t.Helper()
+	var routes string
+	waitFor(t, time.Minute, name+" routes", func() (bool, error) {
+		b, err := env.cp.Client().CoreV1().Pods("default").GetLogs(name, &corev1.PodLogOptions{}).DoRaw(ctx)
+		if err != nil {
+			return false, err
+		}
+		_, after, ok := strings.Cut(string(b), "ROUTES\n")
+		r, _, ok2 := strings.Cut(after, "END")
+		routes = strings.TrimSpace(r)
+		return ok && ok2, fmt.Errorf("logs %q", b)
+	})
+	return routes
+}
+
+// defaultRouteLines are the "default ..." lines of "ip route".
+func defaultRouteLines(routes string) []string {
+	var out []string
+	for _, l := range strings.Split(routes, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(l), "default") {
+			out = append(out, strings.Join(strings.Fields(l), " "))
+		}
+	}
+	return out
+}
+
+// nadGrace is the grace period of the pod deleted while the apiserver is
+// down: long enough to see the kubelet start killing it and stop the
+// apiserver before the kubelet tears the sandbox down (the container
+// ignores SIGTERM, so the kubelet waits the whole period).
+const nadGrace = 45
+
 // TestNetworkAttachments: a pod with two NetworkAttachmentDefinitions gets
 // eth0, net1 and net2 with the MAC and IP it asked for and a right
-// network-status; bad input is a clear pod event with nothing attached;
-// deleting the sandbox with the apiserver stopped leaves no interface,
-// lease or cache entry.
+// network-status; a pod's "default-route" moves its default route to the
+// network it names; bad input is a clear pod event with nothing attached;
+// deleting the pod through the API, with the apiserver stopped while the
+// pod is Terminating, leaves no interface, lease or cache entry, and the
+// node recovers when the apiserver is back.
 func TestNetworkAttachments(t *testing.T) {
 	needEnv(t)
 	ctx := testCtx(t, 20*time.Minute)
@@ -355,7 +393,8 @@ func TestNetworkAttachments(t *testing.T) {
 	// A pod with two networks.
 	const mac, ipB = "02:00:00:00:0b:01", "10.246.62.10/24"
 	multi := nadPod("nad-multi", node, `[{"name":"net-a"},{"name":"net-b","mac":"`+mac+`","ips":["`+ipB+`"]}]`,
-		"busybox ip -o addr; busybox ip -o link; sleep 3600")
+		"trap '' TERM; busybox ip -o addr; busybox ip -o link; sleep 3600")
+	multi.Spec.TerminationGracePeriodSeconds = ptr.To[int64](nadGrace)
 	if _, err := cs.CoreV1().Pods("default").Create(ctx, multi, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -384,6 +423,39 @@ func TestNetworkAttachments(t *testing.T) {
 		t.Errorf("evelet-nad1 ports %v, want the pod's one veth", p)
 	}
 
+	// "default-route": net-a's gateway (host-local's default, .1) becomes
+	// the pod's only default route; eth0 loses its own.
+	route := nadPod("nad-route", node, `[{"name":"net-a","default-route":["10.246.61.1"]}]`,
+		"echo ROUTES; busybox ip route; echo END; sleep 3600")
+	if _, err := cs.CoreV1().Pods("default").Create(ctx, route, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	routePod := waitNADPodRunning(t, ctx, route.Name)
+	routes := podRoutes(t, ctx, route.Name)
+	t.Logf("routes of %s:\n%s", route.Name, routes)
+	if got := defaultRouteLines(routes); len(got) != 1 || !strings.HasPrefix(got[0], "default via 10.246.61.1 dev net1") {
+		t.Errorf("default routes %q, want only via 10.246.61.1 dev net1", got)
+	}
+	status = nil
+	if err := json.Unmarshal([]byte(routePod.Annotations[annotation.StatusKey]), &status); err != nil {
+		t.Fatalf("network-status %q: %v", routePod.Annotations[annotation.StatusKey], err)
+	}
+	if len(status) != 2 || !status[0].Default || status[0].DefaultRoute != nil ||
+		status[1].Name != "default/net-a" || strings.Join(status[1].DefaultRoute, ",") != "10.246.61.1" {
+		t.Errorf("network-status of %s wrong: %+v", route.Name, status)
+	}
+	// A gateway net-a does not have is a clear refusal.
+	if _, err := cs.CoreV1().Pods("default").Create(ctx, nadPod("nad-badroute", node, `[{"name":"net-a","default-route":["10.246.61.99"]}]`, "sleep 3600"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitSandboxEvent(t, ctx, "nad-badroute", `"default-route": 10.246.61.99 is not a gateway of network default/net-a (interface net1)`)
+	deletePod(t, ctx, cs, "nad-badroute")
+	deletePod(t, ctx, cs, route.Name)
+	waitFor(t, 2*time.Minute, "nothing left of nad-route", func() (bool, error) {
+		p, l := bridgePorts(t, "evelet-nad1"), hostLocalLeases("evelet-nad-a")
+		return len(p) == 1 && len(l) == 1, fmt.Errorf("evelet-nad1 ports %v, leases %v, want nad-multi's only", p, l)
+	})
+
 	// Bad input: each a clear event, nothing attached.
 	for _, c := range []struct{ name, networks, want string }{
 		{"nad-unknown", "nope", "NetworkAttachmentDefinition default/nope not found"},
@@ -411,33 +483,71 @@ func TestNetworkAttachments(t *testing.T) {
 		t.Errorf("attachment records %v, want nad-multi's", recs)
 	}
 
-	// The sandbox goes while the apiserver is down: DEL works from the
-	// record alone.
+	// The pod is deleted through the API; once the kubelet has started to
+	// stop it (its Killing event) the apiserver stops. The container
+	// ignores SIGTERM, so the kubelet tears the sandbox down only after
+	// the grace period, with the apiserver down: evelet-cni's DEL works
+	// from its record alone.
 	conn, err := ctrd.DialCRI()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
 	rs := runtimeapi.NewRuntimeServiceClient(conn)
-	sb, err := rs.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{Filter: &runtimeapi.PodSandboxFilter{
-		LabelSelector: map[string]string{"io.kubernetes.pod.uid": string(pod.UID)}}})
-	if err != nil || len(sb.Items) == 0 {
-		t.Fatalf("sandbox of nad-multi: %v %v", sb, err)
+	sandboxes := func() ([]*runtimeapi.PodSandbox, error) {
+		sb, err := rs.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{Filter: &runtimeapi.PodSandboxFilter{
+			LabelSelector: map[string]string{"io.kubernetes.pod.uid": string(pod.UID)}}})
+		if err != nil {
+			return nil, err
+		}
+		return sb.Items, nil
 	}
+	readySandboxes := func() (int, error) {
+		sb, err := sandboxes()
+		n := 0
+		for _, s := range sb {
+			if s.State == runtimeapi.PodSandboxState_SANDBOX_READY {
+				n++
+			}
+		}
+		return n, err
+	}
+	if n, err := readySandboxes(); err != nil || n != 1 {
+		t.Fatalf("ready sandboxes of nad-multi: %d %v", n, err)
+	}
+	if err := cs.CoreV1().Pods("default").Delete(ctx, multi.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](nadGrace)}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "the kubelet stopping nad-multi (Killing event)", func() (bool, error) {
+		ev, err := cs.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + multi.Name + ",reason=Killing"})
+		if err != nil {
+			return false, err
+		}
+		return len(ev.Items) > 0, fmt.Errorf("no Killing event yet")
+	})
 	if err := env.cp.StopAPIServer(); err != nil {
 		t.Fatal(err)
 	}
+	apiDown := time.Now()
 	apiUp := false
 	t.Cleanup(func() {
 		if !apiUp {
 			env.cp.StartAPIServer(context.Background())
 		}
 	})
-	for _, s := range sb.Items {
-		if _, err := rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: s.Id}); err != nil {
-			t.Fatalf("StopPodSandbox with the apiserver down: %v", err)
-		}
+	// Proof the teardown happens with the apiserver down: the sandbox is
+	// still up now.
+	if n, err := readySandboxes(); err != nil || n != 1 {
+		t.Fatalf("nad-multi's sandbox was already torn down when the apiserver stopped (%d ready, %v): the grace period did not hold", n, err)
 	}
+	// Gone, not just NotReady: containerd marks the sandbox NotReady when
+	// its pause process exits, before the CNI DEL has run; the kubelet
+	// removes it after StopPodSandbox (network torn down) returned.
+	waitFor(t, time.Duration(nadGrace)*time.Second+3*time.Minute, "the kubelet removing nad-multi's sandbox", func() (bool, error) {
+		sb, err := sandboxes()
+		return err == nil && len(sb) == 0, fmt.Errorf("%d sandboxes (%v)", len(sb), err)
+	})
+	t.Logf("sandbox removed %v after the apiserver stopped", time.Since(apiDown).Round(time.Second))
 	for _, br := range nadBridges {
 		if p := bridgePorts(t, br); len(p) != 0 {
 			t.Errorf("%s still has ports %v after the sandbox stopped", br, p)
@@ -450,11 +560,22 @@ func TestNetworkAttachments(t *testing.T) {
 	if len(recs) != 0 {
 		t.Errorf("attachment records left: %v", recs)
 	}
+	if r, _ := filepath.Glob(filepath.Join(st.CNI().MetaState(), "results", "*", "*")); len(r) != 0 {
+		t.Errorf("libcni result cache left: %v", r)
+	}
+	apiBack := time.Now()
 	if err := env.cp.StartAPIServer(ctx); err != nil {
 		t.Fatal(err)
 	}
 	apiUp = true
-	deletePod(t, ctx, cs, multi.Name)
+	// The node recovers: its lease is renewed again, it is Ready, and the
+	// kubelet finishes the pod's deletion.
+	waitLeaseRenewedAfter(t, node, apiBack, 3*time.Minute)
+	waitNodeReady(t, node, 2*time.Minute)
+	waitFor(t, 3*time.Minute, "nad-multi gone from the API", func() (bool, error) {
+		_, err := cs.CoreV1().Pods("default").Get(ctx, multi.Name, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), err
+	})
 	waitFor(t, 2*time.Minute, "nothing left of nad-multi", func() (bool, error) {
 		var left []string
 		for _, br := range nadBridges {
@@ -538,7 +659,10 @@ func TestNetworkAttachmentsEVENI(t *testing.T) {
 		t.Fatalf("evelet-network kubeconfig from the EVE envelope: %v", err)
 	}
 
-	p := nadPod("nad-eve", node, "eve-local", "busybox ip -o addr; busybox ip -o link; sleep 3600")
+	// The pod takes its default route from the NI (an empty list: the
+	// NI's gateway), which eve-ni gets as its own defaultRoute switch.
+	p := nadPod("nad-eve", node, `[{"name":"eve-local","default-route":[]}]`,
+		"busybox ip -o addr; busybox ip -o link; echo ROUTES; busybox ip route; echo END; sleep 3600")
 	if _, err := cs.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -562,8 +686,15 @@ func TestNetworkAttachmentsEVENI(t *testing.T) {
 	if err := json.Unmarshal([]byte(pod.Annotations[annotation.StatusKey]), &status); err != nil {
 		t.Fatalf("network-status: %v", err)
 	}
-	if len(status) != 2 || status[1].Name != "default/eve-local" || status[1].Interface != "net1" || strings.Join(status[1].IPs, ",") != ip.String() {
+	gw := ni.Status.Gateway.String()
+	if len(status) != 2 || status[1].Name != "default/eve-local" || status[1].Interface != "net1" || strings.Join(status[1].IPs, ",") != ip.String() ||
+		strings.Join(status[1].DefaultRoute, ",") != gw {
 		t.Errorf("network-status wrong: %+v", status)
+	}
+	routes := podRoutes(t, ctx, p.Name)
+	t.Logf("routes of %s:\n%s", p.Name, routes)
+	if got := defaultRouteLines(routes); len(got) != 1 || !strings.HasPrefix(got[0], "default via "+gw+" dev net1") {
+		t.Errorf("default routes %q, want only via the NI gateway %s dev net1", got, gw)
 	}
 	bridge := ni.Status.BridgeName
 	if ports := bridgePorts(t, bridge); len(ports) != 1 {
