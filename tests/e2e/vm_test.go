@@ -34,18 +34,21 @@ import (
 	"github.com/lf-edge/evelet/cri/vm"
 	"github.com/lf-edge/evelet/images"
 	"github.com/lf-edge/evelet/images/vmguest"
+	"github.com/lf-edge/evelet/tests/containerd"
 )
 
 const corruptDiskRef = "evelet.local/h4-corrupt-disk:1"
 
 var (
 	vmImagesOnce sync.Once
+	vmImageTars  []string
 	vmImagesErr  error
 )
 
-// importVMImages builds h3's guest images and a corrupt-qcow2 image and
-// imports them into the e2e containerd, once per test binary.
-func importVMImages(t *testing.T) {
+// importVMImages builds h3's guest images and a corrupt-qcow2 image, once
+// per test binary, and imports them into c (the shared harness's
+// containerd, or a test's own).
+func importVMImages(t *testing.T, c *containerd.Containerd) {
 	t.Helper()
 	vmImagesOnce.Do(func() {
 		if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
@@ -65,10 +68,15 @@ func importVMImages(t *testing.T) {
 			vmImagesErr = err
 			return
 		}
-		vmImagesErr = env.ctrd.ImportImages(ctx, imgs.DiskTar, imgs.KernelTar, corrupt)
+		vmImageTars = []string{imgs.DiskTar, imgs.KernelTar, corrupt}
 	})
 	if vmImagesErr != nil {
 		t.Fatal(vmImagesErr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := c.ImportImages(ctx, vmImageTars...); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -164,7 +172,7 @@ func qemuOf(dir string) []int {
 // with clear events.
 func TestVMPods(t *testing.T) {
 	needEnv(t)
-	importVMImages(t)
+	importVMImages(t, env.ctrd)
 	ctx := testCtx(t, 25*time.Minute)
 	cs := env.cp.Client()
 	node := "edge-vm"

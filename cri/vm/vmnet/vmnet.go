@@ -165,6 +165,9 @@ func (n *Network) setup(ctx context.Context, id, path string, pod PodMeta) (*Att
 	if testHookAfterAdd != nil {
 		testHookAfterAdd()
 	}
+	if err := addUnreported(path, res); err != nil {
+		return nil, fmt.Errorf("vmnet: interfaces of the sandbox: %w", err)
+	}
 	att := &Attachment{Netns: path, Hostname: hostnameOf(pod.Name), DNS: res.dns}
 	for i, ifc := range res.ifaces {
 		nic, err := handOver(path, i, ifc)
