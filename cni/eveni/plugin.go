@@ -105,10 +105,31 @@ func Add(args *skel.CmdArgs) (*current.Result, *NetConf, error) {
 			}
 		}
 	}
+	// Guard the bridge port before the pod interface gets its addresses:
+	// no unguarded attachment is ever handed out.
+	if err := guardAttachment(args, res); err != nil {
+		return fail(err)
+	}
+	next := undo
+	undo = func() { next(); _ = removeGuard(HostVethName(args.ContainerID, args.IfName)) }
 	if err := configure(args, res); err != nil {
 		return fail(err)
 	}
 	return res, conf, nil
+}
+
+// guardAttachment installs the anti-spoofing rules for the pod interface
+// in res (guard.go).
+func guardAttachment(args *skel.CmdArgs, res *current.Result) error {
+	mac, err := net.ParseMAC(res.Interfaces[1].Mac)
+	if err != nil {
+		return fmt.Errorf("pod interface MAC: %w", err)
+	}
+	var ips []net.IP
+	for _, c := range res.IPs {
+		ips = append(ips, c.Address.IP)
+	}
+	return installGuard(HostVethName(args.ContainerID, args.IfName), mac, ips)
 }
 
 // NI types, re-exported for readability here.
@@ -222,6 +243,9 @@ func Del(args *skel.CmdArgs) error {
 	if l, err := netlink.LinkByName(HostVethName(args.ContainerID, args.IfName)); err == nil {
 		_ = netlink.LinkDel(l)
 	}
+	if err := removeGuard(HostVethName(args.ContainerID, args.IfName)); err != nil {
+		return err
+	}
 	set, err := LoadSettings(conf.SettingsFile)
 	if err != nil {
 		return err
@@ -271,6 +295,9 @@ func Check(args *skel.CmdArgs) error {
 	br, err := netlink.LinkByName(ni.Status.BridgeName)
 	if err != nil || hl.Attrs().MasterIndex != br.Attrs().Index {
 		return fmt.Errorf("%s is not in bridge %s of EVE network instance %s", hl.Attrs().Name, ni.Status.BridgeName, ni.Name())
+	}
+	if err := checkGuard(hl.Attrs().Name); err != nil {
+		return err
 	}
 	var want net.IP
 	if ni.Status.Type == NITypeLocal {
@@ -337,6 +364,9 @@ func GC(args *skel.CmdArgs) error {
 		if _, err := a.GC(conf.ValidAttachments); err != nil {
 			return err
 		}
+	}
+	if err := gcGuards(); err != nil {
+		return err
 	}
 	if conf.checkIPAM() == nil && conf.IPAM.Type != "" && ipamKnowsGC(conf.IPAM.Type) {
 		return invoke.DelegateGC(context.TODO(), conf.IPAM.Type, args.StdinData, nil)

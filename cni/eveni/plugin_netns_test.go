@@ -278,6 +278,9 @@ func TestLocalNIDefaultRouteAndGC(t *testing.T) {
 		t.Errorf("GC left the allocation: %s", s)
 	}
 	hostVethGone(t, r)
+	if chains, err := eveni.GuardChains(); err != nil || slices.Contains(chains, eveni.HostVethName(r.ContainerID, r.IfName)) {
+		t.Errorf("GC left the anti-spoofing rules: %v %v", chains, err)
+	}
 }
 
 func TestSwitchNIDHCPFromExternalNetwork(t *testing.T) {

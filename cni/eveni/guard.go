@@ -1,0 +1,208 @@
+package eveni
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// A pod on an NI bridge is an L2 neighbour of EVE's apps and of the NI's
+// gateway, and with the default CAP_NET_RAW it can put any source MAC or
+// IP on its frames: answer ARP for the gateway, take another app's
+// address, fill the bridge's FDB with made-up MACs. The owner gave the NI
+// for the addresses eve-ni hands out, so every frame entering the bridge
+// from the pod's host veth must carry the pod interface's MAC; when the
+// pod has IPv4 addresses, ARP must claim one of them (sender MAC and IP),
+// IPv4 must come from one of them (or from 0.0.0.0 for a DHCP client's
+// UDP 68->67), and any other ethertype (IPv6, VLAN tags, ...) is dropped,
+// as eve-ni gives IPv4 only. A pod without addresses (L2-only Switch NI)
+// keeps only the MAC rule: there is no address to hold it to.
+//
+// The rules live in evelet's own bridge-family table in the host netns
+// (EVE's tables are never touched), one base chain per attachment named
+// after the host veth, which DEL and CHECK recompute from the container
+// ID and interface name without state.
+
+// GuardTable is the host's bridge-family nftables table of eve-ni.
+const GuardTable = "evelet_eveni"
+
+var (
+	ethARP  = binary.BigEndian.AppendUint16(nil, unix.ETH_P_ARP)
+	ethIPv4 = binary.BigEndian.AppendUint16(nil, unix.ETH_P_IP)
+)
+
+func guardTable() *nftables.Table {
+	return &nftables.Table{Family: nftables.TableFamilyBridge, Name: GuardTable}
+}
+
+// ifnameData is an interface name as nftables compares it (NUL padded).
+func ifnameData(name string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return b
+}
+
+// installGuard (re)places the rules for the pod behind host veth hostVeth,
+// whose interface has MAC mac and addresses ips.
+func installGuard(hostVeth string, mac net.HardwareAddr, ips []net.IP) error {
+	if len(mac) != 6 {
+		return fmt.Errorf("anti-spoofing rules for %s: pod MAC %q is not an Ethernet address", hostVeth, mac)
+	}
+	c, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	defer c.CloseLasting()
+	t := c.AddTable(guardTable())
+	policy := nftables.ChainPolicyAccept
+	ch := c.AddChain(&nftables.Chain{
+		Name: hostVeth, Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityFilter, Policy: &policy,
+	})
+	c.FlushChain(ch) // an ADD again after a crash replaces, never doubles
+	drop := &expr.Verdict{Kind: expr.VerdictDrop}
+	accept := &expr.Verdict{Kind: expr.VerdictAccept}
+	rule := func(parts ...[]expr.Any) {
+		ex := []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifnameData(hostVeth)},
+		}
+		for _, p := range parts {
+			ex = append(ex, p...)
+		}
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: ex})
+	}
+	cmp := func(op expr.CmpOp, base expr.PayloadBase, offset, n uint32, data []byte) []expr.Any {
+		return []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: base, Offset: offset, Len: n},
+			&expr.Cmp{Op: op, Register: 1, Data: data},
+		}
+	}
+	proto := func(p []byte) []expr.Any {
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyPROTOCOL, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p},
+		}
+	}
+	// ether saddr != MAC drop
+	rule(cmp(expr.CmpOpNeq, expr.PayloadBaseLLHeader, 6, 6, mac), []expr.Any{drop})
+	var ip4s []net.IP
+	for _, ip := range ips {
+		if v4 := ip.To4(); v4 != nil {
+			ip4s = append(ip4s, v4)
+		}
+	}
+	if len(ip4s) > 0 {
+		nh := expr.PayloadBaseNetworkHeader
+		// arp saddr ether != MAC drop; arp saddr ip IP accept; other ARP drop
+		rule(proto(ethARP), cmp(expr.CmpOpNeq, nh, 8, 6, mac), []expr.Any{drop})
+		for _, ip := range ip4s {
+			rule(proto(ethARP), cmp(expr.CmpOpEq, nh, 14, 4, ip), []expr.Any{accept})
+		}
+		rule(proto(ethARP), []expr.Any{drop})
+		// ip saddr IP accept; DHCP client from 0.0.0.0 accept; other IPv4 drop
+		for _, ip := range ip4s {
+			rule(proto(ethIPv4), cmp(expr.CmpOpEq, nh, 12, 4, ip), []expr.Any{accept})
+		}
+		rule(proto(ethIPv4), cmp(expr.CmpOpEq, nh, 12, 4, net.IPv4zero.To4()), []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
+		}, cmp(expr.CmpOpEq, expr.PayloadBaseTransportHeader, 0, 2, binary.BigEndian.AppendUint16(nil, 68)),
+			cmp(expr.CmpOpEq, expr.PayloadBaseTransportHeader, 2, 2, binary.BigEndian.AppendUint16(nil, 67)),
+			[]expr.Any{accept})
+		// everything else (spoofed IPv4, IPv6, VLAN tags, ...) drop
+		rule([]expr.Any{drop})
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("installing the anti-spoofing rules for %s (nftables table bridge %s): %w", hostVeth, GuardTable, err)
+	}
+	return nil
+}
+
+// removeGuard deletes the rules of host veth hostVeth; none is fine.
+func removeGuard(hostVeth string) error {
+	c, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	defer c.CloseLasting()
+	ch, err := c.ListChain(guardTable(), hostVeth)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) || strings.Contains(err.Error(), "no such file") {
+			return nil
+		}
+		return fmt.Errorf("looking up the anti-spoofing rules of %s: %w", hostVeth, err)
+	}
+	c.FlushChain(ch)
+	c.DelChain(ch)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("removing the anti-spoofing rules of %s: %w", hostVeth, err)
+	}
+	return nil
+}
+
+// checkGuard says whether the rules of host veth hostVeth are in place.
+func checkGuard(hostVeth string) error {
+	c, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	defer c.CloseLasting()
+	ch, err := c.ListChain(guardTable(), hostVeth)
+	if err == nil {
+		var rs []*nftables.Rule
+		if rs, err = c.GetRules(ch.Table, ch); err == nil && len(rs) == 0 {
+			err = errors.New("chain is empty")
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("anti-spoofing rules of %s (nftables table bridge %s) are missing: %w", hostVeth, GuardTable, err)
+	}
+	return nil
+}
+
+// GuardChains lists the host veths that have rules (for tests and GC).
+func GuardChains() ([]string, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return nil, err
+	}
+	defer c.CloseLasting()
+	chs, err := c.ListChainsOfTableFamily(nftables.TableFamilyBridge)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, ch := range chs {
+		if ch.Table.Name == GuardTable {
+			names = append(names, ch.Name)
+		}
+	}
+	return names, nil
+}
+
+// gcGuards drops rules whose host veth is gone (its attachment with it):
+// the table is shared by every network using eve-ni, so one network's
+// list of valid attachments cannot say which chains are stale.
+func gcGuards() error {
+	names, err := GuardChains()
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if _, err := netlink.LinkByName(n); err == nil {
+			continue
+		}
+		if err := removeGuard(n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
