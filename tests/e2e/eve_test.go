@@ -17,7 +17,7 @@ import (
 
 // newSimDevice is a simulated EVE device whose agent reads only EVE-side
 // inputs: pubsub files, the checkpoint, the device ECDH key.
-func newSimDevice(t *testing.T, name string) (*device, *evesim.Device) {
+func newSimDevice(t testing.TB, name string) (*device, *evesim.Device) {
 	d := newBareDevice(t)
 	sim, err := evesim.New(filepath.Join(d.dir, "eve"), name)
 	if err != nil {
@@ -27,7 +27,7 @@ func newSimDevice(t *testing.T, name string) (*device, *evesim.Device) {
 	return d, sim
 }
 
-func simCluster(t *testing.T, cp *controlplane.ControlPlane, name, id string) evesim.Cluster {
+func simCluster(t testing.TB, cp *controlplane.ControlPlane, name, id string) evesim.Cluster {
 	tok, err := cp.CreateBootstrapToken(testCtx(t, time.Minute), time.Hour)
 	if err != nil {
 		t.Fatal(err)

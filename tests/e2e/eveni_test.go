@@ -337,39 +337,15 @@ func TestNetworkAttachmentsEVENISwitchDHCP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctrd, binDir := startNADRuntime(t, ctx)
-	netToken := setupNADCluster(t, ctx, dc)
-
-	d, sim := newSimDevice(t, "Edge NAD Switch")
-	node := "edge-nad-switch"
-	deleteNodeAtEnd(t, node)
-	nw := evesim.NewNetwork(sim.Root, "evsw", filepath.Join(d.dir, "evesim-net"))
-	t.Cleanup(func() {
-		if err := nw.Close(); err != nil {
-			t.Errorf("removing the simulated NIs: %v", err)
-		}
-	})
-	sw, err := nw.AddSwitchNI(evesim.SwitchNIOptions{Name: "plant net", BridgeNum: 63, ExternalSubnet: "192.168.63.0/24"})
+	n := newNADEVEDevice(t, ctx, dc, "Edge NAD Switch", "edge-nad-switch", "evsw")
+	node := n.node
+	sw, err := n.nw.AddSwitchNI(evesim.SwitchNIOptions{Name: "plant net", BridgeNum: 63, ExternalSubnet: "192.168.63.0/24"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	createNAD(t, ctx, dc, "eve-plant", `{"cniVersion":"1.1.0","name":"eve-plant","type":"eve-ni","networkInstance":"plant net","ipam":{"type":"dhcp"}}`)
-
-	flags := nadAgentFlags(ctrd, binDir, "eve-ni")
-	flags = append(flags, "--cni-allowed-ipam=dhcp,static")
-	d.source = append(d.source, flags...)
-	d.start()
-	c := simCluster(t, env.cp, "prod", "11111111-2222-4333-8444-777777777777")
-	envelope, err := json.Marshal(map[string]string{"token": c.Token, "networkToken": netToken})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Token = string(envelope)
-	c.ConfigItems["evelet.policy.network-instances"] = "plant net"
-	if err := sim.SetCluster(c); err != nil {
-		t.Fatal(err)
-	}
-	waitNodeReady(t, node, 4*time.Minute)
+	n.join(t, "11111111-2222-4333-8444-777777777777", map[string]string{"evelet.policy.network-instances": "plant net"},
+		"--cni-allowed-ipam=dhcp,static")
 	waitNILabels(t, ctx, cs, node, "plant-net")
 
 	p := nadPod("nad-plant", node, "eve-plant", "busybox ip -o addr; busybox ip -o link; sleep 3600")

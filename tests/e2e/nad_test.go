@@ -289,6 +289,60 @@ func nadAgentFlags(ctrd *containerd.Containerd, binDir, plugins string) []string
 		"--cni-default-network=" + nadDefaultNetwork, "--cni-allowed-plugins=" + plugins, "--cni-allowed-ipam=host-local,static"}
 }
 
+// nadEVEDevice is a simulated EVE device whose agent runs evelet-cni on the
+// NAD runtime, with its simulated network instances (nw). The test adds
+// NIs and NADs, then calls join.
+type nadEVEDevice struct {
+	d        *device
+	sim      *evesim.Device
+	nw       *evesim.Network
+	node     string
+	ctrd     *containerd.Containerd
+	binDir   string
+	netToken string
+}
+
+// newNADEVEDevice starts the NAD runtime, sets the cluster up for NADs and
+// prepares the device (not started); netPrefix names the NIs' links.
+func newNADEVEDevice(t *testing.T, ctx context.Context, dc dynamic.Interface, name, node, netPrefix string) *nadEVEDevice {
+	t.Helper()
+	n := &nadEVEDevice{node: node}
+	n.ctrd, n.binDir = startNADRuntime(t, ctx)
+	n.netToken = setupNADCluster(t, ctx, dc)
+	n.d, n.sim = newSimDevice(t, name)
+	deleteNodeAtEnd(t, node)
+	n.nw = evesim.NewNetwork(n.sim.Root, netPrefix, filepath.Join(n.d.dir, "evesim-net"))
+	t.Cleanup(func() {
+		if err := n.nw.Close(); err != nil {
+			t.Errorf("removing the simulated NIs: %v", err)
+		}
+	})
+	return n
+}
+
+// join starts the agent with evelet-cni (eve-ni allowed) and extraFlags,
+// gives the device cluster clusterID with the evelet-network token in the
+// EVE cluster token's envelope and the owner's items, and waits for Ready.
+func (n *nadEVEDevice) join(t *testing.T, clusterID string, items map[string]string, extraFlags ...string) {
+	t.Helper()
+	n.d.source = append(n.d.source, nadAgentFlags(n.ctrd, n.binDir, "eve-ni")...)
+	n.d.source = append(n.d.source, extraFlags...)
+	n.d.start()
+	c := simCluster(t, env.cp, "prod", clusterID)
+	envelope, err := json.Marshal(map[string]string{"token": c.Token, "networkToken": n.netToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Token = string(envelope)
+	for k, v := range items {
+		c.ConfigItems[k] = v
+	}
+	if err := n.sim.SetCluster(c); err != nil {
+		t.Fatal(err)
+	}
+	waitNodeReady(t, n.node, 4*time.Minute)
+}
+
 // waitNADPodRunning waits for a pod of the default namespace to run.
 func waitNADPodRunning(t *testing.T, ctx context.Context, name string) *corev1.Pod {
 	t.Helper()
@@ -625,35 +679,16 @@ func TestNetworkAttachmentsEVENI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctrd, binDir := startNADRuntime(t, ctx)
-	netToken := setupNADCluster(t, ctx, dc)
-
-	d, sim := newSimDevice(t, "Edge NAD EVE")
-	node := "edge-nad-eve"
-	deleteNodeAtEnd(t, node)
-	nw := evesim.NewNetwork(sim.Root, "h6", t.TempDir())
-	t.Cleanup(func() { nw.Close() })
-	ni, err := nw.AddLocalNI(evesim.LocalNIOptions{Name: "nad-local", UUID: "6b2a7c1e-5d3f-4c2a-8e1b-000000000061",
+	n := newNADEVEDevice(t, ctx, dc, "Edge NAD EVE", "edge-nad-eve", "h6")
+	d, node := n.d, n.node
+	ni, err := n.nw.AddLocalNI(evesim.LocalNIOptions{Name: "nad-local", UUID: "6b2a7c1e-5d3f-4c2a-8e1b-000000000061",
 		BridgeNum: 61, Subnet: "10.98.61.0/24"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	createNAD(t, ctx, dc, "eve-local", `{"cniVersion":"1.1.0","name":"eve-local","type":"eve-ni","networkInstance":"nad-local"}`)
 	createNAD(t, ctx, dc, "eve-absent", `{"cniVersion":"1.1.0","name":"eve-absent","type":"eve-ni","networkInstance":"no-such-ni"}`)
-
-	d.source = append(d.source, nadAgentFlags(ctrd, binDir, "eve-ni")...)
-	d.start()
-	c := simCluster(t, env.cp, "prod", "11111111-2222-4333-8444-666666666666")
-	envelope, err := json.Marshal(map[string]string{"token": c.Token, "networkToken": netToken})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Token = string(envelope)
-	c.ConfigItems[policy.KeyNetworkInstances] = "nad-local=10.98.61.200-10.98.61.210"
-	if err := sim.SetCluster(c); err != nil {
-		t.Fatal(err)
-	}
-	waitNodeReady(t, node, 4*time.Minute)
+	n.join(t, "11111111-2222-4333-8444-666666666666", map[string]string{policy.KeyNetworkInstances: "nad-local=10.98.61.200-10.98.61.210"})
 	st := layout.State{Dir: d.stateDir()}
 	if _, err := os.Stat(st.CNI().NetworkKubeconfig()); err != nil {
 		t.Fatalf("evelet-network kubeconfig from the EVE envelope: %v", err)

@@ -3,12 +3,10 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/lf-edge/evelet/agent/eve/pubsub"
-	"github.com/lf-edge/evelet/tests/evesim"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
@@ -27,37 +25,8 @@ func BenchmarkOSUpdateDrain(b *testing.B) {
 	}
 	ctx := context.Background()
 	cs := env.cp.Client()
-	d := newBareDevice(b)
-	sim, err := evesim.New(filepath.Join(d.dir, "eve"), "edge-bench-upgrade")
-	if err != nil {
-		b.Fatal(err)
-	}
-	d.source = []string{"--eve-run=" + sim.Root.Run, "--eve-persist=" + sim.Root.Persist}
+	_, sim, ds := startUpgradeDevice(b, "edge-bench-upgrade", true)
 	node := "edge-bench-upgrade"
-	deleteNodeAtEnd(b, node)
-	tok, err := env.cp.CreateBootstrapToken(ctx, time.Hour)
-	if err != nil {
-		b.Fatal(err)
-	}
-	k10, err := env.cp.K10Token(ctx, tok)
-	if err != nil {
-		b.Fatal(err)
-	}
-	items := map[string]string{"evelet.apiserver-url": env.cp.URL()}
-	for k, v := range upgradeItems {
-		items[k] = v
-	}
-	if err := sim.SetCluster(evesim.Cluster{Name: "prod", ID: "11111111-2222-4333-8444-555555555555", JoinServerIP: "127.0.0.1",
-		ClusterIPPrefix: "127.0.0.1/8", Token: k10, ConfigItems: items}); err != nil {
-		b.Fatal(err)
-	}
-	if err := sim.SetNodeAgent(true, false); err != nil {
-		b.Fatal(err)
-	}
-	d.start()
-	waitNodeReady(b, node, 3*time.Minute)
-	ds := followDrainStatus(b, sim.Root)
-	ds.wait(2*time.Minute, pubsub.DrainStatusNotRequested, 0)
 	const app = "bench-upg"
 	dep := busyboxDeployment(app, node, "trap 'exit 0' TERM; sleep 3600 & wait")
 	dep.Spec.Replicas = ptr.To[int32](0)

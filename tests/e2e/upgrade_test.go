@@ -40,6 +40,31 @@ type drainSub struct {
 	s *socketsub.Sub
 }
 
+// startUpgradeDevice joins a simulated EVE device named name (also its node
+// name) with the upgrade items; kube says whether the build asks for drains
+// (NodeAgentStatus.HVTypeKube). It returns once the node is Ready and the
+// agent publishes NotRequested.
+func startUpgradeDevice(t testing.TB, name string, kube bool) (*device, *evesim.Device, *drainSub) {
+	t.Helper()
+	d, sim := newSimDevice(t, name)
+	deleteNodeAtEnd(t, name)
+	c := simCluster(t, env.cp, "prod", "11111111-2222-4333-8444-555555555555")
+	for k, v := range upgradeItems {
+		c.ConfigItems[k] = v
+	}
+	if err := sim.SetCluster(c); err != nil {
+		t.Fatal(err)
+	}
+	if err := sim.SetNodeAgent(kube, false); err != nil {
+		t.Fatal(err)
+	}
+	d.start()
+	waitNodeReady(t, name, 3*time.Minute)
+	ds := followDrainStatus(t, sim.Root)
+	ds.wait(2*time.Minute, pubsub.DrainStatusNotRequested, 0)
+	return d, sim, ds
+}
+
 func followDrainStatus(t testing.TB, root pubsub.Root) *drainSub {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -265,23 +290,8 @@ func TestOSUpdateOneDevice(t *testing.T) {
 	needEnv(t)
 	ctx := testCtx(t, 20*time.Minute)
 	cs := env.cp.Client()
-	d, sim := newSimDevice(t, "edge-upgrade")
+	d, sim, ds := startUpgradeDevice(t, "edge-upgrade", true)
 	node := "edge-upgrade"
-	deleteNodeAtEnd(t, node)
-	c := simCluster(t, env.cp, "prod", "11111111-2222-4333-8444-555555555555")
-	for k, v := range upgradeItems {
-		c.ConfigItems[k] = v
-	}
-	if err := sim.SetCluster(c); err != nil {
-		t.Fatal(err)
-	}
-	if err := sim.SetNodeAgent(true, false); err != nil {
-		t.Fatal(err)
-	}
-	d.start()
-	waitNodeReady(t, node, 3*time.Minute)
-	ds := followDrainStatus(t, sim.Root)
-	ds.wait(2*time.Minute, pubsub.DrainStatusNotRequested, 0)
 
 	dep := busyboxDeployment("upg", node, "exec sleep 3600")
 	dep.Spec.Replicas = ptr.To[int32](2)
@@ -477,23 +487,8 @@ func TestOSUpdateEarlyDetection(t *testing.T) {
 	needEnv(t)
 	ctx := testCtx(t, 10*time.Minute)
 	cs := env.cp.Client()
-	d, sim := newSimDevice(t, "edge-upgrade-early")
+	d, sim, ds := startUpgradeDevice(t, "edge-upgrade-early", false)
 	node := "edge-upgrade-early"
-	deleteNodeAtEnd(t, node)
-	c := simCluster(t, env.cp, "prod", "11111111-2222-4333-8444-555555555555")
-	for k, v := range upgradeItems {
-		c.ConfigItems[k] = v
-	}
-	if err := sim.SetCluster(c); err != nil {
-		t.Fatal(err)
-	}
-	if err := sim.SetNodeAgent(false, false); err != nil {
-		t.Fatal(err)
-	}
-	d.start()
-	waitNodeReady(t, node, 3*time.Minute)
-	ds := followDrainStatus(t, sim.Root)
-	ds.wait(2*time.Minute, pubsub.DrainStatusNotRequested, 0)
 	dep := busyboxDeployment("upg-early", node, "exec sleep 3600")
 	if _, err := cs.AppsV1().Deployments("default").Create(ctx, dep, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)

@@ -60,43 +60,20 @@ func TestVMPodOnEVENetworkInstance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctrd, binDir := startNADRuntime(t, ctx)
-	importVMImages(t, ctrd)
-	netToken := setupNADCluster(t, ctx, dc)
-
-	d, sim := newSimDevice(t, "Edge VM NAD")
-	node := "edge-vm-nad"
-	deleteNodeAtEnd(t, node)
-	nw := evesim.NewNetwork(sim.Root, "h8", filepath.Join(d.dir, "evesim-net"))
-	t.Cleanup(func() {
-		if err := nw.Close(); err != nil {
-			t.Errorf("removing the simulated NIs: %v", err)
-		}
-	})
-	ni, err := nw.AddLocalNI(evesim.LocalNIOptions{Name: "vm-local", UUID: "6b2a7c1e-5d3f-4c2a-8e1b-000000000081",
+	dev := newNADEVEDevice(t, ctx, dc, "Edge VM NAD", "edge-vm-nad", "h8")
+	importVMImages(t, dev.ctrd)
+	d, node := dev.d, dev.node
+	ni, err := dev.nw.AddLocalNI(evesim.LocalNIOptions{Name: "vm-local", UUID: "6b2a7c1e-5d3f-4c2a-8e1b-000000000081",
 		BridgeNum: 81, Subnet: "10.98.81.0/24"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	createNAD(t, ctx, dc, "eve-vm-local", `{"cniVersion":"1.1.0","name":"eve-vm-local","type":"eve-ni","networkInstance":"vm-local"}`)
-
 	// VM pods' CNI follows --cni-conf-dir/--cni-bin-dir: evelet-cni. KVM
 	// off, as in TestVMPods.
-	d.source = append(d.source, nadAgentFlags(ctrd, binDir, "eve-ni")...)
-	d.source = append(d.source, "--vm-kvm-device=/nonexistent/kvm")
-	d.start()
-	c := simCluster(t, env.cp, "prod", "11111111-2222-4333-8444-888888888881")
-	envelope, err := json.Marshal(map[string]string{"token": c.Token, "networkToken": netToken})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Token = string(envelope)
-	c.ConfigItems[policy.KeyNetworkInstances] = "vm-local=10.98.81.200-10.98.81.210"
-	c.ConfigItems[policy.KeyAllowVMEmulation] = "true"
-	if err := sim.SetCluster(c); err != nil {
-		t.Fatal(err)
-	}
-	waitNodeReady(t, node, 4*time.Minute)
+	dev.join(t, "11111111-2222-4333-8444-888888888881",
+		map[string]string{policy.KeyNetworkInstances: "vm-local=10.98.81.200-10.98.81.210", policy.KeyAllowVMEmulation: "true"},
+		"--vm-kvm-device=/nonexistent/kvm")
 	waitNILabels(t, ctx, cs, node, "vm-local")
 	applyRuntimeClass(t, ctx)
 
