@@ -20,6 +20,7 @@ import (
 	"github.com/lf-edge/evelet/tests/containerd"
 	"github.com/lf-edge/evelet/tests/controlplane"
 	"github.com/lf-edge/evelet/tests/evesim"
+	"github.com/lf-edge/evelet/tests/internal/cgroups"
 	"github.com/vishvananda/netlink"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -257,7 +258,7 @@ func (d *Device) Start() error {
 	if err := d.ensureNetNSLocked(); err != nil {
 		return err
 	}
-	if err := makeCgroupRoot(d.cgroup); err != nil {
+	if err := cgroups.MakeRoot(d.cgroup); err != nil {
 		return err
 	}
 	if d.ctrd == nil {
@@ -322,7 +323,7 @@ func (d *Device) sweepStale() error {
 		o.netnsInos = []uint64{ino}
 	}
 	return errors.Join(o.killAll(30*time.Second), unplugDevice(d.hostVeth),
-		deleteNetNS(d.nsName), removeCgroupRoot(d.cgroup, 30*time.Second))
+		deleteNetNS(d.nsName), cgroups.RemoveRoot(d.cgroup, 30*time.Second))
 }
 
 // ensureNetNSLocked creates the namespace and plugs it into the bridge,
@@ -494,7 +495,7 @@ func (d *Device) powerOffLocked() error {
 		errs = append(errs, err)
 	}
 	d.netnsIno = 0
-	if err := removeCgroupRoot(d.cgroup, 30*time.Second); err != nil {
+	if err := cgroups.RemoveRoot(d.cgroup, 30*time.Second); err != nil {
 		errs = append(errs, err)
 	}
 	removeCNICache(d.cniNetwork())
@@ -543,7 +544,7 @@ func (d *Device) Leftovers() []string {
 	if _, err := netlink.LinkByName(d.hostVeth); err == nil {
 		res = append(res, "link "+d.hostVeth)
 	}
-	if cg := cgroupExists(d.cgroup); len(cg) > 0 {
+	if cg := cgroups.Existing(d.cgroup); len(cg) > 0 {
 		res = append(res, "cgroups "+strings.Join(cg, " "))
 	}
 	ents, _ := os.ReadDir(cniCacheDir)

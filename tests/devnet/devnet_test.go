@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lf-edge/evelet/tests/internal/cgroups"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // helperEnv makes the test binary a stand-in process that just waits to
@@ -23,7 +25,7 @@ const helperEnv = "H1_DEVNET_HELPER"
 func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) != "" {
 		for {
-			time.Sleep(time.Hour)
+			unix.Pause() // until the test's SIGKILL
 		}
 	}
 	os.Exit(m.Run())
@@ -107,11 +109,11 @@ func TestNetDevicePowerOff(t *testing.T) {
 
 	// The three kinds of the device's processes, and one that is not.
 	inNS := startHelper(t, netnsPath(d.nsName), "in-netns")
-	if err := makeCgroupRoot(d.cgroup); err != nil {
+	if err := cgroups.MakeRoot(d.cgroup); err != nil {
 		t.Fatal(err)
 	}
 	inCg := startHelper(t, "", "in-cgroup")
-	for _, dir := range cgroupDirs(d.cgroup) {
+	for _, dir := range cgroups.Dirs(d.cgroup) {
 		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(inCg.Process.Pid)), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -234,11 +236,11 @@ func TestSweepStale(t *testing.T) {
 		t.Fatal(err)
 	}
 	inNS := startHelper(t, netnsPath(old.nsName), "stale-in-netns")
-	if err := makeCgroupRoot(old.cgroup); err != nil {
+	if err := cgroups.MakeRoot(old.cgroup); err != nil {
 		t.Fatal(err)
 	}
 	inCg := startHelper(t, "", "stale-in-cgroup")
-	for _, dir := range cgroupDirs(old.cgroup) {
+	for _, dir := range cgroups.Dirs(old.cgroup) {
 		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(inCg.Process.Pid)), 0o644); err != nil {
 			t.Fatal(err)
 		}

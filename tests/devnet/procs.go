@@ -2,15 +2,15 @@ package devnet
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
-	"path/filepath"
-	"sort"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/lf-edge/evelet/tests/internal/proc"
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // owner describes what makes a process part of one device. A process is
@@ -96,20 +96,20 @@ func (o owner) isShim(pid int) bool {
 // or kubelet may start one more while the sweep runs), until none is left
 // or the timeout passes.
 func (o owner) killAll(timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		pids := o.pids()
-		if len(pids) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("devnet: processes %v survived SIGKILL for %v", pids, timeout)
+	var pids []int
+	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
+		if pids = o.pids(); len(pids) == 0 {
+			return true, nil
 		}
 		for _, p := range pids {
 			_ = syscall.Kill(p, syscall.SIGKILL)
 		}
-		time.Sleep(50 * time.Millisecond)
+		return false, nil
+	})
+	if err != nil {
+		return fmt.Errorf("devnet: processes %v survived SIGKILL for %v", pids, timeout)
 	}
+	return nil
 }
 
 // describe renders pids with their command lines, for error messages.
@@ -120,102 +120,4 @@ func describe(pids []int) string {
 		b = append(b, fmt.Sprintf("%d %q", p, strings.ReplaceAll(strings.TrimRight(string(raw), "\x00"), "\x00", " ")))
 	}
 	return strings.Join(b, "; ")
-}
-
-// cgroupMount is where the host mounts its cgroup hierarchies.
-const cgroupMount = "/sys/fs/cgroup"
-
-// cgroupDirs returns cgroup name's directory in every hierarchy: one per
-// mounted v1 hierarchy (co-mounted controllers counted once; symlinks
-// such as cpu -> cpu,cpuacct skipped), or the single v2 one.
-func cgroupDirs(name string) []string {
-	if _, err := os.Stat(filepath.Join(cgroupMount, "cgroup.controllers")); err == nil {
-		return []string{filepath.Join(cgroupMount, name)}
-	}
-	ents, err := os.ReadDir(cgroupMount)
-	if err != nil {
-		return nil
-	}
-	var res []string
-	for _, e := range ents {
-		if !e.IsDir() {
-			continue
-		}
-		h := filepath.Join(cgroupMount, e.Name())
-		if _, err := os.Stat(filepath.Join(h, "cgroup.procs")); err != nil {
-			continue
-		}
-		res = append(res, filepath.Join(h, name))
-	}
-	return res
-}
-
-// makeCgroupRoot creates the kubelet's cgroup root in every hierarchy (the
-// kubelet checks it exists, it does not create it). A new cpuset cgroup
-// has no CPUs or memory nodes: it gets its parent's.
-func makeCgroupRoot(name string) error {
-	dirs := cgroupDirs(name)
-	if len(dirs) == 0 {
-		return fmt.Errorf("devnet: no cgroup hierarchies under %s", cgroupMount)
-	}
-	for _, d := range dirs {
-		if err := os.Mkdir(d, 0o755); err != nil && !os.IsExist(err) {
-			return fmt.Errorf("devnet: cgroup %s: %w", d, err)
-		}
-		for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
-			cur, err := os.ReadFile(filepath.Join(d, f))
-			if err != nil || strings.TrimSpace(string(cur)) != "" {
-				continue
-			}
-			parent, err := os.ReadFile(filepath.Join(filepath.Dir(d), f))
-			if err != nil {
-				return fmt.Errorf("devnet: cgroup %s: %w", d, err)
-			}
-			if err := os.WriteFile(filepath.Join(d, f), parent, 0o644); err != nil {
-				return fmt.Errorf("devnet: cgroup %s: %w", d, err)
-			}
-		}
-	}
-	return nil
-}
-
-// removeCgroupRoot removes the cgroup tree of name in every hierarchy,
-// deepest first. Its processes must be dead; a killed process may take a
-// moment to leave its cgroup (EBUSY until then).
-func removeCgroupRoot(name string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for _, d := range cgroupDirs(name) {
-		var sub []string
-		filepath.WalkDir(d, func(p string, e os.DirEntry, err error) error {
-			if err == nil && e.IsDir() {
-				sub = append(sub, p)
-			}
-			return nil
-		})
-		sort.Slice(sub, func(i, j int) bool { return len(sub[i]) > len(sub[j]) })
-		for _, s := range sub {
-			for {
-				err := syscall.Rmdir(s)
-				if err == nil || err == syscall.ENOENT {
-					break
-				}
-				if err != syscall.EBUSY || time.Now().After(deadline) {
-					return fmt.Errorf("devnet: removing cgroup %s: %w", s, err)
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
-		}
-	}
-	return nil
-}
-
-// cgroupExists reports the hierarchies where cgroup name still exists.
-func cgroupExists(name string) []string {
-	var res []string
-	for _, d := range cgroupDirs(name) {
-		if _, err := os.Stat(d); err == nil {
-			res = append(res, d)
-		}
-	}
-	return res
 }

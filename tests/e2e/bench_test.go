@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -183,14 +184,13 @@ func median(d []time.Duration) time.Duration {
 // kubelet just Ready still allocates for a while (informers, first syncs).
 func settledRSSKB(pid int) int64 {
 	prev := rssKB(pid)
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
-		time.Sleep(time.Second)
+	// A timeout is not an error here: the last reading is the figure.
+	_ = wait.PollUntilContextTimeout(context.Background(), time.Second, 30*time.Second, false, func(context.Context) (bool, error) {
 		cur := rssKB(pid)
-		if cur == 0 || abs64(cur-prev)*100 <= prev {
-			return cur
-		}
+		settled := cur == 0 || abs64(cur-prev)*100 <= prev
 		prev = cur
-	}
+		return settled, nil
+	})
 	return prev
 }
 

@@ -35,6 +35,7 @@ import (
 	"github.com/lf-edge/evelet/tests/containerd"
 	"github.com/lf-edge/evelet/tests/controlplane"
 	"github.com/lf-edge/evelet/tests/evesim"
+	"github.com/lf-edge/evelet/tests/internal/cgroups"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -111,8 +112,6 @@ func writeState(dir string, s state) {
 
 func alive(pid int) bool { return pid > 0 && syscall.Kill(pid, 0) == nil }
 
-func waitABit() { time.Sleep(100 * time.Millisecond) }
-
 func up(root, dir string) error {
 	if err := newPreflight(dir).check(); err != nil {
 		return err
@@ -174,7 +173,7 @@ func up(root, dir string) error {
 // processes naming the demo directory, pods in the demo's cgroup root,
 // containerd's runc state, CNI attachments, mounts, the bridge.
 func down(dir string) error {
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) && len(procsUnder(dir)) == 0 && len(cgroupPIDs(cgroupPaths(cgroupRoot)...)) == 0 {
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) && len(procsUnder(dir)) == 0 && len(cgroups.PIDs(cgroups.Dirs(cgroupRoot)...)) == 0 {
 		removeCgroupRoot(cgroupRoot)
 		fmt.Println("demo: no demo to stop")
 		return nil
@@ -270,7 +269,7 @@ func serve(root, dir string) error {
 	if err != nil {
 		return fail(err)
 	}
-	if err := makeCgroupRoot(cgroupRoot); err != nil {
+	if err := cgroups.MakeRoot(cgroupRoot); err != nil {
 		return fail(err)
 	}
 	// Runs after containerd's Stop (stops run in reverse): no pod is left.

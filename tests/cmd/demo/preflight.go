@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/lf-edge/evelet/tests/containerd"
+	"github.com/lf-edge/evelet/tests/internal/cgroups"
 	"github.com/lf-edge/evelet/tests/internal/proc"
 	"github.com/vishvananda/netlink"
 )
@@ -34,7 +35,7 @@ type preflight struct {
 func newPreflight(dir string) preflight {
 	return preflight{
 		dir: dir, ports: demoPorts, bridge: bridgeName,
-		cgroupDirs: func() []string { return cgroupPaths(cgroupRoot) },
+		cgroupDirs: func() []string { return cgroups.Dirs(cgroupRoot) },
 		linkExists: func(name string) bool { _, err := netlink.LinkByName(name); return err == nil },
 	}
 }
@@ -55,7 +56,7 @@ func (p preflight) check() error {
 		return fmt.Errorf("the network interface %s (the demo's pod bridge) already exists, left by a previous demo: %s removes it", p.bridge, fix)
 	}
 	for _, d := range p.cgroupDirs() {
-		if n := cgroupTasks(d); n > 0 {
+		if n := len(cgroups.PIDs(d)); n > 0 {
 			return fmt.Errorf("%d processes of a previous demo are still in cgroup %s: %s stops them", n, d, fix)
 		}
 	}
