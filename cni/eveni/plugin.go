@@ -28,14 +28,24 @@ func HostVethName(containerID, ifName string) string {
 	return "eni" + hex.EncodeToString(h[:])[:12]
 }
 
-// Add attaches the pod interface (CNI ADD) and prints nothing: it returns
-// the result for skel's caller to print.
-func Add(args *skel.CmdArgs) (*current.Result, *NetConf, error) {
-	conf, err := ParseNetConf(args.StdinData)
+// load parses the network configuration and the node's settings it names;
+// conf is returned as soon as it parses, for the caller's error result.
+func load(stdin []byte) (*NetConf, *Settings, error) {
+	conf, err := ParseNetConf(stdin)
 	if err != nil {
 		return nil, nil, err
 	}
 	set, err := LoadSettings(conf.SettingsFile)
+	if err != nil {
+		return conf, nil, err
+	}
+	return conf, set, nil
+}
+
+// Add attaches the pod interface (CNI ADD) and prints nothing: it returns
+// the result for skel's caller to print.
+func Add(args *skel.CmdArgs) (*current.Result, *NetConf, error) {
+	conf, set, err := load(args.StdinData)
 	if err != nil {
 		return nil, conf, err
 	}
@@ -276,11 +286,7 @@ func Del(args *skel.CmdArgs) error {
 
 // Check verifies the attachment still looks as ADD left it (CNI CHECK).
 func Check(args *skel.CmdArgs) error {
-	conf, err := ParseNetConf(args.StdinData)
-	if err != nil {
-		return err
-	}
-	set, err := LoadSettings(conf.SettingsFile)
+	conf, set, err := load(args.StdinData)
 	if err != nil {
 		return err
 	}
@@ -333,11 +339,7 @@ func Check(args *skel.CmdArgs) error {
 // Status says whether the plugin can serve ADDs (CNI STATUS): its settings
 // load and EVE's NI directory is readable.
 func Status(args *skel.CmdArgs) error {
-	conf, err := ParseNetConf(args.StdinData)
-	if err != nil {
-		return err
-	}
-	set, err := LoadSettings(conf.SettingsFile)
+	_, set, err := load(args.StdinData)
 	if err != nil {
 		return err
 	}
@@ -348,11 +350,7 @@ func Status(args *skel.CmdArgs) error {
 // GC frees addresses of attachments the runtime no longer knows (CNI GC),
 // on every NI, and passes GC on to a Switch NI's IPAM plugin.
 func GC(args *skel.CmdArgs) error {
-	conf, err := ParseNetConf(args.StdinData)
-	if err != nil {
-		return err
-	}
-	set, err := LoadSettings(conf.SettingsFile)
+	conf, set, err := load(args.StdinData)
 	if err != nil {
 		return err
 	}
