@@ -18,7 +18,7 @@ all: build
 build:
 	$(GO) build -tags $(TAGS) -trimpath -ldflags '$(LDFLAGS)' -o bin/evelet ./cmd/evelet
 	$(GO) build -trimpath -ldflags '-s -w -X github.com/lf-edge/evelet/version.Version=$(VERSION)' -o bin/evelet-cni ./cmd/evelet-cni
-	if [ -d cmd/eve-ni ]; then $(GO) build -trimpath -ldflags '-s -w -X github.com/lf-edge/evelet/version.Version=$(VERSION)' -o bin/eve-ni ./cmd/eve-ni; fi
+	$(GO) build -trimpath -ldflags '-s -w -X github.com/lf-edge/evelet/version.Version=$(VERSION)' -o bin/eve-ni ./cmd/eve-ni
 
 prereqs:
 	sh hack/install-prereqs.sh

@@ -59,13 +59,14 @@ type Config struct {
 	VM VMConfig
 	// CNI turns on multi-network pods (agent/cni.go); zero: off.
 	CNI CNIOptions
-	// EVERoot is EVE's pubsub root, for the network instances pods may
-	// attach to (agent/eveni.go, agent/nilabels.go). Unset: the device's
-	// for the eve-ni plugin, and no node labels.
+	// EVERoot is EVE's pubsub root: the network instances pods may attach
+	// to (agent/eveni.go, agent/nilabels.go) and, with CoordinateOSUpdates,
+	// EVE's OS-update topics. Unset: the device's for the eve-ni plugin,
+	// and no node labels.
 	EVERoot pubsub.Root
-	// EVE is EVE's pubsub root when the join source is the EVE channel;
-	// it enables the upgrade coordinator (upgrade_hook.go). nil: off.
-	EVE *pubsub.Root
+	// CoordinateOSUpdates runs the upgrade coordinator (upgrade_hook.go) on
+	// EVERoot; set when the join source is the EVE channel.
+	CoordinateOSUpdates bool
 }
 
 // PolicyFile is the guardrail policy for the kubelet's hostPath guard.

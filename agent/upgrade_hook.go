@@ -24,7 +24,7 @@ const upgradeCheckEvery = 2 * time.Second
 // EVE's pubsub says that EVE is about to reboot. The returned func waits
 // for it to stop.
 func (a *Agent) startUpgrade(ctx context.Context, j *intent.Join) (wait func()) {
-	if a.cfg.EVE == nil {
+	if !a.cfg.CoordinateOSUpdates {
 		return func() {}
 	}
 	done := make(chan struct{})
@@ -48,10 +48,10 @@ func (a *Agent) runUpgrade(ctx context.Context, j *intent.Join) {
 		log.WithError(err).Error("no node client; OS updates are not coordinated")
 		return
 	}
-	cfg := upgrade.Config{Client: cs, Node: j.NodeName, EVE: *a.cfg.EVE, Log: log,
+	cfg := upgrade.Config{Client: cs, Node: j.NodeName, EVE: a.cfg.eveRoot(), Log: log,
 		StateFile:  layout.State{Dir: a.cfg.StateDir}.UpgradeState(),
 		BootMarker: filepath.Join(a.cfg.RunDir, "upgrade-boot")}
-	pub, err := socketpub.OpenDrainStatus(*a.cfg.EVE, socketpub.Options{Log: log})
+	pub, err := socketpub.OpenDrainStatus(a.cfg.eveRoot(), socketpub.Options{Log: log})
 	if err != nil {
 		// On EVE-k zedkube publishes NodeDrainStatus; evelet does not take
 		// its topic over. It still drains its own node before a reboot.

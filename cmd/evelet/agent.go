@@ -65,11 +65,10 @@ func runAgent(args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	eveRoot := &pubsub.Root{Run: *eveRun, Persist: *evePersist}
-	var src intent.Source = &eve.Source{Root: *eveRoot, ControllerCerts: *eveCerts, Log: log.WithField("component", "eve")}
+	eveRoot := pubsub.Root{Run: *eveRun, Persist: *evePersist}
+	var src intent.Source = &eve.Source{Root: eveRoot, ControllerCerts: *eveCerts, Log: log.WithField("component", "eve")}
 	if *joinFile != "" {
 		src = &agent.JoinFile{Path: *joinFile, AbsentFor: *absentFor}
-		eveRoot = nil // no EVE channel: no OS update coordination
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -99,8 +98,9 @@ func runAgent(args []string) int {
 		CgroupDriver: *cgroupDriver, KubeletCgroupRoot: *cgroupRoot, Log: log,
 		VM:      vmConfig(*noVM, *vmCNIConf, *vmCNIBin, *kvmDev, cniOpts),
 		CNI:     cniOpts,
-		EVERoot: pubsub.Root{Run: *eveRun, Persist: *evePersist},
-		EVE:     eveRoot,
+		EVERoot: eveRoot,
+		// Only the EVE channel says EVE is about to reboot the device.
+		CoordinateOSUpdates: *joinFile == "",
 	})
 	if err := a.Run(ctx); err != nil && ctx.Err() == nil {
 		log.WithError(err).Error("agent stopped")
