@@ -2,11 +2,7 @@ package vm
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
-	"net/http"
-	"net/url"
 	"path/filepath"
 	"time"
 
@@ -14,7 +10,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
-	"k8s.io/kubelet/pkg/cri/streaming"
 
 	"github.com/lf-edge/evelet/cri/vm/stream"
 )
@@ -26,26 +21,12 @@ const DefaultStreamAddr = "127.0.0.1:0"
 // startStreaming starts the streaming server for exec and attach (package
 // cri/vm/stream). Its listener is open before any URL is handed out.
 func (b *Backend) startStreaming(addr string) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("vm: streaming server: %w", err)
-	}
-	cfg := streaming.DefaultConfig
-	cfg.Addr = ln.Addr().String()
-	cfg.BaseURL = &url.URL{Scheme: "http", Host: ln.Addr().String()}
 	b.streamRT = stream.New(b.locate, b.log)
-	srv, err := streaming.NewServer(cfg, b.streamRT)
+	srv, hs, err := stream.Serve(addr, b.streamRT, b.log)
 	if err != nil {
-		ln.Close()
-		return err
+		return fmt.Errorf("vm: %w", err)
 	}
-	b.stream = srv
-	b.httpSrv = &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		if err := b.httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			b.log.WithError(err).Error("VM streaming server stopped")
-		}
-	}()
+	b.stream, b.httpSrv = srv, hs
 	return nil
 }
 

@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -62,13 +64,29 @@ func New(locate Locator, log *logrus.Entry) *Runtime {
 	return &Runtime{locate: locate, log: log.WithField("component", "vm-stream"), SyncTimeout: qga.DefaultSyncTimeout}
 }
 
-// NewServer is a CRI streaming server (listening on addr, e.g.
-// "127.0.0.1:0") serving VM containers; its GetExec/GetAttach/
-// GetPortForward answer the CRI Exec/Attach/PortForward RPCs.
-func NewServer(addr string, locate Locator, log *logrus.Entry) (streaming.Server, error) {
+// Serve starts a CRI streaming server for rt on a listener it opens at
+// addr (e.g. "127.0.0.1:0"), so the URLs GetExec/GetAttach hand out carry
+// the real port and work from the first one. Close the http.Server to stop.
+func Serve(addr string, rt *Runtime, log *logrus.Entry) (streaming.Server, *http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("streaming server: %w", err)
+	}
 	cfg := streaming.DefaultConfig
-	cfg.Addr = addr
-	return streaming.NewServer(cfg, New(locate, log))
+	cfg.Addr = ln.Addr().String()
+	cfg.BaseURL = &url.URL{Scheme: "http", Host: ln.Addr().String()}
+	srv, err := streaming.NewServer(cfg, rt)
+	if err != nil {
+		ln.Close()
+		return nil, nil, err
+	}
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && log != nil {
+			log.WithError(err).Error("VM streaming server stopped")
+		}
+	}()
+	return srv, hs, nil
 }
 
 // run starts cmd in the guest through the agent and waits for its result.

@@ -110,18 +110,10 @@ func echoConsole(t *testing.T) string {
 // serve runs the kubelet's CRI streaming server with our Runtime.
 func serve(t *testing.T, rt *Runtime) streaming.Server {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	srv, hs, err := Serve("127.0.0.1:0", rt, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := streaming.DefaultConfig
-	cfg.Addr = ln.Addr().String()
-	srv, err := streaming.NewServer(cfg, rt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: srv}
-	go hs.Serve(ln)
 	t.Cleanup(func() { hs.Close() })
 	return srv
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -271,20 +270,12 @@ func TestQEMUGuestGetsPodIPAndAnswersExecAndAttach(t *testing.T) {
 	e.assertClean(id)
 }
 
-func serveStreaming(t *testing.T, rt streaming.Runtime) streaming.Server {
+func serveStreaming(t *testing.T, rt *stream.Runtime) streaming.Server {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	srv, hs, err := stream.Serve("127.0.0.1:0", rt, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := streaming.DefaultConfig
-	cfg.Addr = ln.Addr().String()
-	srv, err := streaming.NewServer(cfg, rt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: srv}
-	go hs.Serve(ln)
 	t.Cleanup(func() { hs.Close() })
 	return srv
 }
