@@ -15,6 +15,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/lf-edge/evelet/images/vmguest"
+	"github.com/lf-edge/evelet/images/vmguest/vmguesttest"
 )
 
 // BenchmarkVMBoot boots h3's test guest (disk form) through the backend, as
@@ -29,7 +30,7 @@ func BenchmarkVMBoot(b *testing.B) {
 	}
 	os.Setenv(supervisorEnv, "1")
 	defer os.Unsetenv(supervisorEnv)
-	imgs := buildGuest(b)
+	imgs := vmguesttest.Images(b)
 	short, err := os.MkdirTemp("/tmp", "h4vmb-")
 	if err != nil {
 		b.Fatal(err)

@@ -5,10 +5,8 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,34 +16,8 @@ import (
 
 	"github.com/lf-edge/evelet/cri/vm/vmnet"
 	"github.com/lf-edge/evelet/images/vmguest"
+	"github.com/lf-edge/evelet/images/vmguest/vmguesttest"
 )
-
-var (
-	guestOnce   sync.Once
-	guestImages *vmguest.Images
-	guestErr    error
-)
-
-// buildGuest builds h3's test guest once per test binary into the module's
-// _output/vmguest (the kernel cache survives between runs there).
-func buildGuest(t testing.TB) *vmguest.Images {
-	t.Helper()
-	guestOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-		defer cancel()
-		mod, err := exec.Command("go", "env", "GOMOD").Output()
-		if err != nil {
-			guestErr = err
-			return
-		}
-		out := filepath.Join(filepath.Dir(strings.TrimSpace(string(mod))), "_output", "vmguest")
-		guestImages, guestErr = vmguest.Build(ctx, filepath.Join(out, "cache"), out)
-	})
-	if guestErr != nil {
-		t.Fatalf("vmguest.Build: %v", guestErr)
-	}
-	return guestImages
-}
 
 // TestVMGuest boots the real test guest (h3's containerDisk, firmware boot,
 // TCG) on the pod network made by vmnet from containerd's own CNI config:
@@ -55,7 +27,7 @@ func buildGuest(t testing.TB) *vmguest.Images {
 // leaves no tap, netns or VM directory.
 func TestVMGuest(t *testing.T) {
 	h := newHarness(t)
-	imgs := buildGuest(t)
+	imgs := vmguesttest.Images(t)
 	ctx := context.Background()
 	if err := h.ctrd.ImportImages(ctx, imgs.DiskTar); err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/lf-edge/evelet/images/vmguest"
+	"github.com/lf-edge/evelet/images/vmguest/vmguesttest"
 )
 
 // noImages stands in for the CRI image service where no image is resolved.
@@ -28,7 +29,7 @@ type noImages struct{ runtimeapi.ImageServiceClient }
 func TestGuestWithoutContainerd(t *testing.T) {
 	needQEMU(t)
 	t.Setenv(supervisorEnv, "1")
-	imgs := buildGuest(t)
+	imgs := vmguesttest.Images(t)
 	short, err := os.MkdirTemp("/tmp", "h4vmq-")
 	if err != nil {
 		t.Fatal(err)
@@ -141,7 +142,7 @@ func TestGuestWithoutContainerd(t *testing.T) {
 func TestKernelBootWithoutContainerd(t *testing.T) {
 	needQEMU(t)
 	t.Setenv(supervisorEnv, "1")
-	imgs := buildGuest(t)
+	imgs := vmguesttest.Images(t)
 	short, err := os.MkdirTemp("/tmp", "h4vmk-")
 	if err != nil {
 		t.Fatal(err)

@@ -34,6 +34,7 @@ import (
 	"github.com/lf-edge/evelet/cri/vm"
 	"github.com/lf-edge/evelet/images"
 	"github.com/lf-edge/evelet/images/vmguest"
+	"github.com/lf-edge/evelet/images/vmguest/vmguesttest"
 	"github.com/lf-edge/evelet/tests/containerd"
 )
 
@@ -55,14 +56,7 @@ func importVMImages(t *testing.T, c *containerd.Containerd) {
 			vmImagesErr = fmt.Errorf("qemu-system-x86_64 not installed (hack/install-prereqs.sh): %w", err)
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-		defer cancel()
-		out := filepath.Join(env.root, "_output", "vmguest")
-		imgs, err := vmguest.Build(ctx, filepath.Join(out, "cache"), out)
-		if err != nil {
-			vmImagesErr = err
-			return
-		}
+		imgs := vmguesttest.Images(t)
 		corrupt, err := corruptDiskImage(filepath.Join(env.root, "_output", "images"))
 		if err != nil {
 			vmImagesErr = err

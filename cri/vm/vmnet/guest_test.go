@@ -25,6 +25,7 @@ import (
 	"github.com/lf-edge/evelet/cri/vm/qga"
 	"github.com/lf-edge/evelet/cri/vm/stream"
 	"github.com/lf-edge/evelet/images/vmguest"
+	"github.com/lf-edge/evelet/images/vmguest/vmguesttest"
 )
 
 // The proof for vmnet, qga and stream together: h3's test guest (kernel
@@ -32,31 +33,6 @@ import (
 // from ServeDHCP, answers HTTP from the host at the pod IP and the hostPort,
 // runs commands through its guest agent (qga and, through the kubelet's
 // streaming server, kubectl-style exec), and attach shows its console.
-
-var (
-	guestOnce sync.Once
-	guestImgs *vmguest.Images
-	guestErr  error
-)
-
-func guestImages(t *testing.T) *vmguest.Images {
-	t.Helper()
-	guestOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-		defer cancel()
-		mod, err := exec.Command("go", "env", "GOMOD").Output()
-		if err != nil {
-			guestErr = err
-			return
-		}
-		out := filepath.Join(filepath.Dir(strings.TrimSpace(string(mod))), "_output", "vmguest")
-		guestImgs, guestErr = vmguest.Build(ctx, filepath.Join(out, "cache"), out)
-	})
-	if guestErr != nil {
-		t.Fatalf("vmguest.Build: %v", guestErr)
-	}
-	return guestImgs
-}
 
 // testAccel: KVM only where the CPU can use it (see docs/vmguest.md).
 func testAccel() string {
@@ -153,7 +129,7 @@ func (v *guestVM) waitConsole(t *testing.T, want string, timeout time.Duration) 
 
 func TestQEMUGuestGetsPodIPAndAnswersExecAndAttach(t *testing.T) {
 	e := newEnv(t, "10.245.7.0/24")
-	img := guestImages(t)
+	img := vmguesttest.Images(t)
 	id := "h5-vm-" + randHex(4)
 	ctx := context.Background()
 	t.Cleanup(func() { e.net.Teardown(ctx, id) })
