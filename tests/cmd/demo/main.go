@@ -27,6 +27,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -173,46 +174,33 @@ func up(root, dir string) error {
 // processes naming the demo directory, pods in the demo's cgroup root,
 // containerd's runc state, CNI attachments, mounts, the bridge.
 func down(dir string) error {
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) && len(procsUnder(dir)) == 0 && len(cgroups.PIDs(cgroups.Dirs(cgroupRoot)...)) == 0 {
-		removeCgroupRoot(cgroupRoot)
-		fmt.Println("demo: no demo to stop")
-		return nil
-	}
-	if s, err := readState(dir); err == nil && alive(s.PID) {
-		syscall.Kill(s.PID, syscall.SIGTERM)
-		for i := 0; i < 240 && alive(s.PID); i++ {
-			time.Sleep(500 * time.Millisecond)
+	pf := newPreflight(dir)
+	if held, o := pf.lock.held(); held {
+		if o.Dir != dir {
+			return fmt.Errorf("the running demo (pid %d) was started in %s: run %s there", o.PID, o.Dir, fix)
 		}
-		if alive(s.PID) {
-			return fmt.Errorf("demo process %d did not stop within 2 minutes of SIGTERM", s.PID)
+		syscall.Kill(o.PID, syscall.SIGTERM)
+		// The lock goes with the serve process, after its own teardown.
+		if err := waitUntil(context.Background(), 2*time.Minute, func() bool { held, _ := pf.lock.held(); return !held }); err != nil {
+			return fmt.Errorf("demo process %d did not stop within 2 minutes of SIGTERM", o.PID)
 		}
 	}
-	var errs []error
-	// Leftovers of a demo whose serve process died (killed, crashed).
-	killed := procsUnder(dir)
-	for _, pid := range killed {
-		syscall.Kill(pid, syscall.SIGKILL)
-	}
-	// They must be gone before their mounts and cgroups are removed.
-	if err := waitUntil(context.Background(), 10*time.Second, func() bool { return len(procsUnder(dir)) == 0 }); err != nil {
-		errs = append(errs, fmt.Errorf("processes %v survived SIGKILL", procsUnder(dir)))
-	}
-	if _, err := os.Stat(dir); err == nil {
-		if err := containerd.Cleanup(ctrdOptions(dir)); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := removeCgroupRoot(cgroupRoot); err != nil {
-		errs = append(errs, err)
-	}
-	unmount(dir)
-	if err := os.RemoveAll(dir); err != nil {
-		errs = append(errs, err)
-	}
-	if err := errors.Join(errs...); err != nil {
+	_, statErr := os.Stat(dir)
+	removed, err := pf.clearLeftovers()
+	if err != nil {
 		return err
 	}
-	fmt.Println("demo: stopped; removed", dir)
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	switch {
+	case statErr == nil:
+		fmt.Println("demo: stopped; removed", dir)
+	case len(removed) > 0:
+		fmt.Printf("demo: removed what a previous demo left: %s\n", strings.Join(removed, "; "))
+	default:
+		fmt.Println("demo: no demo to stop")
+	}
 	return nil
 }
 
@@ -232,6 +220,18 @@ func serve(root, dir string) error {
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
 	st := state{PID: os.Getpid()}
+	// Held until this process exits: it marks the host's demo resources
+	// as in use (lock.go).
+	lock := newHostLock()
+	if err := lock.take(dir); err != nil {
+		st.Error = "another demo took the machine's demo lock first"
+		if !errors.Is(err, errHeld) {
+			st.Error = err.Error()
+		}
+		writeState(dir, st)
+		return errors.New(st.Error)
+	}
+	defer lock.unlock() // also keeps the lock's file from being collected
 	progress := func(msg string) {
 		st.Steps = append(st.Steps, step{At: time.Now(), Msg: msg})
 		writeState(dir, st)

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -10,9 +11,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/lf-edge/evelet/tests/containerd"
-	"github.com/lf-edge/evelet/tests/internal/cgroups"
 	"github.com/lf-edge/evelet/tests/internal/proc"
 	"github.com/vishvananda/netlink"
 )
@@ -20,45 +22,52 @@ import (
 // fix is what every refusal tells the user to run.
 const fix = "`make demo-down`"
 
-// preflight checks, before anything starts, that nothing the demo needs is
-// taken, so that `make demo` refuses in one line with the fix instead of
-// timing out minutes later (a kubelet that cannot bind its port never
-// becomes Ready). The host facts are fields so unit tests can swap them.
+// preflight makes the host ready for a demo before anything starts, so
+// that `make demo` either starts or refuses in one line with the fix
+// instead of timing out minutes later (a kubelet that cannot bind its port
+// never becomes Ready). A running demo (the machine lock is held) or a port
+// taken by something else is refused; what a dead demo left (processes
+// naming its directory, mounts, pods in its cgroup root, its bridge) is
+// removed, since nothing else owns it. The host facts are fields so unit
+// tests can swap them.
 type preflight struct {
-	dir        string // the demo directory (_output/demo)
-	ports      []port
-	bridge     string
-	cgroupDirs func() []string        // the demo cgroup root in each hierarchy
-	linkExists func(name string) bool // a network interface of that name exists
+	dir          string // the demo directory (_output/demo)
+	ports        []port
+	bridge       string
+	lock         *hostLock
+	clearCgroups func() error           // kill and remove the demo cgroup root
+	linkExists   func(name string) bool // a network interface of that name exists
+	linkDel      func(name string) error
 }
 
 func newPreflight(dir string) preflight {
 	return preflight{
-		dir: dir, ports: demoPorts, bridge: bridgeName,
-		cgroupDirs: func() []string { return cgroups.Dirs(cgroupRoot) },
-		linkExists: func(name string) bool { _, err := netlink.LinkByName(name); return err == nil },
+		dir: dir, ports: demoPorts, bridge: bridgeName, lock: newHostLock(),
+		clearCgroups: func() error { return removeCgroupRoot(cgroupRoot) },
+		linkExists:   func(name string) bool { _, err := netlink.LinkByName(name); return err == nil },
+		linkDel: func(name string) error {
+			l, err := netlink.LinkByName(name)
+			if err != nil {
+				return err
+			}
+			return netlink.LinkDel(l)
+		},
 	}
 }
 
 // check returns nil when the demo can start, else one error whose text is
-// the line to print.
+// the line to print. It clears a dead demo's leftovers on the way and
+// prints what it removed.
 func (p preflight) check() error {
-	if s, err := readState(p.dir); err == nil && alive(s.PID) {
-		return fmt.Errorf("the demo is already running (pid %d): %s stops it", s.PID, fix)
+	if err := p.running(); err != nil {
+		return err
 	}
-	if pids := procsUnder(p.dir); len(pids) > 0 {
-		return fmt.Errorf("processes of a previous demo are still running (pids %v): %s stops them", pids, fix)
+	removed, err := p.clearLeftovers()
+	if len(removed) > 0 {
+		fmt.Printf("demo: removed what a previous demo left: %s\n", strings.Join(removed, "; "))
 	}
-	if m := mountsUnder(p.dir); len(m) > 0 {
-		return fmt.Errorf("a previous demo left %d mounts under %s: %s removes them", len(m), p.dir, fix)
-	}
-	if p.linkExists(p.bridge) {
-		return fmt.Errorf("the network interface %s (the demo's pod bridge) already exists, left by a previous demo: %s removes it", p.bridge, fix)
-	}
-	for _, d := range p.cgroupDirs() {
-		if n := len(cgroups.PIDs(d)); n > 0 {
-			return fmt.Errorf("%d processes of a previous demo are still in cgroup %s: %s stops them", n, d, fix)
-		}
+	if err != nil {
+		return fmt.Errorf("clearing what a previous demo left: %v: %s retries", err, fix)
 	}
 	for _, pt := range p.ports {
 		if err := portFree(pt.num); err != nil {
@@ -70,6 +79,56 @@ func (p preflight) check() error {
 		}
 	}
 	return nil
+}
+
+// running refuses when a demo holds the machine lock, from this clone or
+// another one.
+func (p preflight) running() error {
+	held, o := p.lock.held()
+	if !held {
+		return nil
+	}
+	if o.Dir != "" && o.Dir != p.dir {
+		return fmt.Errorf("the demo is already running (pid %d, started in %s): %s there stops it", o.PID, o.Dir, fix)
+	}
+	return fmt.Errorf("the demo is already running (pid %d): %s stops it", o.PID, fix)
+}
+
+// clearLeftovers removes what a demo that is no longer running left on the
+// host; call it only when the lock is free. It returns what it removed.
+func (p preflight) clearLeftovers() ([]string, error) {
+	var removed []string
+	var errs []error
+	if pids := procsUnder(p.dir); len(pids) > 0 {
+		for _, pid := range pids {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		// They must be gone before their mounts and cgroups are removed.
+		if err := waitUntil(context.Background(), 10*time.Second, func() bool { return len(procsUnder(p.dir)) == 0 }); err != nil {
+			errs = append(errs, fmt.Errorf("processes %v survived SIGKILL", procsUnder(p.dir)))
+		}
+		removed = append(removed, fmt.Sprintf("killed processes %v", pids))
+	}
+	if _, err := os.Stat(p.dir); err == nil {
+		if err := containerd.Cleanup(ctrdOptions(p.dir)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := p.clearCgroups(); err != nil {
+		errs = append(errs, err)
+	}
+	if m := mountsUnder(p.dir); len(m) > 0 {
+		unmount(p.dir)
+		removed = append(removed, fmt.Sprintf("%d mounts under %s", len(m), p.dir))
+	}
+	if p.linkExists(p.bridge) {
+		if err := p.linkDel(p.bridge); err != nil {
+			errs = append(errs, fmt.Errorf("deleting the bridge %s: %w", p.bridge, err))
+		} else {
+			removed = append(removed, "the bridge "+p.bridge)
+		}
+	}
+	return removed, errors.Join(errs...)
 }
 
 // portFree reports whether a TCP listener could take port on every address
