@@ -421,13 +421,18 @@ func with(root, dir string, argv []string) (int, error) {
 		return run(argv)
 	}
 	own := false
+	// A demo running from another clone of evelet is as good: its host
+	// resources are the same ones.
+	if held, o := newHostLock().held(); held && o.Dir != "" {
+		dir = o.Dir
+	}
 	if s, err := readState(dir); err != nil || !alive(s.PID) || !s.Ready {
 		if err := up(root, dir); err != nil {
 			return 0, err
 		}
 		own = true
 	} else {
-		fmt.Printf("demo: using the demo already running (pid %d)\n", s.PID)
+		fmt.Printf("demo: using the demo already running (pid %d, %s)\n", s.PID, dir)
 	}
 	cs, err := demoClient(dir)
 	if err != nil {
