@@ -29,8 +29,24 @@ func (s *imageService) PullImage(ctx context.Context, req *runtimeapi.PullImageR
 	return s.backend(ctx).PullImage(ctx, req)
 }
 
+// ImageObserver is a backend that keeps something derived from images (the
+// VM backend's extracted disks) and drops what is no longer needed once an
+// image is removed.
+type ImageObserver interface {
+	ImageRemoved(ctx context.Context)
+}
+
 func (s *imageService) RemoveImage(ctx context.Context, req *runtimeapi.RemoveImageRequest) (*runtimeapi.RemoveImageResponse, error) {
-	return s.backend(ctx).RemoveImage(ctx, req)
+	resp, err := s.backend(ctx).RemoveImage(ctx, req)
+	if err != nil {
+		return resp, err
+	}
+	for _, b := range s.r.Backends() {
+		if o, ok := b.(ImageObserver); ok {
+			o.ImageRemoved(ctx)
+		}
+	}
+	return resp, nil
 }
 
 func (s *imageService) ImageFsInfo(ctx context.Context, req *runtimeapi.ImageFsInfoRequest) (*runtimeapi.ImageFsInfoResponse, error) {

@@ -82,6 +82,9 @@ type Backend struct {
 	log     *logrus.Entry
 	locks   sync.Map // id -> *sync.Mutex
 	imageMu sync.Mutex
+	// diskUse is held shared from resolving a container's disk until the
+	// container is saved, and exclusively by pruneDisks (diskgc.go).
+	diskUse sync.RWMutex
 
 	// resolveDisk gives the directory with an image's /disk/ files
 	// (diskCache; tests without containerd replace it).
@@ -169,6 +172,8 @@ func New(cfg Config) (*Backend, error) {
 		conn.Close()
 		return nil, err
 	}
+	// Disks of images removed while the agent was down.
+	go b.pruneDisksLogged(context.Background())
 	return b, nil
 }
 

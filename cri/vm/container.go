@@ -61,6 +61,9 @@ func (b *Backend) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	ref := cfg.GetImage().GetImage()
+	// The disk must not be pruned before the container that uses it is saved.
+	b.diskUse.RLock()
+	defer b.diskUse.RUnlock()
 	cache, err := b.resolveDisk(ctx, ref)
 	if err != nil {
 		if status.Code(err) == codes.NotFound {
@@ -335,6 +338,8 @@ func (b *Backend) removeContainer(ctx context.Context, id string) error {
 	if err := os.RemoveAll(b.store.containerDir(id)); err != nil {
 		return status.Errorf(codes.Internal, "removing container: %v", err)
 	}
+	// Its image may have been removed while it still used the disk.
+	go b.pruneDisksLogged(ctx)
 	return nil
 }
 

@@ -74,6 +74,11 @@ func (s *imageStore) manifest(ctx context.Context, ref string) (v1.Hash, *v1.Man
 	return v1.Hash{}, nil, status.Errorf(codes.NotFound, "image %s is not in containerd's image store", ref)
 }
 
+// isIndex says whether a media type is an OCI index or a Docker manifest list.
+func isIndex(mediaType string) bool {
+	return strings.Contains(mediaType, "index") || strings.Contains(mediaType, "manifest.list")
+}
+
 // resolve follows an index to the linux/amd64 manifest.
 func (s *imageStore) resolve(ctx context.Context, mediaType, digest string, depth int) (v1.Hash, *v1.Manifest, error) {
 	if depth > 2 {
@@ -87,7 +92,7 @@ func (s *imageStore) resolve(ctx context.Context, mediaType, digest string, dept
 	if err != nil {
 		return v1.Hash{}, nil, err
 	}
-	if strings.Contains(mediaType, "index") || strings.Contains(mediaType, "manifest.list") {
+	if isIndex(mediaType) {
 		idx, err := v1.ParseIndexManifest(bytes.NewReader(b))
 		if err != nil {
 			return v1.Hash{}, nil, fmt.Errorf("image index %s: %w", digest, err)
