@@ -75,8 +75,9 @@ func (k *KubeconfigPods) Pod(ctx context.Context, namespace, name string) (*core
 }
 
 // specPod fetches the pod of a RunPodSandbox request. It fails closed: a
-// pod that cannot be read, or that is not the one the sandbox is for (same
-// name, another UID), is not run. The kubelet retries with back-off.
+// pod that cannot be read (and was never read before the apiserver became
+// unreachable: lastknown.go), or that is not the one the sandbox is for
+// (same name, another UID), is not run. The kubelet retries with back-off.
 func specPod(ctx context.Context, src PodSource, sb *runtimeapi.PodSandboxConfig) (*corev1.Pod, error) {
 	md := sb.GetMetadata()
 	ctx, cancel := context.WithTimeout(ctx, podLookupTimeout)

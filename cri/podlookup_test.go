@@ -3,6 +3,7 @@ package cri_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -56,14 +57,18 @@ func TestRunPodSandboxSpecLevelRules(t *testing.T) {
 	_, err := e.rt.RunPodSandbox(ctx(t), req)
 	wantDenied(t, err, policy.RuleProbeHost)
 
-	for name, c := range map[string]struct {
+	// In this order: "pod gone" makes the shim forget the pod read above,
+	// so the apiserver error has nothing to fall back on (lastknown.go).
+	for _, c := range []struct {
+		name string
 		src  fakePods
 		code codes.Code
 	}{
-		"pod gone":        {fakePods{}, codes.FailedPrecondition},
-		"another uid":     {fakePods{pod: apiPod("v", func(*corev1.Pod) {})}, codes.FailedPrecondition},
-		"apiserver error": {fakePods{err: errors.New("connection refused")}, codes.Unavailable},
+		{"pod gone", fakePods{}, codes.FailedPrecondition},
+		{"apiserver error", fakePods{err: errors.New("connection refused")}, codes.Unavailable},
+		{"another uid", fakePods{pod: apiPod("v", func(*corev1.Pod) {})}, codes.FailedPrecondition},
 	} {
+		name := c.name
 		*src = c.src
 		if _, err := e.rt.RunPodSandbox(ctx(t), req); status.Code(err) != c.code {
 			t.Errorf("%s: got %v, want %s", name, err, c.code)
@@ -84,5 +89,71 @@ func TestRunPodSandboxSpecLevelRules(t *testing.T) {
 	e.srv.SetPolicy(p)
 	if _, err := e.rt.RunPodSandbox(ctx(t), req); err != nil {
 		t.Fatalf("probe host allowed: %v", err)
+	}
+}
+
+// While the apiserver cannot be reached, a pod read before is checked as it
+// was read: its sandbox can be recreated during an outage, and a spec the
+// policy refuses is still refused. An apiserver that answers is believed.
+func TestRunPodSandboxApiserverUnreachable(t *testing.T) {
+	probeHost := func(p *corev1.Pod) {
+		p.Spec.Containers[0].LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{
+			TCPSocket: &corev1.TCPSocketAction{Host: "127.0.0.1", Port: intstr.FromInt32(10260)}}}
+	}
+	src := &fakePods{}
+	e := newEnvWith(t, func(c *cri.Config) { c.Pods = src })
+	req := &runtimeapi.RunPodSandboxRequest{Config: plainPod()} // default/x, uid "u"
+	down := fakePods{err: errors.New(`Get "https://10.0.0.1:6443/api/v1/namespaces/default/pods/x": dial tcp 10.0.0.1:6443: connect: no route to host`)}
+	run := func() error { _, err := e.rt.RunPodSandbox(ctx(t), req); return err }
+
+	*src = down
+	if err := run(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("never read, apiserver down: %v, want Unavailable", err)
+	}
+	*src = fakePods{pod: apiPod("u", func(*corev1.Pod) {})}
+	if err := run(); err != nil {
+		t.Fatal(err)
+	}
+	for _, err := range []error{down.err, apierrors.NewServiceUnavailable("etcd"), apierrors.NewTimeoutError("slow", 1)} {
+		*src = fakePods{err: err}
+		if err := run(); err != nil {
+			t.Errorf("read before, then %v: %v, want the sandbox run", src.err, err)
+		}
+	}
+	if n := e.fake.count("RunPodSandbox"); n != 4 {
+		t.Errorf("backend ran %d sandboxes, want 4", n)
+	}
+
+	// The policy still judges the pod as read.
+	*src = fakePods{pod: apiPod("u", probeHost)}
+	wantDenied(t, run(), policy.RuleProbeHost)
+	*src = down
+	wantDenied(t, run(), policy.RuleProbeHost)
+
+	// Answers are believed and forget the pod: forbidden, gone.
+	for name, answer := range map[string]error{
+		"forbidden": apierrors.NewForbidden(corev1.Resource("pods"), "x", errors.New("node is not allowed")),
+		"gone":      apierrors.NewNotFound(corev1.Resource("pods"), "x"),
+	} {
+		*src = fakePods{pod: apiPod("u", func(*corev1.Pod) {})}
+		if err := run(); err != nil {
+			t.Fatal(err)
+		}
+		*src = fakePods{err: answer}
+		if err := run(); err == nil {
+			t.Errorf("%s: sandbox run", name)
+		}
+		*src = down
+		if err := run(); status.Code(err) != codes.Unavailable {
+			t.Errorf("%s, then apiserver down: %v, want Unavailable (nothing to fall back on)", name, err)
+		}
+	}
+
+	// A pod of the same name read before, but another UID: not this sandbox.
+	*src = fakePods{pod: apiPod("v", func(*corev1.Pod) {})}
+	run()
+	*src = down
+	if err := run(); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "uid v") {
+		t.Errorf("last read pod has another uid: %v, want FailedPrecondition naming uid v", err)
 	}
 }

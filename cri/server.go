@@ -107,7 +107,11 @@ func NewServer(cfg Config) (*Server, error) {
 		grpc.ChainStreamInterceptor(stream...),
 	)
 	stopping := make(chan struct{})
-	runtimeapi.RegisterRuntimeServiceServer(g, &runtimeService{r: router, log: log, stopping: stopping, policy: pol, metrics: metrics, pods: cfg.Pods})
+	var pods PodSource
+	if cfg.Pods != nil {
+		pods = newLastKnownPods(cfg.Pods, log)
+	}
+	runtimeapi.RegisterRuntimeServiceServer(g, &runtimeService{r: router, log: log, stopping: stopping, policy: pol, metrics: metrics, pods: pods})
 	runtimeapi.RegisterImageServiceServer(g, &imageService{r: router})
 	return &Server{socket: cfg.Socket, log: log, grpc: g, stopping: stopping, policy: pol}, nil
 }
