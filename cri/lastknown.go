@@ -2,13 +2,13 @@ package cri
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
+	"github.com/lf-edge/evelet/internal/kubeerr"
 )
 
 // lastKnownPods answers from the last pod read for a name when the
@@ -51,7 +51,7 @@ func (l *lastKnownPods) Pod(ctx context.Context, namespace, name string) (*corev
 		l.remember(key, pod)
 		return pod, nil
 	}
-	if !unreachable(err) {
+	if !kubeerr.Unreachable(err) {
 		delete(l.pods, key)
 		return nil, err
 	}
@@ -75,16 +75,4 @@ func (l *lastKnownPods) remember(key string, pod *corev1.Pod) {
 		delete(l.pods, oldest)
 	}
 	l.pods[key] = knownPod{pod: pod, read: time.Now()}
-}
-
-// unreachable says whether err means the apiserver did not answer (a
-// transport error, a timeout, an overloaded or failing server) rather than
-// answered no.
-func unreachable(err error) bool {
-	var st apierrors.APIStatus
-	if !errors.As(err, &st) {
-		return true
-	}
-	return apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err) || apierrors.IsServiceUnavailable(err) ||
-		apierrors.IsTooManyRequests(err) || apierrors.IsInternalError(err) || apierrors.IsUnexpectedServerError(err)
 }

@@ -42,7 +42,12 @@ type record struct {
 	Args         [][2]string  `json:"args,omitempty"`
 	PodNamespace string       `json:"podNamespace,omitempty"`
 	PodName      string       `json:"podName,omitempty"`
+	PodUID       string       `json:"podUID,omitempty"`
 	Attachments  []attachment `json:"attachments"` // in ADD order; [0] is the default
+
+	// read: ADD read the pod from the apiserver (so its plan is current);
+	// planned: the apiserver did not answer and the pod's plan was used.
+	read, planned bool
 }
 
 func (c *Conf) recordPath(containerID, ifname string) string {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/lf-edge/evelet/cni/annotation"
 	"github.com/lf-edge/evelet/cni/nad"
+	"github.com/lf-edge/evelet/internal/kubeerr"
 )
 
 // Pod is what the plugin needs of a pod.
@@ -150,7 +151,7 @@ func (p *Plugin) plan(c *Conf, args *skel.CmdArgs, cniArgs [][2]string, id podId
 		return nil, nil, err
 	}
 	rec := &record{ContainerID: args.ContainerID, NetNS: args.Netns, IfName: args.IfName, Args: cniArgs,
-		PodNamespace: id.Namespace, PodName: id.Name}
+		PodNamespace: id.Namespace, PodName: id.Name, PodUID: id.UID}
 	rec.Attachments = append(rec.Attachments, attachment{Ref: def.Name, IfName: args.IfName, Config: def.Bytes,
 		CapabilityArgs: c.RuntimeConfig, Default: true})
 	if id.Namespace == "" || id.Name == "" {
@@ -167,8 +168,18 @@ func (p *Plugin) plan(c *Conf, args *skel.CmdArgs, cniArgs [][2]string, id podId
 	defer cancel()
 	pod, err := cl.Pods.Get(ctx, id.Namespace, id.Name)
 	if err != nil {
+		if kubeerr.Unreachable(err) && id.UID != "" {
+			if pl, perr := c.loadPlan(id.Namespace, id.Name, id.UID); perr == nil && pl != nil {
+				p.log().WithError(err).WithFields(logrus.Fields{"pod": id.Namespace + "/" + id.Name, "networks": len(pl.Attachments)}).
+					Warn("apiserver unreachable: attaching the networks of the pod's last sandbox")
+				rec.Attachments = append(rec.Attachments, pl.Attachments...)
+				rec.planned = true
+				return rec, nil, nil
+			}
+		}
 		return nil, nil, fmt.Errorf("evelet-cni: reading pod %s/%s for its networks: %w", id.Namespace, id.Name, err)
 	}
+	rec.read = true
 	if id.UID != "" && pod.UID != id.UID {
 		return nil, nil, fmt.Errorf("evelet-cni: pod %s/%s has uid %s, the runtime asked for %s", id.Namespace, id.Name, pod.UID, id.UID)
 	}
@@ -380,6 +391,12 @@ func (p *Plugin) add(args *skel.CmdArgs) (types.Result, error) {
 			return nil, p.undo(c, cn, rec, len(rec.Attachments)-1, fmt.Errorf("evelet-cni: writing %s on pod %s/%s: %w", annotation.StatusKey, pod.namespace, pod.name, err))
 		}
 	}
+	if rec.read && rec.PodUID != "" {
+		if err := c.savePlan(rec); err != nil {
+			return nil, p.undo(c, cn, rec, len(rec.Attachments)-1, fmt.Errorf("evelet-cni: pod %s/%s: keeping its networks for an outage: %w", rec.PodNamespace, rec.PodName, err))
+		}
+		c.prunePlans(time.Now())
+	}
 	res := results[0]
 	if c.CNIVersion != "" {
 		if res, err = res.GetAsVersion(c.CNIVersion); err != nil {
@@ -440,6 +457,9 @@ func (p *Plugin) delete(c *Conf, cn *libcni.CNIConfig, rec *record, last int) er
 	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)
+	}
+	if rec.PodUID != "" {
+		c.touchPlan(rec.PodUID)
 	}
 	return c.removeRecord(rec.ContainerID, rec.IfName)
 }

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
@@ -258,4 +259,100 @@ func TestGC(t *testing.T) {
 	}
 	_ = os.Remove(gone.Netns)
 	e.requireClean(t, keep)
+}
+
+// TestAddDuringOutage: a pod whose sandbox is recreated while the apiserver
+// does not answer gets the networks of its last sandbox (same MAC and
+// static IP), and network-status is left as the last ADD wrote it. A pod
+// the apiserver says is gone, or one never attached, is not attached from
+// a plan. Plans of pods long gone from the node are pruned.
+func TestAddDuringOutage(t *testing.T) {
+	e := newEnv(t)
+	args := e.sandbox(t, "outage", `[{"name":"br1"},{"name":"mv","mac":"02:00:00:00:06:07","ips":["10.206.20.9/24"]}]`)
+	if _, err := e.add(args); err != nil {
+		t.Fatal(err)
+	}
+	status := e.pods.status("pods", "outage")
+	if err := e.del(args); err != nil {
+		t.Fatal(err)
+	}
+	e.requireClean(t, args)
+
+	// The sandbox is recreated (new netns, new ID, same pod) with the
+	// apiserver down.
+	again := *args
+	again.ContainerID += "b"
+	again.Netns = addNetns(t, e.prefix+"-c"+e.id+"outb")
+	e.pods.mu.Lock()
+	e.pods.down = true
+	annotated := e.pods.annotated
+	e.pods.mu.Unlock()
+	if _, err := e.add(&again); err != nil {
+		t.Fatalf("ADD with the apiserver down: %v", err)
+	}
+	l := links(t, again.Netns)
+	if got := names(l); !reflect.DeepEqual(got, []string{"eth0", "net1", "net2"}) {
+		t.Fatalf("interfaces %v, want eth0 net1 net2 as before the outage", got)
+	}
+	if l["net2"].mac != "02:00:00:00:06:07" || !reflect.DeepEqual(l["net2"].addrs, []string{"10.206.20.9/24"}) {
+		t.Errorf("net2 = %+v, want the MAC and IP the pod asked for", l["net2"])
+	}
+	if e.pods.annotated != annotated || e.pods.status("pods", "outage") != status {
+		t.Errorf("network-status written during the outage")
+	}
+	if err := e.del(&again); err != nil {
+		t.Fatal(err)
+	}
+	e.requireClean(t, &again)
+
+	// An apiserver that answers is believed: the pod is gone.
+	e.pods.mu.Lock()
+	e.pods.down = false
+	delete(e.pods.pods, "pods/outage")
+	e.pods.mu.Unlock()
+	third := again
+	third.ContainerID += "c"
+	if _, err := e.add(&third); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Errorf("ADD of a pod the apiserver says is gone: %v, want not found", err)
+	}
+	// Never attached before: nothing to fall back on.
+	fresh := e.sandbox(t, "fresh", `[{"name":"br1"}]`)
+	e.pods.mu.Lock()
+	e.pods.down = true
+	e.pods.mu.Unlock()
+	if _, err := e.add(fresh); err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("ADD of a pod never attached, apiserver down: %v, want the apiserver's error", err)
+	}
+	e.requireClean(t, fresh)
+
+	// A plan whose pod has not been attached for over a day goes at the
+	// next ADD; a live pod's plan stays.
+	c, err := ParseConf(e.conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _ := c.planPath("uid-outage")
+	if _, err := os.Stat(old); err != nil {
+		t.Fatalf("plan of the pod: %v", err)
+	}
+	long := time.Now().Add(-planKeep - time.Hour)
+	os.Chtimes(old, long, long)
+	e.pods.mu.Lock()
+	e.pods.down = false
+	e.pods.mu.Unlock()
+	if _, err := e.add(fresh); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Errorf("plan of a pod gone for over a day kept: %v", err)
+	}
+	live, _ := c.planPath("uid-fresh")
+	os.Chtimes(live, long, long)
+	c.prunePlans(time.Now())
+	if _, err := os.Stat(live); err != nil {
+		t.Errorf("plan of a pod still attached pruned: %v", err)
+	}
+	if err := e.del(fresh); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netns"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	dynfake "k8s.io/client-go/dynamic/fake"
@@ -269,10 +270,13 @@ func (e *env) records(t testing.TB) []string {
 }
 
 type fakePods struct {
-	mu       sync.Mutex
-	pods     map[string]*Pod
-	node     string
-	statuses map[string]string
+	mu        sync.Mutex
+	pods      map[string]*Pod
+	node      string
+	statuses  map[string]string
+	annotated int
+	// down: the apiserver does not answer (a transport error).
+	down bool
 }
 
 func (f *fakePods) set(ns, name string, p *Pod) {
@@ -284,9 +288,12 @@ func (f *fakePods) set(ns, name string, p *Pod) {
 func (f *fakePods) Get(_ context.Context, ns, name string) (*Pod, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.down {
+		return nil, fmt.Errorf(`Get "https://10.0.0.1:6443/api/v1/namespaces/%s/pods/%s": dial tcp 10.0.0.1:6443: connect: connection refused`, ns, name)
+	}
 	p, ok := f.pods[ns+"/"+name]
 	if !ok {
-		return nil, fmt.Errorf("pods %q not found", name)
+		return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "pods"}, name)
 	}
 	return p, nil
 }
@@ -298,6 +305,7 @@ func (f *fakePods) Annotate(_ context.Context, ns, name, key, value string) erro
 		f.statuses = map[string]string{}
 	}
 	f.statuses[ns+"/"+name] = value
+	f.annotated++
 	return nil
 }
 
