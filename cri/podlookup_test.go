@@ -44,14 +44,23 @@ func apiPod(uid string, mut func(*corev1.Pod)) *corev1.Pod {
 	return p
 }
 
-func TestRunPodSandboxSpecLevelRules(t *testing.T) {
-	probeHost := func(p *corev1.Pod) {
-		p.Spec.Containers[0].LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{
-			TCPSocket: &corev1.TCPSocketAction{Host: "127.0.0.1", Port: intstr.FromInt32(10260)}}}
-	}
+// probeHost gives the pod's container a liveness probe aimed at a port of
+// the device (policy.RuleProbeHost refuses it).
+func probeHost(p *corev1.Pod) {
+	p.Spec.Containers[0].LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{
+		TCPSocket: &corev1.TCPSocketAction{Host: "127.0.0.1", Port: intstr.FromInt32(10260)}}}
+}
+
+// newSpecEnv is a shim whose pods come from src, and a sandbox request
+// for default/x, uid "u".
+func newSpecEnv(t *testing.T) (*fakePods, *env, *runtimeapi.RunPodSandboxRequest) {
 	src := &fakePods{}
 	e := newEnvWith(t, func(c *cri.Config) { c.Pods = src })
-	req := &runtimeapi.RunPodSandboxRequest{Config: plainPod()} // default/x, uid "u"
+	return src, e, &runtimeapi.RunPodSandboxRequest{Config: plainPod()}
+}
+
+func TestRunPodSandboxSpecLevelRules(t *testing.T) {
+	src, e, req := newSpecEnv(t)
 
 	src.pod = apiPod("u", probeHost)
 	_, err := e.rt.RunPodSandbox(ctx(t), req)
@@ -96,13 +105,7 @@ func TestRunPodSandboxSpecLevelRules(t *testing.T) {
 // was read: its sandbox can be recreated during an outage, and a spec the
 // policy refuses is still refused. An apiserver that answers is believed.
 func TestRunPodSandboxApiserverUnreachable(t *testing.T) {
-	probeHost := func(p *corev1.Pod) {
-		p.Spec.Containers[0].LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{
-			TCPSocket: &corev1.TCPSocketAction{Host: "127.0.0.1", Port: intstr.FromInt32(10260)}}}
-	}
-	src := &fakePods{}
-	e := newEnvWith(t, func(c *cri.Config) { c.Pods = src })
-	req := &runtimeapi.RunPodSandboxRequest{Config: plainPod()} // default/x, uid "u"
+	src, e, req := newSpecEnv(t)
 	down := fakePods{err: errors.New(`Get "https://10.0.0.1:6443/api/v1/namespaces/default/pods/x": dial tcp 10.0.0.1:6443: connect: no route to host`)}
 	run := func() error { _, err := e.rt.RunPodSandbox(ctx(t), req); return err }
 
