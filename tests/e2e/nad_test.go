@@ -510,6 +510,23 @@ func TestNetworkAttachments(t *testing.T) {
 		return len(p) == 1 && len(l) == 1, fmt.Errorf("evelet-nad1 ports %v, leases %v, want nad-multi's only", p, l)
 	})
 
+	// A network outage: the apiserver stops and nad-outage's sandbox dies.
+	// The kubelet makes a new one, as on any node; the CRI shim judges the
+	// pod as last read and evelet-cni attaches the pod's last networks
+	// (same MAC and static IP), neither able to read the pod.
+	const macOutage, ipOutage = "02:00:00:00:0b:02", "10.246.62.11/24"
+	outage := nadPod("nad-outage", node, `[{"name":"net-b","mac":"`+macOutage+`","ips":["`+ipOutage+`"]}]`, "sleep 3600")
+	if _, err := cs.CoreV1().Pods("default").Create(ctx, outage, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	recreateDuringOutage(t, ctx, d, ctrd, waitNADPodRunning(t, ctx, outage.Name), "net1", macOutage, ipOutage)
+	waitNodeReady(t, node, 3*time.Minute)
+	deletePod(t, ctx, cs, outage.Name)
+	waitFor(t, 2*time.Minute, "nothing left of nad-outage", func() (bool, error) {
+		p, l := bridgePorts(t, "evelet-nad2"), hostLocalLeases("evelet-nad-a")
+		return len(p) == 1 && len(l) == 1, fmt.Errorf("evelet-nad2 ports %v, evelet-nad-a leases %v, want nad-multi's only", p, l)
+	})
+
 	// Bad input: each a clear event, nothing attached.
 	for _, c := range []struct{ name, networks, want string }{
 		{"nad-unknown", "nope", "NetworkAttachmentDefinition default/nope not found"},
@@ -569,6 +586,8 @@ func TestNetworkAttachments(t *testing.T) {
 	if n, err := readySandboxes(); err != nil || n != 1 {
 		t.Fatalf("ready sandboxes of nad-multi: %d %v", n, err)
 	}
+
+
 	if err := cs.CoreV1().Pods("default").Delete(ctx, multi.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](nadGrace)}); err != nil {
 		t.Fatal(err)
 	}
