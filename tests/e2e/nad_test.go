@@ -587,7 +587,6 @@ func TestNetworkAttachments(t *testing.T) {
 		t.Fatalf("ready sandboxes of nad-multi: %d %v", n, err)
 	}
 
-
 	if err := cs.CoreV1().Pods("default").Delete(ctx, multi.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](nadGrace)}); err != nil {
 		t.Fatal(err)
 	}
