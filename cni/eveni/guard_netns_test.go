@@ -11,6 +11,7 @@ import (
 	"net"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -315,5 +316,69 @@ func TestAntiSpoofingGCAfterLostVeth(t *testing.T) {
 	}
 	if chains, _ := eveni.GuardChains(); slices.Contains(chains, veth) {
 		t.Errorf("GC kept the rules of the vanished %s: %v", veth, chains)
+	}
+}
+
+// TestAntiSpoofingInstallFailureUndone: when the rules cannot be installed
+// (here the kernel refuses: a regular chain of the host veth's name is in
+// eve-ni's table, and a base chain cannot replace it), ADD fails with an
+// error that names the veth and the table, and leaves nothing: no pod
+// interface, no host veth, no address allocated. The chain it did not make
+// is left alone; once it is gone, the runtime's retry succeeds.
+func TestAntiSpoofingInstallFailureUndone(t *testing.T) {
+	e := newEnv(t, nil)
+	l := e.list("shop floor", "")
+	p := e.pod("fail")
+	r := rt(p, "net1", nil)
+	veth := eveni.HostVethName(r.ContainerID, r.IfName)
+
+	c, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl := c.AddTable(&nftables.Table{Family: nftables.TableFamilyBridge, Name: eveni.GuardTable})
+	c.AddChain(&nftables.Chain{Name: veth, Table: tbl}) // no hook: a regular chain
+	if err := c.Flush(); err != nil {
+		t.Fatalf("creating the blocking chain: %v", err)
+	}
+	blocking := true
+	unblock := func() {
+		if blocking {
+			c.DelChain(&nftables.Chain{Name: veth, Table: tbl})
+			if err := c.Flush(); err != nil {
+				t.Errorf("removing the blocking chain: %v", err)
+			}
+			blocking = false
+		}
+	}
+	t.Cleanup(unblock)
+
+	_, err = e.add(l, r)
+	if err == nil || !strings.Contains(err.Error(), "installing the anti-spoofing rules for "+veth) || !strings.Contains(err.Error(), eveni.GuardTable) {
+		t.Fatalf("ADD with the rules refused: %v, want the install error naming %s and %s", err, veth, eveni.GuardTable)
+	}
+	if out, _ := inPod(p, "ip", "-o", "link"); strings.Contains(out, "net1") {
+		t.Errorf("failed ADD left net1 in the pod: %s", out)
+	}
+	hostVethGone(t, r)
+	if a := allocations(t, e); strings.Contains(a, r.ContainerID) {
+		t.Errorf("failed ADD left an allocation: %s", a)
+	}
+
+	if chains, _ := eveni.GuardChains(); !slices.Contains(chains, veth) {
+		t.Errorf("the failed ADD removed a chain it did not make: %v", chains)
+	}
+
+	unblock()
+	res, err := e.add(l, r)
+	if err != nil {
+		t.Fatalf("retry after the failed ADD: %v", err)
+	}
+	defer e.del(l, r)
+	if len(res.IPs) != 1 || !strings.HasPrefix(res.IPs[0].Address.IP.String(), "10.97.1.20") {
+		t.Errorf("retry got %v, want an address of the reserved range", res.IPs)
+	}
+	if chains, _ := eveni.GuardChains(); !slices.Contains(chains, veth) {
+		t.Errorf("retry installed no rules: %v", chains)
 	}
 }
