@@ -449,6 +449,9 @@ func (a *Agent) serveCRIOnce(ctx context.Context) error {
 		a.mu.Unlock()
 	}()
 	srv.SetPolicy(a.policy())
+	gcCtx, stopGC := context.WithCancel(ctx)
+	defer stopGC()
+	go a.runCNIGC(gcCtx, srv)
 	return srv.Serve(ctx)
 }
 

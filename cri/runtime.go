@@ -37,6 +37,7 @@ type runtimeService struct {
 	policy  *atomic.Pointer[policy.Policy]
 	metrics *Metrics  // nil: none
 	pods    PodSource // nil: no spec-level rules
+	gate    *sandboxGate
 }
 
 var _ runtimeapi.RuntimeServiceServer = (*runtimeService)(nil)
@@ -81,6 +82,8 @@ func (s *runtimeService) RunPodSandbox(ctx context.Context, req *runtimeapi.RunP
 	}
 	b := s.r.ForHandler(req.GetRuntimeHandler())
 	noteBackend(ctx, b.Name())
+	s.gate.mu.RLock()
+	defer s.gate.mu.RUnlock()
 	return b.RunPodSandbox(ctx, req)
 }
 

@@ -65,6 +65,8 @@ type Server struct {
 	stopping chan struct{}
 	started  atomic.Bool
 	policy   *atomic.Pointer[policy.Policy]
+	router   *Router
+	gate     *sandboxGate
 }
 
 // NewServer checks cfg and sets up the gRPC services; Serve starts listening.
@@ -111,9 +113,10 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.Pods != nil {
 		pods = newLastKnownPods(cfg.Pods, log)
 	}
-	runtimeapi.RegisterRuntimeServiceServer(g, &runtimeService{r: router, log: log, stopping: stopping, policy: pol, metrics: metrics, pods: pods})
+	gate := &sandboxGate{}
+	runtimeapi.RegisterRuntimeServiceServer(g, &runtimeService{r: router, log: log, stopping: stopping, policy: pol, metrics: metrics, pods: pods, gate: gate})
 	runtimeapi.RegisterImageServiceServer(g, &imageService{r: router})
-	return &Server{socket: cfg.Socket, log: log, grpc: g, stopping: stopping, policy: pol}, nil
+	return &Server{socket: cfg.Socket, log: log, grpc: g, stopping: stopping, policy: pol, router: router, gate: gate}, nil
 }
 
 // SetPolicy replaces the guardrail policy, for calls that start from now

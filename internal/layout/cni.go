@@ -15,3 +15,7 @@ func (c CNI) NetworkKubeconfig() string { return filepath.Join(c.Dir, "evelet-ne
 // MetaState is evelet-cni's attachment and result cache: DEL must find it
 // after a reboot, so it lives under the state root.
 func (c CNI) MetaState() string { return filepath.Join(c.Dir, "evelet-cni") }
+
+// GCCache is the libcni cache of the agent's own CNI GC calls: kept apart
+// from the runtime's, so a GC acts only through the plugins' own records.
+func (c CNI) GCCache() string { return filepath.Join(c.Dir, "gc-cache") }
