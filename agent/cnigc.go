@@ -25,6 +25,8 @@ const (
 	// cniGCFirst lets the kubelet start and tidy up after a reboot first.
 	cniGCFirst    = 2 * time.Minute
 	cniGCInterval = 30 * time.Minute
+	// cniGCTimeout bounds one GC: new sandboxes wait while it runs.
+	cniGCTimeout = 2 * time.Minute
 	// podIfName is the interface the runtime asks the pod network for.
 	podIfName = "eth0"
 )
@@ -45,6 +47,8 @@ func (a *Agent) runCNIGC(ctx context.Context, srv *cri.Server) {
 func (a *Agent) collectCNI(ctx context.Context, srv *cri.Server) error {
 	conf := filepath.Join(a.cfg.CNI.ConfDir, CNIConflistName)
 	cache := layout.State{Dir: a.cfg.StateDir}.CNI().GCCache()
+	ctx, cancel := context.WithTimeout(ctx, cniGCTimeout)
+	defer cancel()
 	return srv.WithSandboxes(ctx, func(ids []string) error {
 		a.log.WithField("sandboxes", len(ids)).Debug("CNI GC")
 		return gcNetworks(ctx, conf, []string{a.cfg.CNI.BinDir}, cache, ids)
