@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -29,6 +30,9 @@ type CNIOptions struct {
 	// PluginTypes and IPAMTypes are what a NetworkAttachmentDefinition may
 	// use (nad.Rules); SharedNamespaces may be used from any namespace.
 	PluginTypes, IPAMTypes, SharedNamespaces []string
+	// GCInterval is how often the agent sends the pod network a CNI GC
+	// (cnigc.go); 0: never. The flag's default is CNIGCInterval.
+	GCInterval time.Duration
 }
 
 // Defaults of CNIOptions: a NAD may only use eve-ni, which applies the

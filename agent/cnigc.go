@@ -23,20 +23,22 @@ import (
 
 const (
 	// cniGCFirst lets the kubelet start and tidy up after a reboot first.
-	cniGCFirst    = 2 * time.Minute
-	cniGCInterval = 30 * time.Minute
+	cniGCFirst = 2 * time.Minute
+	// CNIGCInterval is the default of CNIOptions.GCInterval.
+	CNIGCInterval = 30 * time.Minute
 	// cniGCTimeout bounds one GC: new sandboxes wait while it runs.
 	cniGCTimeout = 2 * time.Minute
 	// podIfName is the interface the runtime asks the pod network for.
 	podIfName = "eth0"
 )
 
-// runCNIGC sends a CNI GC every cniGCInterval while srv serves.
+// runCNIGC sends a CNI GC every GCInterval while srv serves.
 func (a *Agent) runCNIGC(ctx context.Context, srv *cri.Server) {
-	if !a.cfg.CNI.enabled() {
+	every := a.cfg.CNI.GCInterval
+	if !a.cfg.CNI.enabled() || every <= 0 {
 		return
 	}
-	for wait := cniGCFirst; a.sleep(ctx, wait); wait = cniGCInterval {
+	for wait := min(cniGCFirst, every); a.sleep(ctx, wait); wait = every {
 		if err := a.collectCNI(ctx, srv); err != nil {
 			a.log.WithError(err).Warn("CNI GC failed; retried at the next interval")
 		}
@@ -50,8 +52,11 @@ func (a *Agent) collectCNI(ctx context.Context, srv *cri.Server) error {
 	ctx, cancel := context.WithTimeout(ctx, cniGCTimeout)
 	defer cancel()
 	return srv.WithSandboxes(ctx, func(ids []string) error {
-		a.log.WithField("sandboxes", len(ids)).Debug("CNI GC")
-		return gcNetworks(ctx, conf, []string{a.cfg.CNI.BinDir}, cache, ids)
+		if err := gcNetworks(ctx, conf, []string{a.cfg.CNI.BinDir}, cache, ids); err != nil {
+			return err
+		}
+		a.log.WithField("sandboxes", len(ids)).Info("CNI GC done: attachments of other sandboxes released")
+		return nil
 	})
 }
 

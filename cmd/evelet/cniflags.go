@@ -15,6 +15,7 @@ func cniFlags(fs *flag.FlagSet, o *agent.CNIOptions) {
 	fs.StringVar(&o.DefaultNetwork, "cni-default-network", "evelet-default", "network name of the default pod network's conflist in --cni-conf-dir (eth0 of every pod)")
 	fs.Func("cni-allowed-plugins", "comma-separated CNI plugin types a NetworkAttachmentDefinition may use (default eve-ni)", list(&o.PluginTypes))
 	fs.Func("cni-allowed-ipam", "comma-separated IPAM types a NetworkAttachmentDefinition may use (default static,dhcp,host-local)", list(&o.IPAMTypes))
+	fs.DurationVar(&o.GCInterval, "cni-gc-interval", agent.CNIGCInterval, "how often the agent sends the pod network a CNI GC for sandboxes no runtime lists (containerd 1.6 never does; 0: never)")
 	fs.Func("cni-shared-namespaces", "comma-separated namespaces whose NetworkAttachmentDefinitions pods of any namespace may use (default: none, a pod uses its own namespace's)", list(&o.SharedNamespaces))
 }
 

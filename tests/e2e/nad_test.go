@@ -286,7 +286,9 @@ func setupNADCluster(t *testing.T, ctx context.Context, dc dynamic.Interface) st
 // evelet-cni on.
 func nadAgentFlags(ctrd *containerd.Containerd, binDir, plugins string) []string {
 	return []string{"--containerd=" + ctrd.Endpoint(), "--cni-bin-dir=" + binDir, "--cni-conf-dir=" + ctrd.CNIConfDir(),
-		"--cni-default-network=" + nadDefaultNetwork, "--cni-allowed-plugins=" + plugins, "--cni-allowed-ipam=host-local,static"}
+		"--cni-default-network=" + nadDefaultNetwork, "--cni-allowed-plugins=" + plugins, "--cni-allowed-ipam=host-local,static",
+		// Often, so that every NAD test's pods live through GCs.
+		"--cni-gc-interval=15s"}
 }
 
 // nadEVEDevice is a simulated EVE device whose agent runs evelet-cni on the
@@ -540,6 +542,13 @@ func TestNetworkAttachments(t *testing.T) {
 		waitSandboxEvent(t, ctx, c.name, c.want)
 		deletePod(t, ctx, cs, c.name)
 	}
+	// The agent's CNI GC (every 15 s here) keeps nad-multi's attachments:
+	// wait for one that ran after the refused pods, then check.
+	gcs := strings.Count(d.log(), "CNI GC done")
+	waitFor(t, time.Minute, "a CNI GC by the agent", func() (bool, error) {
+		n := strings.Count(d.log(), "CNI GC done")
+		return n > gcs, fmt.Errorf("%d GCs done (%d before); agent log: %s", n, gcs, tail(d.log(), 5))
+	})
 	if p := bridgePorts(t, "evelet-nad1"); len(p) != 1 {
 		t.Errorf("after the refused pods evelet-nad1 has ports %v, want only nad-multi's", p)
 	}
