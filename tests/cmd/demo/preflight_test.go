@@ -114,9 +114,13 @@ func TestHostLockFreedWhenHolderDies(t *testing.T) {
 func TestPreflightKillsLeftoverProcess(t *testing.T) {
 	pf := testPreflight(t)
 	cmd := exec.Command("sh", "-c", "sleep 600", filepath.Join(pf.dir, "containerd", "config.toml"))
+	// The sleep is sh's child and outlives sh's SIGKILL: its group goes at
+	// the end, so nothing of the test lingers (or holds fds it inherited).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	defer syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	if err := pf.check(); err != nil {
