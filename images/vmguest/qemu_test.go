@@ -2,7 +2,6 @@ package vmguest
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -22,6 +21,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/lf-edge/evelet/internal/syncbuf"
 
 	"github.com/vishvananda/netns"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -95,7 +96,7 @@ func newTestNet(t *testing.T, nics int) *testNet {
 		// No ping of an address before offering it: that costs seconds and
 		// nothing else is on this bridge.
 		"--no-ping")
-	var logBuf lockedBuffer
+	var logBuf syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &logBuf, &logBuf
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("dnsmasq: %v", err)
@@ -150,23 +151,6 @@ func (n *testNet) dial(ctx context.Context, network, addr string) (net.Conn, err
 	}()
 	r := <-ch
 	return r.c, r.err
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // testVM is a running QEMU with its serial console on stdout.
@@ -229,7 +213,7 @@ func startVM(t *testing.T, n *testNet, bootArgs ...string) *testVM {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr lockedBuffer
+	var stderr syncbuf.Buffer
 	v.cmd.Stderr = &stderr
 	v.started = time.Now()
 	if err := v.cmd.Start(); err != nil {

@@ -1,7 +1,6 @@
 package containerd
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -15,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/lf-edge/evelet/internal/syncbuf"
 
 	"github.com/vishvananda/netlink"
 	"google.golang.org/grpc"
@@ -139,24 +140,6 @@ func startHarness(t *testing.T, bridge, cidr string, log io.Writer) (*Containerd
 	}
 	t.Cleanup(func() { conn.Close() })
 	return c, runtimeapi.NewRuntimeServiceClient(conn)
-}
-
-// lockedBuffer collects a log written from another goroutine.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 type pod struct {
@@ -311,7 +294,7 @@ func assertNothingLeft(t *testing.T, c *Containerd, bridge string, pids []int, s
 func TestPodLifecycle(t *testing.T) {
 	needRealContainerd(t)
 	const bridge, cidr = "evtst-lc0", "10.213.1.0/24"
-	log := &lockedBuffer{}
+	log := &syncbuf.Buffer{}
 	c, rs := startHarness(t, bridge, cidr, log)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

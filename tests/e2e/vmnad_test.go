@@ -11,9 +11,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/lf-edge/evelet/internal/syncbuf"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -25,24 +26,6 @@ import (
 	"github.com/lf-edge/evelet/internal/layout"
 	"github.com/lf-edge/evelet/tests/evesim"
 )
-
-// lockedBuffer collects a child's output while the test reads it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // TestVMPodOnEVENetworkInstance (issues 8 and 9): on a simulated EVE device
 // with a Local NI the owner gives to Kubernetes, a VM pod (TCG) with an
@@ -171,7 +154,7 @@ func TestVMPodOnEVENetworkInstance(t *testing.T) {
 	// observable otherwise.
 	attachCtx, stopAttach := context.WithCancel(ctx)
 	defer stopAttach()
-	var attached lockedBuffer
+	var attached syncbuf.Buffer
 	attach := exec.CommandContext(attachCtx, filepath.Join(env.cp.BinDir(), "kubectl"), "--kubeconfig="+env.cp.AdminKubeconfig(),
 		"attach", "-n", "default", name, "-c", "guest")
 	attach.Stdout, attach.Stderr = &attached, &attached

@@ -14,9 +14,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/lf-edge/evelet/internal/syncbuf"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -264,7 +265,7 @@ func TestAttachIsTheConsole(t *testing.T) {
 			}
 			pr, pw := io.Pipe()
 			t.Cleanup(func() { pw.Close() })
-			out := &syncBuffer{}
+			out := &syncbuf.Buffer{}
 			done := make(chan error, 1)
 			go func() {
 				done <- executor(t, kind, resp.Url).StreamWithContext(context.Background(), remotecommand.StreamOptions{Stdin: pr, Stdout: out, Tty: true})
@@ -296,21 +297,4 @@ func TestPortForwardRefused(t *testing.T) {
 	if err := rt.PortForward(context.Background(), "sb", 80, nil); !errors.Is(err, ErrPortForward) {
 		t.Errorf("PortForward: %v", err)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -11,9 +11,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/lf-edge/evelet/internal/syncbuf"
 
 	"k8s.io/apimachinery/pkg/util/wait"
 	restclient "k8s.io/client-go/rest"
@@ -200,7 +201,7 @@ func TestQEMUGuestGetsPodIPAndAnswersExecAndAttach(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	attOut := &lockedBuf{}
+	attOut := &syncbuf.Buffer{}
 	actx, stopAttach := context.WithCancel(qctx)
 	attDone := make(chan error, 1)
 	go func() {
@@ -267,21 +268,4 @@ func spdy(t *testing.T, raw string) remotecommand.Executor {
 		t.Fatal(err)
 	}
 	return ex
-}
-
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
