@@ -12,16 +12,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lf-edge/evelet/cni/eveni"
-	"github.com/lf-edge/evelet/images"
-	"github.com/lf-edge/evelet/tests/containerd"
-	"github.com/lf-edge/evelet/tests/evesim"
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
+
+	"github.com/lf-edge/evelet/cni/eveni"
+	"github.com/lf-edge/evelet/images"
+	"github.com/lf-edge/evelet/tests/containerd"
+	"github.com/lf-edge/evelet/tests/evesim"
 )
 
 // eveNIContainerd starts a containerd of its own whose pod network is the
@@ -72,16 +73,8 @@ func eveNIContainerd(t *testing.T, ctx context.Context, ni, settingsFile string)
 		}
 		c.Stop()
 	})
-	imgDir := filepath.Join(env.root, "_output", "images")
-	pause, err := images.BuildPause(ctx, "", env.root, imgDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	busybox, err := images.BuildBusybox("/bin/busybox", imgDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.ImportImages(ctx, pause, busybox); err != nil {
+	// The suite's pause and busybox tarballs, built once in setup.
+	if err := c.ImportImages(ctx, env.images...); err != nil {
 		t.Fatal(err)
 	}
 	return c

@@ -239,16 +239,8 @@ func startNADRuntime(t *testing.T, ctx context.Context) (*containerd.Containerd,
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ctrd.Stop() })
-	imgDir := filepath.Join(env.root, "_output", "images")
-	pause, err := images.BuildPause(ctx, "", env.root, imgDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	busybox, err := images.BuildBusybox("/bin/busybox", imgDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ctrd.ImportImages(ctx, pause, busybox); err != nil {
+	// The suite's pause and busybox tarballs, built once in setup.
+	if err := ctrd.ImportImages(ctx, env.images...); err != nil {
 		t.Fatal(err)
 	}
 	return ctrd, binDir
