@@ -13,7 +13,6 @@ import (
 	cnitypes "github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/api/resource"
 )
@@ -276,12 +275,7 @@ func restoreAddrs(path string, r cnitypes.Result) {
 	if err != nil {
 		return
 	}
-	nsh, err := netns.GetFromPath(path)
-	if err != nil {
-		return
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
+	h, err := handleAt(path)
 	if err != nil {
 		return
 	}

@@ -147,3 +147,15 @@ func CreateLoopbackNetns(path string) error {
 // RemoveNetns unmounts and deletes a namespace pinned at path; gone already
 // is fine.
 func RemoveNetns(path string) error { return removeNetns(path) }
+
+// handleAt opens a netlink handle in the network namespace at path. Its
+// sockets stay in that namespace; the namespace fd is needed only to make
+// them.
+func handleAt(path string) (*netlink.Handle, error) {
+	nsh, err := netns.GetFromPath(path)
+	if err != nil {
+		return nil, err
+	}
+	defer nsh.Close()
+	return netlink.NewHandleAt(nsh)
+}

@@ -5,7 +5,6 @@ import (
 	"sort"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 )
 
 // addUnreported appends to res the interfaces CNI created in the namespace
@@ -18,12 +17,7 @@ import (
 // not pod interfaces and are skipped; the order is creation (ifindex) order,
 // which is the meta plugin's attachment order.
 func addUnreported(path string, res *cniResult) error {
-	nsh, err := netns.GetFromPath(path)
-	if err != nil {
-		return err
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
+	h, err := handleAt(path)
 	if err != nil {
 		return err
 	}

@@ -180,12 +180,7 @@ func (e *env) bridgePorts() []string {
 
 func nsHandle(t *testing.T, path string) *netlink.Handle {
 	t.Helper()
-	nsh, err := netns.GetFromPath(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
+	h, err := handleAt(path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,6 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 )
 
 // dhcpServerAddr is the link-local address the DHCP responder answers from
@@ -24,12 +23,7 @@ func tapName(i int) string    { return fmt.Sprintf("vmtap%d", i) }
 // addresses and MAC (the guest takes both), joins a new bridge with a new
 // tap for QEMU, and the bridge gets the DHCP responder's address.
 func handOver(path string, i int, ifc cniIface) (NIC, error) {
-	nsh, err := netns.GetFromPath(path)
-	if err != nil {
-		return NIC{}, err
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
+	h, err := handleAt(path)
 	if err != nil {
 		return NIC{}, err
 	}
@@ -128,12 +122,7 @@ func handOver(path string, i int, ifc cniIface) (NIC, error) {
 
 // linkUp sets a link in the namespace at path up.
 func linkUp(path, name string) error {
-	nsh, err := netns.GetFromPath(path)
-	if err != nil {
-		return err
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
+	h, err := handleAt(path)
 	if err != nil {
 		return err
 	}
@@ -157,12 +146,7 @@ func randomMAC() (net.HardwareAddr, error) {
 
 // masterOf names the bridge link name is on in the namespace at path, or "".
 func masterOf(path, name string) string {
-	nsh, err := netns.GetFromPath(path)
-	if err != nil {
-		return ""
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
+	h, err := handleAt(path)
 	if err != nil {
 		return ""
 	}
