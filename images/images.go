@@ -21,7 +21,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/lf-edge/evelet/internal/atomicfile"
 	"io"
 	"os"
 	"os/exec"
@@ -29,6 +28,8 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/lf-edge/evelet/internal/atomicfile"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -78,10 +79,25 @@ func cached(tarPath, key string) bool {
 	return err == nil && st.Mode().IsRegular() && st.Size() > 0
 }
 
-// writeImage writes img tagged as ref to tarPath (temp-then-rename), then
+// writeImage writes img tagged as ref to tarPath (WriteTarball), then
 // records key beside it. The key goes last: a crash in between leaves a
 // tarball without a matching key, which is simply rebuilt next time.
 func writeImage(ref string, img v1.Image, tarPath, key string) error {
+	// Drop the old key first: from here until the new key is in place, the
+	// tarball does not count as cached.
+	if err := os.Remove(tarPath + keySuffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("images: %w", err)
+	}
+	if err := WriteTarball(ref, img, tarPath); err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(tarPath+keySuffix, []byte(key+"\n"), 0o644)
+}
+
+// WriteTarball writes img tagged as ref to tarPath as a docker-archive
+// tarball, temp-then-rename and synced, readable by everyone (an image
+// holds nothing secret).
+func WriteTarball(ref string, img v1.Image, tarPath string) error {
 	tag, err := name.NewTag(ref)
 	if err != nil {
 		return fmt.Errorf("images: bad reference %q: %w", ref, err)
@@ -100,18 +116,16 @@ func writeImage(ref string, img v1.Image, tarPath, key string) error {
 	if err := tarball.WriteToFile(tmpName, tag, img); err != nil {
 		return fmt.Errorf("images: writing %s: %w", ref, err)
 	}
+	if err := os.Chmod(tmpName, 0o644); err != nil {
+		return fmt.Errorf("images: %w", err)
+	}
 	if err := syncFile(tmpName); err != nil {
 		return err
-	}
-	// Drop the old key first: from here until the new key is in place, the
-	// tarball does not count as cached.
-	if err := os.Remove(tarPath + keySuffix); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("images: %w", err)
 	}
 	if err := os.Rename(tmpName, tarPath); err != nil {
 		return fmt.Errorf("images: %w", err)
 	}
-	return atomicfile.WriteFile(tarPath+keySuffix, []byte(key+"\n"), 0o644)
+	return nil
 }
 
 func syncFile(path string) error {
@@ -129,6 +143,13 @@ func syncFile(path string) error {
 // singleLayerImage assembles a linux image for the host architecture with
 // one layer (an uncompressed tar in memory) and the given container config.
 func singleLayerImage(layerTar []byte, createdBy string, cfg v1.Config) (v1.Image, error) {
+	return SingleLayerImage(layerTar, runtime.GOARCH, createdBy, cfg)
+}
+
+// SingleLayerImage assembles a linux image for arch with one layer (an
+// uncompressed tar in memory) and the given container config; every time
+// in it is the epoch, so the same inputs give the same digest.
+func SingleLayerImage(layerTar []byte, arch, createdBy string, cfg v1.Config) (v1.Image, error) {
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(layerTar)), nil
 	})
@@ -151,7 +172,7 @@ func singleLayerImage(layerTar []byte, createdBy string, cfg v1.Config) (v1.Imag
 		return nil, fmt.Errorf("images: %w", err)
 	}
 	cf = cf.DeepCopy()
-	cf.Architecture = runtime.GOARCH
+	cf.Architecture = arch
 	cf.OS = "linux"
 	cf.Created = v1.Time{Time: epoch}
 	cf.Config = cfg

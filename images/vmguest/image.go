@@ -4,16 +4,12 @@ import (
 	"archive/tar"
 	"bytes"
 	"fmt"
-	"io"
-	"os"
 	"path/filepath"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/lf-edge/evelet/images"
+
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
 var epoch = time.Unix(0, 0).UTC()
@@ -66,70 +62,9 @@ func writeDiskFiles(tarPath, ref string, files map[string][]byte) error {
 	if err := tw.Close(); err != nil {
 		return fmt.Errorf("vmguest: %w", err)
 	}
-	layerBytes := buf.Bytes()
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(layerBytes)), nil
-	})
-	if err != nil {
-		return fmt.Errorf("vmguest: layer: %w", err)
-	}
-	img, err := mutate.Append(empty.Image, mutate.Addendum{
-		Layer: layer,
-		History: v1.History{
-			Created:   v1.Time{Time: epoch},
-			CreatedBy: "evelet vmguest.Build",
-			Comment:   "built by github.com/lf-edge/evelet/images/vmguest",
-		},
-	})
+	img, err := images.SingleLayerImage(buf.Bytes(), "amd64", "evelet vmguest.Build", v1.Config{})
 	if err != nil {
 		return fmt.Errorf("vmguest: %w", err)
 	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return fmt.Errorf("vmguest: %w", err)
-	}
-	cf = cf.DeepCopy()
-	cf.Architecture, cf.OS = "amd64", "linux"
-	cf.Created = v1.Time{Time: epoch}
-	img, err = mutate.ConfigFile(img, cf)
-	if err != nil {
-		return fmt.Errorf("vmguest: %w", err)
-	}
-	tag, err := name.NewTag(ref)
-	if err != nil {
-		return fmt.Errorf("vmguest: bad reference %q: %w", ref, err)
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(tarPath), "."+filepath.Base(tarPath)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("vmguest: %w", err)
-	}
-	tmpName := tmp.Name()
-	tmp.Close()
-	defer os.Remove(tmpName) // no-op after the rename
-	if err := tarball.WriteToFile(tmpName, tag, img); err != nil {
-		return fmt.Errorf("vmguest: writing %s: %w", ref, err)
-	}
-	// Nothing secret in it; readable like the raw outputs beside it.
-	if err := os.Chmod(tmpName, 0o644); err != nil {
-		return fmt.Errorf("vmguest: %w", err)
-	}
-	if err := syncPath(tmpName); err != nil {
-		return err
-	}
-	if err := os.Rename(tmpName, tarPath); err != nil {
-		return fmt.Errorf("vmguest: %w", err)
-	}
-	return nil
-}
-
-func syncPath(p string) error {
-	f, err := os.OpenFile(p, os.O_RDWR, 0)
-	if err != nil {
-		return fmt.Errorf("vmguest: %w", err)
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("vmguest: sync %s: %w", p, err)
-	}
-	return nil
+	return images.WriteTarball(ref, img, tarPath)
 }
