@@ -395,7 +395,6 @@ func (p *Plugin) add(args *skel.CmdArgs) (types.Result, error) {
 		if err := c.savePlan(rec); err != nil {
 			return nil, p.undo(c, cn, rec, len(rec.Attachments)-1, fmt.Errorf("evelet-cni: pod %s/%s: keeping its networks for an outage: %w", rec.PodNamespace, rec.PodName, err))
 		}
-		c.prunePlans(time.Now())
 	}
 	res := results[0]
 	if c.CNIVersion != "" {
@@ -578,6 +577,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 			errs = append(errs, fmt.Errorf("container %s: %w", r.ContainerID, err))
 		}
 	}
+	c.prunePlans(time.Now())
 	if def, err := defaultNetwork(c); err != nil {
 		errs = append(errs, err)
 	} else if err := cn.GCNetworkList(context.Background(), def, &libcni.GCArgs{ValidAttachments: gc.Valid}); err != nil {

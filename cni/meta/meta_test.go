@@ -232,14 +232,7 @@ func TestGC(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var conf map[string]any
-	_ = json.Unmarshal(e.conf, &conf)
-	conf["cniVersion"] = "1.1.0"
-	conf["cni.dev/valid-attachments"] = []map[string]string{{"containerID": keep.ContainerID, "ifname": "eth0"}}
-	stdin, _ := json.Marshal(conf)
-	if err := e.inHost(func() error { return e.p.GC(&skel.CmdArgs{Path: cniBinDir, StdinData: stdin}) }); err != nil {
-		t.Fatalf("GC: %v", err)
-	}
+	stdin := e.gc(t, keep) // a 1.1.0 configuration, for STATUS below too
 	if got := names(links(t, keep.Netns)); !reflect.DeepEqual(got, []string{"eth0", "net1"}) {
 		t.Fatalf("GC touched a valid sandbox: %v", got)
 	}
@@ -326,7 +319,7 @@ func TestAddDuringOutage(t *testing.T) {
 	e.requireClean(t, fresh)
 
 	// A plan whose pod has not been attached for over a day goes at the
-	// next ADD; a live pod's plan stays.
+	// next GC; a live pod's plan stays.
 	c, err := ParseConf(e.conf)
 	if err != nil {
 		t.Fatal(err)
@@ -343,16 +336,38 @@ func TestAddDuringOutage(t *testing.T) {
 	if _, err := e.add(fresh); err != nil {
 		t.Fatal(err)
 	}
+	live, _ := c.planPath("uid-fresh")
+	os.Chtimes(live, long, long)
+	if _, err := os.Stat(old); err != nil {
+		t.Errorf("ADD pruned plans (GC's job): %v", err)
+	}
+	e.gc(t, fresh)
 	if _, err := os.Stat(old); !os.IsNotExist(err) {
 		t.Errorf("plan of a pod gone for over a day kept: %v", err)
 	}
-	live, _ := c.planPath("uid-fresh")
-	os.Chtimes(live, long, long)
-	c.prunePlans(time.Now())
 	if _, err := os.Stat(live); err != nil {
 		t.Errorf("plan of a pod still attached pruned: %v", err)
 	}
 	if err := e.del(fresh); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// gc sends CNI GC (1.1.0) with valid's sandboxes as the valid attachments
+// and returns the configuration it sent.
+func (e *env) gc(t *testing.T, valid ...*skel.CmdArgs) []byte {
+	t.Helper()
+	var conf map[string]any
+	_ = json.Unmarshal(e.conf, &conf)
+	conf["cniVersion"] = "1.1.0"
+	var va []map[string]string
+	for _, a := range valid {
+		va = append(va, map[string]string{"containerID": a.ContainerID, "ifname": a.IfName})
+	}
+	conf["cni.dev/valid-attachments"] = va
+	stdin, _ := json.Marshal(conf)
+	if err := e.inHost(func() error { return e.p.GC(&skel.CmdArgs{Path: cniBinDir, StdinData: stdin}) }); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	return stdin
 }

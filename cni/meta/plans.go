@@ -100,8 +100,9 @@ func (c *Conf) touchPlan(uid string) {
 }
 
 // prunePlans removes the plans of pods with no attachment record on the
-// node that were last used more than planKeep ago. Best effort: a plan
-// left is a small file, and the next ADD tries again.
+// node that were last used more than planKeep ago. GC runs it (the agent
+// sends one every 30 minutes), not ADD: it reads every record. Best
+// effort: a plan left is a small file, and the next GC tries again.
 func (c *Conf) prunePlans(now time.Time) {
 	ents, err := os.ReadDir(c.plansDir())
 	if err != nil {
