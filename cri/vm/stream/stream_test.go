@@ -55,10 +55,11 @@ func startAgent(t *testing.T) string {
 	return sock
 }
 
-// silentSocket accepts connections and never answers: a VM without agent.
-func silentSocket(t *testing.T) string {
+// unixServer listens on a socket in a test directory and runs handle for
+// each connection until the test ends.
+func unixServer(t *testing.T, name string, handle func(net.Conn)) string {
 	t.Helper()
-	sock := filepath.Join(t.TempDir(), "qga.sock")
+	sock := filepath.Join(t.TempDir(), name)
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
@@ -70,42 +71,31 @@ func silentSocket(t *testing.T) string {
 			if err != nil {
 				return
 			}
-			go io.Copy(io.Discard, c)
+			go handle(c)
 		}
 	}()
 	return sock
 }
 
+// silentSocket accepts connections and never answers: a VM without agent.
+func silentSocket(t *testing.T) string {
+	return unixServer(t, "qga.sock", func(c net.Conn) { io.Copy(io.Discard, c) })
+}
+
 // echoConsole stands in for the supervisor's console socket: it greets and
 // echoes each line back, prefixed.
 func echoConsole(t *testing.T) string {
-	t.Helper()
-	sock := filepath.Join(t.TempDir(), "console.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
+	return unixServer(t, "console.sock", func(c net.Conn) {
+		defer c.Close()
+		fmt.Fprintf(c, "console: hello\n")
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			if sc.Text() == "bye" {
+				return // the VM "stops": the console closes
 			}
-			go func() {
-				defer c.Close()
-				fmt.Fprintf(c, "console: hello\n")
-				sc := bufio.NewScanner(c)
-				for sc.Scan() {
-					if sc.Text() == "bye" {
-						return // the VM "stops": the console closes
-					}
-					fmt.Fprintf(c, "echo: %s\n", sc.Text())
-				}
-			}()
+			fmt.Fprintf(c, "echo: %s\n", sc.Text())
 		}
-	}()
-	return sock
+	})
 }
 
 // serve runs the kubelet's CRI streaming server with our Runtime.
