@@ -352,34 +352,35 @@ func waitNADPodRunning(t *testing.T, ctx context.Context, name string) *corev1.P
 	return pod
 }
 
+// podLogsUntil waits until the pod's logs satisfy done, and returns them.
+func podLogsUntil(t *testing.T, ctx context.Context, name, what string, done func(logs string) bool) string {
+	t.Helper()
+	var logs string
+	waitFor(t, time.Minute, name+" "+what, func() (bool, error) {
+		b, err := env.cp.Client().CoreV1().Pods("default").GetLogs(name, &corev1.PodLogOptions{}).DoRaw(ctx)
+		logs = string(b)
+		return err == nil && done(logs), fmt.Errorf("logs %q: %v", logs, err)
+	})
+	return logs
+}
+
 // podLogs waits for the pod's "ip -o addr; ip -o link" output.
 func podLogs(t *testing.T, ctx context.Context, name string) string {
 	t.Helper()
-	var logs string
-	waitFor(t, time.Minute, name+" logs", func() (bool, error) {
-		b, err := env.cp.Client().CoreV1().Pods("default").GetLogs(name, &corev1.PodLogOptions{}).DoRaw(ctx)
-		logs = string(b)
-		return err == nil && strings.Contains(logs, "link/"), err
-	})
-	return logs
+	return podLogsUntil(t, ctx, name, "logs", func(l string) bool { return strings.Contains(l, "link/") })
 }
 
 // podRoutes waits for the pod's "ip route" output, which its command
 // prints between ROUTES and END.
 func podRoutes(t *testing.T, ctx context.Context, name string) string {
 	t.Helper()
-	var routes string
-	waitFor(t, time.Minute, name+" routes", func() (bool, error) {
-		b, err := env.cp.Client().CoreV1().Pods("default").GetLogs(name, &corev1.PodLogOptions{}).DoRaw(ctx)
-		if err != nil {
-			return false, err
-		}
-		_, after, ok := strings.Cut(string(b), "ROUTES\n")
+	between := func(l string) (string, bool) {
+		_, after, ok := strings.Cut(l, "ROUTES\n")
 		r, _, ok2 := strings.Cut(after, "END")
-		routes = strings.TrimSpace(r)
-		return ok && ok2, fmt.Errorf("logs %q", b)
-	})
-	return routes
+		return strings.TrimSpace(r), ok && ok2
+	}
+	r, _ := between(podLogsUntil(t, ctx, name, "routes", func(l string) bool { _, ok := between(l); return ok }))
+	return r
 }
 
 // defaultRouteLines are the "default ..." lines of "ip route".
