@@ -49,8 +49,8 @@ critest: prereqs
 # corpora under testdata/fuzz also run in every plain `go test`). A count,
 # not a duration, so a loaded CI machine does the same work.
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzParseCheckpoint$$' -fuzztime 20000x ./agent/eve/evecfg/
-	$(GO) test -run '^$$' -fuzz '^FuzzParseTokenPayload$$' -fuzztime 20000x ./agent/eve/evecrypt/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseCheckpoint$$' -fuzztime 20000x ./eve/evecfg/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseTokenPayload$$' -fuzztime 20000x ./eve/evecrypt/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseNetworks$$' -fuzztime 20000x ./cni/annotation/
 
 bench: prereqs build kube

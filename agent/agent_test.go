@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lf-edge/evelet/agent/intent"
 	"github.com/lf-edge/evelet/bootstrap"
+	"github.com/lf-edge/evelet/bootstrap/intent"
 	"github.com/lf-edge/evelet/internal/layout"
 	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
 	"github.com/sirupsen/logrus"

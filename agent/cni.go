@@ -12,7 +12,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
-	"github.com/lf-edge/evelet/agent/intent"
+	"github.com/lf-edge/evelet/bootstrap/intent"
 	"github.com/lf-edge/evelet/cni/meta"
 	"github.com/lf-edge/evelet/cni/nad"
 	"github.com/lf-edge/evelet/internal/atomicfile"

@@ -10,8 +10,8 @@ import (
 	"github.com/sirupsen/logrus"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/lf-edge/evelet/agent/intent"
 	"github.com/lf-edge/evelet/bootstrap"
+	"github.com/lf-edge/evelet/bootstrap/intent"
 	"github.com/lf-edge/evelet/cni/meta"
 	"github.com/lf-edge/evelet/internal/layout"
 )

@@ -15,7 +15,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/vishvananda/netns"
 
-	"github.com/lf-edge/evelet/agent/intent"
+	"github.com/lf-edge/evelet/bootstrap/intent"
 	"github.com/lf-edge/evelet/internal/layout"
 )
 

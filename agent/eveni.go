@@ -4,9 +4,9 @@ import (
 	"encoding/json"
 	"path/filepath"
 
-	"github.com/lf-edge/evelet/agent/eve/pubsub"
 	"github.com/lf-edge/evelet/cni/eveni"
 	"github.com/lf-edge/evelet/cri/policy"
+	"github.com/lf-edge/evelet/eve/pubsub"
 	"github.com/lf-edge/evelet/internal/atomicfile"
 	"github.com/lf-edge/evelet/internal/layout"
 )

@@ -8,8 +8,8 @@ import (
 	"os"
 	"time"
 
-	"github.com/lf-edge/evelet/agent/intent"
 	"github.com/lf-edge/evelet/bootstrap"
+	"github.com/lf-edge/evelet/bootstrap/intent"
 	"sigs.k8s.io/yaml"
 )
 

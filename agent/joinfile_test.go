@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lf-edge/evelet/agent/intent"
+	"github.com/lf-edge/evelet/bootstrap/intent"
 
 	"github.com/lf-edge/evelet/bootstrap"
 )

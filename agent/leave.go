@@ -8,7 +8,7 @@ import (
 
 	"github.com/lf-edge/evelet/bootstrap"
 
-	"github.com/lf-edge/evelet/agent/intent"
+	"github.com/lf-edge/evelet/bootstrap/intent"
 
 	"github.com/lf-edge/evelet/agent/drain"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"

@@ -7,7 +7,7 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/lf-edge/evelet/agent/intent"
+	"github.com/lf-edge/evelet/bootstrap/intent"
 	"github.com/lf-edge/evelet/cni/eveni"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"

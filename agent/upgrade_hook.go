@@ -8,9 +8,9 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/lf-edge/evelet/agent/eve/pubsub/socketpub"
-	"github.com/lf-edge/evelet/agent/intent"
 	"github.com/lf-edge/evelet/agent/upgrade"
+	"github.com/lf-edge/evelet/bootstrap/intent"
+	"github.com/lf-edge/evelet/eve/pubsub/socketpub"
 	"github.com/lf-edge/evelet/internal/layout"
 	"k8s.io/apimachinery/pkg/util/wait"
 )

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Regenerate agent/eve/evecfg/evepb from agent/eve/evecfg/proto/*.proto.
+# Regenerate eve/evecfg/evepb from eve/evecfg/proto/*.proto.
 #
 # Needs protoc (Debian: protobuf-compiler) and protoc-gen-go at the version
 # go.mod pins for google.golang.org/protobuf, installed into _output/tools
@@ -10,8 +10,8 @@ set -eu
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 TOOLS="$ROOT/_output/tools"
-PROTO_DIR=agent/eve/evecfg/proto
-OUT_DIR=agent/eve/evecfg/evepb
+PROTO_DIR=eve/evecfg/proto
+OUT_DIR=eve/evecfg/evepb
 
 command -v protoc >/dev/null 2>&1 || {
 	echo "proto.sh: protoc not found (apt-get install protobuf-compiler)" >&2

@@ -24,7 +24,7 @@ import (
 	"time"
 
 	"github.com/lf-edge/evelet/agent/drain"
-	"github.com/lf-edge/evelet/agent/eve/pubsub"
+	"github.com/lf-edge/evelet/eve/pubsub"
 	"github.com/lf-edge/evelet/internal/atomicfile"
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"

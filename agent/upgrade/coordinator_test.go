@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lf-edge/evelet/agent/eve/pubsub"
+	"github.com/lf-edge/evelet/eve/pubsub"
 	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
 	"github.com/lf-edge/evelet/tests/evesim"
 	"github.com/sirupsen/logrus"

@@ -4,7 +4,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/lf-edge/evelet/agent/eve/pubsub"
+	"github.com/lf-edge/evelet/eve/pubsub"
 )
 
 // Triggers: what told evelet that EVE is about to reboot.

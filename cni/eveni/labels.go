@@ -4,7 +4,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/lf-edge/evelet/agent/eve/pubsub"
+	"github.com/lf-edge/evelet/eve/pubsub"
 )
 
 // LabelPrefix is the node label prefix for NIs pods may attach to.

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/lf-edge/evelet/agent/eve/pubsub"
+	"github.com/lf-edge/evelet/eve/pubsub"
 	"k8s.io/apimachinery/pkg/util/validation"
 )
 

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/lf-edge/evelet/agent/eve/pubsub"
+	"github.com/lf-edge/evelet/eve/pubsub"
 )
 
 func writeNI(t *testing.T, run string, st pubsub.NetworkInstanceStatus) {

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lf-edge/evelet/agent/eve"
+	"github.com/lf-edge/evelet/eve"
 	"github.com/lf-edge/evelet/images"
 	"github.com/lf-edge/evelet/tests/containerd"
 	"github.com/lf-edge/evelet/tests/controlplane"

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lf-edge/evelet/agent/intent"
+	"github.com/lf-edge/evelet/bootstrap/intent"
 
 	"github.com/lf-edge/evelet/agent"
 	"github.com/lf-edge/evelet/tests/containerd"

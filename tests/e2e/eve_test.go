@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/lf-edge/evelet/agent"
-	"github.com/lf-edge/evelet/agent/eve/evecrypt"
+	"github.com/lf-edge/evelet/eve/evecrypt"
 	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
 	"github.com/lf-edge/evelet/tests/controlplane"
 	"github.com/lf-edge/evelet/tests/evesim"

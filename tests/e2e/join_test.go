@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lf-edge/evelet/agent/intent"
+	"github.com/lf-edge/evelet/bootstrap/intent"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/lf-edge/evelet/agent"

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lf-edge/evelet/agent/eve/pubsub"
 	"github.com/lf-edge/evelet/agent/upgrade"
+	"github.com/lf-edge/evelet/eve/pubsub"
 	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
 	"github.com/lf-edge/evelet/tests/devnet"
 	corev1 "k8s.io/api/core/v1"

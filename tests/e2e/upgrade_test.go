@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lf-edge/evelet/agent/eve/pubsub"
-	"github.com/lf-edge/evelet/agent/eve/pubsub/socketpub"
 	"github.com/lf-edge/evelet/agent/upgrade"
+	"github.com/lf-edge/evelet/eve/pubsub"
+	"github.com/lf-edge/evelet/eve/pubsub/socketpub"
 	"github.com/lf-edge/evelet/images"
 	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
 	"github.com/lf-edge/evelet/tests/evesim"

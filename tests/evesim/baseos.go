@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/lf-edge/evelet/agent/eve/pubsub"
+	"github.com/lf-edge/evelet/eve/pubsub"
 )
 
 // The OS update and reboot side of EVE, published the way pillar does it

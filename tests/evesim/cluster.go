@@ -18,10 +18,10 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/lf-edge/evelet/agent/eve/evecfg"
-	"github.com/lf-edge/evelet/agent/eve/evecfg/evepb"
-	"github.com/lf-edge/evelet/agent/eve/evecrypt"
-	"github.com/lf-edge/evelet/agent/eve/pubsub"
+	"github.com/lf-edge/evelet/eve/evecfg"
+	"github.com/lf-edge/evelet/eve/evecfg/evepb"
+	"github.com/lf-edge/evelet/eve/evecrypt"
+	"github.com/lf-edge/evelet/eve/pubsub"
 	"github.com/lf-edge/evelet/internal/atomicfile"
 )
 

@@ -48,9 +48,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/lf-edge/evelet/agent/eve/evecfg/evepb"
-	"github.com/lf-edge/evelet/agent/eve/evecrypt"
-	"github.com/lf-edge/evelet/agent/eve/pubsub"
+	"github.com/lf-edge/evelet/eve/evecfg/evepb"
+	"github.com/lf-edge/evelet/eve/evecrypt"
+	"github.com/lf-edge/evelet/eve/pubsub"
 	"github.com/lf-edge/evelet/internal/atomicfile"
 )
 

@@ -12,10 +12,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/lf-edge/evelet/agent/eve/evecfg"
-	"github.com/lf-edge/evelet/agent/eve/evecfg/evepb"
-	"github.com/lf-edge/evelet/agent/eve/evecrypt"
-	"github.com/lf-edge/evelet/agent/eve/pubsub"
+	"github.com/lf-edge/evelet/eve/evecfg"
+	"github.com/lf-edge/evelet/eve/evecfg/evepb"
+	"github.com/lf-edge/evelet/eve/evecrypt"
+	"github.com/lf-edge/evelet/eve/pubsub"
 )
 
 var testToken = "K10" + strings.Repeat("0a", 32) + "::abcdef.0123456789abcdef"

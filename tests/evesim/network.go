@@ -26,7 +26,7 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/lf-edge/evelet/agent/eve/pubsub"
+	"github.com/lf-edge/evelet/eve/pubsub"
 	"github.com/lf-edge/evelet/internal/atomicfile"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"

@@ -1,6 +1,6 @@
 package evesim
 
-import "github.com/lf-edge/evelet/agent/eve/pubsub"
+import "github.com/lf-edge/evelet/eve/pubsub"
 
 // partitions are EVE's two root file system partitions, IMGA and IMGB, the
 // way baseosmgr reports them in ZbootStatus (pillar types/zboottypes.go

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/lf-edge/evelet/agent/eve/pubsub"
+	"github.com/lf-edge/evelet/eve/pubsub"
 )
 
 // part is what an EVE-side reader sees of one partition: the ZbootStatus

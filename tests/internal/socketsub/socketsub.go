@@ -6,7 +6,7 @@
 // "complete", "restarted"); keys and values are standard base64. It
 // reconnects when the publisher goes away (an agent restart or a reboot),
 // as EVE's subscribers do. The same protocol reader exists inside
-// agent/eve/pubsub/socketpub's tests, tied to *testing.T there.
+// eve/pubsub/socketpub's tests, tied to *testing.T there.
 package socketsub
 
 import (

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lf-edge/evelet/agent/eve/pubsub"
-	"github.com/lf-edge/evelet/agent/eve/pubsub/socketpub"
+	"github.com/lf-edge/evelet/eve/pubsub"
+	"github.com/lf-edge/evelet/eve/pubsub/socketpub"
 )
 
 // The subscriber against evelet's publisher: values in order, and a
