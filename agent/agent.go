@@ -21,11 +21,11 @@ import (
 	"github.com/lf-edge/evelet/bootstrap/intent"
 	"github.com/lf-edge/evelet/cri"
 	"github.com/lf-edge/evelet/cri/containerd"
-	"github.com/lf-edge/evelet/cri/policy"
 	"github.com/lf-edge/evelet/eve/pubsub"
 	"github.com/lf-edge/evelet/internal/backoff"
 	"github.com/lf-edge/evelet/internal/layout"
 	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
+	"github.com/lf-edge/evelet/policy"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 )

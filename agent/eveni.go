@@ -5,10 +5,10 @@ import (
 	"path/filepath"
 
 	"github.com/lf-edge/evelet/cni/eveni"
-	"github.com/lf-edge/evelet/cri/policy"
 	"github.com/lf-edge/evelet/eve/pubsub"
 	"github.com/lf-edge/evelet/internal/atomicfile"
 	"github.com/lf-edge/evelet/internal/layout"
+	"github.com/lf-edge/evelet/policy"
 )
 
 // EveNISettingsFile is the eve-ni CNI plugin's settings file

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/lf-edge/evelet/internal/nodelabels"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -74,8 +75,8 @@ func (a *Agent) vmHandlers(images runtimeapi.ImageServiceClient) (map[string]cri
 // carry (deploy/runtimeclass-eve-vm.yaml selects on it), LabelKVM says
 // whether they run with KVM or need emulation.
 const (
-	LabelVMRuntime = "node.eve.lf-edge.org/vm-runtime"
-	LabelKVM       = "node.eve.lf-edge.org/kvm"
+	LabelVMRuntime = nodelabels.VMRuntime
+	LabelKVM       = nodelabels.KVM
 )
 
 func (a *Agent) vmLabels() map[string]string {

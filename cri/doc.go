@@ -2,7 +2,7 @@
 // unix socket, and it forwards each call to the backend that owns the pod
 // (for now only containerd's own CRI). Every pod the kubelet runs passes
 // through here, so this is also where the EVE guardrail policy (package
-// cri/policy) is enforced: RunPodSandbox and CreateContainer are checked
+// policy) is enforced: RunPodSandbox and CreateContainer are checked
 // before anything reaches a backend. Metrics (NewMetrics) count and time
 // every call.
 package cri

@@ -10,7 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
-	"github.com/lf-edge/evelet/cri/policy"
+	"github.com/lf-edge/evelet/policy"
 )
 
 // Backend label values for calls that no single backend answered.

@@ -12,19 +12,13 @@ import (
 
 	"github.com/lf-edge/evelet/internal/atomicfile"
 	"github.com/lf-edge/evelet/internal/layout"
+	"github.com/lf-edge/evelet/internal/nodelabels"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/apimachinery/pkg/util/validation"
 	kubeletv1beta1 "k8s.io/kubelet/config/v1beta1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
-)
-
-// Label keys evelet puts on its Node. They are outside kubernetes.io so
-// the NodeRestriction admission plugin lets the kubelet set them itself.
-const (
-	LabelDeviceUUID = "node.eve.lf-edge.org/device-uuid"
-	LabelOSVersion  = "node.eve.lf-edge.org/os-version"
 )
 
 // Options are the facts the agent knows about the device and its paths.
@@ -87,28 +81,12 @@ func (o *Options) labels() map[string]string {
 		l[k] = v
 	}
 	if o.DeviceUUID != "" {
-		l[LabelDeviceUUID] = o.DeviceUUID
+		l[nodelabels.DeviceUUID] = o.DeviceUUID
 	}
 	if o.OSVersion != "" {
-		l[LabelOSVersion] = SanitizeLabelValue(o.OSVersion)
+		l[nodelabels.OSVersion] = nodelabels.SanitizeValue(o.OSVersion)
 	}
 	return l
-}
-
-// SanitizeLabelValue maps an EVE version string such as
-// "14.5.1-lts-kvm-amd64" onto the label value alphabet.
-func SanitizeLabelValue(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
-			b[i] = '_'
-		}
-	}
-	v := strings.Trim(string(b), "-_.")
-	if len(v) > 63 {
-		v = strings.TrimRight(v[:63], "-_.")
-	}
-	return v
 }
 
 // ConfigPath, RootDir, PodLogsDir are where the generated files live;

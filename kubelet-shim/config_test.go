@@ -2,6 +2,7 @@ package kubeletshim
 
 import (
 	"context"
+	"github.com/lf-edge/evelet/internal/nodelabels"
 	"strings"
 	"testing"
 
@@ -78,7 +79,7 @@ func TestSanitizeLabelValue(t *testing.T) {
 		"-x-":                   "x",
 		strings.Repeat("a", 70): strings.Repeat("a", 63),
 	} {
-		if got := SanitizeLabelValue(in); got != want {
+		if got := nodelabels.SanitizeValue(in); got != want {
 			t.Errorf("%q -> %q, want %q", in, got, want)
 		}
 	}

@@ -16,8 +16,8 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/pkg/volume"
 
-	"github.com/lf-edge/evelet/cri/policy"
 	"github.com/lf-edge/evelet/internal/atomicfile"
+	"github.com/lf-edge/evelet/policy"
 )
 
 // hostPathPluginName is the in-tree hostPath plugin's name

@@ -14,7 +14,7 @@ import (
 	"k8s.io/kubernetes/cmd/kubelet/app"
 	"k8s.io/kubernetes/pkg/volume"
 
-	"github.com/lf-edge/evelet/cri/policy"
+	"github.com/lf-edge/evelet/policy"
 )
 
 var testPod = &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "attacker"}}

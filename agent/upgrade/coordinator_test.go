@@ -2,6 +2,7 @@ package upgrade
 
 import (
 	"context"
+	"github.com/lf-edge/evelet/internal/nodelabels"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,7 +12,6 @@ import (
 	"time"
 
 	"github.com/lf-edge/evelet/eve/pubsub"
-	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
 	"github.com/lf-edge/evelet/tests/evesim"
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
@@ -88,7 +88,7 @@ func newFixture(t *testing.T, pods ...string) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node, Labels: map[string]string{kubeletshim.LabelOSVersion: kubeletshim.SanitizeLabelValue(sim.OSVersion)}}}
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node, Labels: map[string]string{nodelabels.OSVersion: nodelabels.SanitizeValue(sim.OSVersion)}}}
 	objs := []runtime.Object{n}
 	for _, p := range pods {
 		objs = append(objs, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: p, Namespace: "default"}, Spec: corev1.PodSpec{NodeName: node},
@@ -302,8 +302,8 @@ func TestUpdateAskedByBaseOsMgr(t *testing.T) {
 	if n.Spec.Unschedulable {
 		t.Error("node still cordoned after the update")
 	}
-	if n.Labels[kubeletshim.LabelOSVersion] != kubeletshim.SanitizeLabelValue(newOS) {
-		t.Errorf("os-version label %q", n.Labels[kubeletshim.LabelOSVersion])
+	if n.Labels[nodelabels.OSVersion] != nodelabels.SanitizeValue(newOS) {
+		t.Errorf("os-version label %q", n.Labels[nodelabels.OSVersion])
 	}
 	if _, ok := n.Annotations[AnnotationPendingVersion]; ok {
 		t.Errorf("pending annotation left: %v", n.Annotations)
@@ -346,7 +346,7 @@ func TestEarlyDetectionAndFallback(t *testing.T) {
 	if ev := f.events()[ReasonOSUpdateFailed]; !strings.Contains(ev, "fallback") {
 		t.Errorf("OSUpdateFailed event %q", ev)
 	}
-	if l := f.node().Labels[kubeletshim.LabelOSVersion]; l != kubeletshim.SanitizeLabelValue(old) {
+	if l := f.node().Labels[nodelabels.OSVersion]; l != nodelabels.SanitizeValue(old) {
 		t.Errorf("label %q after fallback", l)
 	}
 	// Several looks later: still idle (the failed version is remembered).
@@ -583,7 +583,7 @@ func TestClusterCannotAsk(t *testing.T) {
 	f := newFixture(t, "a")
 	n := f.node()
 	n.Annotations = map[string]string{AnnotationPendingVersion: newOS, AnnotationRequestedBy: "cluster-admin", AnnotationDrainStatus: "Requested"}
-	n.Labels[kubeletshim.LabelOSVersion] = "99.0.0"
+	n.Labels[nodelabels.OSVersion] = "99.0.0"
 	if _, err := f.cs.CoreV1().Nodes().Update(context.Background(), n, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}

@@ -4,9 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/lf-edge/evelet/internal/nodelabels"
 	"time"
 
-	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -116,7 +116,7 @@ func (n nodeAPI) condition(ctx context.Context, status corev1.ConditionStatus, r
 // registration (it does not update it on an existing Node).
 func (n nodeAPI) setVersionLabel(ctx context.Context, version string) error {
 	return n.patch(ctx, map[string]any{"metadata": map[string]any{"labels": map[string]any{
-		kubeletshim.LabelOSVersion: kubeletshim.SanitizeLabelValue(version)}}})
+		nodelabels.OSVersion: nodelabels.SanitizeValue(version)}}})
 }
 
 // event records a core/v1 Event on the Node, as the kubelet does (in

@@ -15,7 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/lf-edge/evelet/cri/policy"
+	"github.com/lf-edge/evelet/policy"
 )
 
 // wantRefused checks for the guardrail's PermissionDenied naming rule and

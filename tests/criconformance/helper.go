@@ -23,8 +23,8 @@ import (
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/lf-edge/evelet/cri/policy"
 	"github.com/lf-edge/evelet/images"
+	"github.com/lf-edge/evelet/policy"
 )
 
 // Pod is a pod as the kubelet knows it: identity and directories.

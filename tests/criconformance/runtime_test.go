@@ -18,7 +18,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	utilexec "k8s.io/utils/exec"
 
-	"github.com/lf-edge/evelet/cri/policy"
+	"github.com/lf-edge/evelet/policy"
 	"github.com/lf-edge/evelet/version"
 )
 

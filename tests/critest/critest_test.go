@@ -18,8 +18,8 @@ import (
 
 	"github.com/lf-edge/evelet/cri"
 	crictrd "github.com/lf-edge/evelet/cri/containerd"
-	"github.com/lf-edge/evelet/cri/policy"
 	"github.com/lf-edge/evelet/images"
+	"github.com/lf-edge/evelet/policy"
 	"github.com/lf-edge/evelet/tests/containerd"
 	"github.com/lf-edge/evelet/tests/controlplane"
 )

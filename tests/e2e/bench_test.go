@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lf-edge/evelet/cri/policy"
 	"github.com/lf-edge/evelet/images"
+	"github.com/lf-edge/evelet/policy"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"

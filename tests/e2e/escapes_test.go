@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lf-edge/evelet/cri/policy"
+	"github.com/lf-edge/evelet/policy"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"

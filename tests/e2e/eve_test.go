@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"github.com/lf-edge/evelet/internal/nodelabels"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,7 +10,6 @@ import (
 
 	"github.com/lf-edge/evelet/agent"
 	"github.com/lf-edge/evelet/eve/evecrypt"
-	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
 	"github.com/lf-edge/evelet/tests/controlplane"
 	"github.com/lf-edge/evelet/tests/evesim"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -59,11 +59,11 @@ func TestEVEJoinLeaveRejoin(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := waitNodeReady(t, node, 3*time.Minute)
-	if n.Labels[kubeletshim.LabelDeviceUUID] != sim.UUID || n.Spec.ProviderID != "eve://"+sim.UUID {
+	if n.Labels[nodelabels.DeviceUUID] != sim.UUID || n.Spec.ProviderID != "eve://"+sim.UUID {
 		t.Errorf("node labels %v providerID %q, want device %s", n.Labels, n.Spec.ProviderID, sim.UUID)
 	}
-	if n.Labels[kubeletshim.LabelOSVersion] != kubeletshim.SanitizeLabelValue(sim.OSVersion) {
-		t.Errorf("os-version label %q, want %q", n.Labels[kubeletshim.LabelOSVersion], sim.OSVersion)
+	if n.Labels[nodelabels.OSVersion] != nodelabels.SanitizeValue(sim.OSVersion) {
+		t.Errorf("os-version label %q, want %q", n.Labels[nodelabels.OSVersion], sim.OSVersion)
 	}
 
 	// The controller removes the cluster: the device leaves.

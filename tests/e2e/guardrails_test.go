@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/lf-edge/evelet/agent"
-	"github.com/lf-edge/evelet/cri/policy"
 	"github.com/lf-edge/evelet/images"
+	"github.com/lf-edge/evelet/policy"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"github.com/lf-edge/evelet/internal/nodelabels"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -15,7 +16,6 @@ import (
 	"github.com/lf-edge/evelet/agent"
 	"github.com/lf-edge/evelet/bootstrap"
 	"github.com/lf-edge/evelet/images"
-	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
 	appsv1 "k8s.io/api/apps/v1"
 	certv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -164,10 +164,10 @@ func TestJoinRunPodAndRestart(t *testing.T) {
 	d.start()
 
 	n := waitNodeReady(t, node, 3*time.Minute)
-	if got := n.Labels[kubeletshim.LabelDeviceUUID]; got != j.DeviceUUID {
+	if got := n.Labels[nodelabels.DeviceUUID]; got != j.DeviceUUID {
 		t.Errorf("device-uuid label = %q, want %q", got, j.DeviceUUID)
 	}
-	if got := n.Labels[kubeletshim.LabelOSVersion]; got != j.OSVersion {
+	if got := n.Labels[nodelabels.OSVersion]; got != j.OSVersion {
 		t.Errorf("os-version label = %q, want %q", got, j.OSVersion)
 	}
 	if n.Spec.ProviderID != "eve://"+j.DeviceUUID {

@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/lf-edge/evelet/agent"
-	"github.com/lf-edge/evelet/cri/policy"
 	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
+	"github.com/lf-edge/evelet/policy"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"

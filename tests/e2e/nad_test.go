@@ -26,9 +26,9 @@ import (
 
 	"github.com/lf-edge/evelet/cni/annotation"
 	"github.com/lf-edge/evelet/cni/nad"
-	"github.com/lf-edge/evelet/cri/policy"
 	"github.com/lf-edge/evelet/images"
 	"github.com/lf-edge/evelet/internal/layout"
+	"github.com/lf-edge/evelet/policy"
 	"github.com/lf-edge/evelet/tests/containerd"
 	"github.com/lf-edge/evelet/tests/evesim"
 )

@@ -3,13 +3,13 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"github.com/lf-edge/evelet/internal/nodelabels"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/lf-edge/evelet/agent/upgrade"
 	"github.com/lf-edge/evelet/eve/pubsub"
-	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
 	"github.com/lf-edge/evelet/tests/devnet"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -297,8 +297,8 @@ func TestOSUpdateTwoDevices(t *testing.T) {
 		t.Fatal(err)
 	}
 	n = waitCondition(t, n1, upgrade.ReasonOSUpdated, 3*time.Minute)
-	if n.Spec.Unschedulable || n.Labels[kubeletshim.LabelOSVersion] != kubeletshim.SanitizeLabelValue(upgradeTarget) {
-		t.Errorf("device 1 after the update: unschedulable %v label %q", n.Spec.Unschedulable, n.Labels[kubeletshim.LabelOSVersion])
+	if n.Spec.Unschedulable || n.Labels[nodelabels.OSVersion] != nodelabels.SanitizeValue(upgradeTarget) {
+		t.Errorf("device 1 after the update: unschedulable %v label %q", n.Spec.Unschedulable, n.Labels[nodelabels.OSVersion])
 	}
 	waitEvent(t, n1, upgrade.ReasonOSUpdated, upgradeTarget)
 	t.Logf("device 1 back Ready on %s, uncordoned, labelled, OSUpdated %v after the reboot began", upgradeTarget, time.Since(upAt).Round(time.Millisecond))
@@ -317,8 +317,8 @@ func TestOSUpdateTwoDevices(t *testing.T) {
 	ds.wait(5*time.Minute, pubsub.DrainStatusComplete, pubsub.DrainRequesterUpdate)
 	rebootDevice(t, d1, upgradeTarget)
 	n = waitCondition(t, n1, upgrade.ReasonOSUpdateFailed, 5*time.Minute)
-	if n.Spec.Unschedulable || n.Labels[kubeletshim.LabelOSVersion] != kubeletshim.SanitizeLabelValue(upgradeTarget) {
-		t.Errorf("device 1 after the fallback: unschedulable %v label %q", n.Spec.Unschedulable, n.Labels[kubeletshim.LabelOSVersion])
+	if n.Spec.Unschedulable || n.Labels[nodelabels.OSVersion] != nodelabels.SanitizeValue(upgradeTarget) {
+		t.Errorf("device 1 after the fallback: unschedulable %v label %q", n.Spec.Unschedulable, n.Labels[nodelabels.OSVersion])
 	}
 	waitEvent(t, n1, upgrade.ReasonOSUpdateFailed, "fallback")
 	t.Logf("device 1 fell back to %s: OSUpdateFailed, uncordoned", upgradeTarget)

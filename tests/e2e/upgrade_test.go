@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/lf-edge/evelet/internal/nodelabels"
 	"os"
 	"strings"
 	"testing"
@@ -13,7 +14,6 @@ import (
 	"github.com/lf-edge/evelet/eve/pubsub"
 	"github.com/lf-edge/evelet/eve/pubsub/socketpub"
 	"github.com/lf-edge/evelet/images"
-	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
 	"github.com/lf-edge/evelet/tests/evesim"
 	"github.com/lf-edge/evelet/tests/internal/socketsub"
 	appsv1 "k8s.io/api/apps/v1"
@@ -361,8 +361,8 @@ func TestOSUpdateOneDevice(t *testing.T) {
 
 	rebootSim(t, d, sim, upgradeTarget, true)
 	n = waitCondition(t, node, upgrade.ReasonOSUpdated, 3*time.Minute)
-	if !isReady(n) || n.Spec.Unschedulable || n.Labels[kubeletshim.LabelOSVersion] != kubeletshim.SanitizeLabelValue(upgradeTarget) {
-		t.Errorf("after the update: ready %v unschedulable %v label %q", isReady(n), n.Spec.Unschedulable, n.Labels[kubeletshim.LabelOSVersion])
+	if !isReady(n) || n.Spec.Unschedulable || n.Labels[nodelabels.OSVersion] != nodelabels.SanitizeValue(upgradeTarget) {
+		t.Errorf("after the update: ready %v unschedulable %v label %q", isReady(n), n.Spec.Unschedulable, n.Labels[nodelabels.OSVersion])
 	}
 	if _, ok := n.Annotations[upgrade.AnnotationPendingVersion]; ok {
 		t.Errorf("pending annotation left: %v", n.Annotations)
@@ -474,8 +474,8 @@ func TestOSUpdateOneDevice(t *testing.T) {
 	ds.wait(2*time.Minute, pubsub.DrainStatusComplete, pubsub.DrainRequesterUpdate)
 	rebootSim(t, d, sim, upgradeTarget, true)
 	n = waitCondition(t, node, upgrade.ReasonOSUpdateFailed, 3*time.Minute)
-	if n.Spec.Unschedulable || n.Labels[kubeletshim.LabelOSVersion] != kubeletshim.SanitizeLabelValue(upgradeTarget) {
-		t.Errorf("after the fallback: unschedulable %v label %q", n.Spec.Unschedulable, n.Labels[kubeletshim.LabelOSVersion])
+	if n.Spec.Unschedulable || n.Labels[nodelabels.OSVersion] != nodelabels.SanitizeValue(upgradeTarget) {
+		t.Errorf("after the fallback: unschedulable %v label %q", n.Spec.Unschedulable, n.Labels[nodelabels.OSVersion])
 	}
 	waitEvent(t, node, upgrade.ReasonOSUpdateFailed, "fallback")
 }
@@ -519,8 +519,8 @@ func TestOSUpdateEarlyDetection(t *testing.T) {
 		t.Fatal(err)
 	}
 	n = waitCondition(t, node, upgrade.ReasonOSUpdated, 3*time.Minute)
-	if n.Spec.Unschedulable || n.Labels[kubeletshim.LabelOSVersion] != kubeletshim.SanitizeLabelValue(upgradeTarget) {
-		t.Errorf("unschedulable %v label %q", n.Spec.Unschedulable, n.Labels[kubeletshim.LabelOSVersion])
+	if n.Spec.Unschedulable || n.Labels[nodelabels.OSVersion] != nodelabels.SanitizeValue(upgradeTarget) {
+		t.Errorf("unschedulable %v label %q", n.Spec.Unschedulable, n.Labels[nodelabels.OSVersion])
 	}
 	if countStatus(ds.statuses(), pubsub.DrainStatusRequested) != 1 {
 		t.Errorf("more than one cycle: %v", ds.statuses())

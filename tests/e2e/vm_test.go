@@ -30,11 +30,11 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/lf-edge/evelet/agent"
-	"github.com/lf-edge/evelet/cri/policy"
 	"github.com/lf-edge/evelet/cri/vm"
 	"github.com/lf-edge/evelet/images"
 	"github.com/lf-edge/evelet/images/vmguest"
 	"github.com/lf-edge/evelet/images/vmguest/vmguesttest"
+	"github.com/lf-edge/evelet/policy"
 	"github.com/lf-edge/evelet/tests/containerd"
 )
 

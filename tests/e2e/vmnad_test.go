@@ -21,9 +21,9 @@ import (
 	"k8s.io/client-go/dynamic"
 
 	"github.com/lf-edge/evelet/cni/annotation"
-	"github.com/lf-edge/evelet/cri/policy"
 	"github.com/lf-edge/evelet/images/vmguest"
 	"github.com/lf-edge/evelet/internal/layout"
+	"github.com/lf-edge/evelet/policy"
 	"github.com/lf-edge/evelet/tests/evesim"
 )
 
