@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"github.com/lf-edge/evelet/internal/nodelabels"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -12,6 +11,7 @@ import (
 	"github.com/lf-edge/evelet/cri"
 	"github.com/lf-edge/evelet/cri/vm"
 	"github.com/lf-edge/evelet/cri/vm/vmnet"
+	"github.com/lf-edge/evelet/internal/nodelabels"
 )
 
 // VMConfig configures VM pods (RuntimeClass handler eve-vm, cri/vm).

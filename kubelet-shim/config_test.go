@@ -2,7 +2,6 @@ package kubeletshim
 
 import (
 	"context"
-	"github.com/lf-edge/evelet/internal/nodelabels"
 	"strings"
 	"testing"
 
@@ -10,6 +9,8 @@ import (
 	"k8s.io/kubernetes/pkg/kubelet/apis/config/validation"
 	"k8s.io/kubernetes/pkg/kubelet/kubeletconfig/configfiles"
 	utilfs "k8s.io/kubernetes/pkg/util/filesystem"
+
+	"github.com/lf-edge/evelet/internal/nodelabels"
 )
 
 func opts(t *testing.T) *Options {

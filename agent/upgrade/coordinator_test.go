@@ -2,7 +2,6 @@ package upgrade
 
 import (
 	"context"
-	"github.com/lf-edge/evelet/internal/nodelabels"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/lf-edge/evelet/eve/pubsub"
+	"github.com/lf-edge/evelet/internal/nodelabels"
 	"github.com/lf-edge/evelet/tests/evesim"
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"

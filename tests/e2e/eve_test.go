@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"github.com/lf-edge/evelet/internal/nodelabels"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/lf-edge/evelet/agent"
 	"github.com/lf-edge/evelet/eve/evecrypt"
+	"github.com/lf-edge/evelet/internal/nodelabels"
 	"github.com/lf-edge/evelet/tests/controlplane"
 	"github.com/lf-edge/evelet/tests/evesim"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"

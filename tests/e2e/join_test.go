@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"github.com/lf-edge/evelet/internal/nodelabels"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 	"github.com/lf-edge/evelet/agent"
 	"github.com/lf-edge/evelet/bootstrap"
 	"github.com/lf-edge/evelet/images"
+	"github.com/lf-edge/evelet/internal/nodelabels"
 	appsv1 "k8s.io/api/apps/v1"
 	certv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"

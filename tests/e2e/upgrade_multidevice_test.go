@@ -3,13 +3,13 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"github.com/lf-edge/evelet/internal/nodelabels"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/lf-edge/evelet/agent/upgrade"
 	"github.com/lf-edge/evelet/eve/pubsub"
+	"github.com/lf-edge/evelet/internal/nodelabels"
 	"github.com/lf-edge/evelet/tests/devnet"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
