@@ -164,7 +164,7 @@ const file_eve_auth_proto_rawDesc = "" +
 	"\rsignatureHash\x18\x04 \x01(\fR\rsignatureHash\x12\x1e\n" +
 	"\n" +
 	"senderCert\x18\x05 \x01(\fR\n" +
-	"senderCertB2Z0github.com/lf-edge/evelet/eve/evecfg/evepbb\x06proto3"
+	"senderCertB,Z*github.com/lf-edge/evelet/eve/evecfg/evepbb\x06proto3"
 
 var (
 	file_eve_auth_proto_rawDescOnce sync.Once

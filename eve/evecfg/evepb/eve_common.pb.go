@@ -925,7 +925,7 @@ const file_eve_common_proto_rawDesc = "" +
 	"\x0eSA_AES_256_CFB\x10\x01*p\n" +
 	"\x13EncryptionBlockUser\x12%\n" +
 	"!ENCRYPTION_BLOCK_USER_UNSPECIFIED\x10\x00\x122\n" +
-	".ENCRYPTION_BLOCK_USER_BINARY_ARTIFACT_METADATA\x10\x01B2Z0github.com/lf-edge/evelet/eve/evecfg/evepbb\x06proto3"
+	".ENCRYPTION_BLOCK_USER_BINARY_ARTIFACT_METADATA\x10\x01B,Z*github.com/lf-edge/evelet/eve/evecfg/evepbb\x06proto3"
 
 var (
 	file_eve_common_proto_rawDescOnce sync.Once

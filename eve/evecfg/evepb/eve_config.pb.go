@@ -1264,7 +1264,7 @@ const file_eve_config_proto_rawDesc = "" +
 	"\x0fCLUSTER_TYPE_HA\x10\x03\x1a\x02\b\x01*A\n" +
 	"\bHAScheme\x12\x19\n" +
 	"\x15HA_SCHEME_UNSPECIFIED\x10\x00\x12\x1a\n" +
-	"\x16HA_SCHEME_K3S_EMBEDDED\x10\x01B2Z0github.com/lf-edge/evelet/eve/evecfg/evepbb\x06proto3"
+	"\x16HA_SCHEME_K3S_EMBEDDED\x10\x01B,Z*github.com/lf-edge/evelet/eve/evecfg/evepbb\x06proto3"
 
 var (
 	file_eve_config_proto_rawDescOnce sync.Once
