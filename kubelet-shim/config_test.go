@@ -2,6 +2,9 @@ package kubeletshim
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -138,17 +141,69 @@ func TestConfigTenantSettings(t *testing.T) {
 	}
 }
 
-// Without a node IP, WriteConfig pins one: the kubelet never listens on
-// every address.
+// Without a node IP, WriteConfig pins the address of the default-route
+// interface: the kubelet never listens on every address. The test runs
+// WriteConfig in network namespaces it makes, so the right answer is known:
+// one with an address and a default route, one with only loopback (where
+// WriteConfig must fail, not pin nothing or 0.0.0.0).
 func TestWriteConfigPinsAnAddress(t *testing.T) {
+	if want, ok := os.LookupEnv(inNetnsEnv); ok {
+		writeConfigInNetns(t, want)
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: makes network namespaces")
+	}
+	for _, tc := range []struct{ name, want string }{{"routed", "192.0.2.77"}, {"loopback-only", "none"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := fmt.Sprintf("evks-%d-%s", os.Getpid(), tc.name)
+			run := func(args ...string) {
+				if b, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+					t.Fatalf("ip %v: %v: %s", args, err, b)
+				}
+			}
+			run("netns", "add", ns)
+			t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+			run("-n", ns, "link", "set", "lo", "up")
+			if tc.want != "none" {
+				run("-n", ns, "link", "add", "d0", "type", "veth", "peer", "name", "d1")
+				run("-n", ns, "addr", "add", tc.want+"/24", "dev", "d0")
+				run("-n", ns, "link", "set", "d1", "up")
+				run("-n", ns, "link", "set", "d0", "up")
+				run("-n", ns, "route", "add", "default", "via", "192.0.2.1")
+			}
+			cmd := exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run", "^TestWriteConfigPinsAnAddress$", "-test.v")
+			cmd.Env = append(os.Environ(), inNetnsEnv+"="+tc.want)
+			b, err := cmd.CombinedOutput()
+			if err != nil || !strings.Contains(string(b), "--- PASS: TestWriteConfigPinsAnAddress") {
+				t.Fatalf("in netns %s: %v\n%s", ns, err, b)
+			}
+		})
+	}
+}
+
+const inNetnsEnv = "EVELET_TEST_WRITECONFIG_NETNS"
+
+// writeConfigInNetns is the child half of TestWriteConfigPinsAnAddress.
+func writeConfigInNetns(t *testing.T, want string) {
 	o := opts(t)
-	if err := o.WriteConfig(); err != nil {
-		t.Skipf("no usable interface here: %v", err)
+	err := o.WriteConfig()
+	if want == "none" {
+		if err == nil {
+			t.Fatalf("WriteConfig with no routed interface pinned %q, want an error", o.NodeIP)
+		}
+		if _, serr := os.Stat(o.ConfigPath()); serr == nil {
+			t.Fatal("a config was written without a node address")
+		}
+		return
 	}
-	if o.NodeIP == "" || o.Config().Address != o.NodeIP || o.NodeIP == "0.0.0.0" {
-		t.Fatalf("node IP %q, address %q", o.NodeIP, o.Config().Address)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !strings.Contains(strings.Join(o.Args(), " "), "--node-ip="+o.NodeIP) {
+	if o.NodeIP != want || o.Config().Address != want {
+		t.Fatalf("node IP %q, address %q, want %s", o.NodeIP, o.Config().Address, want)
+	}
+	if !strings.Contains(strings.Join(o.Args(), " "), "--node-ip="+want) {
 		t.Fatal("--node-ip not pinned")
 	}
 }
