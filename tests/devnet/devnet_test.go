@@ -8,11 +8,13 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/lf-edge/evelet/tests/internal/cgroups"
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -258,4 +260,40 @@ func TestSweepStale(t *testing.T) {
 	if left := old.Leftovers(); len(left) > 0 {
 		t.Errorf("left after the sweep: %v", left)
 	}
+}
+
+// TestNewNetRefusesASubnetInUse: another interface holding an address in
+// the harness's subnet makes NewNet refuse at once, naming the interface,
+// and leaves no bridge (a harness that went ahead timed out after minutes
+// of discovery retries, its replies leaving by the wrong link).
+func TestNewNetRefusesASubnetInUse(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root (creates links on the host)")
+	}
+	dummy := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "h1dtaken0"}, PeerName: "h1dtaken1"}
+	if err := netlink.LinkAdd(dummy); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { netlink.LinkDel(dummy) })
+	addr, _ := netlink.ParseAddr("10.253.7.1/24")
+	if err := netlink.AddrAdd(dummy, addr); err != nil {
+		t.Fatal(err)
+	}
+	n, err := NewNet(NetOptions{Bridge: "h1dtakenbr", CIDR: "10.253.7.0/24", Prefix: "h1dt"})
+	if err == nil {
+		n.Close()
+		t.Fatal("NewNet took a subnet another interface holds")
+	}
+	if !strings.Contains(err.Error(), "h1dtaken0") || !strings.Contains(err.Error(), "10.253.7.0/24") {
+		t.Fatalf("error does not name the interface and subnet: %v", err)
+	}
+	if _, lerr := netlink.LinkByName("h1dtakenbr"); lerr == nil {
+		t.Fatal("the refused bridge was left behind")
+	}
+	// A free subnet still works.
+	n, err = NewNet(NetOptions{Bridge: "h1dtakenbr", CIDR: "10.253.8.0/24", Prefix: "h1dt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Close()
 }

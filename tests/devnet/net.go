@@ -70,6 +70,12 @@ func NewNet(o NetOptions) (*Net, error) {
 			return nil, fmt.Errorf("devnet: removing stale bridge %s: %w", n.bridge, err)
 		}
 	}
+	// Another interface holding an address or a route in the subnet would
+	// take the devices' replies (the host answers from whichever link the
+	// route picks): refuse in one line instead of timing out later.
+	if err := subnetFree(subnet); err != nil {
+		return nil, fmt.Errorf("devnet: %w", err)
+	}
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: n.bridge}}
 	if err := netlink.LinkAdd(br); err != nil {
 		return nil, fmt.Errorf("devnet: creating bridge %s: %w", n.bridge, err)
@@ -85,6 +91,39 @@ func NewNet(o NetOptions) (*Net, error) {
 		return fail(err)
 	}
 	return n, nil
+}
+
+// subnetFree fails, naming the interface, when any link of the host's
+// network namespace has an address in subnet or a route that overlaps it.
+func subnetFree(subnet *net.IPNet) error {
+	overlaps := func(o *net.IPNet) bool { return o != nil && (subnet.Contains(o.IP) || o.Contains(subnet.IP)) }
+	name := func(idx int) string {
+		if l, err := netlink.LinkByIndex(idx); err == nil {
+			return l.Attrs().Name
+		}
+		return fmt.Sprintf("link #%d", idx)
+	}
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("listing the host's addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if subnet.Contains(a.IP) {
+			return fmt.Errorf("subnet %s is in use on this host: interface %s has %s; remove it (ip addr del %s dev %s) or give NetOptions.CIDR another subnet",
+				subnet, name(a.LinkIndex), a.IPNet, a.IPNet, name(a.LinkIndex))
+		}
+	}
+	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("listing the host's routes: %w", err)
+	}
+	for _, r := range routes {
+		if r.Dst != nil && overlaps(r.Dst) && r.Dst.String() != "0.0.0.0/0" {
+			return fmt.Errorf("subnet %s is in use on this host: a route to %s via interface %s; remove it or give NetOptions.CIDR another subnet",
+				subnet, r.Dst, name(r.LinkIndex))
+		}
+	}
+	return nil
 }
 
 // HostIP is the host's address on the bridge (.1): where devices reach the
