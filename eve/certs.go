@@ -16,15 +16,18 @@ import (
 )
 
 // ControllerCertDirs is where zedagent publishes the controller
-// certificates on this EVE release, in search order:
-//   - 16.12.0 and later (and snapshot builds): <Run>/zedagent/ControllerCert
-//     only. The <Persist>/status copy is a leftover of an older release.
+// certificates on this EVE release, in search order (Release has the
+// table per release line):
+//   - a release that publishes them under <Run> (16.12.0 and later,
+//     16.0.1-rc1 and later 16.0.x, 14.5.4-rc1 and later 14.5.x, snapshot
+//     builds): <Run>/zedagent/ControllerCert only. The <Persist>/status
+//     copy is a leftover of an older release.
 //   - older releases: <Persist>/status/zedagent/ControllerCert (after <Run>,
 //     which such a release does not have).
 //   - unknown version: both, <Run> first. A certificate is looked up by its
 //     hash, so an old copy can only supply the very certificate asked for.
 func ControllerCertDirs(root pubsub.Root, rel Release) []string {
-	if rel.Known() && !rel.PersistentTopics() {
+	if rel.Known() && !rel.PersistentControllerCert() {
 		return []string{root.ControllerCertDir()}
 	}
 	return []string{root.ControllerCertDir(), root.ControllerCertDirPersistent()}

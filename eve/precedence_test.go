@@ -11,23 +11,32 @@ import (
 )
 
 func TestReleasePersistentTopics(t *testing.T) {
-	for v, want := range map[string]struct{ known, persistent bool }{
-		"14.5.1-lts-kvm-amd64":              {true, true},
-		"16.11.9-kvm-amd64":                 {true, true},
-		"16.12.0-kvm-amd64":                 {true, false},
-		"16.12.0-rc1":                       {true, false},
-		"17.0.0-lts":                        {true, false},
-		"9.99.0":                            {true, true},
-		"0.0.0-master-2c6b4154-kvm-amd64":   {true, false}, // snapshot build of a branch
-		"":                                  {false, false},
-		"Unknown":                           {false, false}, // what pillar's agentlog.EveVersion returns
-		"snapshot-kvm-amd64":                {false, false},
-		"16.x.0":                            {false, false},
-		"99999999999999999999999.1.1-kvm-x": {false, false},
+	type want struct{ known, cluster, cert bool }
+	for v, w := range map[string]want{
+		"14.5.1-lts-kvm-amd64":              {true, true, true},
+		"14.5.3-lts-kvm-amd64":              {true, true, true},
+		"14.5.4-rc1-kvm-amd64":              {true, true, false},
+		"14.5.4-lts-kvm-amd64":              {true, true, false},
+		"14.5.5-lts-kvm-amd64":              {true, true, false},
+		"15.11.0-kvm-amd64":                 {true, true, true},
+		"16.0.0-lts-kvm-amd64":              {true, true, true},
+		"16.0.1-rc1-kvm-amd64":              {true, false, false},
+		"16.0.1-lts-kvm-amd64":              {true, false, false},
+		"16.11.9-kvm-amd64":                 {true, true, true},
+		"16.12.0-kvm-amd64":                 {true, false, false},
+		"16.12.0-rc1":                       {true, false, false},
+		"17.0.0-lts":                        {true, false, false},
+		"9.99.0":                            {true, true, true},
+		"0.0.0-master-2c6b4154-kvm-amd64":   {true, false, false}, // snapshot build of a branch
+		"":                                  {false, false, false},
+		"Unknown":                           {false, false, false}, // what pillar's agentlog.EveVersion returns
+		"snapshot-kvm-amd64":                {false, false, false},
+		"16.x.0":                            {false, false, false},
+		"99999999999999999999999.1.1-kvm-x": {false, false, false},
 	} {
 		r := ParseRelease(v)
-		if r.Known() != want.known || r.PersistentTopics() != want.persistent {
-			t.Errorf("%q: known %v persistent %v, want %+v", v, r.Known(), r.PersistentTopics(), want)
+		if got := (want{r.Known(), r.PersistentClusterTopics(), r.PersistentControllerCert()}); got != w {
+			t.Errorf("%q: %+v, want %+v", v, got, w)
 		}
 	}
 	// eve-release wins over ZbootStatus; ZbootStatus is the fallback.
@@ -36,7 +45,7 @@ func TestReleasePersistentTopics(t *testing.T) {
 		t.Errorf("ReleaseOf = %v", r)
 	}
 	s.EVERelease = ""
-	if r := ReleaseOf(s); r.Version != "14.5.1" || !r.PersistentTopics() {
+	if r := ReleaseOf(s); r.Version != "14.5.1" || !r.PersistentClusterTopics() {
 		t.Errorf("ReleaseOf from Zboot = %v", r)
 	}
 }
@@ -48,6 +57,9 @@ func TestControllerCertDirsByRelease(t *testing.T) {
 		"16.12.0-kvm-amd64":    {run},
 		"0.0.0-master-abc":     {run},
 		"14.5.1-lts-kvm-amd64": {run, old},
+		"14.5.4-lts-kvm-amd64": {run},
+		"16.0.0-lts-kvm-amd64": {run, old},
+		"16.0.1-lts-kvm-amd64": {run},
 		"":                     {run, old},
 	} {
 		if got := ControllerCertDirs(root, ParseRelease(v)); !reflect.DeepEqual(got, want) {
@@ -305,4 +317,80 @@ func TestResolvePrecedenceByRelease(t *testing.T) {
 			t.Fatalf("last resort: %+v, %v", r, err)
 		}
 	})
+}
+
+// TestReleaseTableMatchesSimulator: eve's per-line table and the
+// simulator's (written separately from pillar's tags) agree on where each
+// release publishes.
+func TestReleaseTableMatchesSimulator(t *testing.T) {
+	for _, v := range []string{"14.5.3-lts-kvm-amd64", "14.5.4-rc1-kvm-amd64", "14.5.5-lts-kvm-amd64", "15.11.0-kvm-amd64",
+		"16.0.0-lts-kvm-amd64", "16.0.1-rc1-kvm-amd64", "16.0.1-lts-kvm-amd64", "16.11.0-kvm-amd64", "16.12.0-kvm-amd64",
+		"17.0.0-lts-kvm-amd64", "0.0.0-master-2c6b4154-kvm-amd64"} {
+		sim, err := evesim.NewWithOptions(t.TempDir(), "d", evesim.Options{OSVersion: v})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rel := ParseRelease(v)
+		if got := sim.ControllerCertDir() == sim.Root.ControllerCertDirPersistent(); got != rel.PersistentControllerCert() {
+			t.Errorf("%s: simulator publishes certs persistently: %v, eve says %v", v, got, rel.PersistentControllerCert())
+		}
+		if got := sim.ClusterConfigPath() == sim.Root.EdgeNodeClusterConfigPersistent(); got != rel.PersistentClusterTopics() {
+			t.Errorf("%s: simulator publishes the cluster persistently: %v, eve says %v", v, got, rel.PersistentClusterTopics())
+		}
+	}
+}
+
+// TestRemovedDeviceStaysRemoved16_0_1 (issue 16): 16.0.1-lts publishes
+// EdgeNodeClusterConfig, EdgeNodeInfo and ControllerCert under <Run> only,
+// while 16.0.0-lts published them under <Persist>/status. A device that was
+// in "prod" on 16.0.0-lts, upgraded to 16.0.1-lts and was then removed from
+// the cluster keeps the stale <Persist>/status copy for ever; at every boot,
+// before zedagent publishes, the checkpoint (no cluster) must decide. Before
+// the fix evelet took the stale copy for the live topic of a "pre-16.12"
+// release and rejoined at every boot.
+func TestRemovedDeviceStaysRemoved16_0_1(t *testing.T) {
+	const old, lts = "16.0.0-lts-kvm-amd64", "16.0.1-lts-kvm-amd64"
+	prod := evesim.Cluster{Name: "prod", JoinServerIP: "10.1.2.3", ClusterIPPrefix: "10.1.2.7/24", Token: k10}
+	sim, err := evesim.NewWithOptions(t.TempDir(), "edge", evesim.Options{OSVersion: old})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sim.SetCluster(prod); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := Resolve(inputs(t, sim)); err != nil || r.Join == nil {
+		t.Fatalf("on %s: %+v, %v", old, r, err)
+	}
+	for _, step := range []func() error{
+		func() error { return sim.Reboot(evesim.Options{OSVersion: lts}) },
+		sim.PublishZedagent,
+		sim.RemoveCluster,
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r, err := Resolve(inputs(t, sim)); err != nil || r.Join != nil {
+		t.Fatalf("removed on %s: %+v, %v", lts, r, err)
+	}
+	for boot := 1; boot <= 3; boot++ {
+		if err := sim.Reboot(evesim.Options{OSVersion: lts}); err != nil {
+			t.Fatal(err)
+		}
+		if cc, ok, _ := pubsub.Read[pubsub.EdgeNodeClusterConfig](sim.Root.EdgeNodeClusterConfigPersistent()); !ok || !cc.Valid {
+			t.Fatal("setup: the stale 16.0.0 copy is gone")
+		}
+		for i, step := range []func() error{
+			func() error { return nil }, // zedagent has published nothing yet
+			sim.PublishControllerCerts,  // only the certificates
+			sim.PublishZedagent,         // everything
+		} {
+			if err := step(); err != nil {
+				t.Fatal(err)
+			}
+			if r, err := Resolve(inputs(t, sim)); err != nil || r.Join != nil {
+				t.Fatalf("boot %d step %d: the removed device rejoins from the stale copy: %+v, %v", boot, i, r, err)
+			}
+		}
+	}
 }

@@ -53,26 +53,54 @@ func ReleaseOf(s pubsub.Snapshot) Release {
 // (0.0.0-...) is known: it is built from a branch, taken as current.
 func (r Release) Known() bool { return r.known }
 
-// nonPersistentSince is the first EVE release in which zedagent publishes
-// ControllerCert, EdgeNodeClusterConfig and EdgeNodeInfo under /run only
-// (pillar cmd/zedagent/zedagent.go; lf-edge/eve commits 00480f4d8 and
-// 9089e094c, first tagged in 16.12.0).
-var nonPersistentSince = [3]int{16, 12, 0}
+// Which zedagent topics a release publishes under <Persist>/status
+// changed per release line, not at one version (pillar
+// cmd/zedagent/zedagent.go, the Persistent field of the ControllerCert,
+// EdgeNodeClusterConfig and EdgeNodeInfo publications, checked at every tag
+// from 14.5.0-lts to 17.3.0):
+//
+//	release                           ControllerCert   EdgeNodeClusterConfig, EdgeNodeInfo
+//	before 14.5.4, 15.x, 16.0.0,
+//	16.1.0 ... 16.11.x                <Persist>/status <Persist>/status
+//	14.5.4-rc1 and later 14.5.x       <Run>            <Persist>/status
+//	16.0.1-rc1 and later 16.0.x       <Run>            <Run>
+//	16.12.0 and later (17.0.0-lts)    <Run>            <Run>
+//	0.0.0-<branch>-... snapshots      <Run>            <Run>
+//
+// A <Persist>/status copy is therefore live only on a release that writes
+// it; on any other it is a leftover nothing removes.
 
-// PersistentTopics reports whether this EVE publishes ControllerCert,
-// EdgeNodeClusterConfig and EdgeNodeInfo under <Persist>/status (releases
-// before 16.12.0). False for 16.12.0 and later, for snapshot builds
-// (0.0.0-...) and when the version is unknown.
-func (r Release) PersistentTopics() bool {
-	if !r.known || r.v == [3]int{0, 0, 0} {
+// PersistentClusterTopics reports whether this release publishes
+// EdgeNodeClusterConfig and EdgeNodeInfo under <Persist>/status. False
+// when the version is unknown.
+func (r Release) PersistentClusterTopics() bool {
+	if !r.known || r.atLeast(16, 12, 0) || r.v == [3]int{} {
 		return false
 	}
+	if r.v[0] == 16 && r.v[1] == 0 && r.v[2] >= 1 {
+		return false // 16.0.1-rc1 and later 16.0.x (LTS backport)
+	}
+	return true
+}
+
+// PersistentControllerCert reports whether this release publishes the
+// controller certificates under <Persist>/status. False when the version
+// is unknown.
+func (r Release) PersistentControllerCert() bool {
+	if !r.PersistentClusterTopics() {
+		return false
+	}
+	return !(r.v[0] == 14 && r.v[1] == 5 && r.v[2] >= 4) // 14.5.4-rc1 and later 14.5.x
+}
+
+func (r Release) atLeast(major, minor, patch int) bool {
+	want := [3]int{major, minor, patch}
 	for i := range r.v {
-		if r.v[i] != nonPersistentSince[i] {
-			return r.v[i] < nonPersistentSince[i]
+		if r.v[i] != want[i] {
+			return r.v[i] > want[i]
 		}
 	}
-	return false
+	return true
 }
 
 func (r Release) String() string {

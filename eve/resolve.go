@@ -54,19 +54,21 @@ func Resolve(in Inputs) (*Resolved, error) {
 		}
 	}
 	rel := ReleaseOf(in.Snapshot)
-	if err := firstPubsubError(in.Snapshot, rel); err != nil {
+	if err := firstPubsubError(in.Snapshot, rel, cp != nil); err != nil {
 		return nil, err
 	}
 
 	// Cluster intent, in this order (docs/eve-channel.md):
-	//  1. the run-time topic: <Run>/zedagent/EdgeNodeClusterConfig, or on
-	//     EVE before 16.12.0 the <Persist>/status copy, which is where those
-	//     releases publish it;
+	//  1. the run-time topic <Run>/zedagent/EdgeNodeClusterConfig;
 	//  2. the checkpoint, which zedagent replays at boot before it publishes;
-	//  3. the <Persist>/status copy, only when the EVE version is unknown.
-	// On 16.12.0 and later the <Persist>/status copy is a leftover that
-	// nothing removes; it never counts, or a device removed from a cluster
-	// would rejoin it at every boot until zedagent publishes.
+	//  3. the <Persist>/status copy, only on a release that publishes it
+	//     there (Release.PersistentClusterTopics) or when the version is
+	//     unknown.
+	// A <Persist>/status copy never outranks the checkpoint: it may be this
+	// boot's topic, but also the last boot's, or a leftover of an older
+	// release that nothing removes; ranked first it would make a device the
+	// controller removed from its cluster rejoin at every boot until
+	// zedagent publishes.
 	ccRun, ccLast := pickTopic(signal(in.Snapshot.ClusterConfig), signal(in.Snapshot.ClusterConfigPersistent), rel)
 	var (
 		valid            bool
@@ -101,8 +103,7 @@ func Resolve(in Inputs) (*Resolved, error) {
 	}
 	out.ClusterKey = fmt.Sprintf("%s/%s@%s", name, id, joinIP)
 
-	// Device identity: EdgeNodeInfo, else the checkpoint, with the same
-	// precedence as the cluster intent.
+	// Device identity: the same precedence as the cluster intent.
 	devName, devID := "", ""
 	niRun, niLast := pickTopic(in.Snapshot.NodeInfo, in.Snapshot.NodeInfoPersistent, rel)
 	switch {
@@ -191,21 +192,14 @@ func clusterToken(in Inputs, block *evepb.CipherBlock, cluster string) (string, 
 	return eb.GetClusterToken(), nil
 }
 
-// pickTopic sorts the two copies of a topic EVE 16.12.0 moved from
-// <Persist>/status to <Run>: runtime is the copy the running EVE publishes
-// (the <Run> one, or on an older EVE the persistent one), lastResort the
-// persistent copy when the version is unknown (ranked after the checkpoint).
+// pickTopic sorts the two copies of a topic: runtime is the <Run> copy;
+// lastResort the <Persist>/status copy when this release publishes the
+// topic there or the version is unknown (ranked after the checkpoint).
 func pickTopic[T any](run, persist *T, rel Release) (runtime, lastResort *T) {
-	switch {
-	case run != nil:
-		return run, nil
-	case rel.PersistentTopics():
-		return persist, nil
-	case rel.Known():
-		return nil, nil
-	default:
-		return nil, persist
+	if rel.PersistentClusterTopics() || !rel.Known() {
+		return run, persist
 	}
+	return run, nil
 }
 
 // signal drops an EdgeNodeClusterConfig that is noise: neither Initialized
@@ -220,15 +214,16 @@ func signal(cc *pubsub.EdgeNodeClusterConfig) *pubsub.EdgeNodeClusterConfig {
 
 // firstPubsubError reports a broken topic evelet depends on. Other topics'
 // errors (network instances, OS update) do not block joining, nor does a
-// broken <Persist>/status copy the running EVE does not publish any more.
-func firstPubsubError(s pubsub.Snapshot, rel Release) error {
+// broken <Persist>/status copy that would not be read: one the running
+// release does not publish, or any while the checkpoint is usable.
+func firstPubsubError(s pubsub.Snapshot, rel Release, haveCheckpoint bool) error {
 	for path, err := range s.Errors {
 		for _, topic := range []string{pubsub.TopicEdgeNodeClusterConfig, pubsub.TopicEdgeNodeInfo} {
 			if !strings.Contains(path, topic) {
 				continue
 			}
 			old := strings.HasSuffix(filepath.ToSlash(path), "/status/"+pubsub.AgentZedAgent+"/"+topic+"/"+pubsub.KeyGlobal+".json")
-			if old && rel.Known() && !rel.PersistentTopics() {
+			if old && (haveCheckpoint || (rel.Known() && !rel.PersistentClusterTopics())) {
 				continue
 			}
 			return err

@@ -104,6 +104,11 @@ func (r Root) ControllerCertDirPersistent() string {
 // and pillar reads it as types.EveVersionFile (pkg/pillar/types/locationconsts.go).
 func (r Root) EVERelease() string { return filepath.Join(r.Run, "eve-release") }
 
+// EVEHVType is <Run>/eve-hv-type, the build flavour ("kvm", "xen", "k",
+// ...): EVE's init (pkg/dom0-ztools 009-id) copies /etc/eve-hv-type there
+// before any pillar agent starts, and pillar base.IsHVTypeKube reads it.
+func (r Root) EVEHVType() string { return filepath.Join(r.Run, "eve-hv-type") }
+
 // NetworkInstanceStatusDir is <Run>/zedrouter/NetworkInstanceStatus.
 func (r Root) NetworkInstanceStatusDir() string {
 	return r.TopicDir(AgentZedRouter, TopicNetworkInstanceStatus)

@@ -106,7 +106,7 @@ func (d *Device) SetConfigItems(items map[string]string) error {
 // RemoveCluster is the controller taking the device out of its cluster: a
 // new checkpoint without cluster and without cipher contexts (config items
 // are kept), and EdgeNodeClusterConfig{Initialized: true, Valid: false} as
-// current zedagent publishes it (an OldEVE device unpublishes the key).
+// current zedagent publishes it (a release that publishes it persistently unpublishes the key).
 func (d *Device) RemoveCluster() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -6,15 +6,17 @@
 // By default the device behaves like a current EVE (16.12.0 and later):
 // zedagent publishes ControllerCert, EdgeNodeInfo and EdgeNodeClusterConfig
 // under <Run> only (pillar cmd/zedagent/zedagent.go, Persistent: false).
-// With Options.OldEVE it behaves like an EVE before 16.12.0, which published
-// those three under <Persist>/status. Reboot switches between the two the
-// way an upgrade does: <Run> is emptied, <Persist> (with any old copies) stays.
+// Other releases publish some of them under <Persist>/status, by release
+// line (layoutOf); Options.OldEVE forces the oldest layout (all three
+// persistent). Reboot switches between layouts the way an upgrade does:
+// <Run> is emptied, <Persist> (with any old copies) stays.
 //
 // On-disk layout, relative to the simulator's directory (Root.Run = <dir>/run,
 // Root.Persist = <dir>/persist); <Z> is run/zedagent on a current EVE and
-// persist/status/zedagent with OldEVE:
+// persist/status/zedagent where the release publishes the topic persistently:
 //
 //	run/eve-release                   the running version (EVE's init copies /etc/eve-release there)
+//	run/eve-hv-type                   the build flavour, the version's <HV> ("kvm", "k", ...; init's 009-id copies /etc/eve-hv-type)
 //	persist/certs/ecdh.key.pem        device ECDH key, PEM "EC PRIVATE KEY" (SEC 1), P-256, mode 0600
 //	persist/certs/ecdh.cert.pem       device ECDH certificate, PEM
 //	<Z>/ControllerCert/<hex CertHash>.json
@@ -44,7 +46,9 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -64,7 +68,8 @@ const (
 // Options shape a simulated device.
 type Options struct {
 	// OldEVE: publish ControllerCert, EdgeNodeInfo and EdgeNodeClusterConfig
-	// under <Persist>/status, as EVE before 16.12.0 did.
+	// under <Persist>/status, as EVE before 14.5.4 did (and 15.x, 16.0.0,
+	// 16.1 ... 16.11). Without it the layout follows OSVersion (layoutOf).
 	OldEVE bool
 	// OSVersion is the running version (default DefaultOSVersion, or
 	// OldOSVersion with OldEVE).
@@ -146,7 +151,7 @@ type Device struct {
 	// OSVersion is the running EVE version (<Run>/eve-release, the current
 	// partition's ZbootStatus ShortVersion). Set by New and Reboot.
 	OSVersion string
-	// OldEVE: the device publishes like EVE before 16.12.0 (Options.OldEVE).
+	// OldEVE: the device publishes like EVE before 14.5.4 (Options.OldEVE).
 	OldEVE bool
 
 	dir          string
@@ -283,13 +288,13 @@ func (d *Device) publishZedagentLocked() error {
 // publishClusterConfigLocked publishes EdgeNodeClusterConfig for the current
 // cluster. Without one, current zedagent publishes {Initialized: true}
 // (pillar cmd/zedagent/parseconfig.go publishEmptyENCC); releases before
-// 16.12.0 unpublished the key instead.
+// 16.12.0 (and 16.0.1) unpublished the key instead.
 func (d *Device) publishClusterConfigLocked() error {
 	var err error
 	switch {
 	case d.cl != nil:
 		err = pubsub.Write(d.ClusterConfigPath(), d.clusterConfigLocked())
-	case d.OldEVE:
+	case d.persistent(pubsub.TopicEdgeNodeClusterConfig):
 		err = pubsub.Unpublish(d.ClusterConfigPath())
 	default:
 		err = pubsub.Write(d.ClusterConfigPath(), pubsub.EdgeNodeClusterConfig{Initialized: true})
@@ -305,6 +310,11 @@ func (d *Device) writeBoot() error {
 	if err := atomicfile.WriteFile(d.Root.EVERelease(), []byte(d.OSVersion+"\n"), 0o644); err != nil {
 		return fmt.Errorf("evesim: %w", err)
 	}
+	if hv := hvType(d.OSVersion); hv != "" {
+		if err := atomicfile.WriteFile(d.Root.EVEHVType(), []byte(hv+"\n"), 0o644); err != nil {
+			return fmt.Errorf("evesim: %w", err)
+		}
+	}
 	return d.writeZboot()
 }
 
@@ -312,12 +322,69 @@ func (d *Device) writeBoot() error {
 func (d *Device) Dir() string { return d.dir }
 
 // zedagentTopicDir is where this release publishes topic: <Run>/zedagent,
-// or <Persist>/status/zedagent on an OldEVE device.
+// or <Persist>/status/zedagent where the release makes it persistent.
 func (d *Device) zedagentTopicDir(topic string) string {
-	if d.OldEVE {
+	if d.persistent(topic) {
 		return d.Root.PersistentTopicDir(pubsub.AgentZedAgent, topic)
 	}
 	return d.Root.TopicDir(pubsub.AgentZedAgent, topic)
+}
+
+func (d *Device) persistent(topic string) bool {
+	if d.OldEVE {
+		return true
+	}
+	l := layoutOf(d.OSVersion)
+	if topic == pubsub.TopicControllerCert {
+		return l.persistentCert
+	}
+	return l.persistentCluster
+}
+
+// layout is where a release's zedagent publishes ControllerCert
+// (persistentCert) and EdgeNodeClusterConfig + EdgeNodeInfo
+// (persistentCluster), read from the Persistent field of those publications
+// in pillar cmd/zedagent/zedagent.go at every tag 14.5.0-lts ... 17.3.0:
+// all three persistent before 14.5.4 and in 15.x, 16.0.0, 16.1 ... 16.11;
+// only ControllerCert non-persistent from 14.5.4-rc1 in 14.5.x; none
+// persistent from 16.0.1-rc1 in 16.0.x, from 16.12.0, and in 0.0.0
+// snapshots. Written here from those facts, independently of eve's own
+// table, so a test compares the two.
+type layout struct{ persistentCert, persistentCluster bool }
+
+var versionRE = regexp.MustCompile(`^(\d+)\.(\d+)\.(\d+)`)
+
+func layoutOf(version string) layout {
+	m := versionRE.FindStringSubmatch(version)
+	if m == nil {
+		return layout{}
+	}
+	var v [3]int
+	for i := range v {
+		v[i], _ = strconv.Atoi(m[i+1])
+	}
+	switch {
+	case v == [3]int{}:
+		return layout{}
+	case v[0] > 16 || (v[0] == 16 && v[1] >= 12):
+		return layout{}
+	case v[0] == 16 && v[1] == 0 && v[2] >= 1:
+		return layout{}
+	case v[0] == 14 && v[1] == 5 && v[2] >= 4:
+		return layout{persistentCert: false, persistentCluster: true}
+	}
+	return layout{persistentCert: true, persistentCluster: true}
+}
+
+// hvType is the build flavour in an EVE version string
+// (<version>-<HV>-<arch>: the second-to-last dash-separated part, as
+// pillar base.versionToHVType reads it); "" when there is none.
+func hvType(version string) string {
+	parts := strings.Split(version, "-")
+	if len(parts) < 3 {
+		return ""
+	}
+	return parts[len(parts)-2]
 }
 
 // ControllerCertDir is where this release publishes the controller
