@@ -122,11 +122,12 @@ type Agent struct {
 	written *Status // last status written to status.json
 
 	policyFileMu sync.Mutex // orders writes of the kubelet's policy file
+	pushMu       sync.Mutex // orders policy installs on the CRI server (pushPolicy)
 
 	mu     sync.Mutex
 	status Status
 	sup    kubeletProc
-	cri    *cri.Server
+	cri    policySetter      // the CRI server being served, nil between (re)starts
 	items  map[string]string // the owner's "evelet." config items
 
 	niKick   chan struct{}        // the owner's NI list changed (agent/nilabels.go)
@@ -240,6 +241,12 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			srcWait.Reset()
 			if u.Err != nil {
+				// The owner's items come on their own path and apply
+				// anyway: a join that does not resolve must not freeze
+				// the guardrails at an older, possibly laxer, policy.
+				if u.ConfigItems != nil {
+					a.setConfigItems(u.ConfigItems)
+				}
 				// Keep whatever runs now: bad input must not take a
 				// working node down.
 				a.fail(u.Err, "join intent refused; keeping the current state")
@@ -437,22 +444,49 @@ func (a *Agent) serveCRIOnce(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// Publish srv before computing the policy, so config items that arrive
-	// meanwhile reach it through setConfigItems. Nothing is served before
-	// Serve.
-	a.mu.Lock()
-	a.cri = srv
-	a.mu.Unlock()
-	defer func() {
-		a.mu.Lock()
-		a.cri = nil
-		a.mu.Unlock()
-	}()
-	srv.SetPolicy(a.policy())
+	// Nothing is served before Serve, and the policy is in place by then.
+	defer a.registerCRI(srv)()
 	gcCtx, stopGC := context.WithCancel(ctx)
 	defer stopGC()
 	go a.runCNIGC(gcCtx, srv)
 	return srv.Serve(ctx)
+}
+
+// policySetter is what the agent needs of a CRI server (*cri.Server; a
+// fake in tests).
+type policySetter interface{ SetPolicy(policy.Policy) }
+
+// registerCRI makes srv the server that policy changes reach and installs
+// the current policy on it; the returned func unregisters it.
+func (a *Agent) registerCRI(srv policySetter) (unregister func()) {
+	a.mu.Lock()
+	a.cri = srv
+	a.mu.Unlock()
+	a.pushPolicy()
+	return func() {
+		a.mu.Lock()
+		if a.cri == srv {
+			a.cri = nil
+		}
+		a.mu.Unlock()
+	}
+}
+
+// pushPolicy installs the policy of the current config items on the
+// current CRI server. Items and server are read, and the policy set, under
+// pushMu: of a CRI (re)start and a config change racing, the later push
+// reads the newer items, so an older policy is never installed after a
+// newer one (before, serveCRIOnce computed the policy, setConfigItems then
+// installed a newer one, and serveCRIOnce's older one landed last).
+func (a *Agent) pushPolicy() {
+	a.pushMu.Lock()
+	defer a.pushMu.Unlock()
+	a.mu.Lock()
+	srv := a.cri
+	a.mu.Unlock()
+	if srv != nil {
+		srv.SetPolicy(a.policy())
+	}
 }
 
 // policy is the guardrail policy: production defaults, with the kubelet's
@@ -484,12 +518,8 @@ func (a *Agent) setConfigItems(items map[string]string) {
 		return
 	}
 	a.items = items
-	srv := a.cri
 	a.mu.Unlock()
-	p := a.policy()
-	if srv != nil {
-		srv.SetPolicy(p)
-	}
+	a.pushPolicy()
 	a.writePolicyFile()
 	a.writeEveNISettings()
 	a.setUpgradeItems(items)

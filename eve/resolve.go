@@ -41,17 +41,36 @@ type Resolved struct {
 	ClusterKey string
 }
 
+// ConfigItems are the owner's "evelet." config items from the checkpoint,
+// read on their own path: they do not depend on the join intent resolving
+// (a rotated controller certificate, one bad pubsub file), so the owner's
+// guardrails never freeze at an older, possibly more permissive, policy.
+// Without any checkpoint the owner has set nothing (an empty map); nil
+// means unknown (the checkpoint exists but neither it nor its .bak is
+// usable), and the caller keeps the items it had.
+func ConfigItems(cp *evecfg.Checkpoint, cpErr error) map[string]string {
+	if cp == nil {
+		if cpErr == nil || isNotExist(cpErr) {
+			return map[string]string{}
+		}
+		return nil
+	}
+	out := map[string]string{}
+	for k, v := range cp.ConfigItems() {
+		if strings.HasPrefix(k, "evelet.") {
+			out[k] = v
+		}
+	}
+	return out
+}
+
 // Resolve turns EVE-side inputs into join intent. Every failure is one
 // error saying which input is wrong; nothing partial is returned.
 func Resolve(in Inputs) (*Resolved, error) {
 	cp := in.Checkpoint
-	out := &Resolved{ConfigItems: map[string]string{}}
-	if cp != nil {
-		for k, v := range cp.ConfigItems() {
-			if strings.HasPrefix(k, "evelet.") {
-				out.ConfigItems[k] = v
-			}
-		}
+	out := &Resolved{ConfigItems: ConfigItems(cp, in.CheckpointErr)}
+	if out.ConfigItems == nil {
+		out.ConfigItems = map[string]string{}
 	}
 	rel := ReleaseOf(in.Snapshot)
 	if err := firstPubsubError(in.Snapshot, rel, cp != nil); err != nil {

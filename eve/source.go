@@ -117,17 +117,18 @@ func (s *Source) update(snap pubsub.Snapshot, cp *evecfg.Checkpoint, cpErr error
 	r, err := Resolve(Inputs{Snapshot: snap, Checkpoint: cp, CheckpointErr: cpErr, DeviceKeyPath: s.Root.DeviceECDHKey(),
 		ControllerCertDirs: s.certDirs(ReleaseOf(snap))})
 	if err != nil {
-		return intent.Update{Err: err}
+		// The join does not resolve; the owner's items still apply.
+		return intent.Update{Err: err, ConfigItems: ConfigItems(cp, cpErr)}
 	}
 	return intent.Update{Join: r.Join, ConfigItems: r.ConfigItems}
 }
 
 func sameUpdate(a, b intent.Update) bool {
-	if (a.Err == nil) != (b.Err == nil) {
+	if (a.Err == nil) != (b.Err == nil) || (a.ConfigItems == nil) != (b.ConfigItems == nil) {
 		return false
 	}
-	if a.Err != nil {
-		return a.Err.Error() == b.Err.Error()
+	if a.Err != nil && a.Err.Error() != b.Err.Error() {
+		return false
 	}
 	return reflect.DeepEqual(a.Join, b.Join) && reflect.DeepEqual(a.ConfigItems, b.ConfigItems)
 }

@@ -41,7 +41,10 @@ func (j *Join) Validate() error {
 type Update struct {
 	Join *Join
 	// ConfigItems are the device owner's "evelet." settings (guardrail
-	// policy knobs among them); nil when the Source has none.
+	// policy knobs among them). They are read on their own path and apply
+	// even when Err is set: the join failing must not freeze the owner's
+	// guardrails. nil with Err set: the Source could not read them either
+	// (the agent keeps the ones it has); nil without Err: the Source has none.
 	ConfigItems map[string]string
 	Err         error
 }
