@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -500,6 +501,13 @@ func (a *Agent) policy() policy.Policy {
 	p, _ := policy.FromConfigItems(items)
 	dirs := layout.State{Dir: a.cfg.StateDir}
 	p.KubeletRootDir, p.PodLogsDir = dirs.KubeletRoot(), dirs.PodLogs()
+	// Every directory this device's components write or follow: no host
+	// path may lie in or above one (policy/protected.go).
+	p.ProtectedDirs = []string{a.cfg.StateDir, a.cfg.RunDir, a.cfg.CNI.BinDir, a.cfg.CNI.ConfDir, a.cfg.VM.CNIConfDir}
+	p.ProtectedDirs = append(p.ProtectedDirs, a.cfg.VM.CNIBinDirs...)
+	if sock := strings.TrimPrefix(a.cfg.ContainerdEndpoint, "unix://"); filepath.IsAbs(sock) {
+		p.ProtectedDirs = append(p.ProtectedDirs, filepath.Dir(sock))
+	}
 	// No pod's hostPort may take the kubelet's own ports.
 	for _, port := range []int32{a.cfg.KubeletPort, a.cfg.KubeletHealthzPort} {
 		if port != 0 {
@@ -550,7 +558,7 @@ func (a *Agent) configItems() map[string]string {
 }
 
 // writePolicyFile keeps the kubelet's copy of the policy current; the
-// kubelet re-reads it on change (kubelet-shim.HostPathGuard). The policy is
+// kubelet re-reads it on change (kubelet-shim.VolumeGuard). The policy is
 // computed under writeMu, so concurrent writers cannot leave an older one.
 func (a *Agent) writePolicyFile() {
 	a.policyFileMu.Lock()

@@ -101,8 +101,16 @@ func TestSetPolicy(t *testing.T) {
 	}
 	e.srv.SetPolicy(allowed)
 	allowed.AllowedHostPaths[0] = "/nothing" // SetPolicy copied the list
-	if _, err := e.rt.CreateContainer(ctx(t), hostRootContainer("sb-1")); err != nil {
-		t.Errorf("allowed-host-paths=/ still refuses /: %v", err)
+	srv := hostRootContainer("sb-1")
+	srv.Config.Mounts[0].HostPath = "/srv/evelet-test-data"
+	if _, err := e.rt.CreateContainer(ctx(t), srv); err != nil {
+		t.Errorf("allowed-host-paths=/ still refuses /srv/evelet-test-data: %v", err)
+	}
+	// "/" holds the kubelet's and containerd's directories: no knob opens it.
+	_, err = e.rt.CreateContainer(ctx(t), hostRootContainer("sb-1"))
+	wantDenied(t, err, policy.RuleHostPath)
+	if err == nil || !strings.Contains(err.Error(), "no config item can allow this") {
+		t.Errorf("allowed-host-paths=/ admits / or advises a knob: %v", err)
 	}
 	if got := e.fake.count("CreateContainer"); got != 1 {
 		t.Errorf("backend saw %d CreateContainer", got)
@@ -141,6 +149,8 @@ evelet_cri_policy_rejections_total{rule="no-host-network"} 0
 evelet_cri_policy_rejections_total{rule="no-host-path"} 0
 evelet_cri_policy_rejections_total{rule="no-host-pid"} 0
 evelet_cri_policy_rejections_total{rule="no-host-ports"} 0
+evelet_cri_policy_rejections_total{rule="no-host-volume-plugins"} 0
+evelet_cri_policy_rejections_total{rule="no-image-volumes"} 0
 evelet_cri_policy_rejections_total{rule="no-privileged"} 2
 evelet_cri_policy_rejections_total{rule="no-probe-host"} 0
 evelet_cri_policy_rejections_total{rule="no-unbounded-memory-volume"} 0

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -37,7 +36,7 @@ func WritePolicyFile(path string, p policy.Policy) error {
 	return atomicfile.WriteFile(path, b, 0o600)
 }
 
-// HostPathGuard is the kubelet-side half of the no-host-path rule. The
+// VolumeGuard is the kubelet-side half of the no-host-path rule. The
 // kubelet sets up a hostPath volume before it makes any CRI call, and for
 // type DirectoryOrCreate / FileOrCreate that setup creates the path on the
 // host (pkg/volume/hostpath: os.MkdirAll / os.OpenFile, following symbolic
@@ -50,7 +49,7 @@ func WritePolicyFile(path string, p policy.Policy) error {
 // The allowed paths come from PolicyFile, re-read whenever it changes, so
 // the owner's config items apply without a kubelet restart. A missing or
 // unreadable file allows nothing.
-type HostPathGuard struct {
+type VolumeGuard struct {
 	PolicyFile string
 
 	mu    sync.Mutex
@@ -58,26 +57,9 @@ type HostPathGuard struct {
 	pol   policy.Policy
 }
 
-// Wrap replaces the hostPath plugin in plugins.
-func (g *HostPathGuard) Wrap(plugins []volume.VolumePlugin) ([]volume.VolumePlugin, error) {
-	out := make([]volume.VolumePlugin, len(plugins))
-	found := false
-	for i, p := range plugins {
-		out[i] = p
-		if p.GetPluginName() == hostPathPluginName {
-			out[i] = &guardedHostPath{VolumePlugin: p, guard: g}
-			found = true
-		}
-	}
-	if !found {
-		return nil, errors.New("kubelet has no hostPath volume plugin to guard")
-	}
-	return out, nil
-}
-
 // policy returns the owner's policy, re-reading the policy file when its
 // stamp changed.
-func (g *HostPathGuard) policy() policy.Policy {
+func (g *VolumeGuard) policy() policy.Policy {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	stamp := ""
@@ -111,43 +93,17 @@ func (g *HostPathGuard) policy() policy.Policy {
 // Admit checks a hostPath volume of pod and, for an *OrCreate type whose
 // path is missing, creates it safely. It returns nil or a
 // *policy.Violation (no-host-path), or the creation error.
-func (g *HostPathGuard) Admit(pod *corev1.Pod, volName, path string, typ corev1.HostPathType) error {
+func (g *VolumeGuard) Admit(pod *corev1.Pod, volName, path string, typ corev1.HostPathType) error {
 	subj := "pod " + pod.Namespace + "/" + pod.Name
-	deny := func(detail, key, value string) error {
-		return &policy.Violation{Rule: policy.RuleHostPath, Subject: subj,
-			Detail: fmt.Sprintf("has hostPath volume %q on %q%s", volName, path, detail), Key: key, Value: value}
-	}
-	if !filepath.IsAbs(path) || hasDotDot(path) {
-		return deny(", which is not a clean absolute path", "", "")
-	}
-	path = filepath.Clean(path)
-	resolved, err := resolveExisting(path)
+	// One judgement for the kubelet and the CRI (policy.JudgeHostPath):
+	// never in or above a directory the device's components write (the
+	// kubelet's, containerd's, ...), whatever the owner allowed around
+	// them; else under a prefix the owner allowed.
+	v, err := g.policy().JudgeHostPath(subj, fmt.Sprintf("has hostPath volume %q on", volName), path)
 	if err != nil {
-		return deny(fmt.Sprintf(", which cannot be resolved (%v)", err), "", "")
+		return err
 	}
-	pol := g.policy()
-	// The kubelet's own directories are never a hostPath source, whatever
-	// the owner allowed around them: the kubelet acts as root on what it
-	// finds there (docs/guardrails.md).
-	for _, d := range []string{pol.KubeletRootDir, pol.PodLogsDir} {
-		if r, err := resolveExisting(d); d != "" && err == nil && within(resolved, r) {
-			return deny(fmt.Sprintf(", inside the kubelet's directory %q", d), "", "")
-		}
-	}
-	root := ""
-	for _, a := range pol.AllowedHostPaths {
-		r, err := resolveExisting(filepath.Clean(a))
-		if err == nil && within(resolved, r) && len(r) >= len(root) {
-			root = r
-		}
-	}
-	if root == "" {
-		detail := ""
-		if resolved != path {
-			detail = fmt.Sprintf(" (a link to %q)", resolved)
-		}
-		return deny(detail, policy.KeyAllowedHostPaths, path)
-	}
+	resolved, root := v.Resolved, v.AllowedRoot
 	if typ != corev1.HostPathDirectoryOrCreate && typ != corev1.HostPathFileOrCreate {
 		return nil
 	}
@@ -212,48 +168,11 @@ func createBeneath(root, rel string, dir bool) error {
 	return nil
 }
 
-// resolveExisting resolves the symbolic links of the longest existing
-// prefix of p and appends the rest (which the kubelet would create).
-func resolveExisting(p string) (string, error) {
-	rest := ""
-	for cur := p; ; {
-		r, err := filepath.EvalSymlinks(cur)
-		if err == nil {
-			return filepath.Join(r, rest), nil
-		}
-		if !errors.Is(err, fs.ErrNotExist) {
-			return "", err
-		}
-		if _, lerr := os.Lstat(cur); lerr == nil {
-			return "", fmt.Errorf("%s is a dangling link", cur)
-		}
-		parent := filepath.Dir(cur)
-		if parent == cur {
-			return "", err
-		}
-		rest = filepath.Join(filepath.Base(cur), rest)
-		cur = parent
-	}
-}
-
-func within(p, prefix string) bool {
-	return p == prefix || prefix == "/" || strings.HasPrefix(p, prefix+"/")
-}
-
-func hasDotDot(p string) bool {
-	for _, el := range strings.Split(p, "/") {
-		if el == ".." {
-			return true
-		}
-	}
-	return false
-}
-
-// guardedHostPath is the hostPath plugin with HostPathGuard in front of
+// guardedHostPath is the hostPath plugin with VolumeGuard in front of
 // its mounter's SetUp.
 type guardedHostPath struct {
 	volume.VolumePlugin
-	guard *HostPathGuard
+	guard *VolumeGuard
 }
 
 var _ volume.PersistentVolumePlugin = (*guardedHostPath)(nil)
@@ -309,7 +228,7 @@ func withHostPathType(spec *volume.Spec, t corev1.HostPathType) *volume.Spec {
 
 type guardedMounter struct {
 	volume.Mounter
-	guard *HostPathGuard
+	guard *VolumeGuard
 	pod   *corev1.Pod
 	vol   string
 	path  string

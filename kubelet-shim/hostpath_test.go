@@ -19,7 +19,7 @@ import (
 
 var testPod = &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "attacker"}}
 
-func guardWith(t *testing.T, allowed ...string) *HostPathGuard {
+func guardWith(t *testing.T, allowed ...string) *VolumeGuard {
 	t.Helper()
 	f := filepath.Join(t.TempDir(), "policy.json")
 	p := policy.Default()
@@ -27,7 +27,7 @@ func guardWith(t *testing.T, allowed ...string) *HostPathGuard {
 	if err := WritePolicyFile(f, p); err != nil {
 		t.Fatal(err)
 	}
-	return &HostPathGuard{PolicyFile: f}
+	return &VolumeGuard{PolicyFile: f}
 }
 
 func wantHostPathViolation(t *testing.T, err error, path string) {
@@ -41,7 +41,7 @@ func wantHostPathViolation(t *testing.T, err error, path string) {
 	}
 }
 
-func TestHostPathGuardRefusesOutsideAndCreatesNothing(t *testing.T) {
+func TestVolumeGuardRefusesOutsideAndCreatesNothing(t *testing.T) {
 	dir := t.TempDir()
 	allowed := filepath.Join(dir, "data")
 	os.Mkdir(allowed, 0o755)
@@ -61,7 +61,7 @@ func TestHostPathGuardRefusesOutsideAndCreatesNothing(t *testing.T) {
 	wantHostPathViolation(t, g.Admit(testPod, "h", allowed+"/../config", corev1.HostPathDirectoryOrCreate), "..")
 }
 
-func TestHostPathGuardCreatesInsideWithoutFollowingLinks(t *testing.T) {
+func TestVolumeGuardCreatesInsideWithoutFollowingLinks(t *testing.T) {
 	dir := t.TempDir()
 	allowed := filepath.Join(dir, "data")
 	outside := filepath.Join(dir, "outside")
@@ -109,7 +109,7 @@ func TestHostPathGuardCreatesInsideWithoutFollowingLinks(t *testing.T) {
 	}
 }
 
-func TestHostPathGuardFollowsPolicyFile(t *testing.T) {
+func TestVolumeGuardFollowsPolicyFile(t *testing.T) {
 	dir := t.TempDir()
 	allowed := filepath.Join(dir, "data")
 	os.Mkdir(allowed, 0o755)
@@ -138,7 +138,7 @@ func TestWrapReplacesTheKubeletsHostPathPlugin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &HostPathGuard{}
+	g := &VolumeGuard{}
 	out, err := g.Wrap(plugins)
 	if err != nil {
 		t.Fatal(err)
@@ -175,7 +175,7 @@ func TestTakeFlag(t *testing.T) {
 
 // A hostPath into the kubelet's directory is refused even when the owner
 // allowed a parent of it.
-func TestHostPathGuardRefusesKubeletDir(t *testing.T) {
+func TestVolumeGuardRefusesKubeletDir(t *testing.T) {
 	dir := t.TempDir()
 	root := filepath.Join(dir, "kubelet", "root")
 	os.MkdirAll(filepath.Join(root, "pods"), 0o755)
@@ -185,7 +185,7 @@ func TestHostPathGuardRefusesKubeletDir(t *testing.T) {
 	if err := WritePolicyFile(f, p); err != nil {
 		t.Fatal(err)
 	}
-	g := &HostPathGuard{PolicyFile: f}
+	g := &VolumeGuard{PolicyFile: f}
 	err := g.Admit(testPod, "h", filepath.Join(root, "pods"), corev1.HostPathDirectory)
 	wantHostPathViolation(t, err, "kubelet")
 	if strings.Contains(err.Error(), policy.KeyAllowedHostPaths) {

@@ -40,10 +40,13 @@ const PolicyFileFlag = "--evelet-policy-file"
 // flags, config file, feature gates and logging), with evelet's guards put
 // into its Dependencies before it runs:
 //
-//   - the hostPath volume plugin is wrapped (HostPathGuard): a hostPath
-//     outside the device owner's allowed host paths is refused at volume
-//     setup, before the kubelet would create a DirectoryOrCreate /
-//     FileOrCreate path on the host, which happens before any CRI call;
+//   - every volume plugin is wrapped (VolumeGuard.Wrap, volumes.go): a
+//     volume is judged when the kubelet builds its mounter, before it
+//     creates, attaches or mounts anything on the host, which happens
+//     before any CRI call (a hostPath or local PV in or above a protected
+//     directory or outside the owner's allowed host paths, a plugin that
+//     mounts on the host, an unbounded Memory emptyDir); FlexVolume
+//     drivers are not loaded;
 //   - /configz serves nothing (the handler cannot be switched off without
 //     also losing logs and exec).
 //
@@ -123,10 +126,11 @@ func run(args []string) error {
 	if utilfeature.DefaultFeatureGate.Enabled(zpagesfeatures.ComponentFlagz) {
 		deps.Flagz = flagz.NamedFlagSetsReader{FlagSets: cliflag.NamedFlagSets{FlagSets: map[string]*pflag.FlagSet{"kubelet": fs}}}
 	}
-	guard := &HostPathGuard{PolicyFile: policyFile}
+	guard := &VolumeGuard{PolicyFile: policyFile}
 	if deps.VolumePlugins, err = guard.Wrap(deps.VolumePlugins); err != nil {
 		return err
 	}
+	deps.DynamicPluginProber = noFlexVolumes{}
 	// The kubelet registers its configuration for /configz before it
 	// builds the Kubelet, and Options run while it is built.
 	deps.Options = append(deps.Options, func(*kubelet.Kubelet) { configz.Delete("kubeletconfig") })

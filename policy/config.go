@@ -28,7 +28,7 @@ const (
 
 func isListKey(k string) bool {
 	switch k {
-	case KeyAllowedHostPaths, KeyAllowedCapabilities, KeyAllowedDevices, KeyAllowedUnsafeSysctls, KeyAllowedHostPorts, KeyNetworkInstances:
+	case KeyAllowedHostPaths, KeyAllowedVolumePlugins, KeyAllowedCapabilities, KeyAllowedDevices, KeyAllowedUnsafeSysctls, KeyAllowedHostPorts, KeyNetworkInstances:
 		return true
 	}
 	return false
@@ -42,7 +42,8 @@ func isListKey(k string) bool {
 // whole list, never a part of it); the other keys still apply. An empty
 // value means the default.
 //
-// KubeletRootDir and PodLogsDir are not config items: the caller sets them.
+// KubeletRootDir, PodLogsDir and ProtectedDirs are not config items: the
+// caller sets them.
 func FromConfigItems(items map[string]string) (Policy, []error) {
 	p := Default()
 	var errs []error
@@ -82,6 +83,8 @@ func apply(p *Policy, key, v string) error {
 		return parseList(v, &p.AllowedHostPorts, parsePortRange)
 	case KeyAllowedHostPaths:
 		return parseList(v, &p.AllowedHostPaths, parseHostPath)
+	case KeyAllowedVolumePlugins:
+		return parseList(v, &p.AllowedVolumePlugins, parseVolumePlugin)
 	case KeyAllowedCapabilities:
 		return parseList(v, &p.AllowedCapabilities, parseCapability)
 	case KeyAllowedDevices:

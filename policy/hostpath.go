@@ -1,8 +1,6 @@
 package policy
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -11,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -63,15 +62,19 @@ const (
 // Inside the kubelet's root directory only the kubelet's own mounts for the
 // pod's volumes are admitted, by their exact place in the kubelet's layout
 // (kubeletPath): nothing a pod spec can aim at the pod's directory, another
-// pod's, or a parent of them. Everything else must lie, after resolving
-// symbolic links (as containerd does before it mounts), under the pod's own
-// log directory or a prefix the owner allowed.
+// pod's, or a parent of them. Everything else is judged as every host path
+// is (judgeHostPath): never in or above a protected directory, and, after
+// resolving symbolic links (as containerd does before it mounts), under a
+// prefix the owner allowed.
 func (c *checker) hostPaths(subj string, sb *runtimeapi.PodSandboxConfig, cc *runtimeapi.ContainerConfig) *Violation {
 	var h *hostPathCheck
 	for _, m := range cc.GetMounts() {
+		if m.GetImage() != nil && m.GetImage().GetImage() != "" {
+			return &Violation{RuleImageVolumes, subj, fmt.Sprintf("mounts image %q at %q (an image volume), which the device's runtime cannot mount; ship the files in the container image or an init container", m.GetImage().GetImage(), m.GetContainerPath()), "", ""}
+		}
 		hp := m.GetHostPath()
 		if hp == "" {
-			continue // an image volume, or nothing to mount from the host
+			continue // nothing to mount from the host
 		}
 		if h == nil {
 			h = c.newHostPathCheck(subj, sb, cc.GetMetadata().GetName())
@@ -89,39 +92,24 @@ type hostPathCheck struct {
 	subj      string
 	uid       string // the pod's UID, "" if it cannot name a directory
 	container string
-	allowed   []string // resolved: the owner's prefixes and the pod's log directory
-	rootRaw   string   // KubeletRootDir as configured (the kubelet's spelling)
-	root      string   // KubeletRootDir resolved; "" if unset
+	j         *hostPathJudge
+	rootRaw   string // KubeletRootDir as configured (the kubelet's spelling)
+	root      string // KubeletRootDir resolved; "" if unset
 	table     []mountEntry
 	tableErr  error
 	loaded    bool
 }
 
 func (c *checker) newHostPathCheck(subj string, sb *runtimeapi.PodSandboxConfig, container string) *hostPathCheck {
-	h := &hostPathCheck{c: c, subj: subj, container: container}
-	resolve := func(p string) string {
-		if r, err := c.fs.Resolve(p); err == nil {
-			return r
-		}
-		return filepath.Clean(p)
-	}
-	h.allowed = []string{}
-	for _, p := range c.p.AllowedHostPaths {
-		if strings.HasPrefix(p, "/") && !hasDotDot(p) {
-			h.allowed = append(h.allowed, resolve(p))
-		}
-	}
-	md := sb.GetMetadata()
-	if pathElement(md.GetUid()) {
+	h := &hostPathCheck{c: c, subj: subj, container: container, j: c.p.newHostPathJudge(c.fs)}
+	if md := sb.GetMetadata(); pathElement(md.GetUid()) {
 		h.uid = md.GetUid()
 	}
 	if r := c.p.KubeletRootDir; r != "" && strings.HasPrefix(r, "/") && !hasDotDot(r) {
-		h.rootRaw, h.root = filepath.Clean(r), resolve(r)
-	}
-	// The kubelet names a pod's log directory <namespace>_<name>_<uid>.
-	if c.p.PodLogsDir != "" && strings.HasPrefix(c.p.PodLogsDir, "/") &&
-		h.uid != "" && pathElement(md.GetNamespace()) && pathElement(md.GetName()) {
-		h.allowed = append(h.allowed, filepath.Join(resolve(c.p.PodLogsDir), md.GetNamespace()+"_"+md.GetName()+"_"+h.uid))
+		h.rootRaw, h.root = filepath.Clean(r), filepath.Clean(r)
+		if res, err := c.fs.Resolve(r); err == nil {
+			h.root = res
+		}
 	}
 	return h
 }
@@ -142,21 +130,14 @@ func (h *hostPathCheck) check(hp string) *Violation {
 			}
 		}
 	}
-	r, err := h.c.fs.Resolve(hp)
-	if err != nil {
-		return h.violation(fmt.Sprintf("mounts host path %q, which cannot be resolved (%v)", hp, err), "", "")
-	}
-	if h.root != "" && within(r, h.root) {
-		return h.violation(fmt.Sprintf("mounts host path %q, a link into the kubelet's directory (%q)", hp, r), "", "")
-	}
-	if !withinAny(r, h.allowed) {
-		detail := fmt.Sprintf("mounts host path %q", hp)
-		if r != hp {
-			detail += fmt.Sprintf(" (a link to %q)", r)
-		}
-		return h.violation(detail, KeyAllowedHostPaths, r)
-	}
-	return nil
+	_, v := h.c.p.judgeHostPath(h.c.fs, h.subj, "mounts host path", hp)
+	return v
+}
+
+// admitsHostView reports whether files seen at v (resolved, outside the
+// kubelet's directory) may reach a pod: the judge's rule.
+func (h *hostPathCheck) admitsHostView(v string) bool {
+	return h.j.protects(v) == "" && h.j.allowedRoot(v) != ""
 }
 
 // kubeletPath admits a path inside the kubelet's root directory only if it
@@ -280,7 +261,7 @@ func (h *hostPathCheck) origin(hp, p string, kind kubeletKind, plugin string) *V
 			if hostView == "" {
 				hostView = v
 			}
-			if withinAny(v, h.allowed) {
+			if h.admitsHostView(v) {
 				return nil
 			}
 		case plugin == pluginLocalVolume && kind == kindVolume:
@@ -303,6 +284,9 @@ func (h *hostPathCheck) origin(hp, p string, kind kubeletKind, plugin string) *V
 		return nil // the volume's own filesystem, made by the kubelet
 	}
 	if hostView != "" {
+		if why := h.j.protects(hostView); why != "" {
+			return h.violation(fmt.Sprintf("mounts host path %q, a bind mount of %q, %s", hp, hostView, why), "", "")
+		}
 		return h.violation(fmt.Sprintf("mounts host path %q, a bind mount of %q", hp, hostView), KeyAllowedHostPaths, hostView)
 	}
 	return h.violation(fmt.Sprintf("mounts host path %q, a bind mount of files in the kubelet's directory that are not this pod's own volume (%q on %s)", hp, src, m.dev), "", "")
@@ -329,15 +313,6 @@ func pathElement(s string) bool {
 // within reports whether p is prefix or lies below it, by path elements.
 func within(p, prefix string) bool {
 	return prefix == "/" || p == prefix || strings.HasPrefix(p, prefix+"/")
-}
-
-func withinAny(p string, prefixes []string) bool {
-	for _, pre := range prefixes {
-		if within(p, pre) {
-			return true
-		}
-	}
-	return false
 }
 
 // rel is p relative to prefix (within(p, prefix) must hold), "" for prefix itself.
@@ -440,51 +415,19 @@ func openNoFollow(dirfd int, rel string) (int, error) {
 	return fd, nil
 }
 
+// Mounts reads /proc/self/mountinfo with github.com/moby/sys/mountinfo,
+// the parser containerd and runc use (it undoes the kernel's escapes).
 func (realFS) Mounts() ([]mountEntry, error) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	infos, err := mountinfo.GetMounts(nil)
 	if err != nil {
-		return nil, err
-	}
-	return parseMountInfo(b)
-}
-
-// parseMountInfo reads proc_pid_mountinfo(5): "id parent major:minor root
-// mountpoint options [optional fields] - fstype source superoptions".
-func parseMountInfo(b []byte) ([]mountEntry, error) {
-	var out []mountEntry
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 5 {
-			continue
-		}
-		out = append(out, mountEntry{dev: f[2], root: unescapeMount(f[3]), point: unescapeMount(f[4])})
-	}
-	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("reading mountinfo: %w", err)
 	}
-	if len(out) == 0 {
+	if len(infos) == 0 {
 		return nil, errors.New("empty mount table")
 	}
+	out := make([]mountEntry, 0, len(infos))
+	for _, m := range infos {
+		out = append(out, mountEntry{dev: fmt.Sprintf("%d:%d", m.Major, m.Minor), root: m.Root, point: m.Mountpoint})
+	}
 	return out, nil
-}
-
-// unescapeMount undoes the kernel's octal escapes (\040 for a space, ...).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

@@ -73,6 +73,7 @@ func device() *fakeFS {
 	return &fakeFS{
 		links: map[string]string{
 			"/data/link-to-config": "/config", "/var/lib/kubelet": kroot, "/data/link-to-pods": kroot + "/pods/u1",
+			"/data/link-to-logs": "/persist/evelet/logs/pods",
 			// What a container with write access to these would plant.
 			pod1 + "/volumes/kubernetes.io~empty-dir/flip": "/persist/evelet/credentials",
 			pod1 + "/containers/main/lnk":                  "/config/ecdh.key.pem",
@@ -103,6 +104,13 @@ func device() *fakeFS {
 			// Pod u1's own Memory emptyDir, and a subPath of it.
 			{"0:72", "/", pod1 + "/volumes/kubernetes.io~empty-dir/mem"},
 			{"0:72", "/a", pod1 + "/volume-subpaths/mem/main/8"},
+			// Local PVs on the kubelet's pod-logs and pods directories, the
+			// first with subPathExpr $(NS)_$(POD)_$(UID); a hostPath /data
+			// with a subPath.
+			{"8:2", "/evelet/logs/pods", pod1 + "/volumes/kubernetes.io~local-volume/logs"},
+			{"8:2", "/evelet/logs/pods/default_p_u1", pod1 + "/volume-subpaths/logs/main/9"},
+			{"8:2", "/evelet/kubelet/root/pods", pod1 + "/volumes/kubernetes.io~local-volume/pods"},
+			{"8:1", "/data/sub", pod1 + "/volume-subpaths/dat/main/10"},
 		},
 	}
 }
@@ -120,6 +128,7 @@ func TestHostPaths(t *testing.T) {
 	base := Policy{KubeletRootDir: kroot, PodLogsDir: "/persist/evelet/logs/pods"}
 	withPaths := func(ps ...string) Policy { p := base; p.AllowedHostPaths = ps; return p }
 	withRoot := func(r string) Policy { p := base; p.KubeletRootDir = r; return p }
+	withProtected := func(d string) Policy { p := withPaths("/"); p.ProtectedDirs = []string{d}; return p }
 	cases := []struct {
 		name  string
 		paths []string
@@ -128,7 +137,6 @@ func TestHostPaths(t *testing.T) {
 	}{
 		{"kubelet mounts", []string{pod1 + "/etc-hosts", pod1 + "/containers/main/abc", pod1 + "/volumes/kubernetes.io~empty-dir/data",
 			pod1 + "/volumes/kubernetes.io~projected/kube-api-access", pod1 + "/volumes/kubernetes.io~empty-dir/mem"}, base, ""},
-		{"own log dir", []string{"/persist/evelet/logs/pods/default_p_u1/main"}, base, ""},
 		{"kubelet root named through a link", []string{"/var/lib/kubelet/pods/u1/etc-hosts"}, withRoot("/var/lib/kubelet"), ""},
 		{"secret subPath", []string{pod1 + "/volume-subpaths/kube-api-access/main/2"}, base, ""},
 		{"emptyDir subPath", []string{pod1 + "/volume-subpaths/data/main/1"}, base, ""},
@@ -136,8 +144,20 @@ func TestHostPaths(t *testing.T) {
 		{"csi volume", []string{pod1 + "/volumes/kubernetes.io~csi/pv2/mount"}, base, ""},
 		{"image volume", []string{""}, base, ""},
 
-		{"root", []string{"/"}, base, `mounts host path "/"; the device owner can allow it by adding "/" to config item evelet.policy.allowed-host-paths`},
-		{"config", []string{"/config"}, base, `mounts host path "/config";`},
+		{"root", []string{"/"}, base, `mounts host path "/", a parent of the kubelet's pod-logs directory ("/persist/evelet/logs/pods"); no config item can allow this`},
+		{"root, owner allowed /", []string{"/"}, withPaths("/"), `a parent of the kubelet's pod-logs directory`},
+		{"persist, owner allowed it", []string{"/persist"}, withPaths("/persist"), `a parent of`},
+		{"config", []string{"/config"}, base, `mounts host path "/config", inside EVE's device identity and keys ("/config"); no config item`},
+		{"data", []string{"/data/x"}, base, `mounts host path "/data/x"; the device owner can allow it by adding "/data/x" to config item evelet.policy.allowed-host-paths`},
+		{"own log dir", []string{"/persist/evelet/logs/pods/default_p_u1"}, base, `inside the kubelet's pod-logs directory ("/persist/evelet/logs/pods"); no config item`},
+		{"own log dir, owner allowed /persist", []string{"/persist/evelet/logs/pods/default_p_u1/main"}, withPaths("/persist"), `inside the kubelet's pod-logs directory`},
+		{"log dir through an allowed link", []string{"/data/link-to-logs/default_p_u1"}, withPaths("/data"), `(a link to "/persist/evelet/logs/pods/default_p_u1"), inside the kubelet's pod-logs directory`},
+		{"agent's protected dir", []string{"/srv/ctrd/io.containerd.grpc.v1.cri"}, withProtected("/srv/ctrd"), `inside a directory the device's own components use ("/srv/ctrd"); no config item`},
+		{"parent of agent's protected dir", []string{"/srv"}, withProtected("/srv/ctrd"), `a parent of a directory the device's own components use`},
+		{"stock containerd root", []string{"/var/lib/containerd/io.containerd.content.v1.content"}, withPaths("/var"), `inside containerd's root directory`},
+		{"stock kubelet root", []string{"/var/lib/kubelet/pods"}, withPaths("/var/lib"), `no config item`},
+		{"cni conf", []string{"/etc/cni/net.d"}, withPaths("/etc"), `inside the CNI configuration directory`},
+		{"netns", []string{"/run/netns/cni-1"}, withPaths("/run"), `inside the network namespace directory`},
 		{"config below", []string{"/config/../config/x"}, base, "not a clean absolute path"},
 		{"relative", []string{"config"}, base, "not a clean absolute path"},
 		{"dev", []string{"/dev/mem"}, base, `"/dev/mem"`},
@@ -157,8 +177,11 @@ func TestHostPaths(t *testing.T) {
 		{"emptyDir swapped for a link", []string{pod1 + "/volumes/kubernetes.io~empty-dir/flip"}, base, "symbolic link"},
 		{"termination-log swapped for a link", []string{pod1 + "/containers/main/lnk"}, base, "symbolic link"},
 		{"termination-log is a directory", []string{pod1 + "/containers/main/dir"}, base, "not a regular file"},
-		{"kubelet root through a link", []string{"/var/lib/kubelet/pods/u1/etc-hosts"}, base, "a link into the kubelet's directory"},
-		{"allowed link into the pod dir", []string{"/data/link-to-pods"}, withPaths("/data"), "a link into the kubelet's directory"},
+		{"kubelet root through a link", []string{"/var/lib/kubelet/pods/u1/etc-hosts"}, base, "inside the kubelet's root directory"},
+		{"allowed link into the pod dir", []string{"/data/link-to-pods"}, withPaths("/data"), `(a link to "/persist/evelet/kubelet/root/pods/u1"), inside the kubelet's root directory`},
+		{"local PV of the pod-logs dir", []string{pod1 + "/volumes/kubernetes.io~local-volume/logs"}, withPaths("/persist"), `a bind mount of "/persist/evelet/logs/pods", inside the kubelet's pod-logs directory ("/persist/evelet/logs/pods"); no config item`},
+		{"subPathExpr of a local PV of the pod-logs dir", []string{pod1 + "/volume-subpaths/logs/main/9"}, withPaths("/"), `a bind mount of "/persist/evelet/logs/pods/default_p_u1", inside the kubelet's pod-logs directory`},
+		{"local PV of the kubelet's pods dir", []string{pod1 + "/volumes/kubernetes.io~local-volume/pods"}, withPaths("/persist"), "not this pod's own volume"},
 		{"pod dir by subPathExpr $(UID)", []string{pod1 + "/volume-subpaths/poddir/main/4"}, base, "not this pod's own volume"},
 		{"pod dir by subPathExpr, owner allowed /persist", []string{pod1 + "/volume-subpaths/poddir/main/4"}, withPaths("/persist"), "not this pod's own volume"},
 		{"subPath of another pod's secret", []string{pod1 + "/volume-subpaths/stolen/main/3"}, base, "not this pod's own volume"},
@@ -166,14 +189,17 @@ func TestHostPaths(t *testing.T) {
 		{"subPath of another pod's Memory emptyDir", []string{pod1 + "/volume-subpaths/mem/main/6"}, base, "not this pod's own volume"},
 		{"local PV of another pod's tmpfs", []string{pod1 + "/volumes/kubernetes.io~local-volume/pv3"}, withPaths("/"), "not this pod's own volume"},
 		{"subPath of a local PV of another pod's tmpfs", []string{pod1 + "/volume-subpaths/pv3/main/7"}, base, "not this pod's own volume"},
-		{"hostPath subPath of /config", []string{pod1 + "/volume-subpaths/cfg/main/0"}, base, `a bind mount of "/config"; the device owner can allow it by adding "/config"`},
+		{"hostPath subPath of /config", []string{pod1 + "/volume-subpaths/cfg/main/0"}, base, `a bind mount of "/config", inside EVE's device identity and keys ("/config"); no config item`},
+		{"hostPath subPath of /data", []string{pod1 + "/volume-subpaths/dat/main/10"}, base, `a bind mount of "/data/sub"; the device owner can allow it by adding "/data/sub"`},
 		{"local PV of /data", []string{pod1 + "/volumes/kubernetes.io~local-volume/pv1"}, base, `a bind mount of "/data"`},
 		{"prefix by elements", []string{"/database"}, withPaths("/data"), `"/database"`},
 		{"link out of an allowed dir", []string{"/data/link-to-config/x"}, withPaths("/data"), `(a link to "/config/x")`},
 
-		{"config allowed", []string{"/config", pod1 + "/volume-subpaths/cfg/main/0"}, withPaths("/config"), ""},
+		{"config allowed, still refused", []string{"/config"}, withPaths("/config"), "no config item can allow this"},
+		{"config subPath allowed, still refused", []string{pod1 + "/volume-subpaths/cfg/main/0"}, withPaths("/config"), "no config item can allow this"},
+		{"data allowed", []string{"/data/x", pod1 + "/volume-subpaths/dat/main/10"}, withPaths("/data"), ""},
 		{"local PV allowed", []string{pod1 + "/volumes/kubernetes.io~local-volume/pv1"}, withPaths("/data"), ""},
-		{"everything allowed", []string{"/", "/dev/mem", pod1 + "/volume-subpaths/cfg/main/0"}, withPaths("/"), ""},
+		{"everything allowed", []string{"/dev/mem", "/data", pod1 + "/volume-subpaths/dat/main/10"}, withPaths("/"), ""},
 		{"no kubelet root", []string{pod1 + "/etc-hosts"}, Policy{}, "etc-hosts"},
 	}
 	for _, tc := range cases {
@@ -243,29 +269,11 @@ func TestRealResolve(t *testing.T) {
 	}
 }
 
-func TestParseMountInfo(t *testing.T) {
-	in := `22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
-35 22 0:50 /a\040b /persist/with\040space rw - tmpfs tmpfs rw
-36 22 0:51 / /x\134y rw - tmpfs tmpfs rw
-`
-	got, err := parseMountInfo([]byte(in))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []mountEntry{{"8:1", "/", "/"}, {"0:50", "/a b", "/persist/with space"}, {"0:51", "/", `/x\y`}}
-	if len(got) != len(want) {
-		t.Fatalf("%v", got)
-	}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Errorf("%d: %+v, want %+v", i, got[i], want[i])
-		}
-	}
-	if _, err := parseMountInfo(nil); err == nil {
-		t.Error("empty table accepted")
-	}
+// The mount table comes from github.com/moby/sys/mountinfo; this checks
+// the conversion on the test's own table.
+func TestRealMounts(t *testing.T) {
 	real, err := realFS{}.Mounts()
-	if err != nil || len(real) == 0 || real[0].point == "" {
+	if err != nil || len(real) == 0 || covering(real, "/") == nil || !strings.Contains(real[0].dev, ":") {
 		t.Errorf("own mount table: %v, %v", real, err)
 	}
 }

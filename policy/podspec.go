@@ -3,7 +3,9 @@ package policy
 import (
 	"fmt"
 
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 // Spec-level rules: dangers that the CRI request does not show, because
@@ -17,9 +19,10 @@ const (
 	// makes them a port and status-code oracle for the device's loopback
 	// and management-network services.
 	RuleProbeHost = "no-probe-host"
-	// RuleUnboundedMemoryVolume refuses a Memory-medium emptyDir without a
-	// sizeLimit in a pod without a memory limit: its tmpfs may then grow to
-	// the node's whole allocatable memory.
+	// RuleUnboundedMemoryVolume bounds Memory-medium emptyDirs: sizeLimit
+	// at most the pod's memory limit; in a pod without one, a sizeLimit of
+	// at most a quarter of the device's memory (else its tmpfs may grow to
+	// the node's whole allocatable memory).
 	RuleUnboundedMemoryVolume = "no-unbounded-memory-volume"
 
 	KeyAllowProbeHost              = KeyPrefix + "allow-probe-host"
@@ -31,8 +34,8 @@ type PodSpecRules struct {
 	// AllowProbeHost admits probes and lifecycle handlers with
 	// httpGet.host or tcpSocket.host.
 	AllowProbeHost bool
-	// AllowUnboundedMemoryVolumes admits Memory emptyDirs without a
-	// sizeLimit in pods without a memory limit.
+	// AllowUnboundedMemoryVolumes admits Memory emptyDirs beyond the
+	// bounds of RuleUnboundedMemoryVolume.
 	AllowUnboundedMemoryVolumes bool
 }
 
@@ -64,18 +67,65 @@ func (r PodSpecRules) check(pod *corev1.Pod) *Violation {
 			return v
 		}
 	}
-	if !r.AllowUnboundedMemoryVolumes && !hasMemoryLimit(pod) {
-		for _, vol := range pod.Spec.Volumes {
-			ed := vol.EmptyDir
-			if ed == nil || ed.Medium != corev1.StorageMediumMemory {
-				continue
-			}
-			if ed.SizeLimit == nil || ed.SizeLimit.Sign() <= 0 {
-				return &Violation{RuleUnboundedMemoryVolume, subj,
-					fmt.Sprintf("has emptyDir %q in memory (medium: Memory) without a sizeLimit, and no memory limit for the pod (set emptyDir.sizeLimit, or memory limits on every container)", vol.Name),
-					KeyAllowUnboundedMemoryVolumes, "true"}
-			}
+	for i := range pod.Spec.Volumes {
+		if v := r.memoryVolume(subj, pod, &pod.Spec.Volumes[i]); v != nil {
+			return v
 		}
+	}
+	return nil
+}
+
+// CheckMemoryVolume checks one volume of pod by the memory-volume rule
+// alone: the kubelet's volume guard calls it before it sets an emptyDir up.
+func (r PodSpecRules) CheckMemoryVolume(pod *corev1.Pod, vol *corev1.Volume) error {
+	return asError(r.memoryVolume("pod "+printable(pod.Namespace+"/"+pod.Name), pod, vol))
+}
+
+// DeviceMemory returns the device's physical memory in bytes; tests
+// replace it.
+var DeviceMemory = func() (int64, error) {
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err != nil {
+		return 0, err
+	}
+	return int64(si.Totalram) * int64(si.Unit), nil
+}
+
+// MemoryVolumeCapDivisor: a pod without a memory limit may have Memory
+// emptyDirs of at most 1/MemoryVolumeCapDivisor of the device's memory
+// each (a tmpfs is charged to the pod's cgroup, but only once written; a
+// size beyond the device's memory is no bound at all).
+const MemoryVolumeCapDivisor = 4
+
+// memoryVolume bounds a Memory-medium emptyDir: by the pod's memory limit
+// when it has one (sizeLimit must not exceed it), else sizeLimit must be
+// set and at most a quarter of the device's memory.
+func (r PodSpecRules) memoryVolume(subj string, pod *corev1.Pod, vol *corev1.Volume) *Violation {
+	ed := vol.EmptyDir
+	if r.AllowUnboundedMemoryVolumes || ed == nil || ed.Medium != corev1.StorageMediumMemory {
+		return nil
+	}
+	deny := func(detail string) *Violation {
+		return &Violation{RuleUnboundedMemoryVolume, subj, fmt.Sprintf("has emptyDir %q in memory (medium: Memory) %s", vol.Name, detail),
+			KeyAllowUnboundedMemoryVolumes, "true"}
+	}
+	hasSize := ed.SizeLimit != nil && ed.SizeLimit.Sign() > 0
+	if limit, ok := podMemoryLimit(pod); ok {
+		if hasSize && ed.SizeLimit.Cmp(limit) > 0 {
+			return deny(fmt.Sprintf("with sizeLimit %s, above the pod's memory limit %s (lower emptyDir.sizeLimit)", ed.SizeLimit.String(), limit.String()))
+		}
+		return nil
+	}
+	if !hasSize {
+		return deny("without a sizeLimit, and no memory limit for the pod (set emptyDir.sizeLimit, or memory limits on every container)")
+	}
+	mem, err := DeviceMemory()
+	if err != nil {
+		return deny(fmt.Sprintf("and no memory limit for the pod, and the device's memory cannot be read (%v)", err))
+	}
+	limit := resource.NewQuantity(mem/MemoryVolumeCapDivisor, resource.BinarySI)
+	if ed.SizeLimit.Cmp(*limit) > 0 {
+		return deny(fmt.Sprintf("with sizeLimit %s and no memory limit for the pod: above a quarter of the device's memory (%s); lower emptyDir.sizeLimit or set memory limits on every container", ed.SizeLimit.String(), limit.String()))
 	}
 	return nil
 }
@@ -135,24 +185,40 @@ func probeHosts(subj string, pod *corev1.Pod) *Violation {
 	return nil
 }
 
-// hasMemoryLimit reports whether the kubelet gives the pod a memory limit,
-// which then also bounds its Memory emptyDirs: a pod-level limit, or a
-// limit on every container (the kubelet's pod cgroup rule,
-// pkg/kubelet/cm ResourceConfigForPod; init containers included).
-func hasMemoryLimit(pod *corev1.Pod) bool {
+// podMemoryLimit returns the memory limit the kubelet gives the pod, which
+// also bounds its Memory emptyDirs: a pod-level limit, or, when every
+// container has one, the larger of the containers' sum and the largest
+// init container's (the kubelet's pod cgroup rule, pkg/kubelet/cm
+// ResourceConfigForPod).
+func podMemoryLimit(pod *corev1.Pod) (resource.Quantity, bool) {
 	if pod.Spec.Resources != nil {
 		if q, ok := pod.Spec.Resources.Limits[corev1.ResourceMemory]; ok && q.Sign() > 0 {
-			return true
+			return q, true
 		}
 	}
+	var sum, maxInit resource.Quantity
 	n := 0
-	for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+	for i, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
 		for _, c := range cs {
 			n++
-			if q, ok := c.Resources.Limits[corev1.ResourceMemory]; !ok || q.Sign() <= 0 {
-				return false
+			q, ok := c.Resources.Limits[corev1.ResourceMemory]
+			if !ok || q.Sign() <= 0 {
+				return resource.Quantity{}, false
 			}
+			if i == 0 && c.RestartPolicy == nil {
+				if q.Cmp(maxInit) > 0 {
+					maxInit = q
+				}
+				continue
+			}
+			sum.Add(q)
 		}
 	}
-	return n > 0
+	if n == 0 {
+		return resource.Quantity{}, false
+	}
+	if maxInit.Cmp(sum) > 0 {
+		return maxInit, true
+	}
+	return sum, true
 }

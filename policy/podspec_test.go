@@ -85,7 +85,28 @@ func TestCheckPodSpec(t *testing.T) {
 			p.Spec.Volumes = []corev1.Volume{{Name: "d", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
 		}, PodSpecRules{}, "", ""},
 		{"unbounded allowed", func(p *corev1.Pod) { p.Spec.Volumes = []corev1.Volume{memVol("")} }, PodSpecRules{AllowUnboundedMemoryVolumes: true}, "", ""},
+		// The device has 8Gi (below): a pod without a limit gets at most 2Gi.
+		{"memory emptyDir 1Pi, no limits", func(p *corev1.Pod) { p.Spec.Volumes = []corev1.Volume{memVol("1Pi")} },
+			PodSpecRules{}, RuleUnboundedMemoryVolume, `emptyDir "shm" in memory (medium: Memory) with sizeLimit 1Pi and no memory limit for the pod: above a quarter of the device's memory (2Gi)`},
+		{"memory emptyDir at the cap", func(p *corev1.Pod) { p.Spec.Volumes = []corev1.Volume{memVol("2Gi")} }, PodSpecRules{}, "", ""},
+		{"memory emptyDir above the pod's limit", func(p *corev1.Pod) {
+			p.Spec.Volumes = []corev1.Volume{memVol("1Pi")}
+			p.Spec.Containers[0].Resources = memLimit("128Mi")
+		}, PodSpecRules{}, RuleUnboundedMemoryVolume, "with sizeLimit 1Pi, above the pod's memory limit 128Mi"},
+		{"memory emptyDir at the pod's limit, two containers", func(p *corev1.Pod) {
+			p.Spec.Volumes = []corev1.Volume{memVol("192Mi")}
+			p.Spec.Containers[0].Resources = memLimit("128Mi")
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "b", Resources: memLimit("64Mi")})
+		}, PodSpecRules{}, "", ""},
+		{"memory emptyDir above the pod-level limit", func(p *corev1.Pod) {
+			p.Spec.Volumes = []corev1.Volume{memVol("1Gi")}
+			r := memLimit("256Mi")
+			p.Spec.Resources = &r
+		}, PodSpecRules{}, RuleUnboundedMemoryVolume, "above the pod's memory limit 256Mi"},
+		{"1Pi allowed", func(p *corev1.Pod) { p.Spec.Volumes = []corev1.Volume{memVol("1Pi")} }, PodSpecRules{AllowUnboundedMemoryVolumes: true}, "", ""},
 	}
+	defer func(f func() (int64, error)) { DeviceMemory = f }(DeviceMemory)
+	DeviceMemory = func() (int64, error) { return 8 << 30, nil }
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			err := c.rules.CheckPodSpec(specPod(c.mut))

@@ -42,7 +42,7 @@ const (
 // Rules lists every rule name.
 func Rules() []string {
 	return append([]string{RulePrivileged, RuleHostPID, RuleHostIPC, RuleHostNetwork, RuleHostPath,
-		RuleCapabilities, RuleDevices, RuleSysctls, RuleUnmaskedProc, RuleHostPorts, RuleSeccomp},
+		RuleCapabilities, RuleDevices, RuleSysctls, RuleUnmaskedProc, RuleHostPorts, RuleSeccomp, RuleVolumePlugins, RuleImageVolumes},
 		PodSpecRuleNames()...)
 }
 
@@ -97,14 +97,25 @@ type Policy struct {
 	// sockets) stay out of reach. It must be the real path, without bind
 	// mounts in between; symbolic links are resolved. Empty: none.
 	KubeletRootDir string
-	// PodLogsDir is the kubelet's podLogsDir; a container may mount its own
-	// pod's log directory under it (PodLogsDir/<namespace>_<name>_<uid>/).
-	// Empty: none.
+	// PodLogsDir is the kubelet's podLogsDir. No container may mount
+	// anything in it or above it (protected.go): containerd and the
+	// kubelet's log rotation write there as root. Empty: none.
 	PodLogsDir string
+	// ProtectedDirs are further directories the device's own components
+	// write or follow (evelet's state and run directories, the runtime's,
+	// the CNI's, the VM backend's), that no host path may lie in or above,
+	// whatever the owner allows (protected.go). Not a config item: the
+	// agent sets them.
+	ProtectedDirs []string
 	// AllowedHostPaths are further absolute path prefixes that containers
 	// may bind-mount (hostPath volumes, local persistent volumes). A prefix
 	// covers itself and everything below it, by whole path elements.
 	AllowedHostPaths []string
+
+	// AllowedVolumePlugins are the in-tree volume plugins that make the
+	// kubelet mount on the host (nfs, iscsi, fc, ...) that pods may use,
+	// by short name (volumes.go).
+	AllowedVolumePlugins []string
 
 	// AllowedCapabilities are capabilities a container may add beyond the
 	// runtime's default set (which it may always re-add); names without
@@ -147,6 +158,8 @@ func (p Policy) Clone() Policy {
 	p.AllowedUnsafeSysctls = slices.Clone(p.AllowedUnsafeSysctls)
 	p.AllowedHostPorts = slices.Clone(p.AllowedHostPorts)
 	p.DevicePorts = slices.Clone(p.DevicePorts)
+	p.ProtectedDirs = slices.Clone(p.ProtectedDirs)
+	p.AllowedVolumePlugins = slices.Clone(p.AllowedVolumePlugins)
 	p.AllowedNetworkInstances = slices.Clone(p.AllowedNetworkInstances)
 	return p
 }
