@@ -3,6 +3,7 @@ package cri
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 
 	"github.com/sirupsen/logrus"
@@ -147,7 +148,7 @@ func (s *runtimeService) UpdatePodSandboxResources(ctx context.Context, req *run
 
 func (s *runtimeService) CreateContainer(ctx context.Context, req *runtimeapi.CreateContainerRequest) (*runtimeapi.CreateContainerResponse, error) {
 	// The guardrails come before routing, which may ask the backends.
-	if err := s.admit(s.policy.Load().CheckContainer(req.GetSandboxConfig(), req.GetConfig())); err != nil {
+	if err := s.admit(s.nameEphemeral(ctx, req, s.policy.Load().CheckContainer(req.GetSandboxConfig(), req.GetConfig()))); err != nil {
 		return nil, err
 	}
 	// A container lives in its sandbox's backend.
@@ -369,6 +370,30 @@ func (s *runtimeService) RuntimeConfig(ctx context.Context, req *runtimeapi.Runt
 }
 
 func (s *runtimeService) single() bool { return len(s.r.Backends()) == 1 }
+
+// nameEphemeral says "ephemeral container" in a refusal of a container
+// that is one of the pod's ephemeral containers (kubectl debug): the CRI
+// request does not tell, the pod does. Without the pod the refusal stays
+// as it is.
+func (s *runtimeService) nameEphemeral(ctx context.Context, req *runtimeapi.CreateContainerRequest, err error) error {
+	var v *policy.Violation
+	if err == nil || s.pods == nil || !errors.As(err, &v) || !strings.HasPrefix(v.Subject, "container ") {
+		return err
+	}
+	pod, perr := specPod(ctx, s.pods, req.GetSandboxConfig())
+	if perr != nil || pod == nil {
+		return err
+	}
+	name := req.GetConfig().GetMetadata().GetName()
+	for _, ec := range pod.Spec.EphemeralContainers {
+		if ec.Name == name {
+			nv := *v
+			nv.Subject = "ephemeral " + v.Subject
+			return &nv
+		}
+	}
+	return err
+}
 
 // admit turns a policy refusal into the PermissionDenied error the kubelet
 // shows in the pod's events, and counts and logs it.

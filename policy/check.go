@@ -60,17 +60,21 @@ func (c *checker) sandbox(sb *runtimeapi.PodSandboxConfig) *Violation {
 }
 
 func (c *checker) container(sb *runtimeapi.PodSandboxConfig, cc *runtimeapi.ContainerConfig) *Violation {
+	subj := fmt.Sprintf("container %q of %s", cc.GetMetadata().GetName(), podSubject(sb))
+	sc := cc.GetLinux().GetSecurityContext()
+	privileged := sc.GetPrivileged()
+	// The container first: the kubelet marks the sandbox privileged as soon
+	// as any container of the pod is, an ephemeral one added later
+	// (kubectl debug --profile=sysadmin) included; the refusal must name
+	// the container that asks, not the sandbox.
+	if privileged && !c.p.AllowPrivileged {
+		return &Violation{RulePrivileged, subj, "asks for privileged mode", KeyAllowPrivileged, "true"}
+	}
 	if v := c.sandbox(sb); v != nil {
 		return v
 	}
 	if cc == nil {
 		return nil // nothing to run; the backend refuses the request
-	}
-	subj := fmt.Sprintf("container %q of %s", cc.GetMetadata().GetName(), podSubject(sb))
-	sc := cc.GetLinux().GetSecurityContext()
-	privileged := sc.GetPrivileged()
-	if privileged && !c.p.AllowPrivileged {
-		return &Violation{RulePrivileged, subj, "asks for privileged mode", KeyAllowPrivileged, "true"}
 	}
 	if v := c.namespaces(subj, sc.GetNamespaceOptions()); v != nil {
 		return v
@@ -309,9 +313,8 @@ func (c *checker) hostPorts(subj string, sb *runtimeapi.PodSandboxConfig) *Viola
 		if port < 0 || port > 65535 {
 			return &Violation{RuleHostPorts, subj, fmt.Sprintf("asks for host port %d, which is not a port", port), "", ""}
 		}
-		if !c.hostPortAllowed(port) {
-			return &Violation{RuleHostPorts, subj, fmt.Sprintf("asks for host port %d/%s", port, proto), KeyAllowedHostPorts, strconv.Itoa(port)}
-		}
+		// The device's own ports first, so a port gets one answer whatever
+		// the owner allowed: never a knob that could not help.
 		if slices.Contains(DefaultDevicePorts, port) || slices.Contains(c.p.DevicePorts, port) {
 			return &Violation{RuleHostPorts, subj, fmt.Sprintf("asks for host port %d/%s, which is one of the device's own services", port, proto), "", ""}
 		}
@@ -324,6 +327,9 @@ func (c *checker) hostPorts(subj string, sb *runtimeapi.PodSandboxConfig) *Viola
 		}
 		if listening[port] {
 			return &Violation{RuleHostPorts, subj, fmt.Sprintf("asks for host port %d/%s, which a service of the device listens on", port, proto), "", ""}
+		}
+		if !c.hostPortAllowed(port) {
+			return &Violation{RuleHostPorts, subj, fmt.Sprintf("asks for host port %d/%s", port, proto), KeyAllowedHostPorts, strconv.Itoa(port)}
 		}
 	}
 	return nil

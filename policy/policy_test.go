@@ -421,3 +421,21 @@ func TestUnmaskedProc(t *testing.T) {
 		})
 	}
 }
+
+// kubectl debug --profile=sysadmin: the kubelet sends the pod's sandbox as
+// privileged because the new ephemeral container is; the refusal names the
+// container, not the sandbox.
+func TestPrivilegedContainerNamedBeforeItsSandbox(t *testing.T) {
+	sb := podWith(func(l *runtimeapi.LinuxPodSandboxConfig) { l.SecurityContext.Privileged = true })
+	sc := kubeletSC()
+	sc.Privileged = true
+	err := Default().CheckContainer(sb, ctr("debugger-x", sc))
+	if err == nil || !strings.Contains(err.Error(), `container "debugger-x" of pod default/p asks for privileged mode`) {
+		t.Errorf("got %v", err)
+	}
+	// A plain container in a privileged sandbox: the sandbox is named.
+	err = Default().CheckContainer(sb, ctr("main", kubeletSC()))
+	if err == nil || !strings.Contains(err.Error(), "privileged sandbox") {
+		t.Errorf("got %v", err)
+	}
+}

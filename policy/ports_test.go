@@ -33,7 +33,10 @@ func TestHostPorts(t *testing.T) {
 	}{
 		{"no host port", Policy{}, listening, withPorts(false, 0), ""},
 		{"default refuses", Policy{}, listening, withPorts(false, 8080), `asks for host port 8080/tcp; the device owner can allow it by adding "8080" to config item evelet.policy.allowed-host-ports`},
-		{"kubelet port by default", Policy{}, listening, withPorts(false, 10250), "evelet.policy.allowed-host-ports"},
+		// One answer for a port the device uses, allowed or not.
+		{"kubelet port by default", Policy{}, listening, withPorts(false, 10250), "one of the device's own services; no config item can allow this"},
+		{"a listening port by default", Policy{}, listening, withPorts(false, 2379), "which a service of the device listens on; no config item can allow this"},
+		{"a listening port, allowed", Policy{AllowedHostPorts: []string{"2379"}}, listening, withPorts(false, 2379), "which a service of the device listens on; no config item can allow this"},
 		{"allowed single", Policy{AllowedHostPorts: []string{"8080"}}, listening, withPorts(false, 8080), ""},
 		{"allowed range", Policy{AllowedHostPorts: []string{"30000-30100"}}, listening, withPorts(false, 30000, 30100), ""},
 		{"outside the range", Policy{AllowedHostPorts: []string{"30000-30100"}}, listening, withPorts(false, 30101), `"30101"`},
