@@ -38,8 +38,10 @@ func guardrailCases() []guardrailCase {
 			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true)}
 		}},
 		{"host-pid", policy.RuleHostPID, policy.KeyAllowHostPID, "true", func(p *corev1.Pod) { p.Spec.HostPID = true }},
-		{"hostpath-root", policy.RuleHostPath, policy.KeyAllowedHostPaths, "/", hostPath("/", corev1.HostPathDirectory)},
-		{"hostpath-config", policy.RuleHostPath, policy.KeyAllowedHostPaths, "/config", hostPath("/config", corev1.HostPathDirectoryOrCreate)},
+		// "/" and the device's own directories can never be allowed
+		// (TestVolumeEscapes); a plain host directory can.
+		{"hostpath-srv", policy.RuleHostPath, policy.KeyAllowedHostPaths, "/srv", hostPath("/srv", corev1.HostPathDirectory)},
+		{"hostpath-mnt", policy.RuleHostPath, policy.KeyAllowedHostPaths, "/mnt", hostPath("/mnt", corev1.HostPathDirectory)},
 		{"cap-sys-admin", policy.RuleCapabilities, policy.KeyAllowedCapabilities, "SYS_ADMIN", func(p *corev1.Pod) {
 			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"SYS_ADMIN"}}}
 		}},
