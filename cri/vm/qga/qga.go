@@ -20,6 +20,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/semaphore"
 )
 
 // ErrNoAgent means nothing in the guest answered guest-sync in time: the
@@ -28,6 +30,50 @@ var ErrNoAgent = errors.New("qga: the guest runs no QEMU guest agent (no answer 
 
 // DefaultSyncTimeout is how long Dial waits for the agent's guest-sync answer.
 const DefaultSyncTimeout = 3 * time.Second
+
+// Everything the guest sends is the tenant's: an answer is read only up to
+// MaxAnswer bytes, and all clients in the process together read at most
+// maxAnswersInFlight answers at once, so a hostile guest agent costs the
+// evelet agent a bounded amount of memory however much it sends.
+const (
+	// MaxAnswer is the largest answer read from a guest agent: 4 MiB of
+	// JSON, so about 3 MiB of exec output (stdout and stderr together,
+	// base64 in the answer). The real agent captures up to 16 MB per stream.
+	MaxAnswer          = 4 << 20
+	maxAnswersInFlight = 4
+)
+
+// ErrAnswerTooLarge means the guest agent sent an answer over MaxAnswer.
+var ErrAnswerTooLarge = fmt.Errorf("the guest agent's answer is over %d MiB, the most evelet reads from a guest (exec output included)", MaxAnswer>>20)
+
+var answerBudget = semaphore.NewWeighted(maxAnswersInFlight * MaxAnswer)
+
+// holdAnswer takes one answer's share of the process-wide budget.
+func holdAnswer(ctx context.Context, cmd string) (release func(), err error) {
+	if err := answerBudget.Acquire(ctx, MaxAnswer); err != nil {
+		return nil, fmt.Errorf("qga: %s: wait for other guest-agent answers to be read: %w", cmd, err)
+	}
+	return func() { answerBudget.Release(MaxAnswer) }, nil
+}
+
+// answerLimit passes at most left bytes, then fails with ErrAnswerTooLarge;
+// the client resets left before each answer.
+type answerLimit struct {
+	r    io.Reader
+	left int64
+}
+
+func (l *answerLimit) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		return 0, ErrAnswerTooLarge
+	}
+	if int64(len(p)) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	return n, err
+}
 
 // AgentError is an error the agent returned for a command.
 type AgentError struct {
@@ -64,9 +110,13 @@ func lockFor(path string) chan struct{} {
 // Client is one session with a guest agent. Not for concurrent use.
 type Client struct {
 	conn   net.Conn
+	lim    *answerLimit
 	dec    *json.Decoder
 	unlock func()
 	closed bool
+	// broken is set once the stream is out of step (an answer cut at
+	// MaxAnswer): every later call fails with it.
+	broken error
 }
 
 // Dial connects to the agent's socket and synchronises with it (Sync);
@@ -184,25 +234,33 @@ func (c *Client) Sync(ctx context.Context) error {
 		}
 		return fmt.Errorf("qga: guest-sync: %w", err)
 	}
+	release, err := holdAnswer(ctx, "guest-sync")
+	if err != nil {
+		return err
+	}
+	defer release()
 	br := bufio.NewReader(c.conn)
 	for {
-		if _, err := br.ReadBytes(delimiter); err != nil {
+		if err := skipPast(br, delimiter); err != nil {
 			return noAnswer(err)
 		}
-		dec := json.NewDecoder(br)
+		lim := &answerLimit{r: br, left: MaxAnswer}
+		dec := json.NewDecoder(lim)
 		var r response
 		err := dec.Decode(&r)
 		rest := io.MultiReader(dec.Buffered(), br)
 		var se *json.SyntaxError
 		switch {
-		case errors.As(err, &se):
-			// Stale half-written output: skip to the next delimiter.
+		case errors.As(err, &se), errors.Is(err, ErrAnswerTooLarge):
+			// Stale half-written or oversized output: skip to the next
+			// delimiter.
 		case err != nil:
 			return noAnswer(err)
 		default:
 			var got int64
 			if r.Error == nil && json.Unmarshal(r.Return, &got) == nil && got == id {
-				c.dec = json.NewDecoder(dropDelimiters{rest})
+				c.lim = &answerLimit{r: rest}
+				c.dec = json.NewDecoder(dropDelimiters{c.lim})
 				return nil
 			}
 		}
@@ -210,14 +268,42 @@ func (c *Client) Sync(ctx context.Context) error {
 	}
 }
 
+// skipPast discards br's bytes up to and including the first delim,
+// holding no more than br's buffer.
+func skipPast(br *bufio.Reader, delim byte) error {
+	for {
+		_, err := br.ReadSlice(delim)
+		if err != bufio.ErrBufferFull {
+			return err
+		}
+	}
+}
+
 // call sends one command and decodes its answer into out (if not nil).
 func (c *Client) call(ctx context.Context, cmd string, args any, out any) error {
+	release, err := holdAnswer(ctx, cmd)
+	if err != nil {
+		return err
+	}
+	defer release()
+	return c.callHeld(ctx, cmd, args, out)
+}
+
+// callHeld is call with the answer's budget already held by the caller.
+func (c *Client) callHeld(ctx context.Context, cmd string, args any, out any) error {
+	if c.broken != nil {
+		return fmt.Errorf("qga: %s: %w", cmd, c.broken)
+	}
 	defer c.deadline(ctx)()
 	if err := c.send(nil, request{Execute: cmd, Arguments: args}); err != nil {
 		return fmt.Errorf("qga: %s: %w", cmd, err)
 	}
 	var r response
+	c.lim.left = MaxAnswer
 	if err := c.dec.Decode(&r); err != nil {
+		if errors.Is(err, ErrAnswerTooLarge) {
+			c.broken = err
+		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("qga: %s: %w", cmd, ctx.Err())
 		}
@@ -321,12 +407,9 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (ExecResult, error) 
 	}
 	wait := 5 * time.Millisecond
 	for {
-		var st execStatus
-		if err := c.call(ctx, "guest-exec-status", map[string]int{"pid": started.PID}, &st); err != nil {
-			return ExecResult{}, err
-		}
-		if st.Exited {
-			return st.result()
+		res, exited, err := c.execStatus(ctx, started.PID)
+		if err != nil || exited {
+			return res, err
 		}
 		select {
 		case <-ctx.Done():
@@ -335,6 +418,25 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (ExecResult, error) 
 		}
 		wait = min(wait*2, 200*time.Millisecond)
 	}
+}
+
+// execStatus polls the process once; the answer's budget is held until its
+// output is decoded.
+func (c *Client) execStatus(ctx context.Context, pid int) (ExecResult, bool, error) {
+	release, err := holdAnswer(ctx, "guest-exec-status")
+	if err != nil {
+		return ExecResult{}, false, err
+	}
+	defer release()
+	var st execStatus
+	if err := c.callHeld(ctx, "guest-exec-status", map[string]int{"pid": pid}, &st); err != nil {
+		return ExecResult{}, false, err
+	}
+	if !st.Exited {
+		return ExecResult{}, false, nil
+	}
+	res, err := st.result()
+	return res, true, err
 }
 
 func (st *execStatus) result() (ExecResult, error) {

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"os/exec"
 	"path/filepath"
@@ -27,6 +28,10 @@ type fakeAgent struct {
 	reqs    []map[string]any
 	ln      net.Listener
 	silence bool
+	// stream, if set, may write an answer of any size itself (true: done).
+	stream func(req map[string]any, w io.Writer) bool
+	// beforeSync, if set, writes stale output before the sync answer.
+	beforeSync func(w io.Writer)
 }
 
 func startAgent(t *testing.T, a *fakeAgent) *fakeAgent {
@@ -69,8 +74,14 @@ func (a *fakeAgent) serve(c net.Conn) {
 		}
 		if req["execute"] == "guest-sync-delimited" {
 			id := req["arguments"].(map[string]any)["id"]
+			if a.beforeSync != nil {
+				a.beforeSync(c)
+			}
 			b, _ := json.Marshal(map[string]any{"return": id})
 			c.Write(append(append([]byte{delimiter}, b...), '\n'))
+			continue
+		}
+		if a.stream != nil && a.stream(req, c) {
 			continue
 		}
 		if b := a.answer(req); b != nil {
