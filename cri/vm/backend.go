@@ -74,14 +74,17 @@ type Config struct {
 // disk: a new Backend on the same StateDir sees the same pods and VMs.
 type Backend struct {
 	runtimeapi.ImageServiceClient
-	cfg     Config
-	store   store
-	images  *imageStore
-	conn    *grpc.ClientConn
-	net     Network
-	log     *logrus.Entry
-	locks   sync.Map // id -> *sync.Mutex
-	imageMu sync.Mutex
+	cfg    Config
+	store  store
+	images *imageStore
+	conn   *grpc.ClientConn
+	net    Network
+	log    *logrus.Entry
+	locks  sync.Map // id -> *sync.Mutex
+	// starting holds the containers StartContainer is bringing up: their
+	// supervisor may not have written its pid yet, which is no loss.
+	starting sync.Map // id -> struct{}
+	imageMu  sync.Mutex
 	// diskUse is held shared from resolving a container's disk until the
 	// container is saved, and exclusively by pruneDisks (diskgc.go).
 	diskUse sync.RWMutex

@@ -2,6 +2,7 @@ package vm
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -9,6 +10,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // cgroupRoot is where cgroup v1 hierarchies are mounted.
@@ -138,13 +143,19 @@ func mkCgroup(h hierarchy, rel string) error {
 	return nil
 }
 
-// removeCgroups removes the VM's cgroup directories; they must be empty.
+// removeCgroups removes the VM's cgroup directories. Whatever still runs
+// in them belongs to this VM (a supervisor or QEMU the backend lost track
+// of) and is killed first: a cgroup with processes cannot be removed, and
+// RemoveContainer would fail forever.
 func removeCgroups(rel string) error {
 	if rel == "" {
 		return nil
 	}
 	hs, err := hierarchies()
 	if err != nil {
+		return err
+	}
+	if err := killCgroup(hs, rel); err != nil {
 		return err
 	}
 	var errs []error
@@ -154,6 +165,34 @@ func removeCgroups(rel string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// killCgroup SIGKILLs every process in the VM's cgroups and waits until
+// they are gone (a killed process leaves cgroup.procs once it has exited).
+func killCgroup(hs []hierarchy, rel string) error {
+	var left []int
+	err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		left = left[:0]
+		for _, h := range hs {
+			b, err := os.ReadFile(filepath.Join(h.dir, rel, "cgroup.procs"))
+			if err != nil {
+				continue
+			}
+			for _, f := range strings.Fields(string(b)) {
+				if pid, err := strconv.Atoi(f); err == nil && pid > 0 {
+					left = append(left, pid)
+				}
+			}
+		}
+		for _, pid := range left {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		return len(left) == 0, nil
+	})
+	if err != nil {
+		return fmt.Errorf("processes %v still in the VM's cgroup %s after SIGKILL: %w", left, rel, err)
+	}
+	return nil
 }
 
 // cgroupValue reads an integer from a file of the VM's cgroup in the

@@ -3,11 +3,13 @@ package vm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -18,6 +20,8 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/apimachinery/pkg/util/wait"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/lf-edge/evelet/internal/atomicfile"
 )
 
 func (b *Backend) CreateContainer(ctx context.Context, req *runtimeapi.CreateContainerRequest, _ ...grpc.CallOption) (*runtimeapi.CreateContainerResponse, error) {
@@ -171,6 +175,8 @@ func (b *Backend) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 	if err := writeJSON(filepath.Join(dir, specFile), &spec); err != nil {
 		return nil, status.Errorf(codes.Internal, "writing VM spec: %v", err)
 	}
+	b.starting.Store(id, struct{}{})
+	defer b.starting.Delete(id)
 	c.StartedAt = time.Now().UnixNano()
 	if err := b.store.saveContainer(c); err != nil {
 		return nil, status.Errorf(codes.Internal, "saving container: %v", err)
@@ -216,6 +222,12 @@ func (b *Backend) spawn(dir string) error {
 		return err
 	}
 	go cmd.Wait()
+	// The pid is known now: whoever looks (a restarted agent too) finds the
+	// supervisor from here on, before it has written the file itself.
+	if err := atomicfile.WriteFile(filepath.Join(dir, vmmPIDFile), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
+		cmd.Process.Kill()
+		return fmt.Errorf("recording the supervisor's pid: %w", err)
+	}
 	return nil
 }
 
@@ -277,6 +289,9 @@ func (b *Backend) stopContainer(ctx context.Context, c *containerState, timeout 
 // gone without one (killed, or the host rebooted).
 func (b *Backend) recordLost(c *containerState) {
 	if c.StartedAt == 0 {
+		return
+	}
+	if _, ok := b.starting.Load(c.ID); ok {
 		return
 	}
 	if e, _ := b.store.exit(c.ID); e != nil {

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lf-edge/evelet/cri/vm/vmnet"
+	"github.com/lf-edge/evelet/internal/atomicfile"
 )
 
 // vmmSpec is what the supervisor runs, written by StartContainer.
@@ -76,7 +77,9 @@ func (s *supervisor) run() (int32, string, string) {
 	pid := os.Getpid()
 	// Failures before QEMU runs are "StartError": StartContainer reports
 	// them to the kubelet.
-	if err := os.WriteFile(filepath.Join(s.dir, vmmPIDFile), []byte(strconv.Itoa(pid)), 0o600); err != nil {
+	// The backend wrote it when it started us; written again (atomically: a
+	// reader must never see it empty) for a supervisor started by hand.
+	if err := atomicfile.WriteFile(filepath.Join(s.dir, vmmPIDFile), []byte(strconv.Itoa(pid)), 0o600); err != nil {
 		return 128, "StartError", err.Error()
 	}
 	for _, cg := range s.spec.Cgroups {
@@ -110,7 +113,7 @@ func (s *supervisor) run() (int32, string, string) {
 	if err != nil {
 		return 128, "StartError", err.Error()
 	}
-	os.WriteFile(filepath.Join(s.dir, qemuPIDFile), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600)
+	atomicfile.WriteFile(filepath.Join(s.dir, qemuPIDFile), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
