@@ -1,6 +1,7 @@
 package cri
 
 import (
+	corev1 "k8s.io/api/core/v1"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -19,4 +20,12 @@ type Backend interface {
 	runtimeapi.ImageServiceClient
 	// Close releases the connection; it does not stop the backend's pods.
 	Close() error
+}
+
+// PodChecker is a backend with rules of its own on the pod spec (VM pods:
+// what a guest cannot be given is refused, not dropped). The shim calls it
+// with the pod as the apiserver has it before the backend's RunPodSandbox;
+// a *policy.Violation is refused as the guardrails' are.
+type PodChecker interface {
+	CheckPod(pod *corev1.Pod) error
 }

@@ -160,3 +160,41 @@ func TestRunPodSandboxApiserverUnreachable(t *testing.T) {
 		t.Errorf("last read pod has another uid: %v, want FailedPrecondition naming uid v", err)
 	}
 }
+
+// checkingBackend is a backend with its own pod rules (cri.PodChecker), as
+// the VM backend is.
+type checkingBackend struct {
+	cri.Backend
+	rule string
+	seen *corev1.Pod
+}
+
+func (c *checkingBackend) CheckPod(p *corev1.Pod) error {
+	c.seen = p
+	return &policy.Violation{Rule: c.rule, Subject: "pod " + p.Namespace + "/" + p.Name, Detail: "is not for this backend"}
+}
+
+// TestRunPodSandboxBackendPodRules: the backend a RuntimeClass handler
+// picks checks the pod as the apiserver has it, and its refusal reaches the
+// kubelet as a named guardrail; another handler's pods are not its business.
+func TestRunPodSandboxBackendPodRules(t *testing.T) {
+	src := &fakePods{pod: apiPod("u", func(*corev1.Pod) {})}
+	var chk *checkingBackend
+	e := newEnvWith(t, func(c *cri.Config) {
+		c.Pods = src
+		chk = &checkingBackend{Backend: c.Backend, rule: "vm-test-rule"}
+		c.Handlers = map[string]cri.Backend{"eve-vm": chk}
+	})
+	_, err := e.rt.RunPodSandbox(ctx(t), &runtimeapi.RunPodSandboxRequest{Config: plainPod(), RuntimeHandler: "eve-vm"})
+	wantDenied(t, err, "vm-test-rule")
+	if chk.seen == nil || chk.seen.UID != "u" {
+		t.Errorf("the backend checked %v, want the apiserver's pod", chk.seen)
+	}
+	chk.seen = nil
+	if _, err := e.rt.RunPodSandbox(ctx(t), &runtimeapi.RunPodSandboxRequest{Config: plainPod()}); err != nil {
+		t.Errorf("a pod of the default handler: %v", err)
+	}
+	if chk.seen != nil {
+		t.Error("the eve-vm backend checked a pod of the default handler")
+	}
+}

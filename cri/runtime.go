@@ -72,6 +72,7 @@ func (s *runtimeService) RunPodSandbox(ctx context.Context, req *runtimeapi.RunP
 	if err := s.admit(p.CheckSandbox(req.GetConfig())); err != nil {
 		return nil, err
 	}
+	b := s.r.ForHandler(req.GetRuntimeHandler())
 	if s.pods != nil {
 		pod, err := specPod(ctx, s.pods, req.GetConfig())
 		if err != nil {
@@ -80,8 +81,12 @@ func (s *runtimeService) RunPodSandbox(ctx context.Context, req *runtimeapi.RunP
 		if err := s.admit(p.CheckPodSpec(pod)); err != nil {
 			return nil, err
 		}
+		if pc, ok := b.(PodChecker); ok {
+			if err := s.admit(pc.CheckPod(pod)); err != nil {
+				return nil, err
+			}
+		}
 	}
-	b := s.r.ForHandler(req.GetRuntimeHandler())
 	noteBackend(ctx, b.Name())
 	s.gate.mu.RLock()
 	defer s.gate.mu.RUnlock()

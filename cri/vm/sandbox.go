@@ -24,7 +24,10 @@ func (b *Backend) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 	}
 	ns := cfg.GetLinux().GetSecurityContext().GetNamespaceOptions()
 	if ns.GetNetwork() == runtimeapi.NamespaceMode_NODE || ns.GetPid() == runtimeapi.NamespaceMode_NODE || ns.GetIpc() == runtimeapi.NamespaceMode_NODE {
-		return nil, status.Error(codes.InvalidArgument, "a VM pod cannot share the host's network, PID or IPC namespace (hostNetwork, hostPID, hostIPC): the guest has its own kernel")
+		return nil, status.Errorf(codes.InvalidArgument, "evelet guardrail %q: a VM pod cannot share the host's network, PID or IPC namespace (hostNetwork, hostPID, hostIPC): the guest has its own kernel", RuleVMHostNamespaces)
+	}
+	if err := checkOverhead(cfg.GetLinux()); err != nil {
+		return nil, err
 	}
 	id := newID()
 	defer b.lock(id)()
@@ -62,6 +65,23 @@ func (b *Backend) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 	}
 	b.log.WithFields(map[string]any{"sandbox": id, "pod": md.GetNamespace() + "/" + md.GetName(), "ips": att.IPs}).Info("VM pod sandbox ready")
 	return &runtimeapi.RunPodSandboxResponse{PodSandboxId: id}, nil
+}
+
+// checkOverhead refuses a pod whose memory limit the kubelet enforces on
+// the pod cgroup without room for QEMU: the VM's cgroup asks for the
+// guest's RAM plus QEMUOverheadMiB, and a RuntimeClass without
+// overhead.podFixed would have the kernel kill QEMU under the pod cgroup's
+// limit as soon as the guest touches its RAM.
+func checkOverhead(l *runtimeapi.LinuxPodSandboxConfig) error {
+	if l.GetResources().GetMemoryLimitInBytes() <= 0 {
+		return nil // no pod limit: nothing caps QEMU below the VM's own limit
+	}
+	if oh := l.GetOverhead().GetMemoryLimitInBytes(); oh < QEMUOverheadMiB*mib {
+		return status.Errorf(codes.InvalidArgument,
+			"evelet guardrail %q: the pod's RuntimeClass (handler %s) declares %dMi of memory overhead; a VM needs %dMi beyond the guest's RAM for QEMU, so the pod cgroup's limit would kill it. Give the RuntimeClass overhead.podFixed.memory: %dMi (deploy/runtimeclass-eve-vm.yaml)",
+			RuleVMOverhead, Handler, oh/mib, QEMUOverheadMiB, QEMUOverheadMiB)
+	}
+	return nil
 }
 
 func (b *Backend) StopPodSandbox(ctx context.Context, req *runtimeapi.StopPodSandboxRequest, _ ...grpc.CallOption) (*runtimeapi.StopPodSandboxResponse, error) {

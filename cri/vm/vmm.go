@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -146,11 +147,33 @@ func (s *supervisor) run() (int32, string, string) {
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return int32(128 + ws.Signal()), "Error", fmt.Sprintf("QEMU killed by %v", ws.Signal())
+			if ws.Signal() == syscall.SIGKILL && s.oomKilled() {
+				return int32(128 + ws.Signal()), "OOMKilled", "QEMU was killed by the kernel's OOM killer: the VM's or the pod's memory cgroup limit was reached (the guest's RAM plus QEMU's overhead must fit in the pod's limit; see the RuntimeClass overhead in docs/vm-pods.md)"
+			}
+			return int32(128 + ws.Signal()), "Error", fmt.Sprintf("QEMU killed by signal %s", unix.SignalName(ws.Signal()))
 		}
 		return int32(ee.ExitCode()), "Error", "QEMU: " + stderrBuf.tail()
 	}
 	return 128, "Error", err.Error()
+}
+
+// oomKilled says whether the memory cgroup of the VM, or the pod's above
+// it, has killed a process for running out of memory.
+func (s *supervisor) oomKilled() bool {
+	for _, cg := range s.spec.Cgroups {
+		for _, d := range []string{cg, filepath.Dir(cg)} {
+			b, err := os.ReadFile(filepath.Join(d, "memory.oom_control"))
+			if err != nil {
+				continue
+			}
+			for _, l := range strings.Split(string(b), "\n") {
+				if k, v, ok := strings.Cut(l, " "); ok && k == "oom_kill" && v != "0" {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // startQEMU starts QEMU inside the pod's netns. The thread that forks is
