@@ -84,7 +84,12 @@ type Backend struct {
 	// starting holds the containers StartContainer is bringing up: their
 	// supervisor may not have written its pid yet, which is no loss.
 	starting sync.Map // id -> struct{}
-	imageMu  sync.Mutex
+	// namesMu guards sandbox name reservations; reserving holds the names
+	// of sandboxes whose RunPodSandbox runs now (sandboxName -> id), the
+	// store holds the others.
+	namesMu   sync.Mutex
+	reserving map[string]string
+	imageMu   sync.Mutex
 	// diskUse is held shared from resolving a container's disk until the
 	// container is saved, and exclusively by pruneDisks (diskgc.go).
 	diskUse sync.RWMutex
@@ -161,11 +166,12 @@ func New(cfg Config) (*Backend, error) {
 	b := &Backend{
 		ImageServiceClient: cfg.Images,
 		cfg:                cfg,
-		store:              store{dir: cfg.StateDir},
+		store:              store{dir: cfg.StateDir, log: cfg.Log, reported: &sync.Map{}},
 		images:             newImageStore(conn, cfg.Images),
 		conn:               conn,
 		net:                cfg.Network,
 		log:                cfg.Log,
+		reserving:          map[string]string{},
 	}
 	b.resolveDisk = b.diskCache
 	if cfg.StreamAddr == "" {

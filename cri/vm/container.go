@@ -44,6 +44,11 @@ func (b *Backend) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		return nil, err
 	}
 	for _, o := range others {
+		if o.Metadata.GetName() == cfg.GetMetadata().GetName() && o.Metadata.GetAttempt() == cfg.GetMetadata().GetAttempt() {
+			// A retried CreateContainer: the name is taken, as in containerd.
+			return nil, status.Errorf(codes.AlreadyExists, "container name %q (attempt %d) is reserved for %s",
+				o.Metadata.GetName(), o.Metadata.GetAttempt(), o.ID)
+		}
 		if o.Metadata.GetName() != cfg.GetMetadata().GetName() {
 			return nil, status.Errorf(codes.InvalidArgument,
 				"a VM pod (RuntimeClass handler %s) runs exactly one container; this pod already has container %q, so %q is refused (init containers and sidecars are not supported)",

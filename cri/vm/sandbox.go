@@ -3,6 +3,7 @@ package vm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"strings"
@@ -30,6 +31,11 @@ func (b *Backend) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 		return nil, err
 	}
 	id := newID()
+	release, err := b.reserveSandboxName(cfg.GetMetadata(), id)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	defer b.lock(id)()
 	sb := &sandboxState{
 		ID: id, Metadata: cfg.GetMetadata(), Labels: cfg.GetLabels(), Annotations: cfg.GetAnnotations(),
@@ -65,6 +71,44 @@ func (b *Backend) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 	}
 	b.log.WithFields(map[string]any{"sandbox": id, "pod": md.GetNamespace() + "/" + md.GetName(), "ips": att.IPs}).Info("VM pod sandbox ready")
 	return &runtimeapi.RunPodSandboxResponse{PodSandboxId: id}, nil
+}
+
+// sandboxName is the name a sandbox reserves, as containerd makes it:
+// one sandbox per pod name, namespace, UID and attempt.
+func sandboxName(md *runtimeapi.PodSandboxMetadata) string {
+	return fmt.Sprintf("%s_%s_%s_%d", md.GetName(), md.GetNamespace(), md.GetUid(), md.GetAttempt())
+}
+
+// reserveSandboxName makes a retried RunPodSandbox (the kubelet's, after
+// a timeout) fail instead of making a second VM pod: the name is held by
+// a RunPodSandbox still running, or by a sandbox in the store until it is
+// removed. release drops the in-flight hold; the store's copy stays.
+func (b *Backend) reserveSandboxName(md *runtimeapi.PodSandboxMetadata, id string) (release func(), err error) {
+	name := sandboxName(md)
+	b.namesMu.Lock()
+	defer b.namesMu.Unlock()
+	holder := b.reserving[name]
+	if holder == "" {
+		sbs, err := b.store.sandboxes()
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "listing VM sandboxes: %v", err)
+		}
+		for _, sb := range sbs {
+			if sandboxName(sb.Metadata) == name {
+				holder = sb.ID
+				break
+			}
+		}
+	}
+	if holder != "" {
+		return nil, status.Errorf(codes.AlreadyExists, "pod sandbox name %q is reserved for %s", name, holder)
+	}
+	b.reserving[name] = id
+	return func() {
+		b.namesMu.Lock()
+		delete(b.reserving, name)
+		b.namesMu.Unlock()
+	}, nil
 }
 
 // checkOverhead refuses a pod whose memory limit the kubelet enforces on

@@ -9,7 +9,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
+	"github.com/sirupsen/logrus"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/lf-edge/evelet/internal/atomicfile"
@@ -110,7 +112,24 @@ type exitState struct {
 
 // store reads and writes the state files. It takes no locks: the backend
 // serialises mutations per object.
-type store struct{ dir string }
+type store struct {
+	dir string
+	// log and reported: an unreadable state file is skipped by the
+	// listings (one bad file must not hide every pod from the kubelet) and
+	// reported once.
+	log      *logrus.Entry
+	reported *sync.Map // path -> struct{}
+}
+
+// skipBad reports an unreadable state file the first time it is seen.
+func (s store) skipBad(kind, id, dir string, err error) {
+	if s.log == nil || s.reported == nil {
+		return
+	}
+	if _, seen := s.reported.LoadOrStore(kind+"/"+id, struct{}{}); !seen {
+		s.log.WithError(err).WithField(kind, id).Errorf("the VM backend's state of %s %s is unreadable; it is left out of the listings (remove %s to drop it)", kind, id, dir)
+	}
+}
 
 func (s store) sandboxDir(id string) string   { return filepath.Join(s.dir, sandboxesDir, id) }
 func (s store) containerDir(id string) string { return filepath.Join(s.dir, id) }
@@ -159,7 +178,8 @@ func (s store) sandboxes() ([]*sandboxState, error) {
 			continue // half created or half removed
 		}
 		if err != nil {
-			return nil, err
+			s.skipBad("sandbox", id, s.sandboxDir(id), err)
+			continue
 		}
 		out = append(out, sb)
 	}
@@ -178,7 +198,8 @@ func (s store) containers() ([]*containerState, error) {
 			continue
 		}
 		if err != nil {
-			return nil, err
+			s.skipBad("container", id, s.containerDir(id), err)
+			continue
 		}
 		out = append(out, c)
 	}
