@@ -82,7 +82,7 @@ func bootFromDir(ctx context.Context, qemuImg, dir, image string) (bootSpec, err
 // check. A qcow2 with a backing file or an external data file is refused:
 // either would be a path on this host, chosen by the image's author.
 func diskFormat(ctx context.Context, qemuImg, p string) (string, error) {
-	out, err := exec.CommandContext(ctx, qemuImg, "info", "--output=json", "-U", p).Output()
+	out, err := limitedCommand(ctx, qemuImgInfoCPUSeconds, qemuImg, "info", "--output=json", "-U", p).Output()
 	if err != nil {
 		return "", fmt.Errorf("corrupt or unreadable disk image: qemu-img info: %s", cmdErr(err))
 	}
@@ -110,7 +110,7 @@ func diskFormat(ctx context.Context, qemuImg, p string) (string, error) {
 		if f := info.FormatSpecific.Data.DataFile; f != "" {
 			return "", fmt.Errorf("qcow2 disk has an external data file (%s); a containerDisk must be self-contained", f)
 		}
-		if out, err := exec.CommandContext(ctx, qemuImg, "check", "-U", "-f", "qcow2", p).CombinedOutput(); err != nil {
+		if out, err := limitedCommand(ctx, qemuImgCheckCPUSeconds, qemuImg, "check", "-U", "-f", "qcow2", p).CombinedOutput(); err != nil {
 			return "", fmt.Errorf("corrupt qcow2 disk: qemu-img check: %s", firstLines(string(out), 3))
 		}
 		return "qcow2", nil
@@ -121,7 +121,7 @@ func diskFormat(ctx context.Context, qemuImg, p string) (string, error) {
 
 // createOverlay makes the container's own qcow2 on top of the image's disk.
 func createOverlay(ctx context.Context, qemuImg string, bs bootSpec, overlay string) error {
-	out, err := exec.CommandContext(ctx, qemuImg, "create", "-q", "-f", "qcow2", "-F", bs.DiskFormat, "-b", bs.Disk, overlay).CombinedOutput()
+	out, err := limitedCommand(ctx, qemuImgCheckCPUSeconds, qemuImg, "create", "-q", "-f", "qcow2", "-F", bs.DiskFormat, "-b", bs.Disk, overlay).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("qemu-img create overlay: %s", firstLines(string(out), 3))
 	}
