@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -31,6 +32,45 @@ func containerCgroup(parent, id string) string {
 		return "" // not supported here; documented
 	}
 	return filepath.Join(parent, "evelet-vm-"+id)
+}
+
+// listHierarchies is hierarchies; tests replace it.
+var listHierarchies = hierarchies
+
+// checkConfinement refuses a VM pod that would run outside the pod's
+// cgroup: QEMU is only put in cgroup v1 hierarchies (cgroupfs driver), so
+// on a cgroup v2 (unified) host, or under the systemd driver, it would run
+// unconfined, beyond the kubelet's limits and accounting.
+func checkConfinement(parent string) error {
+	if parent == "" {
+		return nil // no pod cgroup to join (not the kubelet's way)
+	}
+	if strings.HasSuffix(parent, ".slice") {
+		return fmt.Errorf("the kubelet uses the systemd cgroup driver (cgroup parent %s); VM pods support the cgroupfs driver only, and QEMU must not run outside the pod's cgroup", parent)
+	}
+	hs, err := listHierarchies()
+	if err != nil {
+		return fmt.Errorf("reading the cgroup hierarchies: %w", err)
+	}
+	need := map[string]bool{"memory": false, "cpu": false, "cpuacct": false}
+	for _, h := range hs {
+		for c := range need {
+			if h.has(c) {
+				need[c] = true
+			}
+		}
+	}
+	var missing []string
+	for c, ok := range need {
+		if !ok {
+			missing = append(missing, c)
+		}
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		return fmt.Errorf("this device has no cgroup v1 hierarchy with the %s controller(s) (a cgroup v2 host?); VM pods need cgroup v1 so that QEMU runs inside the pod's cgroup, never unconfined", strings.Join(missing, ", "))
+	}
+	return nil
 }
 
 // hierarchy is one mounted cgroup v1 hierarchy and its controllers.
@@ -73,7 +113,7 @@ func makeCgroups(rel string, c *containerState) ([]string, error) {
 	if rel == "" {
 		return nil, nil
 	}
-	hs, err := hierarchies()
+	hs, err := listHierarchies()
 	if err != nil {
 		return nil, err
 	}

@@ -90,3 +90,35 @@ func TestCheckOverhead(t *testing.T) {
 		t.Errorf("no overhead: %v, want InvalidArgument naming %s and overhead.podFixed", err, RuleVMOverhead)
 	}
 }
+
+// TestConfinementRefusedWithoutCgroupV1: on a cgroup v2 host (no v1
+// hierarchy with memory, cpu, cpuacct) or under the systemd driver, a VM
+// pod is refused instead of running QEMU outside any cgroup (issue 21
+// item 11); with v1 it passes.
+func TestConfinementRefusedWithoutCgroupV1(t *testing.T) {
+	orig := listHierarchies
+	t.Cleanup(func() { listHierarchies = orig })
+	v1 := func() ([]hierarchy, error) {
+		return []hierarchy{{dir: "/sys/fs/cgroup/memory", ctrls: map[string]bool{"memory": true}},
+			{dir: "/sys/fs/cgroup/cpu,cpuacct", ctrls: map[string]bool{"cpu": true, "cpuacct": true}}}, nil
+	}
+	v2 := func() ([]hierarchy, error) { return nil, nil } // cgroup2 mounts are not v1 hierarchies
+	listHierarchies = v1
+	if err := checkConfinement("/kubepods/burstable/pod1"); err != nil {
+		t.Errorf("cgroup v1: %v", err)
+	}
+	if err := checkConfinement("kubepods-burstable-pod1.slice"); err == nil || !strings.Contains(err.Error(), "systemd") {
+		t.Errorf("systemd driver: %v, want a refusal naming it", err)
+	}
+	listHierarchies = v2
+	err := checkConfinement("/kubepods/burstable/pod1")
+	if err == nil || !strings.Contains(err.Error(), "cgroup v2") {
+		t.Errorf("cgroup v2 host: %v, want a refusal", err)
+	}
+	b := lightBackend(t, slowSupervisor(0))
+	req := sandboxReq("v2")
+	req.Config.Linux = &runtimeapi.LinuxPodSandboxConfig{CgroupParent: "/kubepods/burstable/podv2"}
+	if _, err := b.RunPodSandbox(t.Context(), req); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "unconfined") {
+		t.Errorf("RunPodSandbox on a cgroup v2 host: %v, want FailedPrecondition", err)
+	}
+}

@@ -30,6 +30,9 @@ func (b *Backend) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 	if err := checkOverhead(cfg.GetLinux()); err != nil {
 		return nil, err
 	}
+	if err := checkConfinement(cfg.GetLinux().GetCgroupParent()); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "VM pods cannot run on this device: %v", err)
+	}
 	id := newID()
 	release, err := b.reserveSandboxName(cfg.GetMetadata(), id)
 	if err != nil {
