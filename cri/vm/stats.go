@@ -2,6 +2,8 @@ package vm
 
 import (
 	"context"
+	"path/filepath"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -16,6 +18,7 @@ func (b *Backend) containerStats(c *containerState) *runtimeapi.ContainerStats {
 	now := time.Now().UnixNano()
 	st := &runtimeapi.ContainerStats{Attributes: &runtimeapi.ContainerAttributes{
 		Id: c.ID, Metadata: c.Metadata, Labels: c.Labels, Annotations: c.Annotations}}
+	st.WritableLayer = b.writableLayer(c, now)
 	if c.Cgroup == "" || !b.running(c) {
 		return st
 	}
@@ -105,4 +108,18 @@ func (b *Backend) ListPodSandboxStats(ctx context.Context, req *runtimeapi.ListP
 		out = append(out, b.sandboxStats(sb))
 	}
 	return &runtimeapi.ListPodSandboxStatsResponse{Stats: out}, nil
+}
+
+// writableLayer is the container's overlay, what the guest wrote: the
+// kubelet counts it as the container's rootfs in the pod's ephemeral
+// storage, so an ephemeral-storage limit evicts a guest that writes past
+// it. Allocated blocks, not the file's size: a qcow2 grows by clusters and
+// discards (discard=unmap) punch holes.
+func (b *Backend) writableLayer(c *containerState, now int64) *runtimeapi.FilesystemUsage {
+	var used uint64
+	var fi syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(b.store.containerDir(c.ID), overlayFile), &fi); err == nil {
+		used = uint64(fi.Blocks) * 512
+	}
+	return &runtimeapi.FilesystemUsage{Timestamp: now, UsedBytes: &runtimeapi.UInt64Value{Value: used}, InodesUsed: &runtimeapi.UInt64Value{Value: 1}}
 }
