@@ -13,10 +13,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net"
+	"sort"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/lf-edge/evelet/cni/tenantjson"
 )
 
 const (
@@ -176,6 +180,11 @@ func parseJSON(v string) ([]Selection, error) {
 	if dec.More() {
 		return nil, fmt.Errorf("%s: trailing data after the JSON list", NetworksKey)
 	}
+	// Go matches keys in any letter case ("MAC" is "mac"), the last one
+	// winning: two keys that are one to the decoder are refused.
+	if err := tenantjson.CheckKeys([]byte(v)); err != nil {
+		return nil, fmt.Errorf("%s: %w", NetworksKey, err)
+	}
 	// Which elements carry "default-route" at all: an empty list is a
 	// choice too, which []string cannot tell from an absent key.
 	var keys []map[string]json.RawMessage
@@ -186,11 +195,46 @@ func parseJSON(v string) ([]Selection, error) {
 		if s.Name == "" {
 			return nil, fmt.Errorf("%s: element %d has no \"name\" (required by the spec)", NetworksKey, i+1)
 		}
-		if raw, ok := keys[i]["default-route"]; ok && string(bytes.TrimSpace(raw)) != "null" {
+		if raw, ok := rawKey(keys[i], "default-route"); ok && string(bytes.TrimSpace(raw)) != "null" {
 			sels[i].HasDefaultRoute = true
 		}
 	}
 	return sels, nil
+}
+
+func rawKey(m map[string]json.RawMessage, key string) (json.RawMessage, bool) {
+	for k, v := range m {
+		if tenantjson.EqualKey(k, key) {
+			return v, true
+		}
+	}
+	return nil, false
+}
+
+// ArgsDenied are the keys of "args":{"cni":{...}} (a pod's cni-args, or
+// a NAD's own args) that plugins read as the interface's identity or its
+// kernel settings: static IPAM's "ips", tuning's "mac", "sysctl",
+// "promisc" and the like. The selection's own "ips" and "mac" go through
+// the capability checks and the plugin's rules; these would go around
+// them, so they are refused in any letter case.
+var ArgsDenied = []string{"ips", "ip", "mac", "gateway", "sysctl", "promisc", "allmulti", "mtu", "txQLen", "infinibandGUID"}
+
+// DeniedArg returns the first key of m that ArgsDenied names in any
+// letter case, "" if none.
+func DeniedArg(m map[string]any) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		for _, d := range ArgsDenied {
+			if tenantjson.EqualKey(k, d) {
+				return k
+			}
+		}
+	}
+	return ""
 }
 
 func (s *Selection) validate() error {
@@ -242,8 +286,36 @@ func (s *Selection) validate() error {
 			return fmt.Errorf("invalid portMappings hostIP %q", pm.HostIP)
 		}
 	}
-	if b := s.Bandwidth; b != nil && (b.IngressRate < 0 || b.IngressBurst < 0 || b.EgressRate < 0 || b.EgressBurst < 0) {
-		return fmt.Errorf("invalid bandwidth %+v: rates and bursts cannot be negative", *b)
+	if k := DeniedArg(s.CNIArgs); k != "" {
+		return fmt.Errorf("cni-args %q: sets the interface's identity or kernel settings, which cni-args may not (use \"mac\"/\"ips\", which the network's plugins check)", k)
+	}
+	if b := s.Bandwidth; b != nil {
+		if err := b.validate(); err != nil {
+			return fmt.Errorf("invalid bandwidth %+v: %w", *b, err)
+		}
+	}
+	return nil
+}
+
+// validate applies the bandwidth plugin's own rules before ADD: it
+// refuses a rate without a burst (and the reverse) on ADD and again on
+// every DEL, so a request it refuses would make the sandbox undeletable.
+func (b Bandwidth) validate() error {
+	if b.IngressRate < 0 || b.IngressBurst < 0 || b.EgressRate < 0 || b.EgressBurst < 0 {
+		return fmt.Errorf("rates and bursts cannot be negative")
+	}
+	for _, d := range []struct {
+		dir         string
+		rate, burst int64
+	}{{"ingress", b.IngressRate, b.IngressBurst}, {"egress", b.EgressRate, b.EgressBurst}} {
+		switch {
+		case d.rate > 0 && d.burst == 0:
+			return fmt.Errorf("%sRate needs %sBurst as well (the bandwidth plugin refuses a rate without a burst)", d.dir, d.dir)
+		case d.burst > 0 && d.rate == 0:
+			return fmt.Errorf("%sBurst needs %sRate as well (the bandwidth plugin refuses a burst without a rate)", d.dir, d.dir)
+		case d.burst/8 >= math.MaxUint32:
+			return fmt.Errorf("%sBurst is more than 4 GB, which the bandwidth plugin refuses", d.dir)
+		}
 	}
 	return nil
 }

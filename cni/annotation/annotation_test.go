@@ -138,6 +138,19 @@ func TestParseRefusals(t *testing.T) {
 		{"negative bandwidth", `[{"name":"a","bandwidth":{"ingressRate":-1}}]`, "negative"},
 		{"bad guid", `[{"name":"a","infiniband-guid":"02:00:00:00:00:01"}]`, "infiniband-guid"},
 		{"too many", strings.Repeat("a,", MaxNetworks) + "a", "at most"},
+		// Keys as Go decodes them: "MAC" is "mac", the last one wins.
+		{"mac twice in two cases", `[{"name":"a","mac":"02:00:00:00:00:01","MAC":"02:00:00:00:00:02"}]`, `keys "mac" and "MAC" are the same key`},
+		{"default-route in another case claims too", `[{"name":"a","Default-Route":["10.0.0.1"]},{"name":"b","default-route":[]}]`, `both set "default-route"`},
+		// cni-args must not undo what the annotation's own keys refuse.
+		{"cni-args ips", `[{"name":"a","cni-args":{"ips":["10.0.0.9/24"]}}]`, `cni-args "ips"`},
+		{"cni-args mac", `[{"name":"a","cni-args":{"Mac":"02:00:00:00:00:09"}}]`, `cni-args "Mac"`},
+		{"cni-args sysctl", `[{"name":"a","cni-args":{"sysctl":{"net.ipv4.conf.all.forwarding":"1"}}}]`, `cni-args "sysctl"`},
+		{"cni-args promisc", `[{"name":"a","cni-args":{"promisc":true}}]`, `cni-args "promisc"`},
+		{"cni-args dup keys", `[{"name":"a","cni-args":{"k":1,"K":2}}]`, `keys "k" and "K"`},
+		// The bandwidth plugin refuses these on ADD and on every DEL.
+		{"bandwidth rate without burst", `[{"name":"a","bandwidth":{"ingressRate":1000000,"egressRate":1000000}}]`, "ingressRate needs ingressBurst"},
+		{"bandwidth burst without rate", `[{"name":"a","bandwidth":{"egressBurst":1000}}]`, "egressBurst needs egressRate"},
+		{"bandwidth burst too big", `[{"name":"a","bandwidth":{"ingressRate":1,"ingressBurst":40000000000}}]`, "more than 4 GB"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

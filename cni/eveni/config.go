@@ -15,8 +15,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/lf-edge/evelet/cni/tenantjson"
 )
 
 // DefaultSettingsPath is where the agent writes Settings on a device
@@ -110,6 +113,11 @@ type RuntimeConfig struct {
 
 // ParseNetConf decodes and checks a plugin configuration.
 func ParseNetConf(stdin []byte) (*NetConf, error) {
+	// The configuration is a tenant's NAD: two keys that Go reads as one
+	// (any letter case) would make whatever checked the first key moot.
+	if err := tenantjson.CheckKeys(stdin); err != nil {
+		return nil, fmt.Errorf("eve-ni: network configuration: %w", err)
+	}
 	var c NetConf
 	if err := json.Unmarshal(stdin, &c); err != nil {
 		return nil, fmt.Errorf("eve-ni: network configuration is not valid JSON: %w", err)
@@ -119,8 +127,12 @@ func ParseNetConf(stdin []byte) (*NetConf, error) {
 		return nil, fmt.Errorf("eve-ni: networkInstance (an EVE network instance's display name or UUID) is required")
 	}
 	if c.RuntimeConfig.Mac != "" {
-		if _, err := net.ParseMAC(c.RuntimeConfig.Mac); err != nil {
+		hw, err := net.ParseMAC(c.RuntimeConfig.Mac)
+		if err != nil {
 			return nil, fmt.Errorf("eve-ni: runtimeConfig.mac %q: %w", c.RuntimeConfig.Mac, err)
+		}
+		if len(hw) != 6 || hw[0]&1 != 0 {
+			return nil, fmt.Errorf("eve-ni: runtimeConfig.mac %q: not a unicast Ethernet address", c.RuntimeConfig.Mac)
 		}
 	}
 	for _, ip := range c.RuntimeConfig.IPs {
@@ -132,6 +144,12 @@ func ParseNetConf(stdin []byte) (*NetConf, error) {
 	}
 	if c.SettingsFile == "" {
 		c.SettingsFile = DefaultSettingsPath
+	}
+	// evelet-cni sets it to the node's file; a relative or unclean path
+	// is not one it writes (a relative one resolves against the host's
+	// working directory).
+	if !filepath.IsAbs(c.SettingsFile) || filepath.Clean(c.SettingsFile) != c.SettingsFile {
+		return nil, fmt.Errorf("eve-ni: eveniConfig %q is not a clean absolute path", c.SettingsFile)
 	}
 	return &c, nil
 }
@@ -163,8 +181,9 @@ func (c *NetConf) ipamStdin(set *Settings) ([]byte, error) {
 		return nil, err
 	}
 	m["cniVersion"] = ipamVersion
-	if im, ok := m["ipam"].(map[string]any); ok && c.IPAM.Type == "dhcp" {
-		im["daemonSocketPath"] = set.dhcpSocket()
+	iv, _ := tenantjson.Get(m, "ipam")
+	if im, ok := iv.(map[string]any); ok && c.IPAM.Type == "dhcp" {
+		tenantjson.Set(im, "daemonSocketPath", set.dhcpSocket())
 	}
 	return json.Marshal(m)
 }
@@ -181,7 +200,7 @@ func (c *NetConf) checkIPAM() error {
 			IPAM map[string]any `json:"ipam"`
 		}
 		_ = json.Unmarshal(c.raw, &v)
-		if _, set := v.IPAM["daemonSocketPath"]; set {
+		if _, set := tenantjson.Get(v.IPAM, "daemonSocketPath"); set {
 			return fmt.Errorf("ipam dhcp: daemonSocketPath is the node's to set, not the network configuration's")
 		}
 		return nil

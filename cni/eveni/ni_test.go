@@ -112,9 +112,40 @@ func TestParseNetConf(t *testing.T) {
 		`{"networkInstance":"lan","runtimeConfig":{"mac":"zz"}}`,
 		`{"networkInstance":"lan","runtimeConfig":{"ips":["x"]}}`,
 		`{"networkInstance":`,
+		// Keys as Go decodes them, and paths that are not the node's file.
+		`{"networkInstance":"lan","eveniConfig":"/run/evelet/eve-ni.json","eveniconfig":"../../x"}`,
+		`{"networkInstance":"lan","eveniconfig":"../../persist/x.json"}`,
+		`{"networkInstance":"lan","eveniConfig":"eve-ni.json"}`,
+		`{"networkInstance":"lan","eveniConfig":"/run/evelet/../../persist/x.json"}`,
+		`{"networkInstance":"lan","runtimeConfig":{"mac":"02:00:00:00:00:09"},"RuntimeConfig":{"mac":"02:00:00:00:00:0a"}}`,
+		`{"networkInstance":"lan","runtimeConfig":{"mac":"01:00:5e:00:00:01"}}`,
 	} {
 		if _, err := ParseNetConf([]byte(bad)); err == nil {
 			t.Errorf("%s: accepted", bad)
 		}
+	}
+}
+
+// dhcp's socket in another letter case is the same key to the dhcp plugin:
+// it is refused, and the node's socket replaces every case.
+func TestDHCPSocketInAnyCase(t *testing.T) {
+	c, err := ParseNetConf([]byte(`{"cniVersion":"1.1.0","name":"x","type":"eve-ni","networkInstance":"lan","ipam":{"type":"dhcp","daemonsocketpath":"../../run/containerd/containerd.sock"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.checkIPAM(); err == nil {
+		t.Fatal("daemonsocketpath accepted")
+	}
+	b, err := c.ipamStdin(&Settings{DHCPSocket: "/run/evelet/dhcp.sock"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v struct {
+		IPAM struct {
+			Sock string `json:"daemonSocketPath"`
+		} `json:"ipam"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil || v.IPAM.Sock != "/run/evelet/dhcp.sock" {
+		t.Fatalf("dhcp would use %q (%v): %s", v.IPAM.Sock, err, b)
 	}
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/lf-edge/evelet/cni/annotation"
 	"github.com/lf-edge/evelet/cni/nad"
+	"github.com/lf-edge/evelet/cni/tenantjson"
 	"github.com/lf-edge/evelet/internal/kubeerr"
 )
 
@@ -293,28 +294,33 @@ func withNodeSettings(list []byte, cniArgs map[string]any, eveniConfig string, e
 		if !ok {
 			continue
 		}
-		if pm["type"] == "eve-ni" && eveniConfig != "" {
-			pm["eveniConfig"] = eveniConfig
+		// Keys in any letter case: a second "eveniconfig" beside the
+		// node's "eveniConfig" would be the one eve-ni decodes.
+		typ, _ := tenantjson.Get(pm, "type")
+		if typ == "eve-ni" && eveniConfig != "" {
+			tenantjson.Set(pm, "eveniConfig", eveniConfig)
 		}
-		if pm["type"] == "eve-ni" && eveniDefault != nil {
-			pm["defaultRoute"] = *eveniDefault
+		if typ == "eve-ni" && eveniDefault != nil {
+			tenantjson.Set(pm, "defaultRoute", *eveniDefault)
 		}
 		if len(cniArgs) == 0 {
 			continue
 		}
-		a, _ := pm["args"].(map[string]any)
+		av, _ := tenantjson.Get(pm, "args")
+		a, _ := av.(map[string]any)
 		if a == nil {
 			a = map[string]any{}
 		}
-		cn, _ := a["cni"].(map[string]any)
+		cv, _ := tenantjson.Get(a, "cni")
+		cn, _ := cv.(map[string]any)
 		if cn == nil {
 			cn = map[string]any{}
 		}
 		for k, v := range cniArgs {
-			cn[k] = v
+			tenantjson.Set(cn, k, v)
 		}
-		a["cni"] = cn
-		pm["args"] = a
+		tenantjson.Set(a, "cni", cn)
+		tenantjson.Set(pm, "args", a)
 	}
 	return json.Marshal(m)
 }

@@ -4,7 +4,6 @@
 package nad
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,6 +15,9 @@ import (
 	"strings"
 
 	"github.com/containernetworking/cni/libcni"
+
+	"github.com/lf-edge/evelet/cni/annotation"
+	"github.com/lf-edge/evelet/cni/tenantjson"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -98,11 +100,14 @@ func (r *Resolver) Resolve(ctx context.Context, podNamespace, ns, name string) (
 // Parse reads a CNI config or conflist. The JSON check comes first so a
 // tenant sees "not valid JSON" rather than a library message.
 func Parse(raw []byte) (*libcni.NetworkConfigList, error) {
-	var probe map[string]json.RawMessage
+	var probe map[string]any
 	if err := json.Unmarshal(raw, &probe); err != nil {
 		return nil, fmt.Errorf("CNI config is not valid JSON: %v", err)
 	}
-	if _, isList := probe["plugins"]; isList {
+	if err := tenantjson.CheckKeys(raw); err != nil {
+		return nil, fmt.Errorf("CNI config: %w", err)
+	}
+	if _, isList := tenantjson.Get(probe, "plugins"); isList {
 		list, err := libcni.ConfListFromBytes(raw)
 		if err != nil {
 			return nil, fmt.Errorf("CNI conflist: %w", err)
@@ -131,17 +136,17 @@ func (r *Resolver) check(list *libcni.NetworkConfigList) error {
 	if len(list.Plugins) == 0 {
 		return errors.New("CNI conflist has no plugins")
 	}
+	// Keys are compared as Go decodes them (any letter case), so two
+	// keys that a plugin reads as one are refused before any check below
+	// could look at the wrong one.
+	if err := tenantjson.CheckKeys(list.Bytes); err != nil {
+		return fmt.Errorf("CNI config: %w", err)
+	}
 	// A tenant's config must not point a delegate (running as root) at a
 	// host file or socket: host-local's dataDir, dhcp's daemonSocketPath,
 	// eve-ni's eveniConfig (a settings file the tenant could have written
-	// into an emptyDir, with its own allow-list), or whatever a plugin adds.
-	var doc any
-	if err := json.Unmarshal(list.Bytes, &doc); err != nil {
-		return fmt.Errorf("CNI config is not valid JSON: %v", err)
-	}
-	if key := hostPath(doc, ""); key != "" {
-		return fmt.Errorf("%q names a host path; a NetworkAttachmentDefinition may not (the node's settings give plugins their paths)", key)
-	}
+	// into an emptyDir, with its own allow-list), or whatever a plugin adds,
+	// neither absolute nor relative (relative resolves on the host).
 	for _, p := range list.Plugins {
 		t := p.Network.Type
 		if t == r.Self {
@@ -150,59 +155,61 @@ func (r *Resolver) check(list *libcni.NetworkConfigList) error {
 		if !contains(r.Rules.PluginTypes, t) {
 			return fmt.Errorf("plugin type %q is not allowed on this node (allowed: %s)", t, list2str(r.Rules.PluginTypes))
 		}
-		if t == "eve-ni" && bytes.Contains(p.Bytes, []byte(`"eveniConfig"`)) {
-			return fmt.Errorf("plugin %q: \"eveniConfig\" is the node's to set, not a NetworkAttachmentDefinition's", t)
-		}
-		var ipam struct {
-			IPAM *struct {
-				Type    string `json:"type"`
-				DataDir string `json:"dataDir"`
-			} `json:"ipam"`
-		}
-		if err := json.Unmarshal(p.Bytes, &ipam); err != nil {
+		var pm map[string]any
+		if err := json.Unmarshal(p.Bytes, &pm); err != nil {
 			return fmt.Errorf("plugin %q: %v", t, err)
 		}
-		if ipam.IPAM != nil && ipam.IPAM.Type != "" {
-			if !contains(r.Rules.IPAMTypes, ipam.IPAM.Type) {
-				return fmt.Errorf("IPAM type %q is not allowed on this node (allowed: %s)", ipam.IPAM.Type, list2str(r.Rules.IPAMTypes))
+		if err := nodeKeys(t, pm); err != nil {
+			return err
+		}
+		im, _ := getMap(pm, "ipam")
+		if it, _ := getString(im, "type"); it != "" {
+			if !contains(r.Rules.IPAMTypes, it) {
+				return fmt.Errorf("IPAM type %q is not allowed on this node (allowed: %s)", it, list2str(r.Rules.IPAMTypes))
 			}
 			// host-local writes its leases under dataDir as root: a tenant
 			// must not choose where on the host that is.
-			if ipam.IPAM.DataDir != "" {
-				return fmt.Errorf("IPAM %q: \"dataDir\" may not be set in a NetworkAttachmentDefinition", ipam.IPAM.Type)
+			if _, set := tenantjson.Get(im, "dataDir"); set {
+				return fmt.Errorf("IPAM %q: \"dataDir\" may not be set in a NetworkAttachmentDefinition", it)
 			}
 		}
+	}
+	var doc any
+	if err := json.Unmarshal(list.Bytes, &doc); err != nil {
+		return fmt.Errorf("CNI config is not valid JSON: %v", err)
+	}
+	if key, problem := tenantjson.FindPath(doc); key != "" {
+		return fmt.Errorf("%q names a host path (its value %s); a NetworkAttachmentDefinition may not (the node's settings give plugins their paths)", key, problem)
 	}
 	return nil
 }
 
-// hostPath returns the key of the first string value that is an absolute
-// path, "" if none.
-func hostPath(v any, key string) string {
-	switch x := v.(type) {
-	case string:
-		if strings.HasPrefix(x, "/") {
-			return key
+// runtimeKeys are what the runtime and evelet-cni give a delegate; a NAD
+// setting one (in any letter case) would choose what the pod's annotation
+// is checked for (runtimeConfig: mac, ips) or the node's settings.
+var runtimeKeys = []string{"runtimeConfig", "prevResult", "cniVersions"}
+
+func nodeKeys(t string, pm map[string]any) error {
+	for _, k := range runtimeKeys {
+		if _, set := tenantjson.Get(pm, k); set {
+			return fmt.Errorf("plugin %q: %q is the runtime's to set, not a NetworkAttachmentDefinition's", t, k)
 		}
-	case map[string]any:
-		keys := make([]string, 0, len(x))
-		for k := range x {
-			keys = append(keys, k)
+	}
+	if t == "eve-ni" {
+		if _, set := tenantjson.Get(pm, "eveniConfig"); set {
+			return fmt.Errorf("plugin %q: \"eveniConfig\" is the node's to set, not a NetworkAttachmentDefinition's", t)
 		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			if r := hostPath(x[k], strings.TrimPrefix(key+"."+k, ".")); r != "" {
-				return r
-			}
-		}
-	case []any:
-		for i, e := range x {
-			if r := hostPath(e, fmt.Sprintf("%s[%d]", key, i)); r != "" {
-				return r
+	}
+	if a, ok := tenantjson.Get(pm, "args"); ok {
+		am, _ := a.(map[string]any)
+		if cn, ok := tenantjson.Get(am, "cni"); ok {
+			cm, _ := cn.(map[string]any)
+			if k := annotation.DeniedArg(cm); k != "" {
+				return fmt.Errorf("plugin %q: \"args\": {\"cni\": {%q}} sets the interface's identity or kernel settings, which a NetworkAttachmentDefinition may not (use the pod's \"mac\"/\"ips\" with the capability)", t, k)
 			}
 		}
 	}
-	return ""
+	return nil
 }
 
 // FromConfDir returns the config file in dir whose network name is name.
@@ -237,6 +244,18 @@ func FromConfDir(dir, name string) ([]byte, error) {
 		}
 	}
 	return nil, fmt.Errorf("no CNI config named %q in %s", name, dir)
+}
+
+func getMap(m map[string]any, key string) (map[string]any, bool) {
+	v, ok := tenantjson.Get(m, key)
+	mv, _ := v.(map[string]any)
+	return mv, ok && mv != nil
+}
+
+func getString(m map[string]any, key string) (string, bool) {
+	v, ok := tenantjson.Get(m, key)
+	sv, _ := v.(string)
+	return sv, ok
 }
 
 func contains(l []string, s string) bool {

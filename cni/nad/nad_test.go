@@ -91,6 +91,18 @@ func TestResolveRefusals(t *testing.T) {
 		nadObj("pods", "nestedpath", `{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"},{"type":"macvlan","x":[{"y":"/etc/shadow"}]}]}`),
 		nadObj("pods", "reldatadir", `{"cniVersion":"1.0.0","name":"d","type":"bridge","ipam":{"type":"host-local","dataDir":"../../x"}}`),
 		nadObj("pods", "relevenicfg", `{"cniVersion":"1.1.0","name":"e","type":"eve-ni","networkInstance":"ni1","eveniConfig":"eve-ni.json"}`),
+		// Go decodes keys in any letter case: these reached eve-ni and dhcp.
+		nadObj("pods", "foldevenicfg", `{"cniVersion":"1.1.0","name":"e","type":"eve-ni","networkInstance":"ni1","eveniconfig":"../../../persist/x/eve-ni.json"}`),
+		nadObj("pods", "foldsock", `{"cniVersion":"1.0.0","name":"d","type":"bridge","ipam":{"type":"static","daemonsocketpath":"../../run/containerd/containerd.sock"}}`),
+		nadObj("pods", "dupkeys", `{"cniVersion":"1.1.0","name":"e","type":"eve-ni","networkInstance":"ni1","NetworkInstance":"ni2"}`),
+		nadObj("pods", "foldtype", `{"cniVersion":"1.0.0","name":"n","plugins":[{"Type":"eve-ni","networkInstance":"ni1","EveniConfig":"x"}]}`),
+		nadObj("pods", "foldplugins", `{"cniVersion":"1.0.0","name":"n","Plugins":[{"type":"host-device"}]}`),
+		nadObj("pods", "reldir", `{"cniVersion":"1.0.0","name":"d","type":"bridge","ipam":{"type":"static","anyDir":"leases"}}`),
+		nadObj("pods", "climb", `{"cniVersion":"1.0.0","name":"d","type":"bridge","x":"a/../../../etc"}`),
+		nadObj("pods", "rtconf", `{"cniVersion":"1.1.0","name":"e","type":"eve-ni","networkInstance":"ni1","runtimeConfig":{"mac":"02:00:00:00:00:01"}}`),
+		nadObj("pods", "rtconffold", `{"cniVersion":"1.1.0","name":"e","type":"eve-ni","networkInstance":"ni1","RuntimeConfig":{"ips":["10.0.0.1/24"]}}`),
+		nadObj("pods", "argsmac", `{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"},{"type":"macvlan","args":{"cni":{"MAC":"02:00:00:00:00:01"}}}]}`),
+		nadObj("pods", "argsips", `{"cniVersion":"1.0.0","name":"d","type":"bridge","ipam":{"type":"static"},"args":{"cni":{"ips":["10.0.0.9/24"]}}}`),
 		nadObj("pods", "laterplugin", `{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"},{"type":"host-device"}]}`),
 	)
 	for _, c := range []struct{ ns, name, want string }{
@@ -106,10 +118,21 @@ func TestResolveRefusals(t *testing.T) {
 		{"pods", "laterplugin", `"host-device" is not allowed`},
 		{"pods", "relevenicfg", `"eveniConfig" is the node's to set`},
 		{"pods", "reldatadir", `"dataDir" may not be set`},
-		{"pods", "eveniconfig", `eveniConfig" names a host path`},
+		{"pods", "eveniconfig", `"eveniConfig" is the node's to set`},
+		{"pods", "foldevenicfg", `"eveniConfig" is the node's to set`},
+		{"pods", "foldsock", `"plugins[0].ipam.daemonsocketpath" names a host path`},
+		{"pods", "dupkeys", `keys "networkInstance" and "NetworkInstance" are the same key`},
+		{"pods", "foldtype", `"eveniConfig" is the node's to set`},
+		{"pods", "foldplugins", "no plugins"},
+		{"pods", "reldir", `"plugins[0].ipam.anyDir" names a host path`},
+		{"pods", "climb", `"plugins[0].x" names a host path (its value is a relative path that climbs`},
+		{"pods", "rtconf", `"runtimeConfig" is the runtime's to set`},
+		{"pods", "rtconffold", `"runtimeConfig" is the runtime's to set`},
+		{"pods", "argsmac", `{"cni": {"MAC"}} sets the interface's identity`},
+		{"pods", "argsips", `{"cni": {"ips"}} sets the interface's identity`},
 		{"pods", "dhcpsock", `ipam.daemonSocketPath" names a host path`},
 		{"pods", "nestedpath", `"plugins[1].x[0].y" names a host path`},
-		{"pods", "datadir", `ipam.dataDir" names a host path`},
+		{"pods", "datadir", `"dataDir" may not be set`},
 	} {
 		_, err := r.Resolve(context.Background(), "pods", c.ns, c.name)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
