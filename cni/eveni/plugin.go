@@ -228,12 +228,14 @@ func configure(args *skel.CmdArgs, res *current.Result) error {
 
 // Del detaches the pod interface and frees its address (CNI DEL). It works
 // without the NI (gone from EVE) and without the netns (already gone), and
-// deleting twice is fine.
+// deleting twice is fine. What is eve-ni's own (links, guard, address) is
+// freed whatever else fails; a Switch NI's IPAM plugin is asked last.
 func Del(args *skel.CmdArgs) error {
 	conf, err := ParseNetConf(args.StdinData)
 	if err != nil {
 		return err
 	}
+	var errs []error
 	if args.Netns != "" {
 		err := ns.WithNetNSPath(args.Netns, func(ns.NetNS) error {
 			err := ip.DelLinkByName(args.IfName)
@@ -247,18 +249,30 @@ func Del(args *skel.CmdArgs) error {
 		var gone ns.NSPathNotExistErr
 		var notNS ns.NSPathNotNSErr
 		if err != nil && !errors.As(err, &gone) && !errors.As(err, &notNS) {
-			return fmt.Errorf("removing %s: %w", args.IfName, err)
+			errs = append(errs, fmt.Errorf("removing %s: %w", args.IfName, err))
 		}
 	}
 	if l, err := netlink.LinkByName(HostVethName(args.ContainerID, args.IfName)); err == nil {
-		_ = netlink.LinkDel(l)
+		if err := netlink.LinkDel(l); err != nil {
+			errs = append(errs, fmt.Errorf("removing %s: %w", l.Attrs().Name, err))
+		}
 	}
 	if err := removeGuard(HostVethName(args.ContainerID, args.IfName)); err != nil {
-		return err
+		errs = append(errs, err)
 	}
 	set, err := LoadSettings(conf.SettingsFile)
 	if err != nil {
-		return err
+		return errors.Join(append(errs, err)...)
+	}
+	as, err := allocators(set.StateDir)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	o := Owner{ContainerID: args.ContainerID, IfName: args.IfName}
+	for _, a := range as {
+		if err := a.Release(o); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if conf.checkIPAM() == nil && conf.IPAM.Type != "" && (conf.IPAM.Type != "dhcp" || dhcpReady(set) == nil) {
 		// (Without its daemon, dhcp holds no lease to give back; a
@@ -268,20 +282,10 @@ func Del(args *skel.CmdArgs) error {
 			err = ipam.ExecDel(conf.IPAM.Type, stdin)
 		}
 		if err != nil {
-			return fmt.Errorf("ipam %q: %w", conf.IPAM.Type, err)
+			errs = append(errs, fmt.Errorf("ipam %q: %w", conf.IPAM.Type, err))
 		}
 	}
-	as, err := allocators(set.StateDir)
-	if err != nil {
-		return err
-	}
-	o := Owner{ContainerID: args.ContainerID, IfName: args.IfName}
-	for _, a := range as {
-		if err := a.Release(o); err != nil {
-			return err
-		}
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Check verifies the attachment still looks as ADD left it (CNI CHECK).
@@ -347,18 +351,28 @@ func Status(args *skel.CmdArgs) error {
 	return err
 }
 
-// GC frees addresses of attachments the runtime no longer knows (CNI GC),
-// on every NI, and passes GC on to a Switch NI's IPAM plugin.
+// GC frees addresses of attachments the runtime no longer knows (CNI GC)
+// on the NI this network names, and only there: the valid attachments a
+// runtime sends are those of this network, so another NI's addresses
+// (held by pods of other networks) are not this call's to judge. It
+// passes GC on to a Switch NI's IPAM plugin.
 func GC(args *skel.CmdArgs) error {
 	conf, set, err := load(args.StdinData)
 	if err != nil {
 		return err
 	}
-	as, err := allocators(set.StateDir)
+	nis, err := ReadNIs(set.EVERun)
 	if err != nil {
 		return err
 	}
-	for _, a := range as {
+	for key, st := range nis {
+		if !Matches(conf.NetworkInstance, key, st) {
+			continue
+		}
+		a := Allocator{Dir: filepath.Join(set.StateDir, st.UUID.String())}
+		if _, err := os.Stat(a.Dir); err != nil {
+			continue
+		}
 		if _, err := a.GC(conf.ValidAttachments); err != nil {
 			return err
 		}

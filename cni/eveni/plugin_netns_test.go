@@ -454,3 +454,27 @@ func TestLocalNIParallelAdds(t *testing.T) {
 		seen[a] = true
 	}
 }
+
+// GC of one network frees only its own NI's addresses: the runtime's
+// valid attachments are that network's, so a pod on another NI (through
+// another network) keeps its address.
+func TestGCFreesOnlyItsNetwork(t *testing.T) {
+	e := newEnv(t, nil)
+	l := e.list("shop floor", "")
+	p := e.pod("gcs")
+	r := rt(p, "net1", nil)
+	if _, err := e.add(l, r); err != nil {
+		t.Fatal(err)
+	}
+	defer e.del(l, r)
+	sw := e.list(e.sw.Status.UUID.String(), "")
+	if err := e.cni.GCNetworkList(context.Background(), sw, &libcni.GCArgs{}); err != nil {
+		t.Fatal(err)
+	}
+	if s := allocations(t, e); !strings.Contains(s, r.ContainerID) {
+		t.Fatalf("GC of the Switch NI's network freed the Local NI pod's address: %s", s)
+	}
+	if err := e.cni.CheckNetworkList(context.Background(), l, r); err != nil {
+		t.Fatalf("the Local NI pod after another network's GC: %v", err)
+	}
+}

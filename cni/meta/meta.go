@@ -171,6 +171,19 @@ func (p *Plugin) plan(c *Conf, args *skel.CmdArgs, cniArgs [][2]string, id podId
 	if err != nil {
 		if kubeerr.Unreachable(err) && id.UID != "" {
 			if pl, perr := c.loadPlan(id.Namespace, id.Name, id.UID); perr == nil && pl != nil {
+				// The owner's allow-lists may have changed since: what they
+				// refuse now is refused, outage or not.
+				for i := range pl.Attachments {
+					a := &pl.Attachments[i]
+					l, err := a.list()
+					if err == nil {
+						ns, _, _ := strings.Cut(a.Ref, "/")
+						err = c.Rules.Allows(id.Namespace, ns, l)
+					}
+					if err != nil {
+						return nil, nil, fmt.Errorf("evelet-cni: pod %s/%s: re-attaching %s (interface %s) during an apiserver outage: NetworkAttachmentDefinition %s: %w", id.Namespace, id.Name, a.Ref, a.IfName, a.Ref, err)
+					}
+				}
 				p.log().WithError(err).WithFields(logrus.Fields{"pod": id.Namespace + "/" + id.Name, "networks": len(pl.Attachments)}).
 					Warn("apiserver unreachable: attaching the networks of the pod's last sandbox")
 				rec.Attachments = append(rec.Attachments, pl.Attachments...)
@@ -436,37 +449,60 @@ func (p *Plugin) applyDefaultRoute(c *Conf, rec *record, i int, res types.Result
 	return nil
 }
 
-// undo deletes attachments last..0 (in reverse) after a failed ADD. The
-// record stays when a DEL fails, so the runtime's DEL or GC retries it.
+// undo deletes attachments last..0 (in reverse) after a failed ADD.
 func (p *Plugin) undo(c *Conf, cn *libcni.CNIConfig, rec *record, last int, cause error) error {
 	if err := p.delete(c, cn, rec, last); err != nil {
-		p.log().WithError(err).WithField("container", rec.ContainerID).Warn("undoing a failed ADD failed; the record stays for DEL and GC")
-		return fmt.Errorf("%w (and undoing it failed, kept for DEL: %v)", cause, err)
+		p.log().WithError(err).WithField("container", rec.ContainerID).Warn("undoing a failed ADD: a delegate's DEL failed")
+		return fmt.Errorf("%w (and undoing it: %v)", cause, err)
 	}
 	return cause
 }
 
-// delete runs DEL for attachments last..0 and drops the record when all
-// succeeded.
+// delete runs DEL for attachments last..0 and always drops the record.
+//
+// A sandbox must always be deletable: a delegate whose DEL fails on every
+// try (a plugin that refuses the configuration it was given, say) would
+// otherwise keep the record, and with it every other attachment, for
+// ever. So when a conflist's DEL fails, its plugins are deleted one by one
+// in reverse, each whatever the others did (eve-ni frees its own address,
+// guard and links that way even when a plugin chained after it fails),
+// and the record goes. The errors are returned; a runtime that retries
+// the DEL finds no record and deletes the default network only.
 func (p *Plugin) delete(c *Conf, cn *libcni.CNIConfig, rec *record, last int) error {
 	var errs []error
 	for i := last; i >= 0; i-- {
 		a := &rec.Attachments[i]
 		l, err := a.list()
 		if err == nil {
-			err = cn.DelNetworkList(context.Background(), l, rtConf(rec, a))
+			if err = cn.DelNetworkList(context.Background(), l, rtConf(rec, a)); err != nil {
+				p.deleteEach(cn, l, rtConf(rec, a))
+			}
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s (interface %s): %w", a.Ref, a.IfName, err))
 		}
 	}
-	if len(errs) > 0 {
-		return errors.Join(errs...)
-	}
 	if rec.PodUID != "" {
 		c.touchPlan(rec.PodUID)
 	}
-	return c.removeRecord(rec.ContainerID, rec.IfName)
+	if err := c.removeRecord(rec.ContainerID, rec.IfName); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// deleteEach runs DEL of every plugin of l on its own, last first,
+// whatever each returns: what libcni's DelNetworkList skipped after the
+// first failure still gets its DEL.
+func (p *Plugin) deleteEach(cn *libcni.CNIConfig, l *libcni.NetworkConfigList, rt *libcni.RuntimeConf) {
+	for j := len(l.Plugins) - 1; j >= 0; j-- {
+		pl := l.Plugins[j]
+		one := &libcni.NetworkConfigList{Name: l.Name, CNIVersion: l.CNIVersion, Plugins: []*libcni.PluginConfig{pl}}
+		if err := cn.DelNetworkList(context.Background(), one, rt); err != nil {
+			p.log().WithError(err).WithFields(logrus.Fields{"container": rt.ContainerID, "network": l.Name, "plugin": pl.Network.Type}).
+				Warn("a delegate's DEL failed; evelet's record of the attachment goes anyway")
+		}
+	}
 }
 
 // Del is CNI DEL: from the record of ADD, so it needs no apiserver.

@@ -164,6 +164,58 @@ func TestHalfwayAddUndone(t *testing.T) {
 	}
 }
 
+// A sandbox is always deletable: a delegate whose DEL fails every time
+// (bandwidth refusing its own config) must not keep the record, the
+// other plugins' interfaces and leases, or the default network for ever.
+func TestDelegateDelFailingFreesTheRest(t *testing.T) {
+	e := newEnv(t)
+	args := e.sandbox(t, "undel", "br1,undeletable")
+	_, err := e.add(args)
+	if err == nil {
+		t.Fatal("ADD succeeded with a bandwidth plugin that refuses its config")
+	}
+	t.Log(err)
+	e.requireClean(t, args)
+	// The runtime's DEL after the failed ADD (and any retry) succeeds.
+	if err := e.del(args); err != nil {
+		t.Fatalf("DEL after the failed ADD: %v", err)
+	}
+	e.requireClean(t, args)
+}
+
+// A re-attach during an apiserver outage applies the owner's allow-lists
+// in force now, not those of the pod's last ADD.
+func TestAddDuringOutageUsesTodaysRules(t *testing.T) {
+	e := newEnv(t)
+	args := e.sandbox(t, "rules", `[{"name":"br1"},{"name":"mv","ips":["10.206.20.11/24"]}]`)
+	if _, err := e.add(args); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.del(args); err != nil {
+		t.Fatal(err)
+	}
+	// The owner no longer allows macvlan; the sandbox is recreated while
+	// the apiserver is down.
+	var conf map[string]any
+	if err := json.Unmarshal(e.conf, &conf); err != nil {
+		t.Fatal(err)
+	}
+	conf["rules"] = map[string]any{"pluginTypes": []string{"bridge", "tuning"}, "ipamTypes": []string{"host-local", "static"}}
+	e.conf, _ = json.Marshal(conf)
+	again := *args
+	again.ContainerID += "b"
+	again.StdinData = e.conf
+	again.Netns = addNetns(t, e.prefix+"-c"+e.id+"rulb")
+	e.pods.mu.Lock()
+	e.pods.down = true
+	e.pods.mu.Unlock()
+	_, err := e.add(&again)
+	if err == nil || !strings.Contains(err.Error(), `re-attaching pods/mv (interface net2) during an apiserver outage`) || !strings.Contains(err.Error(), `plugin type "macvlan" is not allowed`) {
+		t.Fatalf("ADD during the outage after the owner took macvlan away: %v", err)
+	}
+	e.requireClean(t, &again)
+}
+
 func TestRefusalsAttachNothing(t *testing.T) {
 	e := newEnv(t)
 	for _, c := range []struct{ name, networks, want string }{

@@ -109,7 +109,7 @@ func newEnvNamed(t testing.TB, prefix string) *env {
 	s := kruntime.NewScheme()
 	dc := dynfake.NewSimpleDynamicClientWithCustomListKinds(s, map[schema.GroupVersionResource]string{nad.GVR: "NetworkAttachmentDefinitionList"})
 	e.nads = &nad.Resolver{Client: dc, ConfDir: e.confDir, Self: PluginType, Rules: nad.Rules{
-		PluginTypes: []string{"bridge", "macvlan", "tuning"}, IPAMTypes: []string{"host-local", "static"}}}
+		PluginTypes: []string{"bridge", "macvlan", "tuning", "bandwidth"}, IPAMTypes: []string{"host-local", "static"}}}
 	// Extra networks: bridges with host-local (leases in host-local's
 	// default dir under a per-test network name), and a macvlan on the
 	// host netns' dummy with static IPAM and tuning for the MAC.
@@ -125,6 +125,11 @@ func newEnvNamed(t testing.TB, prefix string) *env {
 	e.addNAD(t, "broken", fmt.Sprintf(`{"cniVersion":"1.0.0","name":"h6-%s-broken","plugins":[
 	  {"type":"bridge","bridge":"h6br9","ipam":{"type":"host-local","subnet":"10.206.30.0/24"}},
 	  {"type":"tuning","sysctl":{"net.ipv4.conf.bad0.h6_no_such_sysctl":"1"}}]}`, e.id))
+	// undeletable's bandwidth plugin refuses its own configuration (a
+	// rate without a burst) on ADD and on every DEL.
+	e.addNAD(t, "undeletable", fmt.Sprintf(`{"cniVersion":"1.0.0","name":"h6-%s-undeletable","plugins":[
+	  {"type":"bridge","bridge":"h6br8","ipam":{"type":"host-local","subnet":"10.206.31.0/24"}},
+	  {"type":"bandwidth","ingressRate":1000000}]}`, e.id))
 	e.addNAD(t, "notjson", `{"cniVersion":`)
 	e.p = &Plugin{Log: logrus.NewEntry(logrus.New()), Clients: func(*Conf) (*Clients, error) {
 		if e.apiDown {
@@ -133,9 +138,9 @@ func newEnvNamed(t testing.TB, prefix string) *env {
 		return &Clients{Pods: e.pods, NADs: e.nads, CanAnnotate: true}, nil
 	}}
 	e.conf, _ = json.Marshal(map[string]any{"cniVersion": "1.0.0", "name": "evelet", "type": PluginType,
-		"delegate": "h6-default", "confDir": e.confDir, "stateDir": e.stateDir, "nodeName": "node1"})
+		"delegate": "h6-default", "confDir": e.confDir, "stateDir": e.stateDir, "nodeName": "node1", "rules": e.nads.Rules})
 	t.Cleanup(func() {
-		for _, d := range []string{"br1", "br2", "br3", "br4", "mv", "broken"} {
+		for _, d := range []string{"br1", "br2", "br3", "br4", "mv", "broken", "undeletable"} {
 			os.RemoveAll(filepath.Join("/var/lib/cni/networks", "h6-"+e.id+"-"+d))
 		}
 	})

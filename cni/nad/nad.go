@@ -97,6 +97,30 @@ func (r *Resolver) Resolve(ctx context.Context, podNamespace, ns, name string) (
 	return &Network{Namespace: ns, Name: name, List: list}, nil
 }
 
+// Allows checks a network a pod in podNamespace attached before (its
+// Ref's namespace ns, its config list as run) against the rules in force
+// now: the namespace, the plugin types and the IPAM types. A pod re-attached
+// during an apiserver outage gets only what the owner allows today.
+func (r Rules) Allows(podNamespace, ns string, list *libcni.NetworkConfigList) error {
+	if ns != podNamespace && !contains(r.SharedNamespaces, ns) {
+		return fmt.Errorf("a pod in namespace %q may use only NADs of its own namespace%s", podNamespace, sharedHint(r.SharedNamespaces))
+	}
+	for _, p := range list.Plugins {
+		if !contains(r.PluginTypes, p.Network.Type) {
+			return fmt.Errorf("plugin type %q is not allowed on this node (allowed: %s)", p.Network.Type, list2str(r.PluginTypes))
+		}
+		var pm map[string]any
+		if err := json.Unmarshal(p.Bytes, &pm); err != nil {
+			return fmt.Errorf("plugin %q: %v", p.Network.Type, err)
+		}
+		im, _ := getMap(pm, "ipam")
+		if it, _ := getString(im, "type"); it != "" && !contains(r.IPAMTypes, it) {
+			return fmt.Errorf("IPAM type %q is not allowed on this node (allowed: %s)", it, list2str(r.IPAMTypes))
+		}
+	}
+	return nil
+}
+
 // Parse reads a CNI config or conflist. The JSON check comes first so a
 // tenant sees "not valid JSON" rather than a library message.
 func Parse(raw []byte) (*libcni.NetworkConfigList, error) {

@@ -294,9 +294,12 @@ func TestEVENetworkInstances(t *testing.T) {
 		n, err := vethsOnBridge()
 		return n == 0, fmt.Errorf("%d ports (%v)", n, err)
 	})
-	if ips, err := allocatedIPs(alloc); err != nil || len(ips) != 0 {
-		t.Errorf("allocations left after every pod is gone: %v (%v)", ips, err)
-	}
+	// eve-ni's DEL removes the veth before it frees the address: wait
+	// for the release too, rather than reading the allocations once.
+	waitFor(t, time.Minute, "no allocation left after every pod is gone", func() (bool, error) {
+		ips, err := allocatedIPs(alloc)
+		return err == nil && len(ips) == 0, fmt.Errorf("allocations %v (%v)", ips, err)
+	})
 }
 
 // allocatedIPs reads an eve-ni allocation file: address -> owner.
