@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/lf-edge/evelet/eve/pubsub"
 )
@@ -72,10 +73,42 @@ func (s *Settings) GrantFor(key string, st pubsub.NetworkInstanceStatus) (Grant,
 // Resolve finds the NI ref names and checks that a pod may attach to it
 // now: it exists, is unambiguous, given to Kubernetes, activated, of a
 // supported type, and (Local) has a valid reserved range.
+//
+// While zedrouter has a change of the NI in progress (ChangeInProgress
+// set: it is creating, modifying or deleting it), its status is not final:
+// Resolve waits for the change to end, at most changeWait, and refuses
+// the pod if it does not.
 func (s *Settings) Resolve(ref string) (*NI, error) {
+	deadline := time.Now().Add(changeWait)
+	for {
+		n, changing, err := s.resolveOnce(ref)
+		if err != nil || !changing {
+			return n, err
+		}
+		if !time.Now().Before(deadline) {
+			return nil, fmt.Errorf("EVE network instance %s: EVE has had a change of it in progress (ChangeInProgress=%d) for %v; try again once zedrouter has finished", n.Name(), n.Status.ChangeInProgress, changeWait)
+		}
+		if onChangeWait != nil {
+			onChangeWait()
+		}
+		time.Sleep(changePoll)
+	}
+}
+
+// changeWait bounds how long ADD waits for an NI change to end (the
+// kubelet retries a failed sandbox); changePoll is how often it looks.
+var (
+	changeWait   = 20 * time.Second
+	changePoll   = 250 * time.Millisecond
+	onChangeWait func() // tests
+)
+
+// resolveOnce is Resolve without the wait; changing says the NI has a
+// change in progress (n is then only good for its name).
+func (s *Settings) resolveOnce(ref string) (n *NI, changing bool, err error) {
 	nis, err := ReadNIs(s.EVERun)
 	if err != nil {
-		return nil, fmt.Errorf("reading EVE network instances: %w", err)
+		return nil, false, fmt.Errorf("reading EVE network instances: %w", err)
 	}
 	var found []string
 	for k, st := range nis {
@@ -85,15 +118,18 @@ func (s *Settings) Resolve(ref string) (*NI, error) {
 	}
 	switch {
 	case len(found) == 0:
-		return nil, fmt.Errorf("EVE network instance %q does not exist on this device", ref)
+		return nil, false, fmt.Errorf("EVE network instance %q does not exist on this device", ref)
 	case len(found) > 1:
-		return nil, fmt.Errorf("%d EVE network instances are named %q; name one by UUID", len(found), ref)
+		return nil, false, fmt.Errorf("%d EVE network instances are named %q; name one by UUID", len(found), ref)
 	}
 	st := nis[found[0]]
-	n := &NI{Status: st}
+	n = &NI{Status: st}
+	if st.ChangeInProgress != pubsub.ChangeInProgressTypeNone {
+		return n, true, nil
+	}
 	g, ok := s.GrantFor(found[0], st)
 	if !ok {
-		return nil, fmt.Errorf("EVE network instance %s is not given to Kubernetes by the device owner (config item evelet.policy.network-instances)", n.Name())
+		return nil, false, fmt.Errorf("EVE network instance %s is not given to Kubernetes by the device owner (config item evelet.policy.network-instances)", n.Name())
 	}
 	n.Grant = g
 	if !st.Activated {
@@ -101,21 +137,21 @@ func (s *Settings) Resolve(ref string) (*NI, error) {
 		if st.Error != "" {
 			msg += ": " + st.Error
 		}
-		return nil, errors.New(msg)
+		return nil, false, errors.New(msg)
 	}
 	if st.BridgeName == "" {
-		return nil, fmt.Errorf("EVE network instance %s has no bridge yet", n.Name())
+		return nil, false, fmt.Errorf("EVE network instance %s has no bridge yet", n.Name())
 	}
 	switch st.Type {
 	case pubsub.NetworkInstanceTypeLocal:
 		if err := n.checkRange(); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 	case pubsub.NetworkInstanceTypeSwitch:
 	default:
-		return nil, fmt.Errorf("EVE network instance %s is of type %d; only Local (2) and Switch (1) NIs can be attached", n.Name(), st.Type)
+		return nil, false, fmt.Errorf("EVE network instance %s is of type %d; only Local (2) and Switch (1) NIs can be attached", n.Name(), st.Type)
 	}
-	return n, nil
+	return n, false, nil
 }
 
 // checkRange checks the owner's reserved range against the Local NI:

@@ -149,3 +149,37 @@ func TestDHCPSocketInAnyCase(t *testing.T) {
 		t.Fatalf("dhcp would use %q (%v): %s", v.IPAM.Sock, err, b)
 	}
 }
+
+// An NI zedrouter is changing is waited for (bounded): ADD gets the NI as
+// it is once the change has ended, or a refusal that says why.
+func TestResolveWaitsForChangeInProgress(t *testing.T) {
+	run := t.TempDir()
+	st := localNI(uuidLocal, "lan")
+	st.ChangeInProgress = pubsub.ChangeInProgressTypeModify
+	st.BridgeName = "" // mid-change: not final
+	writeNI(t, run, st)
+	s := &Settings{EVERun: run, Allowed: []Grant{{NetworkInstance: "lan", ReservedStart: ip4("10.1.0.200"), ReservedEnd: ip4("10.1.0.210")}}}
+	waits := 0
+	onChangeWait = func() {
+		waits++
+		if waits == 2 { // zedrouter finishes
+			done := localNI(uuidLocal, "lan")
+			writeNI(t, run, done)
+		}
+	}
+	defer func() { onChangeWait = nil }()
+	n, err := s.Resolve("lan")
+	if err != nil || n.Status.BridgeName != "bn1" || waits != 2 {
+		t.Fatalf("Resolve during a change: %+v %v after %d waits; want the NI after the change", n, err, waits)
+	}
+
+	// A change that does not end within the bound refuses the pod.
+	writeNI(t, run, st)
+	old := changeWait
+	changeWait = 3 * changePoll
+	defer func() { changeWait = old }()
+	onChangeWait = nil
+	if _, err := s.Resolve("lan"); err == nil || !strings.Contains(err.Error(), "ChangeInProgress=2") {
+		t.Fatalf("Resolve of an NI that stays mid-change: %v", err)
+	}
+}
