@@ -74,6 +74,9 @@ func (k *kubePods) Annotate(ctx context.Context, ns, name, key, value string) er
 	if err != nil {
 		return err
 	}
-	_, err = k.c.Resource(podsGVR).Namespace(ns).Patch(ctx, name, ktypes.MergePatchType, patch, metav1.PatchOptions{})
+	// Through pods/status, as multus does: the credential then needs no
+	// "patch pods", which could change a pod's image (run code). The
+	// status subresource keeps the spec as it is and takes annotations.
+	_, err = k.c.Resource(podsGVR).Namespace(ns).Patch(ctx, name, ktypes.MergePatchType, patch, metav1.PatchOptions{}, "status")
 	return err
 }

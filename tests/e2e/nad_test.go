@@ -41,36 +41,6 @@ var nadBridges = []string{"evelet-nad0", "evelet-nad1", "evelet-nad2"}
 
 const nadDefaultNetwork = "evelet-nad-default"
 
-// nadCRD is the NetworkAttachmentDefinition CRD as the NPWG spec gives it.
-const nadCRD = `apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: network-attachment-definitions.k8s.cni.cncf.io
-spec:
-  group: k8s.cni.cncf.io
-  scope: Namespaced
-  names:
-    plural: network-attachment-definitions
-    singular: network-attachment-definition
-    kind: NetworkAttachmentDefinition
-    shortNames: [net-attach-def]
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema:
-        type: object
-        properties:
-          apiVersion: {type: string}
-          kind: {type: string}
-          metadata: {type: object}
-          spec:
-            type: object
-            properties:
-              config: {type: string}
-`
-
 // applyYAML creates every object of a multi-document YAML (the kinds this
 // test ships), ignoring AlreadyExists.
 func applyYAML(t *testing.T, ctx context.Context, dc dynamic.Interface, doc []byte) {
@@ -251,7 +221,11 @@ func startNADRuntime(t *testing.T, ctx context.Context) (*containerd.Containerd,
 func setupNADCluster(t *testing.T, ctx context.Context, dc dynamic.Interface) string {
 	t.Helper()
 	cs := env.cp.Client()
-	applyYAML(t, ctx, dc, []byte(nadCRD))
+	crd, err := os.ReadFile(filepath.Join(env.root, "deploy", "network-attachment-definition-crd.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	applyYAML(t, ctx, dc, crd)
 	waitFor(t, time.Minute, "NAD CRD served", func() (bool, error) {
 		_, err := dc.Resource(nad.GVR).Namespace("default").List(ctx, metav1.ListOptions{})
 		return err == nil, err
