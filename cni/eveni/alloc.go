@@ -35,6 +35,9 @@ type allocState struct {
 	Last net.IP `json:"last,omitempty"`
 	// IPs maps an address to its owner.
 	IPs map[string]Owner `json:"ips"`
+	// MACs maps a pod interface's MAC to its owner: no two pods on one NI
+	// share a MAC (the anti-spoofing guard holds each to its own).
+	MACs map[string]Owner `json:"macs,omitempty"`
 }
 
 // ErrExhausted means every address of the range is taken.
@@ -56,7 +59,7 @@ func (a Allocator) locked(fn func(s *allocState) (save bool, err error)) error {
 		return fmt.Errorf("locking %s: %w", a.Dir, err)
 	}
 	defer unix.Flock(int(lf.Fd()), unix.LOCK_UN) //nolint:errcheck // closing releases it too
-	s := allocState{IPs: map[string]Owner{}}
+	s := allocState{IPs: map[string]Owner{}, MACs: map[string]Owner{}}
 	b, err := os.ReadFile(a.file())
 	switch {
 	case err == nil:
@@ -67,6 +70,9 @@ func (a Allocator) locked(fn func(s *allocState) (save bool, err error)) error {
 		}
 		if s.IPs == nil {
 			s.IPs = map[string]Owner{}
+		}
+		if s.MACs == nil {
+			s.MACs = map[string]Owner{}
 		}
 	case !errors.Is(err, os.ErrNotExist):
 		return err
@@ -135,6 +141,19 @@ func (a Allocator) Allocate(o Owner, start, end net.IP, excluded func(net.IP) bo
 	return got, err
 }
 
+// ClaimMAC records mac as o's on this NI, refusing a MAC another
+// attachment holds.
+func (a Allocator) ClaimMAC(o Owner, mac net.HardwareAddr) error {
+	return a.locked(func(s *allocState) (bool, error) {
+		k := mac.String()
+		if owner, taken := s.MACs[k]; taken && owner != o {
+			return false, fmt.Errorf("MAC %s is taken by another pod's interface (container %.12s, %s)", k, owner.ContainerID, owner.IfName)
+		}
+		s.MACs[k] = o
+		return true, nil
+	})
+}
+
 // Lookup returns o's address, nil if it holds none.
 func (a Allocator) Lookup(o Owner) (net.IP, error) {
 	var got net.IP
@@ -162,6 +181,12 @@ func (a Allocator) Release(o Owner) error {
 				save = true
 			}
 		}
+		for mac, owner := range s.MACs {
+			if owner == o {
+				delete(s.MACs, mac)
+				save = true
+			}
+		}
 		return save, nil
 	})
 }
@@ -175,13 +200,20 @@ func (a Allocator) GC(valid []types.GCAttachment) ([]string, error) {
 	}
 	var freed []string
 	err := a.locked(func(s *allocState) (bool, error) {
+		save := false
 		for ip, owner := range s.IPs {
 			if !keep[owner] {
 				delete(s.IPs, ip)
 				freed = append(freed, ip)
 			}
 		}
-		return len(freed) > 0, nil
+		for mac, owner := range s.MACs {
+			if !keep[owner] {
+				delete(s.MACs, mac)
+				save = true
+			}
+		}
+		return save || len(freed) > 0, nil
 	})
 	sort.Strings(freed)
 	return freed, err

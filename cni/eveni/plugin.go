@@ -54,15 +54,39 @@ func Add(args *skel.CmdArgs) (*current.Result, *NetConf, error) {
 		return nil, conf, err
 	}
 	res := &current.Result{CNIVersion: current.ImplementedSpecVersion}
+	if ni.Status.Type == NITypeLocal {
+		for _, ip := range conf.RuntimeConfig.IPs {
+			if a, _, err := net.ParseCIDR(ip); (err == nil && a.To4() == nil) || (err != nil && net.ParseIP(ip).To4() == nil) {
+				return nil, conf, fmt.Errorf("EVE network instance %s is a Local NI, which gives pods IPv4 addresses only: the requested address %s cannot be attached", ni.Name(), ip)
+			}
+		}
+	}
 	if ni.Status.Type == NITypeLocal && conf.IPAM.Type != "" {
 		return nil, conf, fmt.Errorf("EVE network instance %s is a Local NI: pod addresses come from the device owner's reserved range, so the NAD must not set ipam", ni.Name())
 	}
 	if err := conf.checkIPAM(); err != nil {
 		return nil, conf, err
 	}
+	if ni.Status.Type == NITypeSwitch {
+		if err := checkSwitchIPAM(ni, conf.IPAM.Type); err != nil {
+			return nil, conf, err
+		}
+	}
 	if conf.IPAM.Type == "dhcp" {
 		if err := dhcpReady(set); err != nil {
 			return nil, conf, err
+		}
+	}
+	// The app interfaces the owner configured on this NI: their static
+	// addresses and MACs are never a pod's, even before EVE has seen them.
+	apps, err := appAdapters(set.EVERun, ni.Status.UUID.String())
+	if err != nil {
+		return nil, conf, fmt.Errorf("EVE network instance %s: %w", ni.Name(), err)
+	}
+	if conf.RuntimeConfig.Mac != "" {
+		mac, _ := net.ParseMAC(conf.RuntimeConfig.Mac)
+		if err := checkMAC(ni, mac, apps); err != nil {
+			return nil, conf, fmt.Errorf("EVE network instance %s: %w", ni.Name(), err)
 		}
 	}
 	// The veth first: IPAM plugins such as dhcp work on the pod interface.
@@ -75,15 +99,30 @@ func Add(args *skel.CmdArgs) (*current.Result, *NetConf, error) {
 		return nil, conf, fmt.Errorf("EVE network instance %s: %w", ni.Name(), err)
 	}
 	o := Owner{ContainerID: args.ContainerID, IfName: args.IfName}
+	alloc := Allocator{Dir: filepath.Join(set.StateDir, ni.Status.UUID.String())}
+	{
+		next := undo
+		undo = func() { next(); _ = alloc.Release(o) }
+	}
+	if mac, err := net.ParseMAC(res.Interfaces[1].Mac); err != nil {
+		return fail(fmt.Errorf("pod interface MAC: %w", err))
+	} else if err := alloc.ClaimMAC(o, mac); err != nil {
+		return fail(err)
+	}
 	switch ni.Status.Type {
 	case NITypeLocal:
-		alloc := Allocator{Dir: filepath.Join(set.StateDir, ni.Status.UUID.String())}
-		addr, err := alloc.Allocate(o, ni.Grant.ReservedStart.To4(), ni.Grant.ReservedEnd.To4(), ni.excluded, conf.requestedIPv4())
+		excluded := func(ip net.IP) bool {
+			for _, a := range apps {
+				if a.AppIPAddr.Equal(ip) {
+					return true
+				}
+			}
+			return ni.excluded(ip)
+		}
+		addr, err := alloc.Allocate(o, ni.Grant.ReservedStart.To4(), ni.Grant.ReservedEnd.To4(), excluded, conf.requestedIPv4())
 		if err != nil {
 			return fail(err)
 		}
-		next := undo
-		undo = func() { next(); _ = alloc.Release(o) }
 		gw := ni.gateway()
 		res.IPs = []*current.IPConfig{{Address: net.IPNet{IP: addr, Mask: ni.Status.Subnet.Mask}, Gateway: gw}}
 		if conf.DefaultRoute && gw != nil {
@@ -104,6 +143,13 @@ func Add(args *skel.CmdArgs) (*current.Result, *NetConf, error) {
 			undo = func() { next(); _ = ipam.ExecDel(conf.IPAM.Type, stdin) }
 			ir, err := current.NewResultFromResult(r)
 			if err != nil {
+				return fail(err)
+			}
+			var got []net.IP
+			for _, c := range ir.IPs {
+				got = append(got, c.Address.IP)
+			}
+			if err := checkSwitchAddrs(ni, conf.IPAM.Type, got); err != nil {
 				return fail(err)
 			}
 			res.IPs, res.DNS = ir.IPs, ir.DNS

@@ -94,7 +94,7 @@ func newEnv(t testing.TB, grants []eveni.Grant) *env {
 	if grants == nil {
 		grants = []eveni.Grant{
 			{NetworkInstance: "shop floor", ReservedStart: net.ParseIP("10.97.1.200"), ReservedEnd: net.ParseIP("10.97.1.202")},
-			{NetworkInstance: e.sw.Status.UUID.String()},
+			{NetworkInstance: e.sw.Status.UUID.String(), ReservedStart: net.ParseIP("192.168.97.30"), ReservedEnd: net.ParseIP("192.168.97.40")},
 		}
 	}
 	e.settings = filepath.Join(dir, "eve-ni.json")
