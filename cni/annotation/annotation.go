@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"slices"
 	"sort"
 	"strings"
 
@@ -48,10 +49,14 @@ type Selection struct {
 	// HasDefaultRoute is true when the element carries "default-route",
 	// also as an empty list (the spec allows it: the network's own
 	// gateways then carry the default route).
-	HasDefaultRoute bool           `json:"-"`
-	CNIArgs         map[string]any `json:"cni-args,omitempty"`
-	PortMappings    []PortMapping  `json:"portMappings,omitempty"`
-	Bandwidth       *Bandwidth     `json:"bandwidth,omitempty"`
+	HasDefaultRoute bool `json:"-"`
+	// Ignored are keys the element carries that evelet does not act on but
+	// the spec lets implementations add or define ("ipam-claim-reference",
+	// extension keys with a '.'): accepted, and named in a warning.
+	Ignored      []string       `json:"-"`
+	CNIArgs      map[string]any `json:"cni-args,omitempty"`
+	PortMappings []PortMapping  `json:"portMappings,omitempty"`
+	Bandwidth    *Bandwidth     `json:"bandwidth,omitempty"`
 }
 
 // PortMapping is the CNI "portMappings" capability's element.
@@ -94,7 +99,8 @@ func Parse(value, podNamespace, defaultIfname string) ([]Selection, error) {
 		return nil, err
 	}
 	if len(sels) == 0 {
-		return nil, fmt.Errorf("%s: the list names no network", NetworksKey)
+		// "[]": the spec's empty list, no network besides the default.
+		return nil, nil
 	}
 	if len(sels) > MaxNetworks {
 		return nil, fmt.Errorf("%s: %d networks asked for, at most %d are allowed", NetworksKey, len(sels), MaxNetworks)
@@ -170,7 +176,46 @@ func parseShort(v string) ([]Selection, error) {
 	return out, nil
 }
 
+// ignoredKey: keys the spec allows that evelet-cni accepts and does not
+// act on: "ipam-claim-reference" (v1.3, for IPAM claims evelet has no
+// IPAM for) and implementation extensions, which the spec names with a
+// '.' (a domain).
+func ignoredKey(k string) bool {
+	return k == "ipam-claim-reference" || strings.Contains(k, ".")
+}
+
 func parseJSON(v string) ([]Selection, error) {
+	var elems []map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(v), &elems); err == nil {
+		var ignored [][]string
+		for _, el := range elems {
+			var ig []string
+			for k := range el {
+				if ignoredKey(k) {
+					ig = append(ig, k)
+					delete(el, k)
+				}
+			}
+			sort.Strings(ig)
+			ignored = append(ignored, ig)
+		}
+		if slices.ContainsFunc(ignored, func(ig []string) bool { return len(ig) > 0 }) {
+			stripped, err := json.Marshal(elems)
+			if err == nil {
+				if err := tenantjson.CheckKeys([]byte(v)); err != nil {
+					return nil, fmt.Errorf("%s: %w", NetworksKey, err)
+				}
+				sels, err := parseJSON(string(stripped))
+				if err != nil {
+					return nil, err
+				}
+				for i := range sels {
+					sels[i].Ignored = ignored[i]
+				}
+				return sels, nil
+			}
+		}
+	}
 	dec := json.NewDecoder(bytes.NewReader([]byte(v)))
 	dec.DisallowUnknownFields()
 	var sels []Selection

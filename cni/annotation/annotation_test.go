@@ -102,12 +102,34 @@ func TestParseDefaultRouteClaim(t *testing.T) {
 	}
 }
 
+// Interop with the spec and multus: "[]" is no extra network;
+// "ipam-claim-reference" and extension keys (with a '.') are accepted and
+// reported as ignored.
+func TestParseInterop(t *testing.T) {
+	if sels, err := Parse("[]", "pods", "eth0"); err != nil || len(sels) != 0 {
+		t.Fatalf(`"[]": %v %v, want no network`, sels, err)
+	}
+	sels, err := Parse(`[{"name":"a","ipam-claim-reference":{"name":"c"},"example.com/x":1},{"name":"b"}]`, "pods", "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sels) != 2 || !reflect.DeepEqual(sels[0].Ignored, []string{"example.com/x", "ipam-claim-reference"}) || sels[1].Ignored != nil || sels[1].Interface != "net2" {
+		t.Fatalf("got %+v", sels)
+	}
+	// Still strict about everything else, and about keys in two cases.
+	if _, err := Parse(`[{"name":"a","ipam-claim-reference":"c","interfce":"x"}]`, "pods", "eth0"); err == nil || !strings.Contains(err.Error(), "unknown field") {
+		t.Fatalf("typo beside an ignored key: %v", err)
+	}
+	if _, err := Parse(`[{"name":"a","ipam-claim-reference":"c","mac":"02:00:00:00:00:01","MAC":"02:00:00:00:00:02"}]`, "pods", "eth0"); err == nil || !strings.Contains(err.Error(), "same key") {
+		t.Fatalf("duplicate keys beside an ignored key: %v", err)
+	}
+}
+
 func TestParseRefusals(t *testing.T) {
 	cases := []struct{ name, in, want string }{
 		{"malformed JSON", `[{"name":"a"`, "not a valid JSON list"},
 		{"JSON object, not list", `{"name":"a"}`, "must be a list"},
 		{"JSON trailing data", `[{"name":"a"}] x`, "trailing data"},
-		{"JSON empty list", `[]`, "names no network"},
 		{"JSON missing name", `[{"interface":"x"}]`, `no "name"`},
 		{"JSON unknown key", `[{"name":"a","interfce":"x"}]`, "unknown field"},
 		{"JSON wrong type", `[{"name":"a","ips":"10.0.0.1"}]`, "not a valid JSON list"},

@@ -46,17 +46,41 @@ func resultGateways(a *attachment, r types.Result) ([]net.IP, error) {
 		}
 	}
 	var gws []net.IP
-	for _, ip := range cur.IPs {
-		if ip.Gateway == nil {
-			continue
-		}
-		if ip.Interface == nil || *ip.Interface == ifIndex || ifIndex < 0 {
-			if !slices.ContainsFunc(gws, ip.Gateway.Equal) {
-				gws = append(gws, ip.Gateway)
-			}
+	add := func(gw net.IP) {
+		if gw != nil && !slices.ContainsFunc(gws, gw.Equal) {
+			gws = append(gws, gw)
 		}
 	}
+	for _, ip := range cur.IPs {
+		if ip.Interface == nil || *ip.Interface == ifIndex || ifIndex < 0 {
+			add(ip.Gateway)
+		}
+	}
+	// Static IPAM with the pod's "ips" has no gateway on its addresses;
+	// the config's routes name it.
+	for _, rt := range cur.Routes {
+		add(rt.GW)
+	}
 	return gws, nil
+}
+
+// onLink says whether gw lies in a subnet of one of the result's
+// addresses of attachment a (a gateway the pod may name although the
+// result does not, as multus lets it).
+func onLink(a *attachment, r types.Result, gw net.IP) bool {
+	if r == nil {
+		return false
+	}
+	cur, err := types100.NewResultFromResult(r)
+	if err != nil {
+		return false
+	}
+	for _, ip := range cur.IPs {
+		if ip.Address.Contains(gw) && !ip.Address.IP.Equal(gw) {
+			return true
+		}
+	}
+	return false
 }
 
 // defaultGateways picks the gateways the claiming attachment's default
@@ -78,7 +102,7 @@ func defaultGateways(a *attachment, r types.Result) ([]net.IP, error) {
 	var out []net.IP
 	for _, s := range a.DefaultRouteGateways {
 		gw := net.ParseIP(s)
-		if gw == nil || !slices.ContainsFunc(have, gw.Equal) {
+		if gw == nil || (!slices.ContainsFunc(have, gw.Equal) && !onLink(a, r, gw)) {
 			return nil, fmt.Errorf("\"default-route\": %s is not a gateway of network %s (interface %s); its gateways: [%s]", s, a.Ref, a.IfName, ipList(have))
 		}
 		if !slices.ContainsFunc(out, gw.Equal) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -222,6 +223,10 @@ func (p *Plugin) plan(c *Conf, args *skel.CmdArgs, cniArgs [][2]string, id podId
 		n, err := cl.NADs.Resolve(ctx, id.Namespace, s.Namespace, s.Name)
 		if err != nil {
 			return nil, nil, fmt.Errorf("evelet-cni: pod %s/%s: %s: %w", id.Namespace, id.Name, where, err)
+		}
+		if len(s.Ignored) > 0 {
+			p.log().WithFields(logrus.Fields{"pod": id.Namespace + "/" + id.Name, "network": s.Ref(), "keys": s.Ignored}).
+				Warn("network selection keys evelet-cni does not act on were ignored")
 		}
 		a, err := selectionAttachment(s, n, c.EveNIConfig, claimed)
 		if err != nil {
@@ -634,9 +639,10 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 // networkStatus renders network-status from the results, in ADD order.
 func networkStatus(rec *record, results []types.Result) (string, error) {
 	var st []annotation.NetworkStatus
+	claim := rec.claimIndex()
 	for i, r := range results {
 		a := &rec.Attachments[i]
-		s := annotation.NetworkStatus{Name: a.Ref, Interface: a.IfName, Default: a.Default, DefaultRoute: a.DefaultRouteVia}
+		s := annotation.NetworkStatus{Name: a.Ref, Interface: a.IfName, Default: a.Default, DefaultRoute: a.DefaultRouteVia, Gateway: a.DefaultRouteVia}
 		if r != nil {
 			cur, err := types100.NewResultFromResult(r)
 			if err != nil {
@@ -648,13 +654,21 @@ func networkStatus(rec *record, results []types.Result) (string, error) {
 					s.MAC, ifIndex = in.Mac, j
 				}
 			}
+			var ipGW []net.IP
 			for _, ip := range cur.IPs {
 				if ip.Interface == nil || *ip.Interface == ifIndex || ifIndex < 0 {
 					s.IPs = append(s.IPs, ip.Address.IP.String())
 					if ip.Gateway != nil {
-						s.Gateway = append(s.Gateway, ip.Gateway.String())
+						ipGW = append(ipGW, ip.Gateway)
 					}
 				}
+			}
+			// "gateway" lists the gateways of the pod's default routes
+			// through this interface only (multus): those ADD installed
+			// for "default-route", else the result's own default routes
+			// when no network of the pod moved them.
+			if len(a.DefaultRouteVia) == 0 && claim < 0 {
+				s.Gateway = resultDefaultGateways(cur, ipGW)
 			}
 			if d := cur.DNS; len(d.Nameservers)+len(d.Search)+len(d.Options) > 0 || d.Domain != "" {
 				s.DNS = &annotation.DNS{Nameservers: d.Nameservers, Domain: d.Domain, Search: d.Search, Options: d.Options}
@@ -663,4 +677,31 @@ func networkStatus(rec *record, results []types.Result) (string, error) {
 		st = append(st, s)
 	}
 	return annotation.RenderStatus(st)
+}
+
+// resultDefaultGateways returns the gateways of res's default routes; a
+// default route without "gw" goes via its family's address gateway.
+func resultDefaultGateways(res *types100.Result, ipGW []net.IP) []string {
+	var out []string
+	add := func(ip net.IP) {
+		if ip != nil && !slices.Contains(out, ip.String()) {
+			out = append(out, ip.String())
+		}
+	}
+	for _, rt := range res.Routes {
+		if ones, _ := rt.Dst.Mask.Size(); ones != 0 {
+			continue
+		}
+		if rt.GW != nil {
+			add(rt.GW)
+			continue
+		}
+		v4 := rt.Dst.IP.To4() != nil
+		for _, gw := range ipGW {
+			if (gw.To4() != nil) == v4 {
+				add(gw)
+			}
+		}
+	}
+	return out
 }

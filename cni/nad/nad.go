@@ -87,6 +87,9 @@ func (r *Resolver) Resolve(ctx context.Context, podNamespace, ns, name string) (
 	} else {
 		raw = []byte(config)
 	}
+	if raw, err = withName(raw, name); err != nil {
+		return nil, fmt.Errorf("NetworkAttachmentDefinition %s: %w", ref, err)
+	}
 	list, err := Parse(raw)
 	if err != nil {
 		return nil, fmt.Errorf("NetworkAttachmentDefinition %s: %w", ref, err)
@@ -119,6 +122,23 @@ func (r Rules) Allows(podNamespace, ns string, list *libcni.NetworkConfigList) e
 		}
 	}
 	return nil
+}
+
+// withName gives a config without a network "name" the NAD's name (spec
+// 3.4.2: the NAD's name is the network's when its config names none).
+func withName(raw []byte, name string) ([]byte, error) {
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, fmt.Errorf("CNI config is not valid JSON: %v", err)
+	}
+	if n, ok := tenantjson.Get(m, "name"); ok && n != "" {
+		return raw, nil
+	}
+	if err := tenantjson.CheckKeys(raw); err != nil {
+		return nil, fmt.Errorf("CNI config: %w", err)
+	}
+	tenantjson.Set(m, "name", name)
+	return json.Marshal(m)
 }
 
 // Parse reads a CNI config or conflist. The JSON check comes first so a

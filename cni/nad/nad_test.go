@@ -140,3 +140,17 @@ func TestResolveRefusals(t *testing.T) {
 		}
 	}
 }
+
+// Spec 3.4.2: a config without "name" takes the NAD's name.
+func TestResolveNamesANamelessConfig(t *testing.T) {
+	r := newResolver(t,
+		nadObj("pods", "anon", `{"cniVersion":"1.0.0","type":"bridge","bridge":"h6x"}`),
+		nadObj("pods", "anonlist", `{"cniVersion":"1.0.0","plugins":[{"type":"bridge"}]}`),
+	)
+	for _, name := range []string{"anon", "anonlist"} {
+		n, err := r.Resolve(context.Background(), "pods", "pods", name)
+		if err != nil || n.List.Name != name {
+			t.Fatalf("%s: %+v %v, want the network named after the NAD", name, n, err)
+		}
+	}
+}
