@@ -530,6 +530,7 @@ func (a *Agent) setConfigItems(items map[string]string) {
 	a.pushPolicy()
 	a.writePolicyFile()
 	a.writeEveNISettings()
+	a.refreshCNIRules()
 	a.setUpgradeItems(items)
 	a.publishConfigErrors(items)
 	a.log.WithField("items", items).Info("device owner's evelet config items applied")

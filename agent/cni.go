@@ -75,13 +75,6 @@ func (a *Agent) setupCNI(j *intent.Join) error {
 	if err := a.writeNetworkKubeconfig(j); err != nil {
 		return err
 	}
-	types, ipam := o.PluginTypes, o.IPAMTypes
-	if types == nil {
-		types = DefaultCNIPluginTypes
-	}
-	if ipam == nil {
-		ipam = DefaultCNIIPAMTypes
-	}
 	def := o.DefaultNetwork
 	if def == "" {
 		def = "evelet-default"
@@ -97,7 +90,7 @@ func (a *Agent) setupCNI(j *intent.Join) error {
 			"kubeconfig":     st.CNI().NetworkKubeconfig(),
 			"nodeKubeconfig": st.Credentials().Kubeconfig(),
 			"nodeName":       j.NodeName,
-			"rules":          nad.Rules{SharedNamespaces: o.SharedNamespaces, PluginTypes: types, IPAMTypes: ipam},
+			"rules":          a.cniRules(),
 			"eveniConfig":    a.cfg.EveNISettingsFile(),
 			// The runtime's hostPort and bandwidth reach the default network.
 			"capabilities": map[string]bool{"portMappings": true, "bandwidth": true},
@@ -113,6 +106,62 @@ func (a *Agent) setupCNI(j *intent.Join) error {
 	a.log.WithFields(map[string]any{"conf": filepath.Join(o.ConfDir, CNIConflistName), "delegate": def,
 		"networkCredential": j.NetworkToken != ""}).Info("evelet-cni is the pod network")
 	return nil
+}
+
+// cniRules are the NAD rules in force: the owner's evelet.policy.cni-*
+// config items where set, else the agent's flags, else the defaults.
+func (a *Agent) cniRules() nad.Rules {
+	o, p := a.cfg.CNI, a.policy().NetworkRules
+	pick := func(item, flag, def []string) []string {
+		switch {
+		case item != nil:
+			return item
+		case flag != nil:
+			return flag
+		}
+		return def
+	}
+	return nad.Rules{
+		SharedNamespaces: pick(p.CNISharedNamespaces, o.SharedNamespaces, nil),
+		PluginTypes:      pick(p.CNIPluginTypes, o.PluginTypes, DefaultCNIPluginTypes),
+		IPAMTypes:        pick(p.CNIIPAMTypes, o.IPAMTypes, DefaultCNIIPAMTypes),
+	}
+}
+
+// refreshCNIRules puts the rules in force into the written conflist, so a
+// change of the owner's config items applies from the next ADD on (the
+// conflist is read at every CNI call). Nothing before setupCNI wrote one.
+func (a *Agent) refreshCNIRules() {
+	o := a.cfg.CNI
+	if !o.enabled() {
+		return
+	}
+	path := filepath.Join(o.ConfDir, CNIConflistName)
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	var conf map[string]any
+	if err := json.Unmarshal(raw, &conf); err != nil {
+		a.log.WithError(err).Error("cni: conflist unreadable; NAD rules not updated")
+		return
+	}
+	plugins, _ := conf["plugins"].([]any)
+	if len(plugins) != 1 {
+		return
+	}
+	pl, _ := plugins[0].(map[string]any)
+	if pl == nil {
+		return
+	}
+	pl["rules"] = a.cniRules()
+	b, err := json.MarshalIndent(conf, "", "  ")
+	if err == nil {
+		err = atomicfile.WriteFile(path, append(b, '\n'), 0o644)
+	}
+	if err != nil {
+		a.log.WithError(err).Error("cni: NAD rules not updated")
+	}
 }
 
 // installCNIPlugins copies the plugin binaries next to the running evelet

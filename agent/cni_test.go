@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -13,7 +14,9 @@ import (
 	"github.com/lf-edge/evelet/bootstrap"
 	"github.com/lf-edge/evelet/bootstrap/intent"
 	"github.com/lf-edge/evelet/cni/meta"
+	"github.com/lf-edge/evelet/cni/nad"
 	"github.com/lf-edge/evelet/internal/layout"
+	"github.com/lf-edge/evelet/policy"
 )
 
 func cniAgent(t *testing.T) (*Agent, string) {
@@ -137,5 +140,41 @@ func TestSameExceptTokenIgnoresNetworkToken(t *testing.T) {
 	y := &intent.Join{NodeName: "n", Material: bootstrap.Material{Token: "b", NetworkToken: "2"}}
 	if !sameExceptToken(x, y) {
 		t.Fatal("a new network token restarts the join")
+	}
+}
+
+// The owner's evelet.policy.cni-* items set the NAD rules over the
+// agent's flags, and a change reaches the written conflist.
+func TestCNIRulesFromConfigItems(t *testing.T) {
+	a, dir := cniAgent(t)
+	a.cfg.CNI.PluginTypes = []string{"eve-ni", "macvlan"} // the flag
+	if err := a.setupCNI(&intent.Join{NodeName: "node1", DeviceUUID: "u"}); err != nil {
+		t.Fatal(err)
+	}
+	rules := func() nad.Rules {
+		raw, err := os.ReadFile(filepath.Join(dir, "net.d", CNIConflistName))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var list struct {
+			Plugins []struct {
+				Rules nad.Rules `json:"rules"`
+			} `json:"plugins"`
+		}
+		if err := json.Unmarshal(raw, &list); err != nil {
+			t.Fatal(err)
+		}
+		return list.Plugins[0].Rules
+	}
+	if r := rules(); !reflect.DeepEqual(r.PluginTypes, []string{"eve-ni", "macvlan"}) || !reflect.DeepEqual(r.IPAMTypes, DefaultCNIIPAMTypes) {
+		t.Fatalf("flags: %+v", r)
+	}
+	a.mu.Lock()
+	a.items = map[string]string{policy.KeyCNIPlugins: "eve-ni", policy.KeyCNIIPAM: "none", policy.KeyCNISharedNamespaces: "shared"}
+	a.mu.Unlock()
+	a.refreshCNIRules()
+	// "none": no IPAM type (the list is left out, which nad.Rules reads as none).
+	if r := rules(); !reflect.DeepEqual(r.PluginTypes, []string{"eve-ni"}) || len(r.IPAMTypes) != 0 || !reflect.DeepEqual(r.SharedNamespaces, []string{"shared"}) {
+		t.Fatalf("config items: %+v", r)
 	}
 }

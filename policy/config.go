@@ -28,7 +28,8 @@ const (
 
 func isListKey(k string) bool {
 	switch k {
-	case KeyAllowedHostPaths, KeyAllowedVolumePlugins, KeyAllowedCapabilities, KeyAllowedDevices, KeyAllowedUnsafeSysctls, KeyAllowedHostPorts, KeyNetworkInstances:
+	case KeyAllowedHostPaths, KeyAllowedVolumePlugins, KeyAllowedCapabilities, KeyAllowedDevices, KeyAllowedUnsafeSysctls, KeyAllowedHostPorts, KeyNetworkInstances,
+		KeyCNIPlugins, KeyCNIIPAM, KeyCNISharedNamespaces:
 		return true
 	}
 	return false
@@ -95,6 +96,9 @@ func apply(p *Policy, key, v string) error {
 		return parseList(v, &p.AllowedNetworkInstances, parseNetworkInstance)
 	}
 	if ok, err := applyPodSpecKey(&p.PodSpecRules, key, v); ok {
+		return err
+	}
+	if ok, err := applyNetworkKey(&p.NetworkRules, key, v); ok {
 		return err
 	}
 	return fmt.Errorf("unknown evelet policy key")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"regexp"
 	"strings"
 )
 
@@ -85,4 +86,87 @@ func (p Policy) NetworkInstanceGrants() []NetworkInstanceGrant {
 		out = append(out, g)
 	}
 	return out
+}
+
+// Config items for the NetworkAttachmentDefinition rules evelet-cni
+// applies (cni/nad.Rules). Unset (or empty): the agent's flags apply
+// (--cni-allowed-plugins, --cni-allowed-ipam, --cni-shared-namespaces),
+// whose defaults are eve-ni only, static/dhcp/host-local, and no shared
+// namespace. "none" sets an empty list.
+const (
+	// KeyCNIPlugins lists the CNI plugin types a NAD may use.
+	KeyCNIPlugins = KeyPrefix + "cni-plugins"
+	// KeyCNIIPAM lists the IPAM plugin types a NAD may use.
+	KeyCNIIPAM = KeyPrefix + "cni-ipam"
+	// KeyCNISharedNamespaces lists namespaces whose NADs any pod may use.
+	KeyCNISharedNamespaces = KeyPrefix + "cni-shared-namespaces"
+)
+
+// NetworkRules are the owner's NAD rules from config items; a nil list
+// means the item is not set.
+type NetworkRules struct {
+	CNIPluginTypes      []string
+	CNIIPAMTypes        []string
+	CNISharedNamespaces []string
+}
+
+var (
+	cniTypeName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
+	nsName      = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+)
+
+// applyNetworkKey applies one of the NAD rule keys; ok is false for other
+// keys.
+func applyNetworkKey(r *NetworkRules, key, v string) (ok bool, err error) {
+	var dst *[]string
+	var entry func(string) (string, error)
+	switch key {
+	case KeyCNIPlugins, KeyCNIIPAM:
+		dst = &r.CNIPluginTypes
+		if key == KeyCNIIPAM {
+			dst = &r.CNIIPAMTypes
+		}
+		entry = func(e string) (string, error) {
+			if !cniTypeName.MatchString(e) {
+				return "", fmt.Errorf("not a CNI plugin type (a binary name)")
+			}
+			if e == "evelet-cni" {
+				return "", fmt.Errorf("evelet-cni cannot be a delegate")
+			}
+			return e, nil
+		}
+	case KeyCNISharedNamespaces:
+		dst = &r.CNISharedNamespaces
+		entry = func(e string) (string, error) {
+			if !nsName.MatchString(e) {
+				return "", fmt.Errorf("not a namespace name")
+			}
+			return e, nil
+		}
+	default:
+		return false, nil
+	}
+	if strings.TrimSpace(v) == "none" {
+		*dst = []string{}
+		return true, nil
+	}
+	var out []string
+	if err := parseList(v, &out, entry); err != nil {
+		*dst = nil
+		return true, err
+	}
+	*dst = out
+	return true, nil
+}
+
+func (r NetworkRules) clone() NetworkRules {
+	return NetworkRules{CNIPluginTypes: clone(r.CNIPluginTypes), CNIIPAMTypes: clone(r.CNIIPAMTypes), CNISharedNamespaces: clone(r.CNISharedNamespaces)}
+}
+
+// clone keeps nil nil and an empty list empty.
+func clone(l []string) []string {
+	if l == nil {
+		return nil
+	}
+	return append([]string{}, l...)
 }

@@ -49,3 +49,32 @@ func TestNetworkInstancesKnobRefusals(t *testing.T) {
 		}
 	}
 }
+
+func TestNetworkRuleKeys(t *testing.T) {
+	p, errs := FromConfigItems(map[string]string{
+		KeyCNIPlugins:          "eve-ni, bridge",
+		KeyCNIIPAM:             "none",
+		KeyCNISharedNamespaces: "net-shared",
+	})
+	if len(errs) != 0 {
+		t.Fatal(errs)
+	}
+	if !reflect.DeepEqual(p.CNIPluginTypes, []string{"eve-ni", "bridge"}) || p.CNIIPAMTypes == nil || len(p.CNIIPAMTypes) != 0 ||
+		!reflect.DeepEqual(p.CNISharedNamespaces, []string{"net-shared"}) {
+		t.Fatalf("got %+v", p.NetworkRules)
+	}
+	if d := Default(); d.CNIPluginTypes != nil || d.CNIIPAMTypes != nil || d.CNISharedNamespaces != nil {
+		t.Fatalf("default %+v: unset items must leave the agent's flags in force", d.NetworkRules)
+	}
+	for k, v := range map[string]string{KeyCNIPlugins: "evelet-cni", KeyCNIIPAM: "../x", KeyCNISharedNamespaces: "Bad_NS"} {
+		p, errs := FromConfigItems(map[string]string{k: v})
+		if len(errs) != 1 || p.CNIPluginTypes != nil || p.CNIIPAMTypes != nil || p.CNISharedNamespaces != nil {
+			t.Errorf("%s=%q: %v %+v, want refused and unset", k, v, errs, p.NetworkRules)
+		}
+	}
+	c := p.Clone()
+	c.CNIPluginTypes[0] = "x"
+	if p.CNIPluginTypes[0] != "eve-ni" {
+		t.Fatal("Clone shares the list")
+	}
+}

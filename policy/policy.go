@@ -137,6 +137,8 @@ type Policy struct {
 
 	// PodSpecRules are the knobs of the spec-level rules (podspec.go).
 	PodSpecRules
+	// NetworkRules are the owner's NAD rules for evelet-cni (networks.go).
+	NetworkRules
 }
 
 // DefaultDevicePorts are the ports evelet's own services listen on by
@@ -161,6 +163,7 @@ func (p Policy) Clone() Policy {
 	p.ProtectedDirs = slices.Clone(p.ProtectedDirs)
 	p.AllowedVolumePlugins = slices.Clone(p.AllowedVolumePlugins)
 	p.AllowedNetworkInstances = slices.Clone(p.AllowedNetworkInstances)
+	p.NetworkRules = p.NetworkRules.clone()
 	return p
 }
 
