@@ -1,16 +1,16 @@
 package eveni
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"strings"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/lf-edge/evelet/cni/antispoof"
 )
 
 // A pod on an NI bridge is an L2 neighbour of EVE's apps and of the NI's
@@ -33,20 +33,8 @@ import (
 // GuardTable is the host's bridge-family nftables table of eve-ni.
 const GuardTable = "evelet_eveni"
 
-var (
-	ethARP  = binary.BigEndian.AppendUint16(nil, unix.ETH_P_ARP)
-	ethIPv4 = binary.BigEndian.AppendUint16(nil, unix.ETH_P_IP)
-)
-
 func guardTable() *nftables.Table {
 	return &nftables.Table{Family: nftables.TableFamilyBridge, Name: GuardTable}
-}
-
-// ifnameData is an interface name as nftables compares it (NUL padded).
-func ifnameData(name string) []byte {
-	b := make([]byte, unix.IFNAMSIZ)
-	copy(b, name)
-	return b
 }
 
 // installGuard (re)places the rules for the pod behind host veth hostVeth,
@@ -67,58 +55,8 @@ func installGuard(hostVeth string, mac net.HardwareAddr, ips []net.IP) error {
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityFilter, Policy: &policy,
 	})
 	c.FlushChain(ch) // an ADD again after a crash replaces, never doubles
-	drop := &expr.Verdict{Kind: expr.VerdictDrop}
-	accept := &expr.Verdict{Kind: expr.VerdictAccept}
-	rule := func(parts ...[]expr.Any) {
-		ex := []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifnameData(hostVeth)},
-		}
-		for _, p := range parts {
-			ex = append(ex, p...)
-		}
-		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: ex})
-	}
-	cmp := func(op expr.CmpOp, base expr.PayloadBase, offset, n uint32, data []byte) []expr.Any {
-		return []expr.Any{
-			&expr.Payload{DestRegister: 1, Base: base, Offset: offset, Len: n},
-			&expr.Cmp{Op: op, Register: 1, Data: data},
-		}
-	}
-	proto := func(p []byte) []expr.Any {
-		return []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyPROTOCOL, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p},
-		}
-	}
-	// ether saddr != MAC drop
-	rule(cmp(expr.CmpOpNeq, expr.PayloadBaseLLHeader, 6, 6, mac), []expr.Any{drop})
-	var ip4s []net.IP
-	for _, ip := range ips {
-		if v4 := ip.To4(); v4 != nil {
-			ip4s = append(ip4s, v4)
-		}
-	}
-	if len(ip4s) > 0 {
-		nh := expr.PayloadBaseNetworkHeader
-		// arp saddr ether != MAC drop; arp saddr ip IP accept; other ARP drop
-		rule(proto(ethARP), cmp(expr.CmpOpNeq, nh, 8, 6, mac), []expr.Any{drop})
-		for _, ip := range ip4s {
-			rule(proto(ethARP), cmp(expr.CmpOpEq, nh, 14, 4, ip), []expr.Any{accept})
-		}
-		rule(proto(ethARP), []expr.Any{drop})
-		// ip saddr IP accept; DHCP client from 0.0.0.0 accept; other IPv4 drop
-		for _, ip := range ip4s {
-			rule(proto(ethIPv4), cmp(expr.CmpOpEq, nh, 12, 4, ip), []expr.Any{accept})
-		}
-		rule(proto(ethIPv4), cmp(expr.CmpOpEq, nh, 12, 4, net.IPv4zero.To4()), []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
-		}, cmp(expr.CmpOpEq, expr.PayloadBaseTransportHeader, 0, 2, binary.BigEndian.AppendUint16(nil, 68)),
-			cmp(expr.CmpOpEq, expr.PayloadBaseTransportHeader, 2, 2, binary.BigEndian.AppendUint16(nil, 67)),
-			[]expr.Any{accept})
-		// everything else (spoofed IPv4, IPv6, VLAN tags, ...) drop
-		rule([]expr.Any{drop})
+	if err := antispoof.AddRules(c, t, ch, hostVeth, mac, ips); err != nil {
+		return err
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("installing the anti-spoofing rules for %s (nftables table bridge %s): %w", hostVeth, GuardTable, err)

@@ -9,6 +9,8 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/lf-edge/evelet/cni/antispoof"
 )
 
 // The guest is root in its own kernel: it can put any source MAC or IP on
@@ -16,10 +18,11 @@ import (
 // CNI bridge) next to other pods and the gateway. Without a guard it could
 // answer ARP for the gateway or another pod's IP (and take their traffic),
 // or fill the node bridge's FDB with made-up MACs. So every frame from a
-// tap must carry the NIC's MAC; ARP must claim the NIC's IPv4 address;
-// IPv4 must come from it (or from 0.0.0.0, which DHCP needs); other
-// ethertypes (IPv6, VLAN tags, ...) are dropped, as the guest is offered
-// IPv4 only. DHCP is kept between the guest and our responder. A NIC
+// tap must carry the NIC's MAC; ARP must carry that MAC and the NIC's IPv4
+// address as sender; IPv4 must come from it (or from 0.0.0.0 only as a
+// DHCP client's UDP 68->67); other ethertypes (IPv6, VLAN tags, ...) are
+// dropped, as the guest is offered IPv4 only: the rules of
+// cni/antispoof, which eve-ni's pod veths get too. DHCP is kept between the guest and our responder. A NIC
 // without an IPv4 address (an L2-only secondary network, which may have a
 // DHCP server of its own) keeps only the MAC rule.
 //
@@ -28,17 +31,8 @@ import (
 
 const guardTable = "evelet_vmguard"
 
-var (
-	ethARP  = binary.BigEndian.AppendUint16(nil, unix.ETH_P_ARP)
-	ethIPv4 = binary.BigEndian.AppendUint16(nil, unix.ETH_P_IP)
-)
-
 // ifnameData is an interface name as nftables compares it (NUL padded).
-func ifnameData(name string) []byte {
-	b := make([]byte, unix.IFNAMSIZ)
-	copy(b, name)
-	return b
-}
+var ifnameData = antispoof.IfnameData
 
 // guardNICs installs the anti-spoofing rules for nics in the namespace at path.
 func guardNICs(path string, nics []NIC) error {
@@ -67,21 +61,10 @@ func guardNICs(path string, nics []NIC) error {
 		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter, Policy: &policy,
 	})
 	drop := &expr.Verdict{Kind: expr.VerdictDrop}
-	accept := &expr.Verdict{Kind: expr.VerdictAccept}
 	for _, nic := range nics {
 		mac, err := net.ParseMAC(nic.MAC)
 		if err != nil {
 			return fmt.Errorf("guard %s: %w", nic.Tap, err)
-		}
-		iif := []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifnameData(nic.Tap)},
-		}
-		proto := func(op expr.CmpOp, p []byte) []expr.Any {
-			return []expr.Any{
-				&expr.Meta{Key: expr.MetaKeyPROTOCOL, Register: 1},
-				&expr.Cmp{Op: op, Register: 1, Data: p},
-			}
 		}
 		ruleIn := func(chain *nftables.Chain, parts ...[]expr.Any) {
 			var ex []expr.Any
@@ -90,7 +73,6 @@ func guardNICs(path string, nics []NIC) error {
 			}
 			c.AddRule(&nftables.Rule{Table: t, Chain: chain, Exprs: ex})
 		}
-		rule := func(parts ...[]expr.Any) { ruleIn(ch, parts...) }
 		ifIs := func(key expr.MetaKey, name string) []expr.Any {
 			return []expr.Any{
 				&expr.Meta{Key: key, Register: 1},
@@ -106,33 +88,19 @@ func guardNICs(path string, nics []NIC) error {
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
 			}
 		}
-		// ether saddr != MAC drop
-		rule(iif, []expr.Any{
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: mac},
-			drop,
-		})
-		var ip4 net.IP
+		// The same rules as eve-ni's pod veths (cni/antispoof).
+		var ip4s []net.IP
 		for _, p := range nic.IPs {
 			if p.Addr().Is4() {
-				ip4 = p.Addr().AsSlice()
-				break
+				ip4s = append(ip4s, p.Addr().AsSlice())
 			}
 		}
-		if ip4 == nil {
+		if err := antispoof.AddRules(c, t, ch, nic.Tap, mac, ip4s); err != nil {
+			return err
+		}
+		if len(ip4s) == 0 {
 			continue
 		}
-		zero := net.IPv4zero.To4()
-		arpSPA := &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 14, Len: 4}
-		ipSrc := &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4}
-		// arp saddr ip 0.0.0.0 accept (address conflict probes); arp saddr ip != IP drop
-		rule(iif, proto(expr.CmpOpEq, ethARP), []expr.Any{arpSPA, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: zero}, accept})
-		rule(iif, proto(expr.CmpOpEq, ethARP), []expr.Any{arpSPA, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ip4}, drop})
-		// ip saddr 0.0.0.0 accept (DHCP before the lease); ip saddr != IP drop
-		rule(iif, proto(expr.CmpOpEq, ethIPv4), []expr.Any{ipSrc, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: zero}, accept})
-		rule(iif, proto(expr.CmpOpEq, ethIPv4), []expr.Any{ipSrc, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ip4}, drop})
-		// anything but ARP and IPv4: drop
-		rule(iif, proto(expr.CmpOpNeq, ethARP), []expr.Any{&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ethIPv4}, drop})
 
 		// DHCP stays between the guest and our responder: the guest's
 		// requests do not go out to the pod network, our answers do not
