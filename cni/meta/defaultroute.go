@@ -64,24 +64,6 @@ func resultGateways(a *attachment, r types.Result) ([]net.IP, error) {
 	return gws, nil
 }
 
-// onLink says whether gw lies in a subnet of one of the result's
-// addresses of attachment a (a gateway the pod may name although the
-// result does not, as multus lets it).
-func onLink(a *attachment, r types.Result, gw net.IP) bool {
-	if r == nil {
-		return false
-	}
-	cur, err := types100.NewResultFromResult(r)
-	if err != nil {
-		return false
-	}
-	for _, ip := range cur.IPs {
-		if ip.Address.Contains(gw) && !ip.Address.IP.Equal(gw) {
-			return true
-		}
-	}
-	return false
-}
 
 // defaultGateways picks the gateways the claiming attachment's default
 // route goes through: the ones the pod listed, each of which must be a
@@ -102,7 +84,7 @@ func defaultGateways(a *attachment, r types.Result) ([]net.IP, error) {
 	var out []net.IP
 	for _, s := range a.DefaultRouteGateways {
 		gw := net.ParseIP(s)
-		if gw == nil || (!slices.ContainsFunc(have, gw.Equal) && !onLink(a, r, gw)) {
+		if gw == nil || !slices.ContainsFunc(have, gw.Equal) {
 			return nil, fmt.Errorf("\"default-route\": %s is not a gateway of network %s (interface %s); its gateways: [%s]", s, a.Ref, a.IfName, ipList(have))
 		}
 		if !slices.ContainsFunc(out, gw.Equal) {
