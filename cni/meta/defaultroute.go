@@ -64,7 +64,6 @@ func resultGateways(a *attachment, r types.Result) ([]net.IP, error) {
 	return gws, nil
 }
 
-
 // defaultGateways picks the gateways the claiming attachment's default
 // route goes through: the ones the pod listed, each of which must be a
 // gateway of that network's result (a pod cannot route through an address
