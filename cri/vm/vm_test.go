@@ -173,6 +173,7 @@ func needVMHost(t *testing.T) {
 
 func newHarness(t *testing.T) *harness {
 	needVMHost(t)
+	logAccel(t)
 	t.Setenv(supervisorEnv, "1")
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -195,6 +195,7 @@ func startVM(t *testing.T, n *testNet, bootArgs ...string) *testVM {
 	dir := t.TempDir()
 	v := &testVM{qmp: filepath.Join(dir, "qmp.sock"), qga: filepath.Join(dir, "qga.sock"), changed: make(chan struct{}), exited: make(chan struct{})}
 	accel := testAccel()
+	t.Logf("the guest runs with -accel %s (tcg: QEMU software emulation, no usable /dev/kvm here)", accel)
 	args := []string{"netns", "exec", n.ns, "qemu-system-x86_64",
 		"-machine", "q35", "-accel", accel, "-m", "128M", "-smp", "1",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",

@@ -175,6 +175,7 @@ func TestVMPods(t *testing.T) {
 	// but fails real guests in the firmware ("KVM internal error ...
 	// emulation failure"), so the guests run under TCG.
 	d.source = append(d.source, "--vm-cni-conf-dir="+env.ctrd.CNIConfDir(), "--vm-cni-bin-dir=/usr/lib/cni", "--vm-kvm-device=/nonexistent/kvm")
+	t.Log("the VM pods of this test run under QEMU software emulation (TCG), KVM turned off: slower than on a device with KVM (cri/vm TestVMLifecycleKVM, `make test-kvm`, covers KVM)")
 	deleteNodeAtEnd(t, node)
 	cl := simCluster(t, env.cp, "prod", "33333333-4444-4555-8666-777777777777")
 	cl.ConfigItems[policy.KeyAllowVMEmulation] = "true"
