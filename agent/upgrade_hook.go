@@ -51,11 +51,12 @@ func (a *Agent) runUpgrade(ctx context.Context, j *intent.Join) {
 	cfg := upgrade.Config{Client: cs, Node: j.NodeName, EVE: a.cfg.eveRoot(), Log: log,
 		StateFile:  layout.State{Dir: a.cfg.StateDir}.UpgradeState(),
 		BootMarker: filepath.Join(a.cfg.RunDir, "upgrade-boot")}
+	// DrainStatus opens zedkube's socket only on a build known not to be
+	// EVE-k; there zedkube owns it, and evelet still drains its own node
+	// before EVE reboots.
 	pub, err := socketpub.OpenDrainStatus(a.cfg.eveRoot(), socketpub.Options{Log: log})
 	if err != nil {
-		// On EVE-k zedkube publishes NodeDrainStatus; evelet does not take
-		// its topic over. It still drains its own node before a reboot.
-		log.WithError(err).Warn("NodeDrainStatus not published by evelet (zedkube's topic?); the node is still drained before EVE reboots")
+		log.WithError(err).Error("NodeDrainStatus cannot be published; the node is still drained before EVE reboots")
 	} else {
 		defer pub.Close()
 		cfg.Publisher = pub

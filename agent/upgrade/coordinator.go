@@ -31,7 +31,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 )
 
-// Publisher reports NodeDrainStatus to EVE (socketpub.DrainStatus).
+// Publisher reports NodeDrainStatus to EVE (socketpub.DrainStatus). A Set
+// that fails is tried again at the next step (socketpub.DrainStatus fails
+// while the build flavour is unknown, and for good on EVE-k builds).
 type Publisher interface {
 	Set(pubsub.NodeDrainStatus) error
 }
@@ -71,11 +73,15 @@ type Coordinator struct {
 
 	mu        sync.Mutex
 	st        State
-	settings  Settings
+	items     map[string]string // the owner's config items (settings)
 	snap      pubsub.Snapshot
 	started   time.Time
 	drain     *drainJob
 	published *pubsub.NodeDrainStatus
+	pubErr    string // last Set error, logged once
+	// latched: the last status EVE got holds nodeagent's
+	// WaitDrainInProgress (see latches).
+	latched bool
 }
 
 type drainJob struct {
@@ -97,7 +103,7 @@ func New(cfg Config) *Coordinator {
 	if cfg.CordonInterval <= 0 {
 		cfg.CordonInterval = 5 * time.Second
 	}
-	c := &Coordinator{cfg: cfg, log: cfg.Log.WithFields(logrus.Fields{"component": "upgrade", "node": cfg.Node}), settings: DefaultSettings()}
+	c := &Coordinator{cfg: cfg, log: cfg.Log.WithFields(logrus.Fields{"component": "upgrade", "node": cfg.Node}), }
 	c.node = nodeAPI{c: c}
 	return c
 }
@@ -105,11 +111,21 @@ func New(cfg Config) *Coordinator {
 // SetConfigItems applies the owner's evelet.upgrade.* items from the next
 // drain attempt on; refused ones are returned (they keep their default).
 func (c *Coordinator) SetConfigItems(items map[string]string) []error {
-	s, errs := SettingsFromConfigItems(items)
+	_, errs := SettingsFromConfigItems(items)
 	c.mu.Lock()
-	c.settings = s
+	c.items = items
 	c.mu.Unlock()
 	return errs
+}
+
+// settings are the drain settings for this build (SettingsFor).
+func (c *Coordinator) settings() Settings {
+	asks := c.asks()
+	c.mu.Lock()
+	items := c.items
+	c.mu.Unlock()
+	s, _ := SettingsFor(items, asks)
+	return s
 }
 
 // State returns a copy of the current state.
@@ -152,6 +168,9 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	c.mu.Lock()
 	c.st = st
 	c.started = time.Now()
+	// nodeagent's latch lives as long as nodeagent: a reboot cleared it,
+	// an agent restart did not.
+	c.latched = !rebooted && latches(pubsub.NodeDrainStatus{Status: st.Status, RequestedBy: st.Requester})
 	c.mu.Unlock()
 	if err := c.save(); err != nil {
 		c.log.WithError(err).Error("upgrade state not written")
@@ -195,6 +214,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 func (c *Coordinator) step(ctx context.Context) {
 	c.stepMu.Lock()
 	defer c.stepMu.Unlock()
+	c.republish()
 	c.mu.Lock()
 	snap, st := c.snap, c.st
 	draining := c.drain != nil
@@ -302,8 +322,8 @@ func (c *Coordinator) runDrain(ctx context.Context) {
 	c.publish(pubsub.DrainStatusCordoned)
 	c.markBestEffort(ctx, corev1.ConditionTrue, ReasonDraining, c.pendingText()+"; evicting pods")
 	for {
+		set := c.settings()
 		c.mu.Lock()
-		set := c.settings
 		c.st.Attempt++
 		attempt := c.st.Attempt
 		c.mu.Unlock()
@@ -491,7 +511,32 @@ func (c *Coordinator) markBestEffort(ctx context.Context, status corev1.Conditio
 	}
 }
 
-// publish tells EVE (once per change) and records the status.
+// latches reports whether nodeagent sets WaitDrainInProgress on ns: a
+// DeviceOp status from Requested to FailedDrain. It clears it only on a
+// DeviceOp Complete (pillar cmd/nodeagent/handlenodedrain.go); while it is
+// set, zedagent defers the Local Profile Server's shutdown, poweroff and
+// graceful-reboot commands (cmd/zedagent/localcommand.go), on every build.
+func latches(ns pubsub.NodeDrainStatus) bool {
+	return ns.RequestedBy == pubsub.DrainRequesterDeviceOp &&
+		ns.Status >= pubsub.DrainStatusRequested && ns.Status < pubsub.DrainStatusComplete
+}
+
+// releaseStatus is the only status that clears nodeagent's latch.
+var releaseStatus = pubsub.NodeDrainStatus{Status: pubsub.DrainStatusComplete, RequestedBy: pubsub.DrainRequesterDeviceOp}
+
+// asks reports whether this build asks before it reboots (and so
+// withdraws its request after a failed drain).
+func (c *Coordinator) asks() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.st.SawDrainRequest || (c.snap.NodeAgent != nil && c.snap.NodeAgent.HVTypeKube)
+}
+
+// publish tells EVE (once per change) and records the status. Every cycle
+// ends in a state that releases nodeagent's latch: a status that leaves
+// the DeviceOp range is preceded by a DeviceOp Complete, and on a build
+// that does not ask (nobody withdraws) a DeviceOp failure is followed by
+// one at once.
 func (c *Coordinator) publish(s pubsub.DrainStatus) {
 	c.mu.Lock()
 	ns := pubsub.NodeDrainStatus{Status: s, RequestedBy: pubsub.DrainRequesterNone}
@@ -500,6 +545,7 @@ func (c *Coordinator) publish(s pubsub.DrainStatus) {
 	}
 	same := c.published != nil && *c.published == ns
 	c.st.Status = s
+	release := c.latched && !latches(ns) && ns != releaseStatus
 	c.mu.Unlock()
 	if same {
 		return
@@ -507,16 +553,52 @@ func (c *Coordinator) publish(s pubsub.DrainStatus) {
 	if err := c.save(); err != nil {
 		c.log.WithError(err).Error("upgrade state not written")
 	}
-	if c.cfg.Publisher != nil {
-		if err := c.cfg.Publisher.Set(ns); err != nil {
-			c.log.WithError(err).Error("NodeDrainStatus not published")
-			return
-		}
+	if release && !c.set(releaseStatus, false) {
+		return
+	}
+	if !c.set(ns, true) {
+		return
 	}
 	c.log.WithField("status", s.String()).Debug("NodeDrainStatus")
+	if latches(ns) && (s == pubsub.DrainStatusFailedCordon || s == pubsub.DrainStatusFailedDrain) && !c.asks() {
+		c.log.Info("EVE does not ask for drains on this build and withdraws nothing: releasing nodeagent's drain wait")
+		c.set(releaseStatus, false)
+	}
+}
+
+// set hands ns to the Publisher (record: as the cycle's published status,
+// not only a latch release); false if it failed (the next step tries again).
+func (c *Coordinator) set(ns pubsub.NodeDrainStatus, record bool) bool {
+	if c.cfg.Publisher != nil {
+		if err := c.cfg.Publisher.Set(ns); err != nil {
+			c.mu.Lock()
+			repeat := c.pubErr == err.Error()
+			c.pubErr = err.Error()
+			c.mu.Unlock()
+			if !repeat {
+				c.log.WithError(err).Warn("NodeDrainStatus not published; tried again at every step")
+			}
+			return false
+		}
+	}
 	c.mu.Lock()
-	c.published = &ns
+	if record {
+		c.published = &ns
+	}
+	c.pubErr = ""
+	c.latched = latches(ns)
 	c.mu.Unlock()
+	return true
+}
+
+// republish retries a status whose Set failed.
+func (c *Coordinator) republish() {
+	c.mu.Lock()
+	s, retry := c.st.Status, c.pubErr != ""
+	c.mu.Unlock()
+	if retry && s != pubsub.DrainStatusUnknown {
+		c.publish(s)
+	}
 }
 
 func (c *Coordinator) update(f func(*State)) {

@@ -625,3 +625,123 @@ func TestNoPublisherStillDrains(t *testing.T) {
 		t.Fatalf("no drain without a publisher: %v, state %+v, %d pods", err, c.State(), f.pods())
 	}
 }
+
+// nodeagentLatch is nodeagent's rule, written from pillar's
+// cmd/nodeagent/handlenodedrain.go (handleNodeDrainStatusImpl): statuses
+// not requested by DeviceOp are ignored; a DeviceOp status from Requested
+// (3) up to FailedDrain (8) sets WaitDrainInProgress; only a DeviceOp
+// Complete (9) clears it. While set, zedagent defers the Local Profile
+// Server's shutdown, poweroff and graceful-reboot commands.
+func nodeagentLatch(all []pubsub.NodeDrainStatus) bool {
+	wait := false
+	for _, s := range all {
+		if s.RequestedBy != pubsub.DrainRequesterDeviceOp {
+			continue
+		}
+		if s.Status >= pubsub.DrainStatusRequested && s.Status < pubsub.DrainStatusComplete {
+			wait = true
+		}
+		if s.Status == pubsub.DrainStatusComplete {
+			wait = false
+		}
+	}
+	return wait
+}
+
+func (r *recorder) latched() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return nodeagentLatch(r.all)
+}
+
+// TestDeviceOpCyclesReleaseNodeagent (issue 16): every DeviceOp cycle ends
+// in a state that releases nodeagent's WaitDrainInProgress. Before, a
+// failed cycle ended with NotRequested (RequestedBy None), which nodeagent
+// ignores, so the latch stayed set and the owner's local shutdown and
+// reboot commands waited for ever.
+func TestDeviceOpCyclesReleaseNodeagent(t *testing.T) {
+	t.Run("asked, drain fails, EVE withdraws", func(t *testing.T) {
+		f := newFixture(t, "stuck")
+		f.blocked.Store(true)
+		f.start()
+		if _, err := f.sim.RequestDrain(pubsub.DrainRequesterDeviceOp, "reboot"); err != nil {
+			t.Fatal(err)
+		}
+		f.waitStatus(pubsub.DrainStatusFailedDrain)
+		if !f.pub.latched() {
+			t.Fatal("the failure while EVE still asks should hold nodeagent")
+		}
+		if err := f.sim.WithdrawDrain(pubsub.DrainRequesterDeviceOp); err != nil {
+			t.Fatal(err)
+		}
+		f.waitStatus(pubsub.DrainStatusNotRequested)
+		if f.pub.latched() {
+			t.Fatalf("nodeagent still waits after the cycle ended: %v", f.pub.all)
+		}
+	})
+	t.Run("asked, EVE withdraws during the drain", func(t *testing.T) {
+		f := newFixture(t, "stuck")
+		f.items[KeyDrainTimeout] = "1m"
+		f.blocked.Store(true)
+		f.start()
+		if _, err := f.sim.RequestDrain(pubsub.DrainRequesterDeviceOp, "reboot"); err != nil {
+			t.Fatal(err)
+		}
+		f.waitStatus(pubsub.DrainStatusCordoned)
+		if err := f.sim.WithdrawDrain(pubsub.DrainRequesterDeviceOp); err != nil {
+			t.Fatal(err)
+		}
+		f.waitFor("cycle ended", func() bool { return f.c.State().Phase == PhaseIdle && f.pub.last().Status == pubsub.DrainStatusNotRequested })
+		if f.pub.latched() {
+			t.Fatalf("nodeagent still waits after the withdrawal: %v", f.pub.all)
+		}
+	})
+	t.Run("not asked, reboot pending, drain fails", func(t *testing.T) {
+		f := newFixture(t, "stuck")
+		f.blocked.Store(true)
+		f.start()
+		if err := f.sim.SetNodeAgent(false, true); err != nil {
+			t.Fatal(err)
+		}
+		f.waitFor("FailedDrain", func() bool { return f.c.State().Phase == PhaseFailed })
+		f.waitFor("nodeagent released", func() bool { return !f.pub.latched() })
+		// An agent restart republishes the failure: released again.
+		f.stop()
+		f.start()
+		f.waitFor("resumed failure published", func() bool { return len(f.pub.statuses()) > 0 && f.c.State().Phase == PhaseFailed })
+		f.waitFor("nodeagent released after the restart", func() bool { return !f.pub.latched() })
+	})
+	t.Run("drained", func(t *testing.T) {
+		f := newFixture(t, "a")
+		f.start()
+		if _, err := f.sim.RequestDrain(pubsub.DrainRequesterDeviceOp, "reboot"); err != nil {
+			t.Fatal(err)
+		}
+		f.waitStatus(pubsub.DrainStatusComplete)
+		if f.pub.latched() {
+			t.Fatal("Complete did not release nodeagent")
+		}
+	})
+}
+
+// TestNoAskDefaultsFitEVEsRebootWindow (issue 16): on builds that do not
+// ask, EVE resets the device RebootWindow (30 s + app halt + 30 s) after
+// it schedules the reboot, whatever the drain's state. The default budget
+// must end inside it, leaving a pod evicted at the start its default 30 s
+// grace period. The old defaults (zedkube's: 4 attempts of 10 min, 300 s
+// apart, 55 min) applied to every build. Where EVE asks (and waits),
+// zedkube's defaults stay; the owner's items win on both.
+func TestNoAskDefaultsFitEVEsRebootWindow(t *testing.T) {
+	const defaultGrace = 30 * time.Second
+	noAsk, _ := SettingsFor(nil, false)
+	if b := noAsk.Budget(); b >= RebootWindow || defaultGrace >= RebootWindow {
+		t.Errorf("no-ask budget %v does not end inside EVE's %v window", b, RebootWindow)
+	}
+	if asks, _ := SettingsFor(nil, true); asks != DefaultSettings() {
+		t.Errorf("asking build: %+v, want zedkube's %+v", asks, DefaultSettings())
+	}
+	own, errs := SettingsFor(map[string]string{KeyDrainTimeout: "5m", KeyDrainAttempts: "2"}, false)
+	if len(errs) != 0 || own.DrainTimeout != 5*time.Minute || own.DrainAttempts != 2 || own.DrainRetryInterval != noAsk.DrainRetryInterval {
+		t.Errorf("owner's items on a no-ask build: %+v %v", own, errs)
+	}
+}

@@ -32,11 +32,10 @@ type Settings struct {
 	EvictionRetry      time.Duration
 }
 
-// DefaultSettings follow zedkube's drain (pkg/pillar/cmd/zedkube/drain.go:
-// 4 attempts, 300 s apart) with a shorter per-attempt timeout than its 24 h
-// kubernetes.drain.timeout: on EVE builds without zedkube nothing waits for
-// the drain, so a drain that outlives the download and install is cut by
-// the reboot anyway.
+// DefaultSettings are for builds that ask before they reboot (EVE-k,
+// where EVE waits for the drain): zedkube's drain (pkg/pillar/cmd/zedkube/
+// drain.go: 4 attempts, 300 s apart) with a shorter per-attempt timeout
+// than its 24 h kubernetes.drain.timeout.
 func DefaultSettings() Settings {
 	return Settings{
 		DrainTimeout:       10 * time.Minute,
@@ -46,10 +45,54 @@ func DefaultSettings() Settings {
 	}
 }
 
+// RebootWindow is the least time EVE leaves between scheduling a reboot
+// and resetting the device on a build that does not ask: once the other
+// partition is "updating" (or a reboot is requested), nodeagent waits
+// minRebootDelay (30 s), then up to maxDomainHaltTime (300 s) for EVE's own
+// apps to halt (no time at all when none runs), then minRebootDelay again,
+// then runs "zboot reset" (reboot -n -f) (pillar cmd/nodeagent/nodeagent.go,
+// handletimers.go handleNodeOperation, zboot.Reset).
+const RebootWindow = 60 * time.Second
+
+// NoAskSettings are the defaults on builds that do not ask (no zedkube,
+// nothing waits for the drain): one attempt whose budget ends inside
+// RebootWindow with time to spare, so evictions are all sent, and pods with
+// the default 30 s grace period get it, before EVE resets the device even
+// when the cycle starts only at the last signal. A drain that started
+// earlier (BaseOsConfig activation) has the download and install as well.
+// Retrying 300 s later, as zedkube does, would land after the reset.
+func NoAskSettings() Settings {
+	return Settings{
+		DrainTimeout:       45 * time.Second,
+		DrainAttempts:      1,
+		DrainRetryInterval: 5 * time.Second,
+		EvictionRetry:      5 * time.Second,
+	}
+}
+
+// Budget is the longest a cycle's drain can take before FailedDrain.
+func (s Settings) Budget() time.Duration {
+	return time.Duration(s.DrainAttempts)*s.DrainTimeout + time.Duration(s.DrainAttempts-1)*s.DrainRetryInterval
+}
+
+// SettingsFor applies the owner's items to the defaults of the build:
+// DefaultSettings where EVE asks for drains, NoAskSettings where it does
+// not. Items the owner set win either way.
+func SettingsFor(items map[string]string, asks bool) (Settings, []error) {
+	base := DefaultSettings()
+	if !asks {
+		base = NoAskSettings()
+	}
+	return settingsFrom(base, items)
+}
+
 // SettingsFromConfigItems applies the owner's evelet.upgrade.* items to the
 // defaults. Refused items keep their default and are returned as errors.
 func SettingsFromConfigItems(items map[string]string) (Settings, []error) {
-	s := DefaultSettings()
+	return settingsFrom(DefaultSettings(), items)
+}
+
+func settingsFrom(s Settings, items map[string]string) (Settings, []error) {
 	keys := make([]string, 0, len(items))
 	for k := range items {
 		if strings.HasPrefix(k, KeyPrefix) {

@@ -528,6 +528,7 @@ func (s *sub) closedByPublisher() {
 
 func TestDrainStatus(t *testing.T) {
 	r := testRoot(t)
+	writeFile(t, r.EVEHVType(), "kvm\n")
 	d, err := OpenDrainStatus(r, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -547,4 +548,91 @@ func TestDrainStatus(t *testing.T) {
 	if !ok || err != nil || v.Status != pubsub.DrainStatusCordoned {
 		t.Errorf("file: %+v %v %v", v, ok, err)
 	}
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDrainStatusNeverTakesZedkubeSocket (issue 16): on an EVE-k build
+// zedkube owns <Run>/zedkube/NodeDrainStatus.sock, and a pillar publisher
+// that finds its socket answered exits fatally. evelet must never open it
+// there, whatever the timing: not before zedkube starts, not while the
+// flavour is unknown, and a publication already open goes away as soon as
+// zedkube's topics appear. On other builds it publishes as before. Before
+// the fix OpenDrainStatus opened the socket on every build.
+func TestDrainStatusNeverTakesZedkubeSocket(t *testing.T) {
+	st := pubsub.NodeDrainStatus{Status: pubsub.DrainStatusNotRequested, RequestedBy: pubsub.DrainRequesterNone}
+	sock := func(r pubsub.Root) string { return SocketPath(r, pubsub.AgentZedKube, pubsub.TopicNodeDrainStatus) }
+	noSocket := func(t *testing.T, r pubsub.Root, d *DrainStatus, want error) {
+		t.Helper()
+		if err := d.Set(st); !errors.Is(err, want) {
+			t.Fatalf("Set: %v, want %v", err, want)
+		}
+		if _, err := os.Stat(sock(r)); !os.IsNotExist(err) {
+			t.Fatalf("zedkube's socket taken: %v", err)
+		}
+	}
+	t.Run("k-hvtype", func(t *testing.T) {
+		r := testRoot(t)
+		writeFile(t, r.EVEHVType(), "k\n")
+		writeFile(t, r.EVERelease(), "16.12.0-k-amd64\n")
+		d, err := OpenDrainStatus(r, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		noSocket(t, r, d, ErrZedkubeBuild)
+	})
+	t.Run("k-release", func(t *testing.T) {
+		r := testRoot(t)
+		writeFile(t, r.EVERelease(), "16.0.1-lts-k-amd64\n")
+		d, _ := OpenDrainStatus(r, Options{})
+		defer d.Close()
+		noSocket(t, r, d, ErrZedkubeBuild)
+	})
+	t.Run("k-nodeagent", func(t *testing.T) {
+		r := testRoot(t)
+		if err := pubsub.Write(r.NodeAgentStatus(), pubsub.NodeAgentStatus{HVTypeKube: true}); err != nil {
+			t.Fatal(err)
+		}
+		d, _ := OpenDrainStatus(r, Options{})
+		defer d.Close()
+		noSocket(t, r, d, ErrZedkubeBuild)
+	})
+	t.Run("unknown-then-kvm", func(t *testing.T) {
+		r := testRoot(t)
+		d, _ := OpenDrainStatus(r, Options{})
+		defer d.Close()
+		noSocket(t, r, d, ErrBuildUnknown)
+		writeFile(t, r.EVEHVType(), "kvm\n")
+		if err := d.Set(st); err != nil {
+			t.Fatal(err)
+		}
+		s := dial(t, sock(r), pubsub.TopicNodeDrainStatus)
+		s.until("sync", func() bool { return s.synced })
+		if s.value("global") != `{"Status":2,"RequestedBy":1}` {
+			t.Errorf("subscriber sees %q", s.items)
+		}
+	})
+	t.Run("kvm-then-zedkube", func(t *testing.T) {
+		r := testRoot(t)
+		writeFile(t, r.EVEHVType(), "kvm\n")
+		d, _ := OpenDrainStatus(r, Options{})
+		defer d.Close()
+		if err := d.Set(st); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(sock(r)); err != nil {
+			t.Fatalf("kvm build: no socket: %v", err)
+		}
+		writeFile(t, r.EdgeNodeClusterStatus(), "{}")
+		noSocket(t, r, d, ErrZedkubeBuild)
+	})
 }
