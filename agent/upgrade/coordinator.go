@@ -103,7 +103,7 @@ func New(cfg Config) *Coordinator {
 	if cfg.CordonInterval <= 0 {
 		cfg.CordonInterval = 5 * time.Second
 	}
-	c := &Coordinator{cfg: cfg, log: cfg.Log.WithFields(logrus.Fields{"component": "upgrade", "node": cfg.Node}), }
+	c := &Coordinator{cfg: cfg, log: cfg.Log.WithFields(logrus.Fields{"component": "upgrade", "node": cfg.Node})}
 	c.node = nodeAPI{c: c}
 	return c
 }

@@ -691,7 +691,9 @@ func TestDeviceOpCyclesReleaseNodeagent(t *testing.T) {
 		if err := f.sim.WithdrawDrain(pubsub.DrainRequesterDeviceOp); err != nil {
 			t.Fatal(err)
 		}
-		f.waitFor("cycle ended", func() bool { return f.c.State().Phase == PhaseIdle && f.pub.last().Status == pubsub.DrainStatusNotRequested })
+		f.waitFor("cycle ended", func() bool {
+			return f.c.State().Phase == PhaseIdle && f.pub.last().Status == pubsub.DrainStatusNotRequested
+		})
 		if f.pub.latched() {
 			t.Fatalf("nodeagent still waits after the withdrawal: %v", f.pub.all)
 		}
