@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/lf-edge/evelet/bootstrap/intent"
+	"github.com/lf-edge/evelet/cni/gc"
 	"github.com/lf-edge/evelet/internal/layout"
 )
 
@@ -70,7 +71,7 @@ func TestCNIGCFreesForgottenSandboxes(t *testing.T) {
 			}
 			t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
 			pods[p] = ns
-			rt := &libcni.RuntimeConf{ContainerID: "sb-" + p + id, NetNS: "/run/netns/" + ns, IfName: podIfName}
+			rt := &libcni.RuntimeConf{ContainerID: "sb-" + p + id, NetNS: "/run/netns/" + ns, IfName: gc.PodIfName}
 			if _, err := runtimeCNI.AddNetworkList(context.Background(), l, rt); err != nil {
 				t.Errorf("ADD %s: %v", p, err)
 				return
@@ -100,7 +101,7 @@ func TestCNIGCFreesForgottenSandboxes(t *testing.T) {
 			return
 		}
 		cache := layout.State{Dir: a.cfg.StateDir}.CNI().GCCache()
-		if err := gcNetworks(context.Background(), filepath.Join(a.cfg.CNI.ConfDir, CNIConflistName), binDirs, cache, []string{"sb-keep" + id}); err != nil {
+		if err := gc.Networks(context.Background(), filepath.Join(a.cfg.CNI.ConfDir, CNIConflistName), binDirs, cache, []string{"sb-keep" + id}); err != nil {
 			t.Errorf("GC: %v", err)
 			return
 		}
@@ -110,18 +111,18 @@ func TestCNIGCFreesForgottenSandboxes(t *testing.T) {
 		if n := leaseFiles(); n != 1 {
 			t.Errorf("%d leases after GC, want 1 (the kept sandbox's)", n)
 		}
-		if out, _ := exec.Command("ip", "-n", pods["keep"], "-o", "link", "show", podIfName).CombinedOutput(); !strings.Contains(string(out), podIfName+"@") {
+		if out, _ := exec.Command("ip", "-n", pods["keep"], "-o", "link", "show", gc.PodIfName).CombinedOutput(); !strings.Contains(string(out), gc.PodIfName+"@") {
 			t.Errorf("the kept sandbox lost eth0: %s", out)
 		}
 		// A GC that lists both changes nothing.
-		if err := gcNetworks(context.Background(), filepath.Join(a.cfg.CNI.ConfDir, CNIConflistName), binDirs, cache, []string{"sb-keep" + id}); err != nil {
+		if err := gc.Networks(context.Background(), filepath.Join(a.cfg.CNI.ConfDir, CNIConflistName), binDirs, cache, []string{"sb-keep" + id}); err != nil {
 			t.Errorf("second GC: %v", err)
 			return
 		}
 		if r, n := records(), leaseFiles(); len(r) != 1 || n != 1 {
 			t.Errorf("after a second GC: records %v, %d leases", r, n)
 		}
-		if err := runtimeCNI.DelNetworkList(context.Background(), l, &libcni.RuntimeConf{ContainerID: "sb-keep" + id, NetNS: "/run/netns/" + pods["keep"], IfName: podIfName}); err != nil {
+		if err := runtimeCNI.DelNetworkList(context.Background(), l, &libcni.RuntimeConf{ContainerID: "sb-keep" + id, NetNS: "/run/netns/" + pods["keep"], IfName: gc.PodIfName}); err != nil {
 			t.Errorf("DEL keep: %v", err)
 		}
 	})

@@ -3,13 +3,9 @@ package agent
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
-	"syscall"
-	"time"
 
-	"github.com/lf-edge/evelet/internal/backoff"
+	"github.com/lf-edge/evelet/cni/dhcpd"
 )
 
 // DHCPSocket is the socket of the CNI dhcp daemon the agent runs for pods
@@ -29,48 +25,14 @@ func (a *Agent) dhcpDaemon() string {
 	return p
 }
 
-// runDHCPDaemon keeps `dhcp daemon` running until ctx ends: it acquires and
-// renews the leases of pod interfaces whose NAD says "ipam": {"type":
-// "dhcp"}, from inside each pod's netns. Without it eve-ni refuses such pods.
+// runDHCPDaemon keeps the CNI dhcp daemon (cni/dhcpd) running until ctx
+// ends, when the plugin is installed.
 func (a *Agent) runDHCPDaemon(ctx context.Context) {
 	bin := a.dhcpDaemon()
 	if bin == "" {
 		return
 	}
-	log := a.log.WithField("component", "cni-dhcp")
-	// Pdeathsig goes with the thread that forked the child.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	delay := backoff.Backoff{Min: a.cfg.RetryMin, Max: a.cfg.RetryMax, StableAfter: time.Minute}
-	sock := a.cfg.DHCPSocket()
-	for {
-		_ = os.Remove(sock) // a stale socket of a killed daemon blocks the new one
-		cmd := exec.Command(bin, "daemon", "-socketpath", sock)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: true}
-		started := time.Now()
-		if err := cmd.Start(); err != nil {
-			log.WithError(err).Error("CNI dhcp daemon did not start")
-		} else {
-			log.WithField("pid", cmd.Process.Pid).WithField("socket", sock).Info("CNI dhcp daemon started")
-			done := make(chan error, 1)
-			go func() { done <- cmd.Wait() }()
-			select {
-			case err := <-done:
-				log.WithError(err).Warn("CNI dhcp daemon exited")
-			case <-ctx.Done():
-				_ = cmd.Process.Signal(syscall.SIGTERM)
-				select {
-				case <-done:
-				case <-time.After(5 * time.Second):
-					_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-					<-done
-				}
-				_ = os.Remove(sock)
-				return
-			}
-		}
-		if !backoff.Sleep(ctx, delay.After(time.Since(started))) {
-			return
-		}
-	}
+	d := &dhcpd.Daemon{Bin: bin, Socket: a.cfg.DHCPSocket(), RetryMin: a.cfg.RetryMin, RetryMax: a.cfg.RetryMax,
+		Log: a.log.WithField("component", "cni-dhcp")}
+	d.Run(ctx)
 }
