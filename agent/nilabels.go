@@ -2,129 +2,37 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"maps"
-	"strings"
 	"time"
 
 	"github.com/lf-edge/evelet/cni/eveni"
-	"github.com/lf-edge/evelet/eve/pubsub"
-	"github.com/lf-edge/evelet/internal/backoff"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
+	"github.com/lf-edge/evelet/cni/eveni/labels"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 )
 
-// niLabelResync is how often the node's NI labels are compared with what
-// they should be even when nothing changed (a Node deleted and registered
-// again has lost them).
-const niLabelResync = 30 * time.Second
-
-// runNILabels keeps the Node's network.eve.lf-edge.org/<name> labels equal
-// to the NIs pods may attach to now (activated, and given to Kubernetes by
-// the owner), following zedrouter's NetworkInstanceStatus and the owner's
-// config items. It patches the node's own Node with the kubelet's client
-// certificate: NodeRestriction lets a node change its own labels outside
-// the kubernetes.io/k8s.io namespaces, which these are.
+// runNILabels runs the node's NI label loop (cni/eveni/labels) with the
+// owner's grants, the joined node's name and the kubelet's credentials:
+// NodeRestriction lets a node change its own labels outside the
+// kubernetes.io/k8s.io namespaces, which these are.
 func (a *Agent) runNILabels(ctx context.Context) {
-	log := a.log.WithField("component", "ni-labels")
-	snaps := pubsub.NewWatcher(a.cfg.eveRoot(), pubsub.WatchOptions{Log: log}).Watch(ctx)
-	var (
-		nis     map[string]pubsub.NetworkInstanceStatus
-		applied map[string]string // nil: not known to be on the Node
-		retry   = backoff.Backoff{Min: time.Second, Max: 10 * time.Second}
-		timer   = time.NewTimer(niLabelResync)
-	)
-	defer timer.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case s, ok := <-snaps:
-			if !ok {
-				return
-			}
-			nis = s.NetworkInstances
-		case <-a.niKick:
-		case <-timer.C:
-			applied = nil
-		}
-		want := eveni.NodeLabels(nis, niGrants(a.policy()))
-		if applied != nil && maps.Equal(want, applied) {
-			continue
-		}
-		node := a.Status().NodeName
-		if !timer.Stop() {
-			select {
-			case <-timer.C:
-			default:
-			}
-		}
-		if node == "" { // not joined: nothing to label, nothing to back off from
-			timer.Reset(2 * time.Second)
-			continue
-		}
-		err := a.syncNILabels(ctx, node, want)
-		if err != nil {
-			applied = nil
-			d := retry.Next()
-			log.WithError(err).WithField("retry_in", d).Debug("node NI labels not updated")
-			timer.Reset(d)
-			continue
-		}
-		retry.Reset()
-		if !maps.Equal(want, applied) {
-			log.WithField("labels", want).Info("node NI labels updated")
-		}
-		applied = want
-		timer.Reset(niLabelResync)
+	l := &labels.Loop{
+		EVE:    a.cfg.eveRoot(),
+		Grants: func() []eveni.Grant { return niGrants(a.policy()) },
+		Node:   func() string { return a.Status().NodeName },
+		Client: a.nodeClient,
+		Kick:   a.niKick,
+		Log:    a.log.WithField("component", "ni-labels"),
 	}
+	l.Run(ctx)
 }
 
-// syncNILabels makes the NI labels of node exactly want.
-func (a *Agent) syncNILabels(ctx context.Context, node string, want map[string]string) error {
-	if node == "" {
-		return fmt.Errorf("not joined")
-	}
+// nodeClient acts with the kubelet's client certificate.
+func (a *Agent) nodeClient() (kubernetes.Interface, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", a.store.KubeconfigPath())
 	if err != nil {
-		return fmt.Errorf("kubelet credentials: %w", err)
+		return nil, fmt.Errorf("kubelet credentials: %w", err)
 	}
 	cfg.Timeout = 15 * time.Second
-	cs, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return err
-	}
-	return SyncNILabels(ctx, cs, node, want)
-}
-
-// SyncNILabels sets the network.eve.lf-edge.org/ labels of node to want
-// and removes the others of that prefix; other labels are left alone.
-func SyncNILabels(ctx context.Context, cs kubernetes.Interface, node string, want map[string]string) error {
-	n, err := cs.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
-	if err != nil {
-		return err
-	}
-	patch := map[string]any{}
-	for k := range n.Labels {
-		if _, keep := want[k]; strings.HasPrefix(k, eveni.LabelPrefix) && !keep {
-			patch[k] = nil
-		}
-	}
-	for k, v := range want {
-		if n.Labels[k] != v {
-			patch[k] = v
-		}
-	}
-	if len(patch) == 0 {
-		return nil
-	}
-	b, err := json.Marshal(map[string]any{"metadata": map[string]any{"labels": patch}})
-	if err != nil {
-		return err
-	}
-	_, err = cs.CoreV1().Nodes().Patch(ctx, node, types.StrategicMergePatchType, b, metav1.PatchOptions{})
-	return err
+	return kubernetes.NewForConfig(cfg)
 }
