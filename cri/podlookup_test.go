@@ -198,3 +198,22 @@ func TestRunPodSandboxBackendPodRules(t *testing.T) {
 		t.Error("the eve-vm backend checked a pod of the default handler")
 	}
 }
+
+// kubectl debug --profile=sysadmin: the refusal names the privileged
+// ephemeral container, not "a privileged sandbox".
+func TestPrivilegedEphemeralContainerNamed(t *testing.T) {
+	src, e, _ := newSpecEnv(t)
+	src.pod = apiPod("u", func(p *corev1.Pod) {
+		p.Spec.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "debugger-x"}}}
+	})
+	req := hostRootContainer("sb-1")
+	req.Config.Mounts = nil
+	req.Config.Metadata.Name = "debugger-x"
+	req.Config.Linux.SecurityContext.Privileged = true
+	req.SandboxConfig.Linux = &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{Privileged: true}}
+	_, err := e.rt.CreateContainer(ctx(t), req)
+	wantDenied(t, err, policy.RulePrivileged)
+	if err == nil || !strings.Contains(err.Error(), `ephemeral container "debugger-x" of pod default/x asks for privileged mode`) {
+		t.Errorf("got %v", err)
+	}
+}
