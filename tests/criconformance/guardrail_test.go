@@ -117,10 +117,12 @@ func TestGuardrailsContainer(t *testing.T) {
 			func(c *runtimeapi.ContainerConfig) { c.Linux.SecurityContext.Privileged = true },
 			func(p *policy.Policy) { p.AllowPrivileged = true },
 			func(c *runtimeapi.PodSandboxConfig) { c.Linux.SecurityContext.Privileged = true }, false},
-		{"hostPath /", policy.RuleHostPath, mount("/", true),
+		// "/" and "/config" hold protected directories: no knob admits
+		// them (policy/protected.go); a plain host directory stands in.
+		{"hostPath /srv", policy.RuleHostPath, mount("/srv", true),
 			func(p *policy.Policy) { p.AllowedHostPaths = []string{"/"} }, nil, false},
-		{"hostPath /config", policy.RuleHostPath, mount(configDir, true),
-			func(p *policy.Policy) { p.AllowedHostPaths = []string{configDir} }, nil, false},
+		{"hostPath /mnt", policy.RuleHostPath, mount("/mnt", true),
+			func(p *policy.Policy) { p.AllowedHostPaths = []string{"/mnt"} }, nil, false},
 		{"runtime socket", policy.RuleHostPath, mount(env.ctrd.Socket(), false),
 			func(p *policy.Policy) { p.AllowedHostPaths = []string{env.ctrd.Socket()} }, nil, false},
 		{"subPath of /etc", policy.RuleHostPath, mount(subpath, true),
