@@ -116,6 +116,7 @@ func (s *imageStore) readBlob(ctx context.Context, digest string, max int64) ([]
 	if err != nil {
 		return nil, err
 	}
+	defer r.Close()
 	b, err := io.ReadAll(io.LimitReader(r, max+1))
 	if err != nil {
 		return nil, err
@@ -126,30 +127,53 @@ func (s *imageStore) readBlob(ctx context.Context, digest string, max int64) ([]
 	return b, nil
 }
 
-// blob streams a blob from containerd's content store.
-func (s *imageStore) blob(ctx context.Context, digest string) (io.Reader, error) {
+// blob streams a blob from containerd's content store. The caller must
+// Close it: that ends the gRPC stream, whether or not it was read to the
+// end (a tar reader stops at the end-of-archive blocks; a bounded read
+// stops at its bound).
+func (s *imageStore) blob(ctx context.Context, digest string) (io.ReadCloser, error) {
+	ctx, cancel := context.WithCancel(ctx)
 	stream, err := s.content.Read(nsCtx(ctx), &contentapi.ReadContentRequest{Digest: digest})
 	if err != nil {
+		cancel()
 		return nil, fmt.Errorf("read blob %s: %w", digest, err)
 	}
-	pr, pw := io.Pipe()
-	go func() {
-		for {
-			resp, err := stream.Recv()
-			if err == io.EOF {
-				pw.Close()
-				return
-			}
-			if err != nil {
-				pw.CloseWithError(fmt.Errorf("read blob %s: %w", digest, err))
-				return
-			}
-			if _, err := pw.Write(resp.GetData()); err != nil {
-				return
-			}
+	return &blobReader{stream: stream, cancel: cancel, digest: digest}, nil
+}
+
+// blobReader reads a content stream's messages in the caller's goroutine:
+// no goroutine is left blocked on a reader that stopped early.
+type blobReader struct {
+	stream contentapi.Content_ReadClient
+	cancel context.CancelFunc
+	digest string
+	buf    []byte
+	err    error
+}
+
+func (r *blobReader) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		if r.err != nil {
+			return 0, r.err
 		}
-	}()
-	return pr, nil
+		resp, err := r.stream.Recv()
+		switch {
+		case err == io.EOF:
+			r.err = io.EOF
+		case err != nil:
+			r.err = fmt.Errorf("read blob %s: %w", r.digest, err)
+		default:
+			r.buf = resp.GetData()
+		}
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
+}
+
+func (r *blobReader) Close() error {
+	r.cancel()
+	return nil
 }
 
 // extractDisk writes the image's /disk/* files into dir (which must not
@@ -168,7 +192,9 @@ func (s *imageStore) extractDisk(ctx context.Context, m *v1.Manifest, dir string
 		if err != nil {
 			return err
 		}
-		if err := applyLayer(r, string(l.MediaType), tmp); err != nil {
+		err = applyLayer(r, string(l.MediaType), tmp)
+		r.Close()
+		if err != nil {
 			return fmt.Errorf("layer %s: %w", l.Digest, err)
 		}
 	}
