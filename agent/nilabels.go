@@ -20,15 +20,15 @@ func (a *Agent) runNILabels(ctx context.Context) {
 		EVE:    a.cfg.eveRoot(),
 		Grants: func() []eveni.Grant { return niGrants(a.policy()) },
 		Node:   func() string { return a.Status().NodeName },
-		Client: a.nodeClient,
+		Client: a.kubeletClient,
 		Kick:   a.niKick,
 		Log:    a.log.WithField("component", "ni-labels"),
 	}
 	l.Run(ctx)
 }
 
-// nodeClient acts with the kubelet's client certificate.
-func (a *Agent) nodeClient() (kubernetes.Interface, error) {
+// kubeletClient acts with the kubelet's client certificate.
+func (a *Agent) kubeletClient() (kubernetes.Interface, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", a.store.KubeconfigPath())
 	if err != nil {
 		return nil, fmt.Errorf("kubelet credentials: %w", err)

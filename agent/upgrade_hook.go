@@ -5,19 +5,13 @@ import (
 	"errors"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/lf-edge/evelet/agent/upgrade"
 	"github.com/lf-edge/evelet/bootstrap/intent"
-	"github.com/lf-edge/evelet/eve/pubsub/socketpub"
 	"github.com/lf-edge/evelet/internal/layout"
-	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
 )
-
-// upgradeCheckEvery is how often the upgrade hook looks for the node's own
-// credentials (the kubelet writes them once its CSR is approved).
-const upgradeCheckEvery = 2 * time.Second
 
 // startUpgrade runs the upgrade coordinator (agent/upgrade) for the joined
 // node until ctx ends, when the join came through the EVE channel: only
@@ -27,52 +21,33 @@ func (a *Agent) startUpgrade(ctx context.Context, j *intent.Join) (wait func()) 
 	if !a.cfg.CoordinateOSUpdates {
 		return func() {}
 	}
-	done := make(chan struct{})
-	go func() { defer close(done); a.runUpgrade(ctx, j) }()
-	return func() { <-done }
-}
-
-func (a *Agent) runUpgrade(ctx context.Context, j *intent.Join) {
-	log := a.log.WithFields(map[string]any{"component": "upgrade", "node": j.NodeName})
-	// The coordinator acts with the node's own identity, which exists only
-	// after the kubelet's TLS bootstrap.
-	err := wait.PollUntilContextCancel(ctx, upgradeCheckEvery, true, func(context.Context) (bool, error) {
-		_, ok, _ := a.store.ClientCredentials(time.Now())
-		return ok, nil
-	})
-	if err != nil {
-		return
-	}
-	cs, err := nodeClient(a.store.KubeconfigPath())
-	if err != nil {
-		log.WithError(err).Error("no node client; OS updates are not coordinated")
-		return
-	}
-	cfg := upgrade.Config{Client: cs, Node: j.NodeName, EVE: a.cfg.eveRoot(), Log: log,
+	h := &upgrade.Hook{
+		Node: j.NodeName, EVE: a.cfg.eveRoot(),
 		StateFile:  layout.State{Dir: a.cfg.StateDir}.UpgradeState(),
-		BootMarker: filepath.Join(a.cfg.RunDir, "upgrade-boot")}
-	// DrainStatus opens zedkube's socket only on a build known not to be
-	// EVE-k; there zedkube owns it, and evelet still drains its own node
-	// before EVE reboots.
-	pub, err := socketpub.OpenDrainStatus(a.cfg.eveRoot(), socketpub.Options{Log: log})
-	if err != nil {
-		log.WithError(err).Error("NodeDrainStatus cannot be published; the node is still drained before EVE reboots")
-	} else {
-		defer pub.Close()
-		cfg.Publisher = pub
+		BootMarker: layout.Run{Dir: a.cfg.RunDir}.UpgradeBootMarker(),
+		HaveCredentials: func() bool {
+			_, ok, _ := a.store.ClientCredentials(time.Now())
+			return ok
+		},
+		Client: func() (kubernetes.Interface, error) { return nodeClient(a.store.KubeconfigPath()) },
+		Items:  a.configItems(),
+		Started: func(c *upgrade.Coordinator) {
+			a.mu.Lock()
+			a.upgrader = c
+			items := a.items
+			a.mu.Unlock()
+			c.SetConfigItems(items) // items that changed meanwhile
+		},
+		Stopped: func() {
+			a.mu.Lock()
+			a.upgrader = nil
+			a.mu.Unlock()
+		},
+		Log: a.log.WithFields(map[string]any{"component": "upgrade", "node": j.NodeName}),
 	}
-	c := upgrade.New(cfg)
-	a.mu.Lock()
-	a.upgrader = c
-	items := a.items
-	a.mu.Unlock()
-	c.SetConfigItems(items)
-	if err := c.Run(ctx); err != nil {
-		log.WithError(err).Error("upgrade coordinator stopped")
-	}
-	a.mu.Lock()
-	a.upgrader = nil
-	a.mu.Unlock()
+	done := make(chan struct{})
+	go func() { defer close(done); h.Run(ctx) }()
+	return func() { <-done }
 }
 
 // setUpgradeItems hands the owner's config items to a running coordinator
