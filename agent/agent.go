@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"reflect"
 	"sort"
 	"strings"
@@ -71,10 +70,10 @@ type Config struct {
 }
 
 // PolicyFile is the guardrail policy for the kubelet's hostPath guard.
-func (c *Config) PolicyFile() string { return filepath.Join(c.RunDir, "kubelet-policy.json") }
+func (c *Config) PolicyFile() string { return layout.Run{Dir: c.RunDir}.KubeletPolicy() }
 
 // CRISocket is where the kubelet finds evelet's CRI server.
-func (c *Config) CRISocket() string { return filepath.Join(c.RunDir, "cri.sock") }
+func (c *Config) CRISocket() string { return layout.Run{Dir: c.RunDir}.CRISocket() }
 
 // Credentials is the credential store under the state root.
 func (c *Config) Credentials() bootstrap.Store {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"github.com/lf-edge/evelet/internal/layout"
 	"os"
 	"path/filepath"
 
@@ -10,7 +11,7 @@ import (
 
 // DHCPSocket is the socket of the CNI dhcp daemon the agent runs for pods
 // with dhcp IPAM on an EVE Switch NI (eve-ni's settings name it).
-func (c *Config) DHCPSocket() string { return filepath.Join(c.RunDir, "cni-dhcp.sock") }
+func (c *Config) DHCPSocket() string { return layout.Run{Dir: c.RunDir}.DHCPSocket() }
 
 // dhcpDaemon is the CNI dhcp plugin in the runtime's CNI bin dir, "" when
 // multi-network pods are off or the plugin is not installed.

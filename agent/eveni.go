@@ -2,7 +2,6 @@ package agent
 
 import (
 	"encoding/json"
-	"path/filepath"
 
 	"github.com/lf-edge/evelet/cni/eveni"
 	"github.com/lf-edge/evelet/eve/pubsub"
@@ -13,7 +12,7 @@ import (
 
 // EveNISettingsFile is the eve-ni CNI plugin's settings file
 // (eveni.DefaultSettingsPath with the default run dir).
-func (c *Config) EveNISettingsFile() string { return filepath.Join(c.RunDir, "eve-ni.json") }
+func (c *Config) EveNISettingsFile() string { return layout.Run{Dir: c.RunDir}.EveNISettings() }
 
 // eveRoot is where EVE's pubsub lives (the device's when unset).
 func (c *Config) eveRoot() pubsub.Root {

@@ -4,8 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/lf-edge/evelet/internal/layout"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/lf-edge/evelet/internal/atomicfile"
@@ -73,7 +73,7 @@ func (s *Status) Liveness(now time.Time) (alive bool, why string) {
 }
 
 // StatusPath is where the agent publishes its status under runDir.
-func StatusPath(runDir string) string { return filepath.Join(runDir, "status.json") }
+func StatusPath(runDir string) string { return layout.Run{Dir: runDir}.Status() }
 
 func writeStatus(runDir string, s Status) error {
 	b, err := json.MarshalIndent(s, "", "  ")

@@ -2,7 +2,6 @@ package vm
 
 import (
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -11,6 +10,7 @@ import (
 
 	"github.com/lf-edge/evelet/cri"
 	"github.com/lf-edge/evelet/cri/vm/vmnet"
+	"github.com/lf-edge/evelet/internal/layout"
 	"github.com/lf-edge/evelet/internal/nodelabels"
 )
 
@@ -50,10 +50,10 @@ func (c NodeConfig) kvmDevice() string {
 func Handlers(c NodeConfig, images runtimeapi.ImageServiceClient) (map[string]cri.Backend, func()) {
 	log := c.Log
 	var network Network
-	netnsDir := filepath.Join(c.RunDir, "netns")
+	netnsDir := layout.Run{Dir: c.RunDir}.Netns()
 	if c.CNIConfDir != "" {
 		n, err := vmnet.New(vmnet.Config{CNIConfDir: c.CNIConfDir, CNIBinDirs: c.CNIBinDirs,
-			NetnsDir: netnsDir, CacheDir: filepath.Join(c.StateDir, "vm-net"), Log: log})
+			NetnsDir: netnsDir, CacheDir: layout.State{Dir: c.StateDir}.VMNet(), Log: log})
 		if err != nil {
 			log.WithError(err).Warn("VM pods are off")
 			return nil, func() {}
@@ -65,7 +65,7 @@ func Handlers(c NodeConfig, images runtimeapi.ImageServiceClient) (map[string]cr
 		sup = []string{c.Self, "vmm"}
 	}
 	b, err := New(Config{
-		StateDir: filepath.Join(c.StateDir, "vm"), ContainerdSocket: strings.TrimPrefix(c.ContainerdEndpoint, "unix://"),
+		StateDir: layout.State{Dir: c.StateDir}.VM(), ContainerdSocket: strings.TrimPrefix(c.ContainerdEndpoint, "unix://"),
 		Images: images, Network: network, NetnsDir: netnsDir, Supervisor: sup, KVMDevice: c.kvmDevice(),
 		AllowEmulation: c.AllowEmulation, Log: log,
 	})

@@ -1,7 +1,9 @@
 // Package layout is the one place that names evelet's files under its state
-// root (/persist/evelet on a device): the credential files the agent writes
-// and the kubelet reads, and the kubelet's own directories. Everything that
-// needs a path asks here instead of joining names itself.
+// root (/persist/evelet on a device: credentials, the kubelet's directories,
+// pod networking, VM and upgrade state) and its run root (/run/evelet: the
+// CRI socket, status, the kubelet's policy file, sockets and markers).
+// Everything that needs a path asks here instead of joining names itself;
+// docs/architecture.md lists them.
 package layout
 
 import "path/filepath"
