@@ -5,8 +5,8 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// Backend is something that runs pods: containerd's CRI today, the QEMU VM
-// backend later. Speaking the CRI client interfaces keeps the shim a thin
+// Backend is something that runs pods: containerd's CRI (cri/containerd)
+// or the QEMU VM backend (cri/vm). Speaking the CRI client interfaces keeps the shim a thin
 // forwarder and lets a remote CRI endpoint be a backend with no adapter.
 //
 // A backend must be able to answer, from its own state, whether it owns a

@@ -40,7 +40,7 @@ type Config struct {
 	// The Server does not close it.
 	Backend Backend
 	// Handlers optionally routes RuntimeClass handlers to other backends
-	// (the VM backend will be one). Nil means Backend runs everything.
+	// (cri/vm's backend for handler eve-vm). Nil means Backend runs everything.
 	Handlers map[string]Backend
 	// Log is the logger; nil means logrus' standard logger.
 	Log *logrus.Entry
