@@ -72,12 +72,21 @@ func (g *VolumeGuard) judgeLocal(spec *volume.Spec, pod *corev1.Pod) error {
 	return err
 }
 
-// judgeEmptyDir bounds a Memory emptyDir before its tmpfs is mounted.
+// judgeEmptyDir bounds a Memory emptyDir of the pod's spec before its
+// tmpfs is mounted. The kubelet's secret, configMap, downwardAPI and
+// projected plugins set their volumes up through the emptyDir plugin too
+// (a "wrapped_<name>" Memory emptyDir the kubelet sizes itself): those are
+// not in the pod's spec and are not judged here.
 func (g *VolumeGuard) judgeEmptyDir(spec *volume.Spec, pod *corev1.Pod) error {
 	if spec.Volume == nil {
 		return nil
 	}
-	return g.policy().CheckMemoryVolume(pod, spec.Volume)
+	for i := range pod.Spec.Volumes {
+		if v := &pod.Spec.Volumes[i]; v.Name == spec.Volume.Name && v.EmptyDir != nil {
+			return g.policy().CheckMemoryVolume(pod, v)
+		}
+	}
+	return nil
 }
 
 type judgeFunc func(spec *volume.Spec, pod *corev1.Pod) error

@@ -172,17 +172,25 @@ func TestVolumeGuardLocalPV(t *testing.T) {
 func TestVolumeGuardMemoryEmptyDir(t *testing.T) {
 	g := guardWithPolicy(t, policy.Default())
 	f := &fakePlugin{name: emptyDirPluginName}
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "x"},
-		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "main"}}}}
-	vol := &corev1.Volume{Name: "m", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
+	vol := corev1.Volume{Name: "m", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
 		Medium: corev1.StorageMediumMemory, SizeLimit: ptr.To(resource.MustParse("1Pi"))}}}
-	_, err := wrapOne(t, g, f).NewMounter(volume.NewSpecFromVolume(vol), pod)
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "x"},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "main"}}, Volumes: []corev1.Volume{vol}}}
+	_, err := wrapOne(t, g, f).NewMounter(volume.NewSpecFromVolume(&vol), pod)
 	wantRule(t, err, policy.RuleUnboundedMemoryVolume, "sizeLimit 1Pi")
 	if f.called {
 		t.Error("the emptyDir plugin was asked for a mounter")
 	}
-	vol.EmptyDir.SizeLimit = ptr.To(resource.MustParse("16Mi"))
-	if _, err := wrapOne(t, g, f).NewMounter(volume.NewSpecFromVolume(vol), pod); err != nil || !f.called {
+	// The tmpfs the kubelet's secret/projected plugins make through the
+	// emptyDir plugin (no sizeLimit, not in the pod's spec) is the
+	// kubelet's own: admitted (e2e: every pod's service account token).
+	wrapped := &corev1.Volume{Name: "wrapped_kube-api-access-x", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory}}}
+	if _, err := wrapOne(t, g, f).NewMounter(volume.NewSpecFromVolume(wrapped), pod); err != nil || !f.called {
+		t.Errorf("wrapped emptyDir: %v, called %v", err, f.called)
+	}
+	f.called = false
+	pod.Spec.Volumes[0].EmptyDir.SizeLimit = ptr.To(resource.MustParse("16Mi"))
+	if _, err := wrapOne(t, g, f).NewMounter(volume.NewSpecFromVolume(&pod.Spec.Volumes[0]), pod); err != nil || !f.called {
 		t.Errorf("16Mi: %v, called %v", err, f.called)
 	}
 }

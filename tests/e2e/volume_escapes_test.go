@@ -51,6 +51,12 @@ func TestVolumeEscapes(t *testing.T) {
 	if err := os.WriteFile(canary, []byte(hex.EncodeToString(secret)), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The kubelet's serving certificate arrives once its CSR is approved,
+	// after the node is Ready: wait for it, so the credentials are still.
+	waitFor(t, 2*time.Minute, "the kubelet's serving certificate", func() (bool, error) {
+		_, err := os.Stat(filepath.Join(d.credDir(), "pki", "kubelet-server-current.pem"))
+		return err == nil, err
+	})
 	watched := func() []string { return []string{d.credDir(), canary, logsDir} }
 	before := snapshotDevice(t, d.dir, watched()...)
 	podDirsBefore, _ := os.ReadDir(podsDir)
