@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sync/singleflight"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -89,7 +90,13 @@ type Backend struct {
 	// store holds the others.
 	namesMu   sync.Mutex
 	reserving map[string]string
-	imageMu   sync.Mutex
+	// extractions runs one disk extraction per image digest (diskCache);
+	// extracting holds the digests being extracted, registered under
+	// imageMu, which pruneDisks holds for its pass so that it never
+	// removes an extraction's <hex>.tmp.
+	extractions singleflight.Group
+	extracting  sync.Map // hex -> struct{}
+	imageMu     sync.Mutex
 	// diskUse is held shared from resolving a container's disk until the
 	// container is saved, and exclusively by pruneDisks (diskgc.go).
 	diskUse sync.RWMutex

@@ -52,7 +52,7 @@ func (b *Backend) pruneDisksLogged(ctx context.Context) {
 // mid-extraction left (<hex>.tmp); it returns the directories removed.
 func (b *Backend) pruneDisks(ctx context.Context) ([]string, error) {
 	// Exclusive against CreateContainer between resolving a disk and saving
-	// the container that uses it, and against an extraction.
+	// the container that uses it, and against an extraction starting.
 	b.diskUse.Lock()
 	defer b.diskUse.Unlock()
 	b.imageMu.Lock()
@@ -82,6 +82,9 @@ func (b *Backend) pruneDisks(ctx context.Context) ([]string, error) {
 	for _, e := range ents {
 		dir := filepath.Join(root, e.Name())
 		if strings.HasSuffix(e.Name(), ".tmp") {
+			if _, ok := b.extracting.Load(strings.TrimSuffix(e.Name(), ".tmp")); ok {
+				continue // being extracted now
+			}
 			if err := os.RemoveAll(dir); err != nil {
 				return removed, err
 			}

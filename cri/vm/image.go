@@ -13,6 +13,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	imagesapi "github.com/containerd/containerd/api/services/images/v1"
@@ -268,21 +269,83 @@ func clearDir(dir string) {
 	}
 }
 
-func writeFile(p string, r io.Reader) error {
+// minFreeAfterExtract is the room an extraction leaves on the state
+// file system: a tenant's image must not fill the device's /persist.
+const minFreeAfterExtract = 512 << 20
+
+// sparseBlock is the unit writeFile leaves as a hole when it is all zero.
+const sparseBlock = 64 << 10
+
+// writeFile writes r to a new file p, sparse: all-zero blocks become holes
+// (a 2 GiB raw disk of a small image takes what its data takes, not 2
+// GiB). It fails, before the file system fills, once less than
+// minFreeAfterExtract would be left.
+func writeFile(p string, r io.Reader) (err error) {
 	os.Remove(p)
 	f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(f, r); err != nil {
-		f.Close()
+	defer func() {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	buf := make([]byte, sparseBlock)
+	var off, sinceCheck int64
+	for {
+		n, rerr := io.ReadFull(r, buf)
+		if n > 0 {
+			if !allZero(buf[:n]) {
+				if sinceCheck == 0 {
+					if err := checkFree(p, int64(len(buf))); err != nil {
+						return err
+					}
+				}
+				if _, err := f.WriteAt(buf[:n], off); err != nil {
+					return err
+				}
+				sinceCheck += int64(n)
+				if sinceCheck >= 64<<20 {
+					sinceCheck = 0
+				}
+			}
+			off += int64(n)
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+	if err := f.Truncate(off); err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
+	return f.Sync()
+}
+
+func allZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// checkFree fails when writing next more bytes (and the next 64 MiB) at p
+// would leave less than minFreeAfterExtract on its file system.
+func checkFree(p string, next int64) error {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(filepath.Dir(p), &st); err != nil {
 		return err
 	}
-	return f.Close()
+	free := int64(st.Bavail) * st.Bsize
+	if free-next-(64<<20) < minFreeAfterExtract {
+		return fmt.Errorf("not enough room to extract the VM disk: %d MiB free on the state file system, and %d MiB must stay free", free>>20, minFreeAfterExtract>>20)
+	}
+	return nil
 }
 
 // bufioPeek returns a reader whose first bytes can be inspected.
@@ -315,24 +378,46 @@ func isGzip(p *peekBuf) (bool, error) {
 // diskCache returns the directory with the image's /disk/ files, extracting
 // them the first time. Keyed by manifest digest, so a re-tagged image is a
 // new entry and the same image in two pods is extracted once.
+//
+// The extraction runs in the background, one per digest (no lock across
+// images): a large disk outlives the kubelet's CreateContainer deadline,
+// and the kubelet's retry joins the extraction still running instead of
+// starting over; the caller's ctx only bounds its wait.
 func (b *Backend) diskCache(ctx context.Context, ref string) (string, error) {
 	h, m, err := b.images.manifest(ctx, ref)
 	if err != nil {
 		return "", err
 	}
 	dir := b.store.imageDir(h.Hex)
-	b.imageMu.Lock()
-	defer b.imageMu.Unlock()
 	if _, err := os.Stat(dir); err == nil {
 		return dir, nil
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return "", err
 	}
-	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
-		return "", err
+	ch := b.extractions.DoChan(h.Hex, func() (any, error) {
+		if _, err := os.Stat(dir); err == nil {
+			return dir, nil // finished by an extraction that just ended
+		}
+		if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+			return "", err
+		}
+		b.imageMu.Lock()
+		b.extracting.Store(h.Hex, struct{}{})
+		b.imageMu.Unlock()
+		defer b.extracting.Delete(h.Hex)
+		// Not the caller's ctx: the extraction is shared and outlives it.
+		if err := b.images.extractDisk(context.WithoutCancel(ctx), m, dir); err != nil {
+			return "", fmt.Errorf("image %s: extracting /disk: %w", ref, err)
+		}
+		return dir, nil
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return "", r.Err
+		}
+		return r.Val.(string), nil
+	case <-ctx.Done():
+		return "", status.Errorf(codes.Unavailable, "image %s: its VM disk is still being extracted (it goes on in the background; the kubelet's retry will use it): %v", ref, ctx.Err())
 	}
-	if err := b.images.extractDisk(ctx, m, dir); err != nil {
-		return "", fmt.Errorf("image %s: extracting /disk: %w", ref, err)
-	}
-	return dir, nil
 }
