@@ -200,6 +200,17 @@ func needQEMU(t *testing.T) {
 			t.Skipf("%s not installed (hack/install-prereqs.sh installs it)", b)
 		}
 	}
+	logEmulation(t)
+}
+
+// logEmulation says plainly when the VMs of a test run under QEMU's
+// software emulation: slow, and not what a device with KVM does.
+func logEmulation(t *testing.T) {
+	if !KVMUsable(DefaultKVMDevice) {
+		t.Logf("no usable %s here: this test's VMs run under QEMU's software emulation (TCG), slowly", DefaultKVMDevice)
+	} else {
+		t.Logf("%s is usable here, but this test's VMs run under QEMU's software emulation (TCG), as on CI", DefaultKVMDevice)
+	}
 }
 
 func copyFile(t *testing.T, from, to string) {
