@@ -52,7 +52,7 @@ test-kvm: prereqs
 
 # Upstream CRI conformance alone (docs/conformance.md); the per-endpoint logs
 # and the comparison land in _output/critest/.
-critest: prereqs
+critest: prereqs build
 	$(GO) test -count=1 -timeout 40m -v -run '^TestCritest$$' ./tests/critest/
 
 # Brief fuzzing of the parsers that take input from the EVE side (the seed
