@@ -27,11 +27,17 @@ func containerCgroup(parent, id string) string {
 	if parent == "" {
 		return ""
 	}
-	if strings.HasSuffix(parent, ".slice") {
-		// systemd driver: the parent is a slice name, not a path.
-		return "" // not supported here; documented
+	if systemdSlice(parent) {
+		return "" // not supported: checkConfinement refuses the pod
 	}
 	return filepath.Join(parent, "evelet-vm-"+id)
+}
+
+// systemdSlice says whether a cgroup parent is a systemd slice name (the
+// kubelet's systemd driver: "kubepods-burstable-pod<uid>.slice"), not a
+// cgroupfs path ("/kubepods/burstable/pod<uid>", or critest's "/test.slice").
+func systemdSlice(parent string) bool {
+	return strings.HasSuffix(parent, ".slice") && !strings.Contains(parent, "/")
 }
 
 // listHierarchies is hierarchies; tests replace it.
@@ -45,7 +51,7 @@ func checkConfinement(parent string) error {
 	if parent == "" {
 		return nil // no pod cgroup to join (not the kubelet's way)
 	}
-	if strings.HasSuffix(parent, ".slice") {
+	if systemdSlice(parent) {
 		return fmt.Errorf("the kubelet uses the systemd cgroup driver (cgroup parent %s); VM pods support the cgroupfs driver only, and QEMU must not run outside the pod's cgroup", parent)
 	}
 	hs, err := listHierarchies()

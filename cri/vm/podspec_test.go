@@ -110,6 +110,13 @@ func TestConfinementRefusedWithoutCgroupV1(t *testing.T) {
 	if err := checkConfinement("kubepods-burstable-pod1.slice"); err == nil || !strings.Contains(err.Error(), "systemd") {
 		t.Errorf("systemd driver: %v, want a refusal naming it", err)
 	}
+	// A cgroupfs path that ends in .slice (critest's) is a path.
+	if err := checkConfinement("/test.slice"); err != nil {
+		t.Errorf("cgroupfs path /test.slice: %v", err)
+	}
+	if containerCgroup("/test.slice", "x") != "/test.slice/evelet-vm-x" {
+		t.Errorf("VM cgroup under /test.slice: %q", containerCgroup("/test.slice", "x"))
+	}
 	listHierarchies = v2
 	err := checkConfinement("/kubepods/burstable/pod1")
 	if err == nil || !strings.Contains(err.Error(), "cgroup v2") {
