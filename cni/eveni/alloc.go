@@ -102,12 +102,8 @@ func (a Allocator) Allocate(o Owner, start, end net.IP, excluded func(net.IP) bo
 		}
 		lo, hi := u32(start), u32(end)
 		if want != nil {
-			w := u32(want)
-			switch {
-			case want.To4() == nil || w < lo || w > hi:
-				return false, fmt.Errorf("requested address %s is outside the range %s-%s the device owner reserved", want, start, end)
-			case excluded(want):
-				return false, fmt.Errorf("requested address %s is the gateway, the bridge, or used by EVE", want)
+			if err := CheckRequested(want, start, end, excluded); err != nil {
+				return false, err
 			}
 			if owner, taken := s.IPs[want.String()]; taken {
 				return false, fmt.Errorf("requested address %s is taken by container %.12s (%s)", want, owner.ContainerID, owner.IfName)
@@ -152,6 +148,19 @@ func (a Allocator) ClaimMAC(o Owner, mac net.HardwareAddr) error {
 		s.MACs[k] = o
 		return true, nil
 	})
+}
+
+// CheckRequested refuses a requested address outside start..end or one
+// that excluded refuses (Allocate's rule, also checked before anything
+// is attached).
+func CheckRequested(want, start, end net.IP, excluded func(net.IP) bool) error {
+	switch {
+	case want.To4() == nil || u32(want) < u32(start) || u32(want) > u32(end):
+		return fmt.Errorf("requested address %s is outside the range %s-%s the device owner reserved", want, start, end)
+	case excluded(want):
+		return fmt.Errorf("requested address %s is the gateway, the bridge, or used by EVE", want)
+	}
+	return nil
 }
 
 // Lookup returns o's address, nil if it holds none.

@@ -83,6 +83,34 @@ func Add(args *skel.CmdArgs) (*current.Result, *NetConf, error) {
 	if err != nil {
 		return nil, conf, fmt.Errorf("EVE network instance %s: %w", ni.Name(), err)
 	}
+	// The address the pod asks for on a Local NI, checked before any link
+	// is made: a refused request leaves the NI's bridge untouched.
+	excluded := func(ip net.IP) bool {
+		for _, a := range apps {
+			if a.AppIPAddr.Equal(ip) {
+				return true
+			}
+		}
+		return ni.excluded(ip)
+	}
+	if want := conf.requestedIPv4(); want != nil && ni.Status.Type == NITypeLocal {
+		if err := CheckRequested(want, ni.Grant.ReservedStart.To4(), ni.Grant.ReservedEnd.To4(), excluded); err != nil {
+			return nil, conf, fmt.Errorf("EVE network instance %s: %w", ni.Name(), err)
+		}
+	}
+	if ni.Status.Type == NITypeSwitch {
+		var want []net.IP
+		for _, s := range conf.RuntimeConfig.IPs {
+			ip, _, err := net.ParseCIDR(s)
+			if err != nil {
+				ip = net.ParseIP(s)
+			}
+			want = append(want, ip)
+		}
+		if err := checkSwitchAddrs(ni, conf.IPAM.Type, want); err != nil {
+			return nil, conf, fmt.Errorf("EVE network instance %s: %w", ni.Name(), err)
+		}
+	}
 	if conf.RuntimeConfig.Mac != "" {
 		mac, _ := net.ParseMAC(conf.RuntimeConfig.Mac)
 		if err := checkMAC(ni, mac, apps); err != nil {
@@ -111,14 +139,6 @@ func Add(args *skel.CmdArgs) (*current.Result, *NetConf, error) {
 	}
 	switch ni.Status.Type {
 	case NITypeLocal:
-		excluded := func(ip net.IP) bool {
-			for _, a := range apps {
-				if a.AppIPAddr.Equal(ip) {
-					return true
-				}
-			}
-			return ni.excluded(ip)
-		}
 		addr, err := alloc.Allocate(o, ni.Grant.ReservedStart.To4(), ni.Grant.ReservedEnd.To4(), excluded, conf.requestedIPv4())
 		if err != nil {
 			return fail(err)
