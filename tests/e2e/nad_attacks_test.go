@@ -2,9 +2,15 @@ package e2e
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
+	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,9 +24,16 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/lf-edge/evelet/cni/annotation"
+	"github.com/lf-edge/evelet/cni/eveni"
 	"github.com/lf-edge/evelet/cni/meta"
+	"github.com/lf-edge/evelet/eve/pubsub"
 	"github.com/lf-edge/evelet/images"
+	"github.com/lf-edge/evelet/internal/layout"
+	"github.com/lf-edge/evelet/policy"
+	"github.com/lf-edge/evelet/tests/evesim"
 )
 
 // TestNetworkCredentialCannotRunCode: the evelet-network token a device
@@ -123,4 +136,107 @@ func jsonEqual(a, b any) bool {
 	x, _ := json.Marshal(a)
 	y, _ := json.Marshal(b)
 	return string(x) == string(y)
+}
+
+// TestNADAttacks: through the real kubelet, containerd and evelet-cni on a
+// simulated EVE device, each way a tenant's NAD or pod annotation tried to
+// reach what belongs to the device owner is refused by a named rule in the
+// pod's events, and the host is unchanged afterwards: no port on the NI
+// bridge, the same bridge FDB, no anti-spoofing chain, no attachment
+// record or address left, no file at the path the tenant named.
+func TestNADAttacks(t *testing.T) {
+	needEnv(t)
+	ctx := testCtx(t, 20*time.Minute)
+	cs := env.cp.Client()
+	dc, err := dynamic.NewForConfig(env.cp.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := newNADEVEDevice(t, ctx, dc, "Edge NAD Attacks", "edge-nad-attacks", "h8")
+	ni, err := n.nw.AddLocalNI(evesim.LocalNIOptions{Name: "atk-local", UUID: "6b2a7c1e-5d3f-4c2a-8e1b-000000000062",
+		BridgeNum: 62, Subnet: "10.98.62.0/24"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An EVE app on the NI: its MAC EVE has learned, and one only configured.
+	learnedMAC, configuredMAC := "02:a0:00:00:62:01", net.HardwareAddr{0x02, 0xa0, 0, 0, 0x62, 0x02}
+	ni.Status.IPAssignments = map[string]pubsub.AssignedAddrs{learnedMAC: {}}
+	if err := ni.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	appDir := filepath.Join(n.sim.Root.Run, "zedmanager", "AppNetworkConfig")
+	if err := os.MkdirAll(appDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	app, _ := json.Marshal(map[string]any{"DisplayName": "plc", "AppNetAdapterList": []map[string]any{{"Name": "eth0",
+		"AppMacAddr": base64.StdEncoding.EncodeToString(configuredMAC), "AppIPAddr": "10.98.62.200", "Network": ni.Status.UUID.String()}}})
+	if err := os.WriteFile(filepath.Join(appDir, "99999999-9999-4999-8999-999999999962.json"), app, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tenantFile := filepath.Join(t.TempDir(), "tenant-eve-ni.json")
+	rel, _ := filepath.Rel("/", tenantFile)
+	createNAD(t, ctx, dc, "atk-local", `{"cniVersion":"1.1.0","name":"atk-local","type":"eve-ni","networkInstance":"atk-local","capabilities":{"mac":true,"ips":true}}`)
+	createNAD(t, ctx, dc, "atk-evenicfg", `{"cniVersion":"1.1.0","name":"atk-evenicfg","type":"eve-ni","networkInstance":"atk-local","eveniconfig":"../../../../../../`+rel+`"}`)
+	createNAD(t, ctx, dc, "atk-sock", `{"cniVersion":"1.1.0","name":"atk-sock","type":"eve-ni","networkInstance":"atk-local","ipam":{"type":"static","daemonsocketpath":"../../run/containerd/containerd.sock"}}`)
+	createNAD(t, ctx, dc, "atk-rtconf", `{"cniVersion":"1.1.0","name":"atk-rtconf","type":"eve-ni","networkInstance":"atk-local","RuntimeConfig":{"mac":"`+learnedMAC+`"}}`)
+	n.join(t, "11111111-2222-4333-8444-777777777777", map[string]string{policy.KeyNetworkInstances: "atk-local=10.98.62.200-10.98.62.210"})
+	node := n.node
+	st := layout.State{Dir: n.d.stateDir()}
+	br, err := netlink.LinkByName(ni.Status.BridgeName)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	hostState := func() string {
+		var b strings.Builder
+		fmt.Fprintf(&b, "ports %v\n", bridgePorts(t, ni.Status.BridgeName))
+		out, _ := exec.Command("bridge", "fdb", "show", "br", ni.Status.BridgeName).CombinedOutput()
+		fdb := strings.Split(strings.TrimSpace(string(out)), "\n")
+		sort.Strings(fdb)
+		fmt.Fprintf(&b, "fdb %v\n", fdb)
+		chains, err := eveni.GuardChains()
+		fmt.Fprintf(&b, "guard chains %v %v\n", chains, err)
+		recs, _ := filepath.Glob(filepath.Join(st.CNI().MetaState(), "attachments", "*.json"))
+		fmt.Fprintf(&b, "records %v\n", recs)
+		alloc, _ := os.ReadFile(filepath.Join(st.EveNI(), ni.Status.UUID.String(), "allocations.json"))
+		var a struct {
+			IPs  map[string]any `json:"ips"`
+			MACs map[string]any `json:"macs"`
+		}
+		_ = json.Unmarshal(alloc, &a)
+		fmt.Fprintf(&b, "allocations %d %d\n", len(a.IPs), len(a.MACs))
+		_, err = os.Stat(tenantFile)
+		fmt.Fprintf(&b, "tenant file exists: %v\n", err == nil)
+		return b.String()
+	}
+	before := hostState()
+
+	for _, c := range []struct{ pod, networks, want string }{
+		// Keys compared as Go decodes them, and relative paths.
+		{"atk-keycase", "atk-evenicfg", `"eveniConfig" is the node's to set`},
+		{"atk-relsock", "atk-sock", `names a host path`},
+		{"atk-rtconf", "atk-rtconf", `"runtimeConfig" is the runtime's to set`},
+		// cni-args must not undo a refusal.
+		{"atk-cniargs", `[{"name":"atk-local","cni-args":{"ips":["10.98.62.1/24"]}}]`, `cni-args "ips"`},
+		{"atk-sysctl", `[{"name":"atk-local","cni-args":{"sysctl":{"net.ipv4.ip_forward":"1"}}}]`, `cni-args "sysctl"`},
+		// A request the bandwidth plugin would refuse at every DEL.
+		{"atk-bw", `[{"name":"atk-local","bandwidth":{"ingressRate":1000000,"egressRate":1000000}}]`, "ingressRate needs ingressBurst"},
+		// The identity the anti-spoofing guard enforces.
+		{"atk-appmac", `[{"name":"atk-local","mac":"` + configuredMAC.String() + `"}]`, `is EVE app interface "eth0"'s`},
+		{"atk-learnedmac", `[{"name":"atk-local","mac":"` + learnedMAC + `"}]`, "is an EVE app's"},
+		{"atk-brmac", `[{"name":"atk-local","mac":"` + br.Attrs().HardwareAddr.String() + `"}]`, "is the NI bridge's"},
+		{"atk-appip", `[{"name":"atk-local","ips":["10.98.62.200/24"]}]`, "used by EVE"},
+		{"atk-gwip", `[{"name":"atk-local","ips":["10.98.62.1/24"]}]`, "outside the range"},
+	} {
+		p := nadPod(c.pod, node, c.networks, "sleep 3600")
+		if _, err := cs.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitSandboxEvent(t, ctx, c.pod, c.want)
+		deletePod(t, ctx, cs, c.pod)
+	}
+	waitFor(t, time.Minute, "the host as before the attacks", func() (bool, error) {
+		now := hostState()
+		return now == before, fmt.Errorf("before:\n%s\nnow:\n%s", before, now)
+	})
 }
