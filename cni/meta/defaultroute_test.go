@@ -3,11 +3,14 @@ package meta
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	types100 "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/lf-edge/evelet/cni/annotation"
 )
@@ -153,4 +156,15 @@ func TestDefaultRouteIPv6OnlyMovesIPv6(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.requireClean(t, args)
+}
+
+// The AddedInterface text is multus's: interface, CIDR addresses, network.
+func TestAddedInterfaceMessage(t *testing.T) {
+	res := &types100.Result{CNIVersion: "1.0.0", IPs: []*types100.IPConfig{
+		{Address: net.IPNet{IP: net.ParseIP("10.1.1.5").To4(), Mask: net.CIDRMask(24, 32)}},
+		{Address: net.IPNet{IP: net.ParseIP("fd00::5"), Mask: net.CIDRMask(64, 128)}},
+	}}
+	if got, want := addedInterfaceMessage("net1", "default/macvlan-conf", res), "Add net1 [10.1.1.5/24,fd00::5/64] from default/macvlan-conf"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
 }

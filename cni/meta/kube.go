@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -17,7 +18,10 @@ import (
 	"github.com/lf-edge/evelet/cni/nad"
 )
 
-var podsGVR = schema.GroupVersionResource{Version: "v1", Resource: "pods"}
+var (
+	podsGVR   = schema.GroupVersionResource{Version: "v1", Resource: "pods"}
+	eventsGVR = schema.GroupVersionResource{Version: "v1", Resource: "events"}
+)
 
 // KubeClients builds the clients from the kubeconfigs the configuration
 // names. The dynamic client keeps the binary free of the typed API.
@@ -32,6 +36,7 @@ func KubeClients(c *Conf) (*Clients, error) {
 				Pods:        &kubePods{dc},
 				NADs:        &nad.Resolver{Client: dc, ConfDir: c.ConfDir, Rules: c.Rules, Self: PluginType},
 				CanAnnotate: true,
+				Events:      &kubeEvents{dc, c.NodeName},
 			}, nil
 		} else if !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("evelet-network credential: %w", err)
@@ -78,5 +83,28 @@ func (k *kubePods) Annotate(ctx context.Context, ns, name, key, value string) er
 	// "patch pods", which could change a pod's image (run code). The
 	// status subresource keeps the spec as it is and takes annotations.
 	_, err = k.c.Resource(podsGVR).Namespace(ns).Patch(ctx, name, ktypes.MergePatchType, patch, metav1.PatchOptions{}, "status")
+	return err
+}
+
+// kubeEvents writes core/v1 Events about pods, as the kubelet's recorder
+// does (a generated name in the pod's namespace, the pod as involved
+// object), so `kubectl describe pod` lists them.
+type kubeEvents struct {
+	c    dynamic.Interface
+	node string
+}
+
+func (k *kubeEvents) PodEvent(ctx context.Context, ns, name, uid, reason, message string) error {
+	now := metav1.Now().UTC().Format(time.RFC3339)
+	ev := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "v1", "kind": "Event",
+		"metadata":       map[string]any{"generateName": name + ".", "namespace": ns},
+		"involvedObject": map[string]any{"apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": name, "uid": uid},
+		"reason":         reason, "message": message, "type": "Normal",
+		"source":         map[string]any{"component": "evelet-cni", "host": k.node},
+		"firstTimestamp": now, "lastTimestamp": now, "count": int64(1),
+		"reportingComponent": "evelet-cni", "reportingInstance": k.node,
+	}}
+	_, err := k.c.Resource(eventsGVR).Namespace(ns).Create(ctx, ev, metav1.CreateOptions{})
 	return err
 }

@@ -49,6 +49,14 @@ type Clients struct {
 	Pods        Pods
 	NADs        NADs
 	CanAnnotate bool
+	// Events records an event on a pod (nil: none), with the
+	// evelet-network credential: multus's AddedInterface per network.
+	Events Events
+}
+
+// Events records a Normal event about a pod.
+type Events interface {
+	PodEvent(ctx context.Context, namespace, name, uid, reason, message string) error
 }
 
 // Plugin is evelet-cni. Clients builds the API clients from the
@@ -142,6 +150,7 @@ func defaultNetwork(c *Conf) (*libcni.NetworkConfigList, error) {
 type annotateTarget struct {
 	pods            Pods
 	namespace, name string
+	events          Events
 }
 
 // plan works out, before anything is attached, every attachment of the
@@ -206,7 +215,7 @@ func (p *Plugin) plan(c *Conf, args *skel.CmdArgs, cniArgs [][2]string, id podId
 	// credential's patch right to this node's pods, the plugin does.
 	var target *annotateTarget
 	if cl.CanAnnotate && c.NodeName != "" && pod.NodeName == c.NodeName {
-		target = &annotateTarget{cl.Pods, id.Namespace, id.Name}
+		target = &annotateTarget{cl.Pods, id.Namespace, id.Name, cl.Events}
 	}
 	if len(sels) == 0 {
 		return rec, target, nil
@@ -414,6 +423,7 @@ func (p *Plugin) add(args *skel.CmdArgs) (types.Result, error) {
 		if err != nil {
 			return nil, p.undo(c, cn, rec, len(rec.Attachments)-1, fmt.Errorf("evelet-cni: writing %s on pod %s/%s: %w", annotation.StatusKey, pod.namespace, pod.name, err))
 		}
+		p.addedInterfaceEvents(pod, rec, results)
 	}
 	if rec.read && rec.PodUID != "" {
 		if err := c.savePlan(rec); err != nil {
@@ -427,6 +437,43 @@ func (p *Plugin) add(args *skel.CmdArgs) (types.Result, error) {
 		}
 	}
 	return res, nil
+}
+
+// addedInterfaceEvents records, as multus does, one AddedInterface event
+// per attached network ("Add net1 [10.1.1.5/24] from ns/nad"), so `kubectl
+// describe pod` shows what each network gave the pod. An event that cannot
+// be written is logged: the pod's networks are already in place.
+func (p *Plugin) addedInterfaceEvents(pod *annotateTarget, rec *record, results []types.Result) {
+	if pod.events == nil {
+		return
+	}
+	for i, a := range rec.Attachments {
+		if i >= len(results) || results[i] == nil {
+			continue
+		}
+		msg := addedInterfaceMessage(a.IfName, a.Ref, results[i])
+		if a.Default && a.IfName == "" {
+			msg = addedInterfaceMessage(rec.IfName, a.Ref, results[i])
+		}
+		ctx, cancel := p.apiCtx()
+		err := pod.events.PodEvent(ctx, pod.namespace, pod.name, rec.PodUID, "AddedInterface", msg)
+		cancel()
+		if err != nil {
+			p.log().WithError(err).Warnf("pod %s/%s: recording AddedInterface event", pod.namespace, pod.name)
+		}
+	}
+}
+
+// addedInterfaceMessage is multus's AddedInterface text: the interface,
+// its addresses in CIDR form and the network it came from.
+func addedInterfaceMessage(ifName, ref string, res types.Result) string {
+	var ips []string
+	if r, err := types100.NewResultFromResult(res); err == nil {
+		for _, ip := range r.IPs {
+			ips = append(ips, ip.Address.String())
+		}
+	}
+	return fmt.Sprintf("Add %s [%s] from %s", ifName, strings.Join(ips, ","), ref)
 }
 
 // applyDefaultRoute moves the pod's default route to attachment i, as its

@@ -442,6 +442,13 @@ func TestNetworkAttachments(t *testing.T) {
 		status[2].Name != "default/net-b" || status[2].Interface != "net2" || status[2].MAC != mac || strings.Join(status[2].IPs, ",") != "10.246.62.10" {
 		t.Errorf("network-status wrong: %+v", status)
 	}
+	// One AddedInterface event per network, in multus's words, for
+	// kubectl describe (written with the evelet-network credential).
+	waitPodEvent(t, ctx, cs, "nad-multi", "Add net1 ["+status[1].IPs[0]+"/")
+	waitPodEvent(t, ctx, cs, "nad-multi", "] from default/net-a")
+	waitPodEvent(t, ctx, cs, "nad-multi", "Add net2 [10.246.62.10/")
+	waitPodEvent(t, ctx, cs, "nad-multi", "] from default/net-b")
+	waitPodEvent(t, ctx, cs, "nad-multi", "Add eth0 ["+pod.Status.PodIP+"/")
 	if p := bridgePorts(t, "evelet-nad1"); len(p) != 1 {
 		t.Errorf("evelet-nad1 ports %v, want the pod's one veth", p)
 	}
