@@ -206,6 +206,7 @@ func needQEMU(t *testing.T) {
 // logEmulation says plainly when the VMs of a test run under QEMU's
 // software emulation: slow, and not what a device with KVM does.
 func logEmulation(t *testing.T) {
+	t.Helper()
 	if !KVMUsable(DefaultKVMDevice) {
 		t.Logf("no usable %s here: this test's VMs run under QEMU's software emulation (TCG), slowly", DefaultKVMDevice)
 	} else {
