@@ -335,6 +335,21 @@ func vmBackend(t *testing.T, ctrd *containerd.Containerd, images runtimeapi.Imag
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
+	// critest leaves the sandboxes of some failed specs: remove them, so
+	// that no netns, VM or cgroup outlives the test.
+	t.Cleanup(func() {
+		ctx := context.Background()
+		l, err := b.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
+		if err != nil {
+			t.Errorf("listing the eve-vm run's sandboxes: %v", err)
+			return
+		}
+		for _, sb := range l.GetItems() {
+			if _, err := b.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sb.GetId()}); err != nil {
+				t.Errorf("removing sandbox %s left by critest: %v", sb.GetId(), err)
+			}
+		}
+	})
 	return b
 }
 
