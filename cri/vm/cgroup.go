@@ -1,7 +1,6 @@
 package vm
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"k8s.io/apimachinery/pkg/util/wait"
 )
 
@@ -91,26 +91,22 @@ func (h hierarchy) has(ctrl string) bool { return h.ctrls[ctrl] }
 // from the mount's options: cpu and cpuacct may share one mount
 // ("cpu,cpuacct") or have one each, whatever the directory is called.
 func hierarchies() ([]hierarchy, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	ms, err := mountinfo.GetMounts(mountinfo.FSTypeFilter("cgroup"))
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
 	var out []hierarchy
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		for i, x := range fields {
-			if x == "-" && i+3 < len(fields) && fields[i+1] == "cgroup" && strings.HasPrefix(fields[4], cgroupRoot+"/") {
-				h := hierarchy{dir: fields[4], ctrls: map[string]bool{}}
-				for _, o := range strings.Split(fields[i+3], ",") {
-					h.ctrls[o] = true
-				}
-				out = append(out, h)
-			}
+	for _, m := range ms {
+		if !strings.HasPrefix(m.Mountpoint, cgroupRoot+"/") {
+			continue
 		}
+		h := hierarchy{dir: m.Mountpoint, ctrls: map[string]bool{}}
+		for _, o := range strings.Split(m.VFSOptions, ",") {
+			h.ctrls[o] = true
+		}
+		out = append(out, h)
 	}
-	return out, sc.Err()
+	return out, nil
 }
 
 // makeCgroups creates the VM's cgroup in every hierarchy and sets its

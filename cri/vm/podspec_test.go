@@ -129,3 +129,31 @@ func TestConfinementRefusedWithoutCgroupV1(t *testing.T) {
 		t.Errorf("RunPodSandbox on a cgroup v2 host: %v, want FailedPrecondition", err)
 	}
 }
+
+// hierarchies reads the host's cgroup v1 mounts with their controllers,
+// wherever a controller is mounted ("cpu,cpuacct" shared or not).
+func TestHierarchiesFromMountinfo(t *testing.T) {
+	hs, err := hierarchies()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hs) == 0 {
+		t.Skip("no cgroup v1 hierarchy mounted under " + cgroupRoot + " (a cgroup v2 host)")
+	}
+	found := map[string]string{}
+	for _, h := range hs {
+		if !strings.HasPrefix(h.dir, cgroupRoot+"/") {
+			t.Errorf("hierarchy %s is not under %s", h.dir, cgroupRoot)
+		}
+		for _, c := range []string{"memory", "cpu", "pids"} {
+			if h.has(c) {
+				found[c] = h.dir
+			}
+		}
+	}
+	for _, c := range []string{"memory", "cpu", "pids"} {
+		if found[c] == "" {
+			t.Errorf("no hierarchy with controller %s in %+v", c, hs)
+		}
+	}
+}

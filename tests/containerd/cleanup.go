@@ -1,7 +1,6 @@
 package containerd
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -9,18 +8,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/lf-edge/evelet/tests/internal/proc"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/moby/sys/mountinfo"
 	"github.com/vishvananda/netlink"
+
+	"github.com/lf-edge/evelet/tests/internal/proc"
 )
 
 // runcContainer is what the forced cleanup needs to know about a container
@@ -318,29 +318,16 @@ func processAlive(pid int) bool {
 }
 
 // Mounts returns the mount points under dir (itself included), from
-// /proc/self/mountinfo, deepest first.
+// /proc/self/mountinfo (moby/sys/mountinfo, which also undoes its octal
+// escapes), deepest first.
 func Mounts(dir string) ([]string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	ms, err := mountinfo.GetMounts(mountinfo.PrefixFilter(filepath.Clean(dir)))
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	dir = filepath.Clean(dir)
-	var res []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := unescapeMountinfo(fields[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			res = append(res, mp)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, err
+	res := make([]string, 0, len(ms))
+	for _, m := range ms {
+		res = append(res, m.Mountpoint)
 	}
 	// Deepest first; for the same path, the later (upper) mount first.
 	for i, j := 0, len(res)-1; i < j; i, j = i+1, j-1 {
@@ -350,26 +337,6 @@ func Mounts(dir string) ([]string, error) {
 		return strings.Count(res[i], "/") > strings.Count(res[j], "/")
 	})
 	return res, nil
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for space etc.) of
-// /proc/self/mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // unmountUnder lazily unmounts everything mounted under the given

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -170,9 +171,34 @@ func TestConfigParsedByContainerd(t *testing.T) {
 	}
 }
 
-func TestUnescapeMountinfo(t *testing.T) {
-	if got := unescapeMountinfo(`/a\040b\134c`); got != `/a b\c` {
-		t.Errorf("got %q", got)
+// Mounts finds a real mount whose path has a space and a backslash (which
+// /proc/self/mountinfo escapes as \040 and \134), deepest first.
+func TestMountsUnderEscapedPath(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: mounts tmpfs")
+	}
+	dir := t.TempDir()
+	outer := filepath.Join(dir, `a b\c`)
+	inner := filepath.Join(outer, "in")
+	if err := os.MkdirAll(outer, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", outer, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(inner, syscall.MNT_DETACH); syscall.Unmount(outer, syscall.MNT_DETACH) })
+	if err := os.Mkdir(inner, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", inner, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Mounts(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0] != inner || got[1] != outer {
+		t.Fatalf("Mounts(%s) = %q, want [%s %s]", dir, got, inner, outer)
 	}
 }
 
