@@ -2,6 +2,7 @@ package socketsub
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -15,6 +16,14 @@ import (
 func TestFollowAcrossPublisherRestart(t *testing.T) {
 	d := t.TempDir()
 	root := pubsub.Root{Run: filepath.Join(d, "run"), Persist: filepath.Join(d, "persist")}
+	// A KVM (non-k) build, as EVE's init records it: evelet publishes
+	// NodeDrainStatus itself only where zedkube does not exist.
+	if err := os.MkdirAll(filepath.Dir(root.EVEHVType()), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(root.EVEHVType(), []byte("kvm\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	sub := Follow(ctx, socketpub.SocketPath(root, pubsub.AgentZedKube, pubsub.TopicNodeDrainStatus), pubsub.TopicNodeDrainStatus)
