@@ -125,8 +125,8 @@ func TestGuardrailsContainer(t *testing.T) {
 			func(p *policy.Policy) { p.AllowedHostPaths = []string{"/mnt"} }, nil, false},
 		{"runtime socket", policy.RuleHostPath, mount(env.ctrd.Socket(), false),
 			func(p *policy.Policy) { p.AllowedHostPaths = []string{env.ctrd.Socket()} }, nil, false},
-		{"subPath of /etc", policy.RuleHostPath, mount(subpath, true),
-			func(p *policy.Policy) { p.AllowedHostPaths = []string{"/etc"} }, nil, false},
+		{"subPath of /srv", policy.RuleHostPath, mount(subpath, true),
+			func(p *policy.Policy) { p.AllowedHostPaths = []string{"/srv"} }, nil, false},
 		{"CAP_SYS_ADMIN", policy.RuleCapabilities,
 			func(c *runtimeapi.ContainerConfig) {
 				c.Linux.SecurityContext.Capabilities = &runtimeapi.Capability{AddCapabilities: []string{"CAP_SYS_ADMIN"}}
@@ -185,12 +185,13 @@ func mount(hostPath string, readonly bool) func(*runtimeapi.ContainerConfig) {
 }
 
 // forbiddenSubPath does what the kubelet does for a hostPath volume "/"
-// mounted with subPath "etc": it bind-mounts /etc into the pod's directory,
+// mounted with subPath "srv": it bind-mounts /srv into the pod's directory
+// (not /etc: /etc holds the CNI configuration, which no knob may hand out),
 // and CreateContainer then names only that pod directory.
 func forbiddenSubPath(t *testing.T, p Pod) string {
 	t.Helper()
 	target := filepath.Join(p.Dir(), "volume-subpaths", "host", "main", "0")
-	bindMount(t, "/etc", target)
+	bindMount(t, "/srv", target)
 	return target
 }
 

@@ -354,7 +354,7 @@ func TestVMPods(t *testing.T) {
 		}), "below the minimum guest RAM"},
 		{vmPod("vm-two", vmguest.DiskRef, func(p *corev1.Pod) {
 			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "second", Image: vmguest.KernelRef, ImagePullPolicy: corev1.PullNever})
-		}), "runs exactly one container"},
+		}), `guardrail "vm-one-container"`},
 	}
 	for _, b := range bad {
 		if _, err := cs.CoreV1().Pods("default").Create(ctx, b.pod, metav1.CreateOptions{}); err != nil {
