@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -19,33 +18,16 @@ import (
 const requireKVMEnv = "EVELET_REQUIRE_KVM"
 
 // needKVM skips (or, under EVELET_REQUIRE_KVM=1, fails) unless this host can
-// run KVM guests: /dev/kvm opens read-write and the CPU has VMX or SVM.
+// run KVM guests, by the backend's own test (KVMUsable: VMX/SVM, /dev/kvm
+// opens, KVM_CREATE_VM works).
 func needKVM(t *testing.T) {
-	why := ""
-	if f, err := os.OpenFile(DefaultKVMDevice, os.O_RDWR, 0); err != nil {
-		why = err.Error()
-	} else {
-		f.Close()
-		if b, err := os.ReadFile("/proc/cpuinfo"); err != nil || !(strings.Contains(string(b), " vmx") || strings.Contains(string(b), " svm")) {
-			why = "the CPU reports neither vmx nor svm"
-		}
-	}
-	if why == "" {
+	if KVMUsable(DefaultKVMDevice) {
 		return
 	}
 	if os.Getenv(requireKVMEnv) == "1" {
-		t.Fatalf("%s=1 but this host cannot run KVM guests: %s", requireKVMEnv, why)
+		t.Fatalf("%s=1 but this host cannot run KVM guests (%s, VMX/SVM)", requireKVMEnv, DefaultKVMDevice)
 	}
-	t.Skipf("needs /dev/kvm and VMX/SVM (%s); `make test-kvm` runs this on a host that has them", why)
-}
-
-// logAccel says plainly, in every VM test's log, how its guests run.
-func logAccel(t *testing.T) {
-	if KVMUsable(DefaultKVMDevice) {
-		t.Logf("this host has %s: guests run under KVM unless the test turns it off", DefaultKVMDevice)
-	} else {
-		t.Logf("no usable %s here: guests run under QEMU software emulation (TCG), slower than on a KVM device", DefaultKVMDevice)
-	}
+	t.Skipf("needs /dev/kvm and VMX/SVM (%s is not usable here); `make test-kvm` runs this on a host that has them", DefaultKVMDevice)
 }
 
 // TestVMLifecycleKVM boots a guest with KVM as a device with /dev/kvm would,

@@ -124,6 +124,12 @@ type harness struct {
 
 func (h *harness) backend() *Backend {
 	h.t.Helper()
+	// Say plainly how this backend's guests run.
+	if h.noKVM || !KVMUsable(DefaultKVMDevice) {
+		h.t.Logf("this backend's VMs run under QEMU's software emulation (TCG), slowly: KVM is off or %s is not usable here", DefaultKVMDevice)
+	} else {
+		h.t.Logf("this backend's VMs run under KVM (%s)", DefaultKVMDevice)
+	}
 	conn, err := h.ctrd.DialCRI()
 	if err != nil {
 		h.t.Fatal(err)
@@ -173,7 +179,6 @@ func needVMHost(t *testing.T) {
 
 func newHarness(t *testing.T) *harness {
 	needVMHost(t)
-	logAccel(t)
 	t.Setenv(supervisorEnv, "1")
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
