@@ -452,9 +452,6 @@ func (p *Plugin) addedInterfaceEvents(pod *annotateTarget, rec *record, results 
 			continue
 		}
 		msg := addedInterfaceMessage(a.IfName, a.Ref, results[i])
-		if a.Default && a.IfName == "" {
-			msg = addedInterfaceMessage(rec.IfName, a.Ref, results[i])
-		}
 		ctx, cancel := p.apiCtx()
 		err := pod.events.PodEvent(ctx, pod.namespace, pod.name, rec.PodUID, "AddedInterface", msg)
 		cancel()
