@@ -130,6 +130,9 @@ type Agent struct {
 	sup    kubeletProc
 	cri    policySetter      // the CRI server being served, nil between (re)starts
 	items  map[string]string // the owner's "evelet." config items
+	// runtimeDirs are the directories containerd says it uses
+	// (runtimedirs.go), protected by the policy.
+	runtimeDirs []policy.NamedDir
 
 	niKick   chan struct{}        // the owner's NI list changed (agent/nilabels.go)
 	upgrader *upgrade.Coordinator // running while the node has credentials (EVE channel)
@@ -438,6 +441,7 @@ func (a *Agent) serveCRIOnce(ctx context.Context) error {
 		return err
 	}
 	defer be.Close()
+	a.learnRuntimeDirs(ctx, be)
 	handlers, closeVM := a.vmHandlers(be)
 	defer closeVM()
 	srv, err := cri.NewServer(cri.Config{Socket: a.cfg.CRISocket(), Backend: be, Handlers: handlers, Log: log, Metrics: a.cfg.Metrics,
@@ -505,6 +509,7 @@ func (a *Agent) policy() policy.Policy {
 	// path may lie in or above one (policy/protected.go).
 	p.ProtectedDirs = []string{a.cfg.StateDir, a.cfg.RunDir, a.cfg.CNI.BinDir, a.cfg.CNI.ConfDir, a.cfg.VM.CNIConfDir}
 	p.ProtectedDirs = append(p.ProtectedDirs, a.cfg.VM.CNIBinDirs...)
+	p.RuntimeDirs = a.protectedRuntimeDirs()
 	if sock := strings.TrimPrefix(a.cfg.ContainerdEndpoint, "unix://"); filepath.IsAbs(sock) {
 		p.ProtectedDirs = append(p.ProtectedDirs, filepath.Dir(sock))
 	}

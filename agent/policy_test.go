@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -8,6 +9,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/lf-edge/evelet/bootstrap/intent"
 	"github.com/lf-edge/evelet/policy"
@@ -128,4 +132,51 @@ func readPolicyFile(path string) (policy.Policy, error) {
 		return p, err
 	}
 	return p, json.Unmarshal(b, &p)
+}
+
+// statusOnly answers CRI Status with a verbose config, as containerd does.
+type statusOnly struct {
+	runtimeapi.RuntimeServiceClient
+	config string
+}
+
+func (s statusOnly) Status(context.Context, *runtimeapi.StatusRequest, ...grpc.CallOption) (*runtimeapi.StatusResponse, error) {
+	return &runtimeapi.StatusResponse{Info: map[string]string{"config": s.config}}, nil
+}
+
+// TestRuntimeDirsProtected: the directories containerd says it uses,
+// wherever they are, are protected in the CRI policy and the kubelet's
+// policy file, even under a prefix the owner allowed. Before, only the
+// socket's directory and the stock paths were.
+func TestRuntimeDirsProtected(t *testing.T) {
+	h := newHarness(t, nil, nil)
+	h.a.setConfigItems(map[string]string{policy.KeyAllowedHostPaths: "/srv"})
+	h.a.learnRuntimeDirs(context.Background(), statusOnly{config: `{"containerdRootDir": "/srv/ctrd/root", "stateDir": "/srv/ctrd/state/io.containerd.grpc.v1.cri"}`})
+	sink := &policySink{}
+	defer h.a.registerCRI(sink)()
+	p, ok := sink.last()
+	if !ok {
+		t.Fatal("no policy installed")
+	}
+	for _, path := range []string{"/srv/ctrd/root/io.containerd.content.v1.content", "/srv/ctrd/state", "/srv/ctrd"} {
+		if _, err := p.JudgeHostPath("pod t", "mounts", path); err == nil || !strings.Contains(err.Error(), "as containerd reports it") {
+			t.Errorf("CRI policy: host path %s: %v, want refused as containerd's", path, err)
+		}
+	}
+	if _, err := p.JudgeHostPath("pod t", "mounts", "/srv/data"); err != nil {
+		t.Errorf("CRI policy: /srv/data, allowed by the owner: %v", err)
+	}
+	fp, err := readPolicyFile(h.a.cfg.PolicyFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fp.JudgeHostPath("pod t", "mounts", "/srv/ctrd/root"); err == nil {
+		t.Error("kubelet policy file: containerd's root not protected")
+	}
+
+	// containerd not answering keeps what it said before.
+	h.a.learnRuntimeDirs(context.Background(), statusOnly{config: "{"})
+	if _, err := h.a.policy().JudgeHostPath("pod t", "mounts", "/srv/ctrd/root"); err == nil {
+		t.Error("a failed question dropped the protection")
+	}
 }

@@ -43,7 +43,7 @@ func isListKey(k string) bool {
 // whole list, never a part of it); the other keys still apply. An empty
 // value means the default.
 //
-// KubeletRootDir, PodLogsDir and ProtectedDirs are not config items: the
+// KubeletRootDir, PodLogsDir, ProtectedDirs and RuntimeDirs are not config items: the
 // caller sets them.
 func FromConfigItems(items map[string]string) (Policy, []error) {
 	p := Default()

@@ -129,6 +129,7 @@ func TestHostPaths(t *testing.T) {
 	withPaths := func(ps ...string) Policy { p := base; p.AllowedHostPaths = ps; return p }
 	withRoot := func(r string) Policy { p := base; p.KubeletRootDir = r; return p }
 	withProtected := func(d string) Policy { p := withPaths("/"); p.ProtectedDirs = []string{d}; return p }
+	withRuntime := func(d, what string) Policy { p := withPaths("/"); p.RuntimeDirs = []NamedDir{{d, what}}; return p }
 	cases := []struct {
 		name  string
 		paths []string
@@ -153,6 +154,9 @@ func TestHostPaths(t *testing.T) {
 		{"own log dir, owner allowed /persist", []string{"/persist/evelet/logs/pods/default_p_u1/main"}, withPaths("/persist"), `inside the kubelet's pod-logs directory`},
 		{"log dir through an allowed link", []string{"/data/link-to-logs/default_p_u1"}, withPaths("/data"), `(a link to "/persist/evelet/logs/pods/default_p_u1"), inside the kubelet's pod-logs directory`},
 		{"agent's protected dir", []string{"/srv/ctrd/io.containerd.grpc.v1.cri"}, withProtected("/srv/ctrd"), `inside a directory the device's own components use ("/srv/ctrd"); no config item`},
+		{"runtime's reported root", []string{"/srv/ctrd2/root/io.containerd.content.v1.content"}, withRuntime("/srv/ctrd2/root", "containerd's root directory (as containerd reports it)"),
+			`inside containerd's root directory (as containerd reports it) ("/srv/ctrd2/root"); no config item`},
+		{"parent of runtime's reported state", []string{"/srv/ctrd2"}, withRuntime("/srv/ctrd2/state", "containerd's state directory (as containerd reports it)"), `a parent of containerd's state directory`},
 		{"parent of agent's protected dir", []string{"/srv"}, withProtected("/srv/ctrd"), `a parent of a directory the device's own components use`},
 		{"stock containerd root", []string{"/var/lib/containerd/io.containerd.content.v1.content"}, withPaths("/var"), `inside containerd's root directory`},
 		{"stock kubelet root", []string{"/var/lib/kubelet/pods"}, withPaths("/var/lib"), `no config item`},

@@ -107,6 +107,12 @@ type Policy struct {
 	// whatever the owner allows (protected.go). Not a config item: the
 	// agent sets them.
 	ProtectedDirs []string
+	// RuntimeDirs are the directories the container runtime itself says it
+	// writes and follows (containerd's root and state, its CRI plugin's,
+	// runc's root, the CNI directories it uses), protected like
+	// ProtectedDirs and named in refusals. Not a config item: the agent
+	// asks the runtime (cri/containerd.RuntimeDirs).
+	RuntimeDirs []NamedDir
 	// AllowedHostPaths are further absolute path prefixes that containers
 	// may bind-mount (hostPath volumes, local persistent volumes). A prefix
 	// covers itself and everything below it, by whole path elements.
@@ -161,6 +167,7 @@ func (p Policy) Clone() Policy {
 	p.AllowedHostPorts = slices.Clone(p.AllowedHostPorts)
 	p.DevicePorts = slices.Clone(p.DevicePorts)
 	p.ProtectedDirs = slices.Clone(p.ProtectedDirs)
+	p.RuntimeDirs = slices.Clone(p.RuntimeDirs)
 	p.AllowedVolumePlugins = slices.Clone(p.AllowedVolumePlugins)
 	p.AllowedNetworkInstances = slices.Clone(p.AllowedNetworkInstances)
 	p.NetworkRules = p.NetworkRules.clone()

@@ -48,6 +48,12 @@ var stockProtectedDirs = []protectedDir{
 	{"/run/evelet", "evelet's run directory"},
 }
 
+// NamedDir is a protected directory with whose it is, for refusals.
+type NamedDir struct {
+	Path string `json:"path"`
+	What string `json:"what"`
+}
+
 type protectedDir struct {
 	path string
 	what string // for refusals: whose directory it is
@@ -64,6 +70,9 @@ func (p Policy) protectedDirs() []protectedDir {
 	}
 	add(p.PodLogsDir, "the kubelet's pod-logs directory")
 	add(p.KubeletRootDir, "the kubelet's root directory")
+	for _, d := range p.RuntimeDirs {
+		add(d.Path, d.What)
+	}
 	for _, d := range p.ProtectedDirs {
 		add(d, "a directory the device's own components use")
 	}

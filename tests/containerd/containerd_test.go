@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	crictrd "github.com/lf-edge/evelet/cri/containerd"
 	"github.com/lf-edge/evelet/images"
 )
 
@@ -307,6 +308,22 @@ func TestPodLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("CRI runtime %s %s (API %s)", v.GetRuntimeName(), v.GetRuntimeVersion(), v.GetRuntimeApiVersion())
+
+	// The directories the guardrails protect because containerd names them
+	// (cri/containerd.RuntimeDirs), from this real containerd's answer.
+	dirs, err := crictrd.RuntimeDirs(ctx, rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	named := map[string]bool{}
+	for _, d := range dirs {
+		named[d.Path] = true
+	}
+	for _, want := range []string{filepath.Join(c.Dir(), "root"), c.CNIConfDir()} {
+		if !named[want] {
+			t.Errorf("RuntimeDirs %v lacks %s", dirs, want)
+		}
+	}
 
 	start := time.Now()
 	p := runPod(ctx, t, rs, "lifecycle", "echo hello-evelet; sleep 3600")

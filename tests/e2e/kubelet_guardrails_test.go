@@ -253,6 +253,36 @@ func TestKubeletGuardrails(t *testing.T) {
 			t.Errorf("phase %s", after.Phase)
 		}
 	})
+
+	// containerd's own directories are protected wherever its
+	// configuration put them (here under the e2e's work directory, no stock
+	// path), because containerd names them (cri/containerd.RuntimeDirs):
+	// the owner allowing their parent does not open them. Before, only the
+	// socket's directory and the stock paths were protected, and this pod
+	// got containerd's content store.
+	t.Run("containerd-dirs-protected-where-they-are", func(t *testing.T) {
+		items := map[string]string{"evelet.apiserver-url": env.cp.URL(), kubeletshim.ItemPodPidsLimit: strconv.Itoa(pidsLimit),
+			policy.KeyAllowedHostPaths: env.ctrd.Dir()}
+		if err := sim.SetConfigItems(items); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 30*time.Second, "kubelet policy file allows containerd's parent", func() (bool, error) {
+			b, err := os.ReadFile(filepath.Join(d.runDir(), "kubelet-policy.json"))
+			return strings.Contains(string(b), `"`+env.ctrd.Dir()+`"`), err
+		})
+		name := "kg-containerd-root"
+		create(guardedPod(name, node, func(p *corev1.Pod) {
+			p.Spec.Volumes = []corev1.Volume{{Name: "h", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
+				Path: filepath.Join(env.ctrd.Dir(), "root", "io.containerd.content.v1.content"), Type: ptr.To(corev1.HostPathDirectory)}}}}
+			p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "h", MountPath: "/host"}}
+		}))
+		waitRefused(t, ctx, cs, name, policy.RuleHostPath, "")
+		wantFailedMount(t, ctx, cs, name, policy.RuleHostPath)
+		out, err := env.cp.Kubectl(ctx, "describe", "pod", "-n", "default", name)
+		if err != nil || !strings.Contains(out, "containerd's root directory (as containerd reports it)") {
+			t.Errorf("describe pod %s does not name containerd's root: %v\n%s", name, err, tail(out, 15))
+		}
+	})
 }
 
 // podPids reads pids.max and pids.current of a pod's cgroup, on cgroup v1
