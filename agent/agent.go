@@ -20,6 +20,7 @@ import (
 	"github.com/lf-edge/evelet/agent/upgrade"
 	"github.com/lf-edge/evelet/bootstrap"
 	"github.com/lf-edge/evelet/bootstrap/intent"
+	"github.com/lf-edge/evelet/cni/eveni"
 	"github.com/lf-edge/evelet/cri"
 	"github.com/lf-edge/evelet/cri/containerd"
 	"github.com/lf-edge/evelet/eve/pubsub"
@@ -116,8 +117,12 @@ type Agent struct {
 	store      credStore
 	newKubelet func(j *intent.Join) (kubeletProc, error)
 	serveCRI   func(ctx context.Context) error
-	sleep      func(ctx context.Context, d time.Duration) bool
-	heartbeat  time.Duration
+	// removeNodeRules removes the host rules evelet's pod networks made
+	// once the node has left (eve-ni's table); a no-op in unit tests,
+	// which share the host's ruleset with the CNI packages' tests.
+	removeNodeRules func() error
+	sleep           func(ctx context.Context, d time.Duration) bool
+	heartbeat       time.Duration
 
 	writeMu sync.Mutex
 	written *Status // last status written to status.json
@@ -165,6 +170,7 @@ func New(cfg Config) *Agent {
 	a.store = store
 	a.newKubelet = a.kubelet
 	a.serveCRI = a.serveCRIOnce
+	a.removeNodeRules = eveni.RemoveGuardTableIfEmpty
 	return a
 }
 

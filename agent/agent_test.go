@@ -211,6 +211,7 @@ func newHarness(t *testing.T, src *fakeSource, store *fakeStore) *harness {
 	a.store = store
 	a.newKubelet = h.kubelet.new
 	a.serveCRI = func(ctx context.Context) error { <-ctx.Done(); return nil }
+	a.removeNodeRules = func() error { return nil }
 	return h
 }
 

@@ -92,6 +92,11 @@ func (a *Agent) leave(ctx context.Context, stopKubelet func()) {
 	}
 	stopKubelet()
 	a.forgetUpgrade()
+	// eve-ni's anti-spoofing table goes with the node once no pod is
+	// attached; with the kubelet stopped no ADD races the removal.
+	if err := a.removeNodeRules(); err != nil {
+		errs = append(errs, fmt.Errorf("eve-ni nftables table: %w", err))
+	}
 	if err := store.Wipe(); err != nil {
 		errs = append(errs, fmt.Errorf("wipe credentials: %w", err))
 	}

@@ -144,3 +144,36 @@ func gcGuards() error {
 	}
 	return nil
 }
+
+// RemoveGuardTableIfEmpty deletes eve-ni's table once no attachment has
+// rules in it (the node left, or a test ended), so that nothing of
+// evelet's stays in the host's ruleset. A table that still holds a chain
+// is kept. Callers make sure no eve-ni ADD runs meanwhile (the node's
+// kubelet is stopped): deleting a table takes its chains with it.
+func RemoveGuardTableIfEmpty() error {
+	c, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	defer c.CloseLasting()
+	chains, err := GuardChains()
+	if err != nil {
+		return err
+	}
+	if len(chains) > 0 {
+		return nil
+	}
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyBridge)
+	if err != nil {
+		return err
+	}
+	for _, t := range tables {
+		if t.Name == GuardTable {
+			c.DelTable(t)
+			if err := c.Flush(); err != nil {
+				return fmt.Errorf("removing nftables table bridge %s: %w", GuardTable, err)
+			}
+		}
+	}
+	return nil
+}

@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
+	"github.com/lf-edge/evelet/agent"
 	"github.com/lf-edge/evelet/cni/eveni"
 	"github.com/lf-edge/evelet/images"
 	"github.com/lf-edge/evelet/tests/containerd"
@@ -300,6 +301,21 @@ func TestEVENetworkInstances(t *testing.T) {
 		ips, err := allocatedIPs(alloc)
 		return err == nil && len(ips) == 0, fmt.Errorf("allocations %v (%v)", ips, err)
 	})
+
+	// The controller takes the device out of the cluster: once it has
+	// left, eve-ni's nftables table is gone from the host (before, an
+	// empty `bridge evelet_eveni` stayed forever).
+	if err := sim.RemoveCluster(); err != nil {
+		t.Fatal(err)
+	}
+	d.waitStatus(3*time.Minute, "Left", func(s agent.Status) bool { return s.Phase == agent.PhaseLeft })
+	out, err := exec.CommandContext(ctx, "nft", "list", "tables", "bridge").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft list tables: %v\n%s", err, out)
+	}
+	if strings.Contains(string(out), eveni.GuardTable) {
+		t.Errorf("after leave the host still has eve-ni's table:\n%s", out)
+	}
 }
 
 // allocatedIPs reads an eve-ni allocation file: address -> owner.
