@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/lf-edge/evelet/cri/vm/vmm"
 	"github.com/lf-edge/evelet/images/vmguest"
 	"github.com/lf-edge/evelet/images/vmguest/vmguesttest"
 )
@@ -92,7 +93,7 @@ func BenchmarkVMBoot(b *testing.B) {
 
 // qemuBeyondRAM is QEMU's RSS outside the guest RAM block, in MiB.
 func qemuBeyondRAM(b *Backend, id string) float64 {
-	pid := readPID(filepath.Join(b.store.containerDir(id), qemuPIDFile))
+	pid := vmm.ReadPID(filepath.Join(b.store.containerDir(id), vmm.QEMUPIDFile))
 	c, _ := b.store.container(id)
 	sm, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "smaps"))
 	if err != nil {

@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -21,7 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/lf-edge/evelet/internal/atomicfile"
+	"github.com/lf-edge/evelet/cri/vm/vmm"
 )
 
 func (b *Backend) CreateContainer(ctx context.Context, req *runtimeapi.CreateContainerRequest, _ ...grpc.CallOption) (*runtimeapi.CreateContainerResponse, error) {
@@ -176,8 +175,8 @@ func (b *Backend) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 	if sb.Net != nil {
 		nics = sb.Net.NICs
 	}
-	spec := vmmSpec{QEMU: b.cfg.QEMU, Args: qemuArgs(c, dir, nics), Netns: sb.Netns, Cgroups: cgroups, LogPath: c.LogPath, Net: sb.Net}
-	if err := writeJSON(filepath.Join(dir, specFile), &spec); err != nil {
+	spec := vmm.Spec{QEMU: b.cfg.QEMU, Args: qemuArgs(c, dir, nics), Netns: sb.Netns, Cgroups: cgroups, LogPath: c.LogPath, Net: sb.Net}
+	if err := vmm.WriteJSON(filepath.Join(dir, vmm.SpecFile), &spec); err != nil {
 		return nil, status.Errorf(codes.Internal, "writing VM spec: %v", err)
 	}
 	b.starting.Store(id, struct{}{})
@@ -187,24 +186,24 @@ func (b *Backend) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 		return nil, status.Errorf(codes.Internal, "saving container: %v", err)
 	}
 	if err := b.spawn(dir); err != nil {
-		writeJSON(filepath.Join(dir, exitFile), &exitState{ExitCode: 128, FinishedAt: time.Now().UnixNano(), Reason: "StartError", Message: err.Error()})
+		vmm.WriteJSON(filepath.Join(dir, vmm.ExitFile), &vmm.Exit{ExitCode: 128, FinishedAt: time.Now().UnixNano(), Reason: "StartError", Message: err.Error()})
 		return nil, status.Errorf(codes.Unknown, "starting the VM supervisor: %v", err)
 	}
 	// Wait until QEMU runs (its sockets exist) or has already failed.
-	var exit *exitState
+	var exit *vmm.Exit
 	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, startTimeout, true, func(context.Context) (bool, error) {
 		if e, _ := b.store.exit(id); e != nil {
 			exit = e
 			return true, nil
 		}
-		_, err := os.Stat(filepath.Join(dir, startedFile))
+		_, err := os.Stat(filepath.Join(dir, vmm.StartedFile))
 		return err == nil, nil
 	})
-	if _, serr := os.Stat(filepath.Join(dir, startedFile)); exit != nil && serr != nil {
+	if _, serr := os.Stat(filepath.Join(dir, vmm.StartedFile)); exit != nil && serr != nil {
 		return nil, status.Errorf(codes.Unknown, "starting the VM: %s", exit.Message)
 	}
 	if err != nil {
-		return nil, status.Errorf(codes.DeadlineExceeded, "the VM did not start within %v (see %s)", startTimeout, filepath.Join(dir, vmmLogFile))
+		return nil, status.Errorf(codes.DeadlineExceeded, "the VM did not start within %v (see %s)", startTimeout, filepath.Join(dir, vmm.LogFile))
 	}
 	b.log.WithField("container", id).Info("VM started")
 	return &runtimeapi.StartContainerResponse{}, nil
@@ -213,7 +212,7 @@ func (b *Backend) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 // spawn starts the supervisor in its own session, so that it survives the
 // shim and the agent; the shim only reaps it if it exits while we run.
 func (b *Backend) spawn(dir string) error {
-	logf, err := os.OpenFile(filepath.Join(dir, vmmLogFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	logf, err := os.OpenFile(filepath.Join(dir, vmm.LogFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
@@ -229,7 +228,7 @@ func (b *Backend) spawn(dir string) error {
 	go cmd.Wait()
 	// The pid is known now: whoever looks (a restarted agent too) finds the
 	// supervisor from here on, before it has written the file itself.
-	if err := atomicfile.WriteFile(filepath.Join(dir, vmmPIDFile), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
+	if err := vmm.WritePID(filepath.Join(dir, vmm.PIDFile), cmd.Process.Pid); err != nil {
 		cmd.Process.Kill()
 		return fmt.Errorf("recording the supervisor's pid: %w", err)
 	}
@@ -245,7 +244,7 @@ func (b *Backend) running(c *containerState) bool {
 	if e, _ := b.store.exit(c.ID); e != nil {
 		return false
 	}
-	return processAlive(readPID(filepath.Join(dir, vmmPIDFile)), dir)
+	return vmm.ProcessAlive(vmm.ReadPID(filepath.Join(dir, vmm.PIDFile)), dir)
 }
 
 func (b *Backend) StopContainer(ctx context.Context, req *runtimeapi.StopContainerRequest, _ ...grpc.CallOption) (*runtimeapi.StopContainerResponse, error) {
@@ -277,12 +276,12 @@ func (b *Backend) stopContainer(ctx context.Context, c *containerState, timeout 
 			return nil
 		}
 	}
-	if pid := readPID(filepath.Join(dir, qemuPIDFile)); processAlive(pid, dir) {
+	if pid := vmm.ReadPID(filepath.Join(dir, vmm.QEMUPIDFile)); vmm.ProcessAlive(pid, dir) {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 10*time.Second, true, exited); err != nil {
 		// The supervisor does not record the exit; take it down too.
-		if pid := readPID(filepath.Join(dir, vmmPIDFile)); processAlive(pid, dir) {
+		if pid := vmm.ReadPID(filepath.Join(dir, vmm.PIDFile)); vmm.ProcessAlive(pid, dir) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 		b.recordLost(c)
@@ -303,10 +302,10 @@ func (b *Backend) recordLost(c *containerState) {
 		return
 	}
 	dir := b.store.containerDir(c.ID)
-	if processAlive(readPID(filepath.Join(dir, vmmPIDFile)), dir) {
+	if vmm.ProcessAlive(vmm.ReadPID(filepath.Join(dir, vmm.PIDFile)), dir) {
 		return
 	}
-	writeJSON(filepath.Join(dir, exitFile), &exitState{ExitCode: 137, FinishedAt: time.Now().UnixNano(), Reason: "Error",
+	vmm.WriteJSON(filepath.Join(dir, vmm.ExitFile), &vmm.Exit{ExitCode: 137, FinishedAt: time.Now().UnixNano(), Reason: "Error",
 		Message: "the VM's supervisor is gone (killed, or the device restarted)"})
 }
 
@@ -444,7 +443,7 @@ func (b *Backend) ReopenContainerLog(ctx context.Context, req *runtimeapi.Reopen
 		return nil, status.Errorf(codes.FailedPrecondition, "container %s is not running", id)
 	}
 	dir := b.store.containerDir(id)
-	if err := syscall.Kill(readPID(filepath.Join(dir, vmmPIDFile)), syscall.SIGUSR1); err != nil {
+	if err := syscall.Kill(vmm.ReadPID(filepath.Join(dir, vmm.PIDFile)), syscall.SIGUSR1); err != nil {
 		return nil, status.Errorf(codes.Unknown, "signalling the VM supervisor: %v", err)
 	}
 	return &runtimeapi.ReopenContainerLogResponse{}, nil

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/lf-edge/evelet/cri/vm/vmm"
 	"github.com/lf-edge/evelet/cri/vm/vmnet"
 	"github.com/lf-edge/evelet/images/vmguest"
 	"github.com/lf-edge/evelet/images/vmguest/vmguesttest"
@@ -134,7 +135,7 @@ func b2nics(t *testing.T, b *Backend, sb string) []NIC {
 // logQEMURSS logs QEMU's resident memory beyond the guest's RAM
 // (qemuBeyondRAM).
 func logQEMURSS(t *testing.T, b *Backend, id string) {
-	sup := readPID(filepath.Join(b.store.containerDir(id), vmmPIDFile))
+	sup := vmm.ReadPID(filepath.Join(b.store.containerDir(id), vmm.PIDFile))
 	st, _ := os.ReadFile(filepath.Join("/proc", itoa(sup), "status"))
 	var rss string
 	for _, l := range strings.Split(string(st), "\n") {

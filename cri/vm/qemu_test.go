@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/lf-edge/evelet/cri/vm/vmm"
 	"github.com/lf-edge/evelet/images/vmguest"
 	"github.com/lf-edge/evelet/images/vmguest/vmguesttest"
 )
@@ -91,7 +92,7 @@ func TestGuestWithoutContainerd(t *testing.T) {
 	// QEMU runs in the VM's cgroup under the pod's, with guest RAM plus
 	// QEMU's overhead as the memory limit.
 	rel := containerCgroup(h.cgroupParent, cr.ContainerId)
-	qemuPID := readPID(filepath.Join(b.store.containerDir(cr.ContainerId), qemuPIDFile))
+	qemuPID := vmm.ReadPID(filepath.Join(b.store.containerDir(cr.ContainerId), vmm.QEMUPIDFile))
 	for _, hy := range hs {
 		procs, err := os.ReadFile(filepath.Join(hy.dir, rel, "cgroup.procs"))
 		if err != nil || !strings.Contains("\n"+string(procs), "\n"+itoa(qemuPID)+"\n") {

@@ -13,6 +13,8 @@ import (
 	"github.com/sirupsen/logrus"
 	"k8s.io/apimachinery/pkg/util/wait"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/lf-edge/evelet/cri/vm/vmm"
 )
 
 // noNetwork gives sandboxes no netns at all: for tests of the backend's
@@ -29,7 +31,7 @@ func (noNetwork) Teardown(context.Context, string) error { return nil }
 // cgroups), then writes its pid and the started mark and stays.
 func slowSupervisor(delay time.Duration) []string {
 	script := fmt.Sprintf(`cd "$1" || exit 1; sleep %.2f; echo $$ > %s; : > %s; while :; do sleep 0.2; done`,
-		delay.Seconds(), vmmPIDFile, startedFile)
+		delay.Seconds(), vmm.PIDFile, vmm.StartedFile)
 	return []string{"/bin/sh", "-c", script, "supervisor"}
 }
 
@@ -71,11 +73,11 @@ func savedContainer(t *testing.T, b *Backend, sb, name string) *containerState {
 	}
 	t.Cleanup(func() {
 		// The fake supervisor may still be coming up: wait for its pid.
-		pidFile := filepath.Join(b.store.containerDir(c.ID), vmmPIDFile)
+		pidFile := filepath.Join(b.store.containerDir(c.ID), vmm.PIDFile)
 		wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
-			return readPID(pidFile) > 0, nil
+			return vmm.ReadPID(pidFile) > 0, nil
 		})
-		if pid := readPID(pidFile); pid > 0 {
+		if pid := vmm.ReadPID(pidFile); pid > 0 {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})
@@ -185,7 +187,7 @@ func TestRemoveKillsWhatIsLeftInTheVMCgroup(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	writeJSON(filepath.Join(b.store.containerDir(c.ID), exitFile), &exitState{ExitCode: 137, Reason: "Error", Message: "the VM's supervisor is gone"})
+	vmm.WriteJSON(filepath.Join(b.store.containerDir(c.ID), vmm.ExitFile), &vmm.Exit{ExitCode: 137, Reason: "Error", Message: "the VM's supervisor is gone"})
 
 	if _, err := b.RemoveContainer(ctx, &runtimeapi.RemoveContainerRequest{ContainerId: c.ID}); err != nil {
 		t.Fatalf("RemoveContainer with a process left in the VM's cgroup: %v", err)

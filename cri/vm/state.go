@@ -1,47 +1,36 @@
 package vm
 
 import (
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 
 	"github.com/sirupsen/logrus"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/lf-edge/evelet/internal/atomicfile"
+	"github.com/lf-edge/evelet/cri/vm/vmm"
 )
 
 // On-disk layout under the backend's state directory (<state-root>/vm):
 //
 //	sandboxes/<sandbox-id>/sandbox.json   one pod
 //	<container-id>/container.json         one VM: its spec, written at create
-//	<container-id>/vmm.json               what the supervisor runs (start)
 //	<container-id>/overlay.qcow2          the container's own disk
-//	<container-id>/qmp.sock, qga.sock, console.sock
-//	<container-id>/vmm.pid, qemu.pid      the running processes
-//	<container-id>/exit.json              written once QEMU has exited
+//	<container-id>/qmp.sock, qga.sock     QEMU's monitor and guest agent
+//	<container-id>/vmm.json, vmm.pid, qemu.pid, started, exit.json,
+//	  console.sock, vmm.log, qemu.log     the supervisor's (cri/vm/vmm)
 //	images/<manifest-digest-hex>/         /disk/* of an image, extracted once
 const (
 	sandboxesDir  = "sandboxes"
 	imagesDir     = "images"
 	sandboxFile   = "sandbox.json"
 	containerFile = "container.json"
-	specFile      = "vmm.json"
 	overlayFile   = "overlay.qcow2"
 	qmpSocket     = "qmp.sock"
 	qgaSocket     = "qga.sock"
-	consoleSocket = "console.sock"
-	vmmPIDFile    = "vmm.pid"
-	qemuPIDFile   = "qemu.pid"
-	exitFile      = "exit.json"
-	vmmLogFile    = "vmm.log"
-	startedFile   = "started"
 )
 
 // sandboxState is what the backend remembers of a pod.
@@ -102,14 +91,6 @@ type containerState struct {
 	Cgroup string `json:"cgroup,omitempty"`
 }
 
-// exitState is written by the supervisor when QEMU has exited.
-type exitState struct {
-	ExitCode   int32  `json:"exitCode"`
-	FinishedAt int64  `json:"finishedAt"`
-	Reason     string `json:"reason"`
-	Message    string `json:"message,omitempty"`
-}
-
 // store reads and writes the state files. It takes no locks: the backend
 // serialises mutations per object.
 type store struct {
@@ -136,11 +117,11 @@ func (s store) containerDir(id string) string { return filepath.Join(s.dir, id) 
 func (s store) imageDir(hex string) string    { return filepath.Join(s.dir, imagesDir, hex) }
 
 func (s store) saveSandbox(sb *sandboxState) error {
-	return writeJSON(filepath.Join(s.sandboxDir(sb.ID), sandboxFile), sb)
+	return vmm.WriteJSON(filepath.Join(s.sandboxDir(sb.ID), sandboxFile), sb)
 }
 
 func (s store) saveContainer(c *containerState) error {
-	return writeJSON(filepath.Join(s.containerDir(c.ID), containerFile), c)
+	return vmm.WriteJSON(filepath.Join(s.containerDir(c.ID), containerFile), c)
 }
 
 // sandbox returns the sandbox or an error wrapping fs.ErrNotExist.
@@ -149,7 +130,7 @@ func (s store) sandbox(id string) (*sandboxState, error) {
 		return nil, fs.ErrNotExist
 	}
 	var sb sandboxState
-	if err := readJSON(filepath.Join(s.sandboxDir(id), sandboxFile), &sb); err != nil {
+	if err := vmm.ReadJSON(filepath.Join(s.sandboxDir(id), sandboxFile), &sb); err != nil {
 		return nil, err
 	}
 	return &sb, nil
@@ -160,7 +141,7 @@ func (s store) container(id string) (*containerState, error) {
 		return nil, fs.ErrNotExist
 	}
 	var c containerState
-	if err := readJSON(filepath.Join(s.containerDir(id), containerFile), &c); err != nil {
+	if err := vmm.ReadJSON(filepath.Join(s.containerDir(id), containerFile), &c); err != nil {
 		return nil, err
 	}
 	return &c, nil
@@ -207,9 +188,9 @@ func (s store) containers() ([]*containerState, error) {
 }
 
 // exit returns the exit record of a container, nil if QEMU has not exited.
-func (s store) exit(id string) (*exitState, error) {
-	var e exitState
-	err := readJSON(filepath.Join(s.containerDir(id), exitFile), &e)
+func (s store) exit(id string) (*vmm.Exit, error) {
+	var e vmm.Exit
+	err := vmm.ReadJSON(filepath.Join(s.containerDir(id), vmm.ExitFile), &e)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -248,33 +229,4 @@ func validID(id string) bool {
 		}
 	}
 	return true
-}
-
-func writeJSON(path string, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	return atomicfile.WriteFile(path, b, 0o600)
-}
-
-func readJSON(path string, v any) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return nil
-}
-
-// readPID reads a pid file; 0 if there is none.
-func readPID(path string) int {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	return pid
 }

@@ -12,6 +12,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/lf-edge/evelet/cri/vm/stream"
+	"github.com/lf-edge/evelet/cri/vm/vmm"
 )
 
 // DefaultStreamAddr is where the VM backend's CRI streaming server listens:
@@ -40,7 +41,7 @@ func (b *Backend) locate(id string) (stream.Paths, error) {
 		return stream.Paths{}, status.Errorf(codes.FailedPrecondition, "container %s is not running", id)
 	}
 	dir := b.store.containerDir(id)
-	return stream.Paths{QGASocket: filepath.Join(dir, qgaSocket), ConsoleSocket: filepath.Join(dir, consoleSocket)}, nil
+	return stream.Paths{QGASocket: filepath.Join(dir, qgaSocket), ConsoleSocket: filepath.Join(dir, vmm.ConsoleSocket)}, nil
 }
 
 func (b *Backend) ExecSync(ctx context.Context, req *runtimeapi.ExecSyncRequest, _ ...grpc.CallOption) (*runtimeapi.ExecSyncResponse, error) {

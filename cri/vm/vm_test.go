@@ -25,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/lf-edge/evelet/cri/vm/vmm"
 	"github.com/lf-edge/evelet/tests/containerd"
 )
 
@@ -35,7 +36,7 @@ const supervisorEnv = "EVELET_VM_TEST_SUPERVISOR"
 func TestMain(m *testing.M) {
 	if os.Getenv(supervisorEnv) == "1" {
 		log := logrus.NewEntry(logrus.StandardLogger())
-		if err := RunSupervisor(os.Args[len(os.Args)-1], log); err != nil {
+		if err := vmm.Run(os.Args[len(os.Args)-1], log); err != nil {
 			log.WithError(err).Error("supervisor")
 			os.Exit(1)
 		}
@@ -157,7 +158,7 @@ func kvmDevice(none bool) string {
 
 // dumpVMLogs shows the supervisors' and QEMUs' own logs of a failed test.
 func dumpVMLogs(t *testing.T, stateDir string) {
-	for _, pat := range []string{"*/" + vmmLogFile, "*/qemu.log", "*/" + exitFile} {
+	for _, pat := range []string{"*/" + vmm.LogFile, "*/" + vmm.QEMULogFile, "*/" + vmm.ExitFile} {
 		ms, _ := filepath.Glob(filepath.Join(stateDir, pat))
 		for _, m := range ms {
 			b, _ := os.ReadFile(m)
@@ -306,7 +307,7 @@ func TestVMLifecycle(t *testing.T) {
 	if c2.MemoryMiB != 256 || c2.MemoryLimit != (256+QEMUOverheadMiB)*mib || c2.Accel != "tcg" || c2.VCPUs != 1 {
 		t.Errorf("guest sizing: %d MiB, %s, %d vCPUs", c2.MemoryMiB, c2.Accel, c2.VCPUs)
 	}
-	qemuPID := readPID(filepath.Join(b.store.containerDir(cr2.ContainerId), qemuPIDFile))
+	qemuPID := vmm.ReadPID(filepath.Join(b.store.containerDir(cr2.ContainerId), vmm.QEMUPIDFile))
 
 	// A new Backend on the same state (the shim restarted) finds both.
 	b2 := h.backend()
@@ -333,7 +334,7 @@ func TestVMLifecycle(t *testing.T) {
 	if st.ExitCode != 137 {
 		t.Errorf("killed guest: exit %d, want 137", st.ExitCode)
 	}
-	if processAlive(qemuPID, b.store.containerDir(cr2.ContainerId)) {
+	if vmm.ProcessAlive(qemuPID, b.store.containerDir(cr2.ContainerId)) {
 		t.Errorf("QEMU %d still runs after stop", qemuPID)
 	}
 

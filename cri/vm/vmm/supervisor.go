@@ -1,8 +1,7 @@
-package vm
+package vmm
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -24,45 +23,34 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lf-edge/evelet/cri/vm/vmnet"
-	"github.com/lf-edge/evelet/internal/atomicfile"
 )
-
-// vmmSpec is what the supervisor runs, written by StartContainer.
-type vmmSpec struct {
-	QEMU    string      `json:"qemu"`
-	Args    []string    `json:"args"`
-	Netns   string      `json:"netns,omitempty"`
-	Cgroups []string    `json:"cgroups,omitempty"`
-	LogPath string      `json:"logPath,omitempty"`
-	Net     *Attachment `json:"net,omitempty"`
-}
 
 // criLogMax is the longest log line written as one entry; longer ones are
 // split into partial ("P") entries, as the kubelet's log reader expects.
 const criLogMax = 16 << 10
 
-// RunSupervisor is the `evelet vmm <dir>` process: it runs QEMU for the
+// Run is the `evelet vmm <dir>` process: it runs QEMU for the
 // container whose directory is dir and stays with it until it exits. It is
 // started detached (its own session), so the shim and the agent may restart
 // while the VM runs. It pumps the serial console into the container's log
 // in the CRI format, serves console.sock for attach, and records QEMU's
 // exit in exit.json, which is how the backend learns that the container
 // exited.
-func RunSupervisor(dir string, log *logrus.Entry) error {
-	var spec vmmSpec
-	if err := readJSON(filepath.Join(dir, specFile), &spec); err != nil {
+func Run(dir string, log *logrus.Entry) error {
+	var spec Spec
+	if err := ReadJSON(filepath.Join(dir, SpecFile), &spec); err != nil {
 		return err
 	}
 	s := &supervisor{dir: dir, spec: spec, log: log, qemuDone: make(chan struct{})}
 	code, reason, msg := s.run()
-	e := exitState{ExitCode: code, FinishedAt: time.Now().UnixNano(), Reason: reason, Message: msg}
+	e := Exit{ExitCode: code, FinishedAt: time.Now().UnixNano(), Reason: reason, Message: msg}
 	log.WithFields(logrus.Fields{"exitCode": code, "reason": reason}).Info("VM exited")
-	return writeJSON(filepath.Join(dir, exitFile), &e)
+	return WriteJSON(filepath.Join(dir, ExitFile), &e)
 }
 
 type supervisor struct {
 	dir  string
-	spec vmmSpec
+	spec Spec
 	log  *logrus.Entry
 
 	mu      sync.Mutex
@@ -80,7 +68,7 @@ func (s *supervisor) run() (int32, string, string) {
 	// them to the kubelet.
 	// The backend wrote it when it started us; written again (atomically: a
 	// reader must never see it empty) for a supervisor started by hand.
-	if err := atomicfile.WriteFile(filepath.Join(s.dir, vmmPIDFile), []byte(strconv.Itoa(pid)), 0o600); err != nil {
+	if err := WritePID(filepath.Join(s.dir, PIDFile), pid); err != nil {
 		return 128, "StartError", err.Error()
 	}
 	for _, cg := range s.spec.Cgroups {
@@ -91,7 +79,7 @@ func (s *supervisor) run() (int32, string, string) {
 	if err := s.openLog(); err != nil {
 		return 128, "StartError", err.Error()
 	}
-	ln, err := net.Listen("unix", filepath.Join(s.dir, consoleSocket))
+	ln, err := net.Listen("unix", filepath.Join(s.dir, ConsoleSocket))
 	if err != nil {
 		return 128, "StartError", fmt.Sprintf("console socket: %v", err)
 	}
@@ -114,7 +102,7 @@ func (s *supervisor) run() (int32, string, string) {
 	if err != nil {
 		return 128, "StartError", err.Error()
 	}
-	atomicfile.WriteFile(filepath.Join(s.dir, qemuPIDFile), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600)
+	WritePID(filepath.Join(s.dir, QEMUPIDFile), cmd.Process.Pid)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -131,7 +119,7 @@ func (s *supervisor) run() (int32, string, string) {
 	pumped := make(chan struct{})
 	go func() { s.pump(stdout); close(pumped) }()
 	// The backend waits for this file: QEMU is up and has made its sockets.
-	os.WriteFile(filepath.Join(s.dir, startedFile), nil, 0o600)
+	os.WriteFile(filepath.Join(s.dir, StartedFile), nil, 0o600)
 
 	err = cmd.Wait()
 	close(s.qemuDone)
@@ -185,7 +173,7 @@ func (s *supervisor) startQEMU() (*exec.Cmd, io.Reader, *tailBuf, error) {
 		err    error
 	}
 	stderrBuf := &tailBuf{max: 4096}
-	qlog, err := os.OpenFile(filepath.Join(s.dir, "qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	qlog, err := os.OpenFile(filepath.Join(s.dir, QEMULogFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -346,50 +334,4 @@ func (s *supervisor) acceptConsole(ln net.Listener) {
 			}
 		}()
 	}
-}
-
-// tailBuf keeps the last bytes written, for error messages.
-type tailBuf struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (t *tailBuf) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if len(t.b) > t.max {
-		t.b = t.b[len(t.b)-t.max:]
-	}
-	return len(p), nil
-}
-
-func (t *tailBuf) tail() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return firstLines(string(t.b), 5)
-}
-
-// processAlive says whether pid runs and its command line mentions marker
-// (the container directory), so a recycled pid is not mistaken for ours.
-func processAlive(pid int, marker string) bool {
-	if pid <= 0 {
-		return false
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil {
-		return false
-	}
-	if !bytes.Contains(b, []byte(marker)) {
-		return false
-	}
-	// A zombie is not alive.
-	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err == nil {
-		if i := bytes.LastIndexByte(st, ')'); i > 0 && i+2 < len(st) && st[i+2] == 'Z' {
-			return false
-		}
-	}
-	return unix.Kill(pid, 0) == nil
 }
