@@ -138,6 +138,7 @@ type Agent struct {
 	// runtimeDirs are the directories containerd says it uses
 	// (runtimedirs.go), protected by the policy.
 	runtimeDirs []policy.NamedDir
+	addr        nodeAddr // the node IP the kubelet runs with (nodeaddr.go)
 
 	niKick   chan struct{}        // the owner's NI list changed (agent/nilabels.go)
 	upgrader *upgrade.Coordinator // running while the node has credentials (EVE channel)
@@ -232,6 +233,15 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case <-tick.C:
 			a.refresh()
+			if job != nil && job.ready.Load() {
+				if ip, moved := a.nodeIPMoved(); moved {
+					// The device's address changed: only the kubelet
+					// restarts, with the new one (nodeaddr.go).
+					a.log.WithField("node_ip", ip).Info("the device's address changed; restarting the kubelet on the new one")
+					stop()
+					job = a.startJoin(ctx, current)
+				}
+			}
 		case <-rewatch:
 			rewatch, updates = nil, a.cfg.Source.Watch(ctx)
 		case u, ok := <-updates:
@@ -408,6 +418,7 @@ func (a *Agent) kubelet(j *intent.Join) (kubeletProc, error) {
 	if err := opts.WriteConfig(); err != nil {
 		return nil, err
 	}
+	a.followNodeIP(opts.NodeIP, j.NodeIP != "")
 	return &kubeletshim.Supervisor{
 		Log: a.log.WithFields(logrus.Fields{"node": j.NodeName, "component": "kubelet"}),
 		Command: func() *exec.Cmd {

@@ -174,7 +174,11 @@ func (d *Device) EVE() *evesim.Device { return d.eve }
 func (d *Device) NodeName() string { return d.node }
 
 // IP is the device's address on the Net (its node InternalIP).
-func (d *Device) IP() string { return d.ip.IP.String() }
+func (d *Device) IP() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ip.IP.String()
+}
 
 // NetNS is the name of the device's network namespace (/run/netns/<name>).
 func (d *Device) NetNS() string { return d.nsName }
