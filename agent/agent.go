@@ -66,6 +66,8 @@ type Config struct {
 	// EVE's OS-update topics. Unset: the device's for the eve-ni plugin,
 	// and no node labels.
 	EVERoot pubsub.Root
+	// KubeProxy runs Services on the device (agent/kubeproxy.go).
+	KubeProxy KubeProxyConfig
 	// CoordinateOSUpdates runs the upgrade coordinator (upgrade_hook.go) on
 	// EVERoot; set when the join source is the EVE channel.
 	CoordinateOSUpdates bool
@@ -393,7 +395,9 @@ func (a *Agent) join(ctx context.Context, job *joinJob) {
 		s.Phase, s.Credentials, s.LastError, s.LastErrorTime = PhaseRunning, string(outcome), "", nil
 	})
 	waitUpgrade := a.startUpgrade(ctx, j)
+	waitProxy := a.startKubeProxy(ctx, j)
 	k.Run(ctx)
+	waitProxy()
 	waitUpgrade()
 	a.mu.Lock()
 	a.sup = nil

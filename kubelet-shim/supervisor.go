@@ -17,6 +17,9 @@ import (
 // exponential back-off when it exits; a kubelet crash or config change
 // never takes the agent (or the pods) down with it.
 type Supervisor struct {
+	// Name is the child's name in log lines ("": "kubelet"); the agent
+	// supervises other children (kube-proxy) with the same loop.
+	Name string
 	// Command builds the process to run; called for every (re)start.
 	Command func() *exec.Cmd
 	Log     *logrus.Entry
@@ -70,17 +73,17 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: true}
 		started := time.Now()
 		if err := cmd.Start(); err != nil {
-			s.Log.WithError(err).Error("kubelet did not start")
+			s.Log.WithError(err).Error(s.Name + " did not start")
 		} else {
 			s.mu.Lock()
 			s.cmd = cmd
 			s.mu.Unlock()
-			s.Log.WithField("pid", cmd.Process.Pid).Info("kubelet started")
+			s.Log.WithField("pid", cmd.Process.Pid).Info(s.Name + " started")
 			done := make(chan error, 1)
 			go func() { done <- cmd.Wait() }()
 			select {
 			case err := <-done:
-				s.Log.WithError(err).WithField("ran", time.Since(started).Round(time.Millisecond)).Warn("kubelet exited")
+				s.Log.WithError(err).WithField("ran", time.Since(started).Round(time.Millisecond)).Warn(s.Name + " exited")
 			case <-ctx.Done():
 				s.stop(cmd, done)
 				return nil
@@ -90,7 +93,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			s.mu.Unlock()
 		}
 		wait := delay.After(time.Since(started))
-		s.Log.WithField("in", wait).Info("restarting kubelet")
+		s.Log.WithField("in", wait).Info("restarting " + s.Name)
 		if !backoff.Sleep(ctx, wait) {
 			return nil
 		}
@@ -102,17 +105,20 @@ func (s *Supervisor) stop(cmd *exec.Cmd, done <-chan error) {
 	select {
 	case <-done:
 	case <-time.After(s.StopGrace):
-		s.Log.Warn("kubelet ignored SIGTERM; killing it")
+		s.Log.Warn(s.Name + " ignored SIGTERM; killing it")
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-done
 	}
 	s.mu.Lock()
 	s.cmd = nil
 	s.mu.Unlock()
-	s.Log.Info("kubelet stopped")
+	s.Log.Info(s.Name + " stopped")
 }
 
 func (s *Supervisor) defaults() {
+	if s.Name == "" {
+		s.Name = "kubelet"
+	}
 	if s.MinBackoff == 0 {
 		s.MinBackoff = time.Second
 	}

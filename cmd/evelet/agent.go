@@ -54,6 +54,7 @@ func runAgent(args []string) int {
 	vmCNIBin := fs.String("vm-cni-bin-dir", "", "CNI plugin directories for VM pods, comma-separated (empty: --cni-bin-dir, else /opt/cni/bin)")
 	noVM := fs.Bool("no-vm-pods", false, "turn VM pods (RuntimeClass handler eve-vm) off")
 	kvmDev := fs.String("vm-kvm-device", "/dev/kvm", "KVM device for VM pods; a path that does not exist turns KVM off (software emulation, if the owner allows it)")
+	kubeProxy := fs.Bool("kube-proxy", false, "run kube-proxy (nftables mode) for Services on the device; needs nft and the RBAC binding in deploy/evelet-kube-proxy-rbac.yaml (docs/services.md)")
 	level := fs.String("log-level", "info", "log level")
 	var cniOpts agent.CNIOptions
 	cniFlags(fs, &cniOpts)
@@ -96,9 +97,10 @@ func runAgent(args []string) int {
 		Source: src, Self: self, DrainTimeout: *drainTimeout, Metrics: reg,
 		KubeletPort: int32(*kubeletPort), KubeletHealthzPort: int32(*healthzPort),
 		CgroupDriver: *cgroupDriver, KubeletCgroupRoot: *cgroupRoot, Log: log,
-		VM:      vmConfig(*noVM, *vmCNIConf, *vmCNIBin, *kvmDev, cniOpts),
-		CNI:     cniOpts,
-		EVERoot: eveRoot,
+		VM:        vmConfig(*noVM, *vmCNIConf, *vmCNIBin, *kvmDev, cniOpts),
+		CNI:       cniOpts,
+		KubeProxy: agent.KubeProxyConfig{Enabled: *kubeProxy},
+		EVERoot:   eveRoot,
 		// Only the EVE channel says EVE is about to reboot the device.
 		CoordinateOSUpdates: *joinFile == "",
 	})

@@ -2,6 +2,7 @@
 //
 //	evelet agent    the supervisor (join, CRI shim, kubelet child)
 //	evelet kubelet  the vendored kubelet (started by the agent)
+//	evelet kube-proxy  the vendored kube-proxy (started by the agent)
 //	evelet cri      the CRI shim alone (debugging, benchmarks)
 //	evelet vmm      the supervisor of one VM pod's QEMU (started by the CRI shim)
 //	evelet status   what the agent is doing
@@ -15,16 +16,17 @@ import (
 )
 
 var commands = map[string]func(args []string) int{
-	"agent":   runAgent,
-	"kubelet": runKubelet,
-	"cri":     runCRI,
-	"status":  runStatus,
-	"version": runVersion,
-	"vmm":     runVMM,
+	"agent":      runAgent,
+	"kubelet":    runKubelet,
+	"kube-proxy": runKubeProxy,
+	"cri":        runCRI,
+	"status":     runStatus,
+	"version":    runVersion,
+	"vmm":        runVMM,
 }
 
 func usage() {
-	fmt.Fprintf(os.Stderr, "usage: evelet <agent|kubelet|cri|status|version> [flags]\n")
+	fmt.Fprintf(os.Stderr, "usage: evelet <agent|kubelet|kube-proxy|cri|status|version> [flags]\n")
 }
 
 func main() {

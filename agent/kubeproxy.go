@@ -1,0 +1,107 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/lf-edge/evelet/bootstrap/intent"
+	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
+	"github.com/lf-edge/evelet/kubeproxy"
+)
+
+// KubeProxyConfig turns on Services on the device: the agent runs the
+// vendored kube-proxy (`evelet kube-proxy`, nftables mode) next to the
+// kubelet, and removes its rules when the node leaves (docs/services.md).
+type KubeProxyConfig struct {
+	Enabled bool
+	// HealthzBindAddress, MetricsBindAddress: kube-proxy's ("": loopback,
+	// kubeproxy.Options).
+	HealthzBindAddress, MetricsBindAddress string
+}
+
+// serviceProxy is a running kube-proxy (a kubeletshim.Supervisor).
+type serviceProxy interface {
+	Run(ctx context.Context) error
+}
+
+// kubeProxyKubeconfig is how kube-proxy reaches the apiserver: the node's
+// own identity, which the cluster admin lets read what kube-proxy reads
+// (deploy/evelet-kube-proxy-rbac.yaml). The one place to point it at the
+// node's local caching proxy instead.
+func (a *Agent) kubeProxyKubeconfig() string { return a.cfg.Credentials().KubeconfigPath() }
+
+func (a *Agent) kubeProxyDir() string { return filepath.Join(a.cfg.RunDir, "kube-proxy") }
+
+// startKubeProxy runs kube-proxy for j until ctx ends; the returned func
+// waits for it to stop. Off, or when it cannot be set up, it logs and the
+// node runs without Services.
+func (a *Agent) startKubeProxy(ctx context.Context, j *intent.Join) (wait func()) {
+	if !a.cfg.KubeProxy.Enabled {
+		return func() {}
+	}
+	log := a.log.WithFields(logrus.Fields{"node": j.NodeName, "component": "kube-proxy"})
+	p, err := a.kubeProxy(j, log)
+	if err != nil {
+		log.WithError(err).Error("kube-proxy not started: no Services on this node")
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// With a bootstrap token the kubelet writes the node's kubeconfig
+		// once its CSR is approved; kube-proxy starts when it is there.
+		if err := waitForFile(ctx, a.kubeProxyKubeconfig()); err != nil {
+			return
+		}
+		p.Run(ctx)
+	}()
+	return func() { <-done }
+}
+
+// kubeProxy writes kube-proxy's configuration and returns its supervisor.
+func (a *Agent) kubeProxy(j *intent.Join, log *logrus.Entry) (serviceProxy, error) {
+	dir := a.kubeProxyDir()
+	path, err := kubeproxy.PrepareBinDir(filepath.Join(dir, "bin"))
+	if err != nil {
+		return nil, err
+	}
+	opts := &kubeproxy.Options{
+		NodeName: j.NodeName, Kubeconfig: a.kubeProxyKubeconfig(), ConfigFile: filepath.Join(dir, "config.yaml"),
+		HealthzBindAddress: a.cfg.KubeProxy.HealthzBindAddress, MetricsBindAddress: a.cfg.KubeProxy.MetricsBindAddress,
+	}
+	if err := opts.WriteConfig(); err != nil {
+		return nil, err
+	}
+	return &kubeletshim.Supervisor{
+		Name: "kube-proxy",
+		Log:  log,
+		Command: func() *exec.Cmd {
+			cmd := exec.Command(a.cfg.Self, append([]string{"kube-proxy"}, opts.Args()...)...)
+			cmd.Env = []string{"PATH=" + path}
+			cmd.Stdout, cmd.Stderr = a.cfg.KubeletLog, a.cfg.KubeletLog
+			return cmd
+		},
+	}, nil
+}
+
+// removeServiceRules deletes kube-proxy's tables when the node leaves (the
+// kube-proxy process has stopped with the kubelet by then).
+func (a *Agent) removeServiceRules(ctx context.Context) error {
+	if !a.cfg.KubeProxy.Enabled {
+		return nil
+	}
+	return kubeproxy.RemoveRules(ctx)
+}
+
+func waitForFile(ctx context.Context, path string) error {
+	return wait.PollUntilContextCancel(ctx, 500*time.Millisecond, true, func(context.Context) (bool, error) {
+		_, err := os.Stat(path)
+		return err == nil, nil
+	})
+}
