@@ -97,6 +97,8 @@ type Backend struct {
 	extractions singleflight.Group
 	extracting  sync.Map // hex -> struct{}
 	imageMu     sync.Mutex
+	// uidMu serialises giving VMs their uids (runas.go).
+	uidMu sync.Mutex
 	// diskUse is held shared from resolving a container's disk until the
 	// container is saved, and exclusively by pruneDisks (diskgc.go).
 	diskUse sync.RWMutex

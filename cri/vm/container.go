@@ -175,7 +175,11 @@ func (b *Backend) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 	if sb.Net != nil {
 		nics = sb.Net.NICs
 	}
-	spec := vmm.Spec{QEMU: b.cfg.QEMU, Args: qemuArgs(c, dir, nics), Netns: sb.Netns, Cgroups: cgroups, LogPath: c.LogPath, Net: sb.Net}
+	if err := b.giveUID(c); err != nil {
+		return nil, status.Errorf(codes.ResourceExhausted, "VM uid: %v", err)
+	}
+	spec := vmm.Spec{QEMU: b.cfg.QEMU, Args: qemuArgs(c, dir, nics), Netns: sb.Netns, Cgroups: cgroups, LogPath: c.LogPath, Net: sb.Net,
+		UID: c.UID, GID: c.UID, Monitor: filepath.Join(dir, vmm.MonitorSocket)}
 	if err := vmm.WriteJSON(filepath.Join(dir, vmm.SpecFile), &spec); err != nil {
 		return nil, status.Errorf(codes.Internal, "writing VM spec: %v", err)
 	}
@@ -304,6 +308,12 @@ func (b *Backend) recordLost(c *containerState) {
 	dir := b.store.containerDir(c.ID)
 	if vmm.ProcessAlive(vmm.ReadPID(filepath.Join(dir, vmm.PIDFile)), dir) {
 		return
+	}
+	// QEMU lost its parent-death signal when it dropped root (the kernel
+	// clears it on a uid change): a QEMU whose supervisor is gone is
+	// killed here, as nobody would record its exit.
+	if pid := vmm.ReadPID(filepath.Join(dir, vmm.QEMUPIDFile)); vmm.ProcessAlive(pid, dir) {
+		syscall.Kill(pid, syscall.SIGKILL)
 	}
 	vmm.WriteJSON(filepath.Join(dir, vmm.ExitFile), &vmm.Exit{ExitCode: 137, FinishedAt: time.Now().UnixNano(), Reason: "Error",
 		Message: "the VM's supervisor is gone (killed, or the device restarted)"})

@@ -5,12 +5,24 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/lf-edge/evelet/cri/vm/vmm"
 )
 
 // qemuArgs is QEMU's command line for a container. Nothing of the host is
 // given to the guest but the overlay (or the image's kernel), the sockets
 // in the container's directory and the taps of the pod's netns: no
 // defaults, no user config, no display, and QEMU's seccomp sandbox on.
+//
+// QEMU opens all of these as root, then drops to the VM's own uid and gid
+// (-runas, runas.go) with no capability left; it starts paused (-S) and
+// the supervisor resumes the guest on its own monitor once it has seen the
+// drop. The sandbox allows set*id calls (elevateprivileges=allow): QEMU
+// installs its seccomp filter before it changes uid, so "deny" kills QEMU
+// at its own setgid (SIGSYS, tested on QEMU 7.2). After the drop every id
+// is the VM's and no capability is left, so a set*id call can only set
+// what it already is, and seccomp's no_new_privs plus spawn=deny keep it
+// from executing a set-user-ID program.
 func qemuArgs(c *containerState, dir string, nics []NIC) []string {
 	cpu := "max"
 	if c.Accel == "kvm" {
@@ -27,7 +39,11 @@ func qemuArgs(c *containerState, dir string, nics []NIC) []string {
 		"-smp", strconv.Itoa(c.VCPUs),
 		"-m", strconv.Itoa(c.MemoryMiB),
 		"-nodefaults", "-no-user-config", "-display", "none",
-		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+		"-sandbox", "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny",
+		"-runas", fmt.Sprintf("%d:%d", c.UID, c.UID),
+		"-S",
+		"-chardev", "socket,id=vmm,path=" + filepath.Join(dir, vmm.MonitorSocket) + ",server=on,wait=off",
+		"-mon", "chardev=vmm,mode=control",
 		"-msg", "timestamp=off",
 		// The serial console is QEMU's stdio, which the supervisor pumps.
 		"-chardev", "stdio,id=console,signal=off",

@@ -6,7 +6,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -102,6 +104,9 @@ func TestGuestWithoutContainerd(t *testing.T) {
 	if v, ok := cgroupValue(rel, "memory", "memory.limit_in_bytes"); !ok || v != (256+QEMUOverheadMiB)*mib {
 		t.Errorf("VM memory limit %d %v, want %d", v, ok, (256+QEMUOverheadMiB)*mib)
 	}
+
+	// QEMU runs the guest without root (issue 21 item 11).
+	assertQEMUUnprivileged(t, b, cr.ContainerId)
 
 	// The shim restarts: a new Backend answers for the same VM.
 	b = newB()
@@ -229,4 +234,59 @@ func copyFile(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 	out.Close()
+}
+
+// assertQEMUUnprivileged checks, while the guest runs, that QEMU has
+// dropped root: real, effective, saved and file-system uid and gid are the
+// VM's own (non-zero, from the VM range), its only group is that gid, it
+// holds no capability, and it is under seccomp with no_new_privs. What it
+// could reopen stays out of its reach: the state directory and the
+// container directory are root's and 0700, and nothing in them belongs to
+// the VM's uid.
+func assertQEMUUnprivileged(t *testing.T, b *Backend, id string) {
+	t.Helper()
+	dir := b.store.containerDir(id)
+	pid := vmm.ReadPID(filepath.Join(dir, vmm.QEMUPIDFile))
+	st, err := os.ReadFile(filepath.Join("/proc", itoa(pid), "status"))
+	if err != nil {
+		t.Fatalf("QEMU's status: %v", err)
+	}
+	fields := map[string]string{}
+	for _, l := range strings.Split(string(st), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok {
+			fields[k] = strings.Join(strings.Fields(v), " ")
+		}
+	}
+	uid := strings.Fields(fields["Uid"])
+	if len(uid) != 4 {
+		t.Fatalf("QEMU's Uid line: %q", fields["Uid"])
+	}
+	n, _ := strconv.ParseUint(uid[0], 10, 32)
+	if n < FirstVMUID || n >= FirstVMUID+VMUIDCount {
+		t.Errorf("QEMU runs as uid %d, want one of the VM range [%d, %d)", n, FirstVMUID, FirstVMUID+VMUIDCount)
+	}
+	u := uid[0]
+	for k, want := range map[string]string{
+		"Uid": strings.Join([]string{u, u, u, u}, " "), "Gid": strings.Join([]string{u, u, u, u}, " "), "Groups": u,
+		"CapInh": "0000000000000000", "CapPrm": "0000000000000000", "CapEff": "0000000000000000", "CapAmb": "0000000000000000",
+		"NoNewPrivs": "1", "Seccomp": "2",
+	} {
+		if fields[k] != want {
+			t.Errorf("QEMU (pid %d) %s: %q, want %q", pid, k, fields[k], want)
+		}
+	}
+	t.Logf("QEMU pid %d: Uid %s, Gid %s, CapEff %s, CapPrm %s, Seccomp %s", pid, fields["Uid"], fields["Gid"], fields["CapEff"], fields["CapPrm"], fields["Seccomp"])
+	for _, d := range []string{b.cfg.StateDir, dir} {
+		var fi syscall.Stat_t
+		if err := syscall.Stat(d, &fi); err != nil || fi.Uid != 0 || fi.Mode&0o777 != 0o700 {
+			t.Errorf("%s: owner %d mode %o (%v), want root's and 0700", d, fi.Uid, fi.Mode&0o777, err)
+		}
+	}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		var fi syscall.Stat_t
+		if err := syscall.Lstat(filepath.Join(dir, e.Name()), &fi); err == nil && fi.Uid != 0 {
+			t.Errorf("%s belongs to uid %d: only root may reach the VM's files", e.Name(), fi.Uid)
+		}
+	}
 }

@@ -203,3 +203,34 @@ func TestRemoveKillsWhatIsLeftInTheVMCgroup(t *testing.T) {
 		}
 	}
 }
+
+// TestVMsGetTheirOwnUIDs: each VM's QEMU gets a uid of the VM range that no
+// other container holds (a QEMU escape must not reach another VM's QEMU),
+// kept across calls, and free again once its container is removed.
+func TestVMsGetTheirOwnUIDs(t *testing.T) {
+	b := lightBackend(t, slowSupervisor(0))
+	c1 := &containerState{ID: newID(), Metadata: &runtimeapi.ContainerMetadata{Name: "a"}}
+	c2 := &containerState{ID: newID(), Metadata: &runtimeapi.ContainerMetadata{Name: "b"}}
+	for _, c := range []*containerState{c1, c2} {
+		os.MkdirAll(b.store.containerDir(c.ID), 0o700)
+		if err := b.giveUID(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c1.UID < FirstVMUID || c2.UID < FirstVMUID || c1.UID == c2.UID {
+		t.Fatalf("uids %d and %d: want two distinct ones from %d", c1.UID, c2.UID, FirstVMUID)
+	}
+	if saved, err := b.store.container(c2.ID); err != nil || saved.UID != c2.UID {
+		t.Errorf("uid not saved with the container: %v %v", saved, err)
+	}
+	before := c1.UID
+	if err := b.giveUID(c1); err != nil || c1.UID != before {
+		t.Errorf("a container's uid changed: %d -> %d (%v)", before, c1.UID, err)
+	}
+	os.RemoveAll(b.store.containerDir(c1.ID))
+	c3 := &containerState{ID: newID(), Metadata: &runtimeapi.ContainerMetadata{Name: "c"}}
+	os.MkdirAll(b.store.containerDir(c3.ID), 0o700)
+	if err := b.giveUID(c3); err != nil || c3.UID != before {
+		t.Errorf("uid of a removed container not given again: got %d, want %d (%v)", c3.UID, before, err)
+	}
+}

@@ -89,6 +89,8 @@ type containerState struct {
 	// Cgroup is the VM's cgroup path relative to each hierarchy; empty
 	// when the kubelet passed no cgroup parent.
 	Cgroup string `json:"cgroup,omitempty"`
+	// UID is QEMU's uid and gid (runas.go), given at start.
+	UID uint32 `json:"uid,omitempty"`
 }
 
 // store reads and writes the state files. It takes no locks: the backend

@@ -25,6 +25,10 @@ const (
 	ExitFile = "exit.json"
 	// ConsoleSocket serves the serial console (attach).
 	ConsoleSocket = "console.sock"
+	// MonitorSocket is the supervisor's own QMP monitor of QEMU (the
+	// backend's is another socket): it resumes the paused guest there and
+	// hears QEMU's events.
+	MonitorSocket = "vmm.qmp"
 	// LogFile is the supervisor's own stdout and stderr; QEMULogFile is
 	// QEMU's stderr.
 	LogFile     = "vmm.log"
@@ -40,6 +44,14 @@ type Spec struct {
 	LogPath string   `json:"logPath,omitempty"`
 	// Net is the pod's attachment: the supervisor answers the guest's DHCP.
 	Net *vmnet.Attachment `json:"net,omitempty"`
+	// UID and GID are what QEMU drops to (its -runas) after it has opened
+	// its files, devices and sockets. With Monitor set, QEMU starts paused
+	// (-S) and the supervisor resumes the guest there only once it has
+	// seen QEMU run as UID/GID with no capability left: the guest never
+	// runs a single instruction in a root QEMU.
+	UID     uint32 `json:"uid,omitempty"`
+	GID     uint32 `json:"gid,omitempty"`
+	Monitor string `json:"monitor,omitempty"`
 }
 
 // Exit is how QEMU ended, as the container status reports it.

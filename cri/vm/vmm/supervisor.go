@@ -118,17 +118,29 @@ func (s *supervisor) run() (int32, string, string) {
 	go s.acceptConsole(ln)
 	pumped := make(chan struct{})
 	go func() { s.pump(stdout); close(pumped) }()
-	// The backend waits for this file: QEMU is up and has made its sockets.
-	os.WriteFile(filepath.Join(s.dir, StartedFile), nil, 0o600)
+	mon, relErr := s.release(cmd.Process.Pid)
+	if relErr != nil {
+		cmd.Process.Kill()
+	} else {
+		// The backend waits for this file: QEMU is up, has made its
+		// sockets and runs the guest.
+		os.WriteFile(filepath.Join(s.dir, StartedFile), nil, 0o600)
+	}
 
 	err = cmd.Wait()
 	close(s.qemuDone)
+	if mon != nil {
+		mon.Disconnect()
+	}
 	<-pumped
 	s.mu.Lock()
 	if s.logFile != nil {
 		s.logFile.Close()
 	}
 	s.mu.Unlock()
+	if relErr != nil {
+		return 128, "StartError", relErr.Error()
+	}
 	if err == nil {
 		return 0, "Completed", ""
 	}
