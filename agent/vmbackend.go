@@ -33,6 +33,7 @@ func (a *Agent) vmHandlers(images runtimeapi.ImageServiceClient) (map[string]cri
 		StateDir: a.cfg.StateDir, RunDir: a.cfg.RunDir, ContainerdEndpoint: a.cfg.ContainerdEndpoint, Self: a.cfg.Self,
 		CNIConfDir: a.cfg.VM.CNIConfDir, CNIBinDirs: a.cfg.VM.CNIBinDirs, KVMDevice: a.cfg.VM.KVMDevice,
 		AllowEmulation: func() bool { return a.policy().AllowVMEmulation },
+		OverlayMaxSize: func() int64 { return a.policy().VMOverlayMax() },
 		Log:            a.log.WithField("component", "vm"),
 	}, images)
 }

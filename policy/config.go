@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 // Config item keys (EdgeDevConfig configItems) that change the policy.
@@ -24,6 +26,7 @@ const (
 	KeyAllowedDevices         = KeyPrefix + "allowed-devices"
 	KeyAllowedUnsafeSysctls   = KeyPrefix + "allowed-unsafe-sysctls"
 	KeyAllowVMEmulation       = KeyPrefix + "allow-vm-emulation"
+	KeyVMOverlayMaxSize       = KeyPrefix + "vm-overlay-max-size"
 )
 
 func isListKey(k string) bool {
@@ -80,6 +83,8 @@ func apply(p *Policy, key, v string) error {
 		return parseBool(v, &p.AllowUnconfinedSeccomp)
 	case KeyAllowVMEmulation:
 		return parseBool(v, &p.AllowVMEmulation)
+	case KeyVMOverlayMaxSize:
+		return parseVMOverlayMaxSize(v, &p.VMOverlayMaxSize)
 	case KeyAllowedHostPorts:
 		return parseList(v, &p.AllowedHostPorts, parsePortRange)
 	case KeyAllowedHostPaths:
@@ -216,4 +221,23 @@ func portRange(e string) (lo, hi int, ok bool) {
 		return 0, 0, false
 	}
 	return lo, hi, true
+}
+
+// parseVMOverlayMaxSize reads a size as a Kubernetes quantity ("10Gi",
+// "500M"); empty means the default.
+func parseVMOverlayMaxSize(v string, dst *int64) error {
+	if v == "" {
+		*dst = 0
+		return nil
+	}
+	q, err := resource.ParseQuantity(v)
+	if err != nil {
+		return fmt.Errorf("want a size such as 10Gi")
+	}
+	n, ok := q.AsInt64()
+	if !ok || n < MinVMOverlayMaxSize {
+		return fmt.Errorf("want a size of at least 1Mi")
+	}
+	*dst = n
+	return nil
 }

@@ -77,6 +77,11 @@ type Policy struct {
 	// default: TCG is slow and burns the device's CPU. The VM backend
 	// checks it, as the pod's container is created.
 	AllowVMEmulation bool
+	// VMOverlayMaxSize caps, in bytes, the writable overlay of a VM pod's
+	// container (what its guest writes): QEMU's RLIMIT_FSIZE, and the VM
+	// is stopped when the guest writes past it. 0 means
+	// DefaultVMOverlayMaxSize; read it with VMOverlayMax.
+	VMOverlayMaxSize int64
 
 	// AllowedHostPorts are the host ports (PodSandboxConfig port mappings,
 	// a pod's hostPort) pods may take: entries "port" or "low-high".
@@ -210,4 +215,21 @@ func (v *Violation) Error() string {
 // GRPCStatus makes a Violation a PermissionDenied error for gRPC.
 func (v *Violation) GRPCStatus() *status.Status {
 	return status.New(codes.PermissionDenied, v.Error())
+}
+
+// DefaultVMOverlayMaxSize is the cap of a VM's writable overlay when the
+// owner sets none: room for a guest's logs and package updates, small
+// next to the /persist of the devices EVE runs on. MinVMOverlayMaxSize is
+// the least an owner may set (below it QEMU's own log hits the cap).
+const (
+	DefaultVMOverlayMaxSize = 10 << 30
+	MinVMOverlayMaxSize     = 1 << 20
+)
+
+// VMOverlayMax is the cap of a VM's writable overlay in bytes.
+func (p Policy) VMOverlayMax() int64 {
+	if p.VMOverlayMaxSize > 0 {
+		return p.VMOverlayMaxSize
+	}
+	return DefaultVMOverlayMaxSize
 }

@@ -35,6 +35,7 @@ func TestFromConfigItemsAllKeys(t *testing.T) {
 		KeyAllowUnmaskedProc:      "t",
 		KeyAllowUnconfinedSeccomp: "true",
 		KeyAllowVMEmulation:       "true",
+		KeyVMOverlayMaxSize:       "2Gi",
 		KeyAllowedHostPorts:       "8080, 30000 - 30100,443-443",
 		KeyAllowedHostPaths:       "/data, /mnt/usb/,",
 		KeyAllowedCapabilities:    "net_admin,CAP_SYS_TIME",
@@ -48,7 +49,7 @@ func TestFromConfigItemsAllKeys(t *testing.T) {
 	}
 	want := Policy{
 		AllowPrivileged: true, AllowHostPID: true, AllowHostIPC: true, AllowHostNetwork: true, AllowUnmaskedProc: true,
-		AllowUnconfinedSeccomp: true, AllowVMEmulation: true, AllowedHostPorts: []string{"8080", "30000-30100", "443"},
+		AllowUnconfinedSeccomp: true, AllowVMEmulation: true, VMOverlayMaxSize: 2 << 30, AllowedHostPorts: []string{"8080", "30000-30100", "443"},
 		KubeletRootDir: DefaultKubeletRootDir, PodLogsDir: DefaultPodLogsDir,
 		AllowedHostPaths:     []string{"/data", "/mnt/usb"},
 		AllowedCapabilities:  []string{"NET_ADMIN", "SYS_TIME"},
@@ -64,7 +65,7 @@ func equalPolicy(a, b Policy) bool {
 	eq := func(x, y []string) bool { return strings.Join(x, "|") == strings.Join(y, "|") }
 	return a.AllowPrivileged == b.AllowPrivileged && a.AllowHostPID == b.AllowHostPID &&
 		a.AllowHostIPC == b.AllowHostIPC && a.AllowHostNetwork == b.AllowHostNetwork &&
-		a.AllowUnmaskedProc == b.AllowUnmaskedProc && a.AllowUnconfinedSeccomp == b.AllowUnconfinedSeccomp && a.AllowVMEmulation == b.AllowVMEmulation &&
+		a.AllowUnmaskedProc == b.AllowUnmaskedProc && a.AllowUnconfinedSeccomp == b.AllowUnconfinedSeccomp && a.AllowVMEmulation == b.AllowVMEmulation && a.VMOverlayMaxSize == b.VMOverlayMaxSize &&
 		eq(a.AllowedHostPorts, b.AllowedHostPorts) && a.KubeletRootDir == b.KubeletRootDir &&
 		a.PodLogsDir == b.PodLogsDir && eq(a.AllowedHostPaths, b.AllowedHostPaths) &&
 		eq(a.AllowedCapabilities, b.AllowedCapabilities) && eq(a.AllowedDevices, b.AllowedDevices) &&
@@ -437,5 +438,25 @@ func TestPrivilegedContainerNamedBeforeItsSandbox(t *testing.T) {
 	err = Default().CheckContainer(sb, ctr("main", kubeletSC()))
 	if err == nil || !strings.Contains(err.Error(), "privileged sandbox") {
 		t.Errorf("got %v", err)
+	}
+}
+
+// TestVMOverlayMaxSize: the overlay cap is a quantity of at least 1Mi; a
+// bad value names the key and leaves the default, 10Gi.
+func TestVMOverlayMaxSize(t *testing.T) {
+	if got := Default().VMOverlayMax(); got != 10<<30 {
+		t.Errorf("default overlay cap %d, want 10Gi", got)
+	}
+	for v, want := range map[string]int64{"500Mi": 500 << 20, "1G": 1e9, " 4Gi ": 4 << 30, "": 10 << 30} {
+		p, errs := FromConfigItems(map[string]string{KeyVMOverlayMaxSize: v})
+		if len(errs) != 0 || p.VMOverlayMax() != want {
+			t.Errorf("%q: cap %d %v, want %d", v, p.VMOverlayMax(), errs, want)
+		}
+	}
+	for _, v := range []string{"lots", "0", "-1Gi", "512Ki", "1.5"} {
+		p, errs := FromConfigItems(map[string]string{KeyVMOverlayMaxSize: v})
+		if len(errs) != 1 || !strings.Contains(errs[0].Error(), KeyVMOverlayMaxSize+"=") || p.VMOverlayMax() != DefaultVMOverlayMaxSize {
+			t.Errorf("%q: cap %d, errors %v: want one naming the key and the default cap", v, p.VMOverlayMax(), errs)
+		}
 	}
 }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/lf-edge/evelet/cri"
 	"github.com/lf-edge/evelet/cri/vm/stream"
+	"github.com/lf-edge/evelet/policy"
 )
 
 // Handler is the RuntimeClass handler of VM pods.
@@ -63,6 +64,10 @@ type Config struct {
 	// AllowEmulation says whether the device owner allows TCG
 	// (evelet.policy.allow-vm-emulation); asked at each CreateContainer.
 	AllowEmulation func() bool
+	// OverlayMaxSize is the cap of a VM's writable overlay in bytes
+	// (evelet.policy.vm-overlay-max-size); asked at each CreateContainer.
+	// nil: policy.DefaultVMOverlayMaxSize.
+	OverlayMaxSize func() int64
 	// KVMDevice is /dev/kvm unless a test says otherwise.
 	KVMDevice string
 	// StreamAddr is the exec/attach streaming server's address
@@ -130,6 +135,9 @@ func New(cfg Config) (*Backend, error) {
 	}
 	if cfg.AllowEmulation == nil {
 		cfg.AllowEmulation = func() bool { return false }
+	}
+	if cfg.OverlayMaxSize == nil {
+		cfg.OverlayMaxSize = func() int64 { return policy.DefaultVMOverlayMaxSize }
 	}
 	for _, b := range []*string{&cfg.QEMU, &cfg.QEMUImg} {
 		if *b != "" {

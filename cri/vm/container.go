@@ -93,6 +93,7 @@ func (b *Backend) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		Labels: cfg.GetLabels(), Annotations: cfg.GetAnnotations(), CreatedAt: time.Now().UnixNano(),
 		Boot: boot, VCPUs: vcpus, MemoryMiB: memMiB, Accel: accel,
 		MemoryLimit: cgroupMemoryLimit(r), CPUQuota: r.GetCpuQuota(), CPUPeriod: r.GetCpuPeriod(), CPUShares: r.GetCpuShares(),
+		OverlayMax: b.cfg.OverlayMaxSize(),
 	}
 	if sb.LogDirectory != "" && cfg.GetLogPath() != "" {
 		c.LogPath = filepath.Join(sb.LogDirectory, cfg.GetLogPath())
@@ -179,7 +180,7 @@ func (b *Backend) StartContainer(ctx context.Context, req *runtimeapi.StartConta
 		return nil, status.Errorf(codes.ResourceExhausted, "VM uid: %v", err)
 	}
 	spec := vmm.Spec{QEMU: b.cfg.QEMU, Args: qemuArgs(c, dir, nics), Netns: sb.Netns, Cgroups: cgroups, LogPath: c.LogPath, Net: sb.Net,
-		UID: c.UID, GID: c.UID, Monitor: filepath.Join(dir, vmm.MonitorSocket)}
+		UID: c.UID, GID: c.UID, Monitor: filepath.Join(dir, vmm.MonitorSocket), MaxFileSize: c.OverlayMax}
 	if err := vmm.WriteJSON(filepath.Join(dir, vmm.SpecFile), &spec); err != nil {
 		return nil, status.Errorf(codes.Internal, "writing VM spec: %v", err)
 	}

@@ -34,6 +34,8 @@ type NodeConfig struct {
 	KVMDevice string
 	// AllowEmulation is the owner's evelet.policy.allow-vm-emulation now.
 	AllowEmulation func() bool
+	// OverlayMaxSize is the owner's evelet.policy.vm-overlay-max-size now.
+	OverlayMaxSize func() int64
 	Log            *logrus.Entry
 }
 
@@ -67,7 +69,7 @@ func Handlers(c NodeConfig, images runtimeapi.ImageServiceClient) (map[string]cr
 	b, err := New(Config{
 		StateDir: layout.State{Dir: c.StateDir}.VM(), ContainerdSocket: strings.TrimPrefix(c.ContainerdEndpoint, "unix://"),
 		Images: images, Network: network, NetnsDir: netnsDir, Supervisor: sup, KVMDevice: c.kvmDevice(),
-		AllowEmulation: c.AllowEmulation, Log: log,
+		AllowEmulation: c.AllowEmulation, OverlayMaxSize: c.OverlayMaxSize, Log: log,
 	})
 	if err != nil {
 		log.WithError(err).Warn("VM pods are off")

@@ -23,6 +23,10 @@ import (
 // is the VM's and no capability is left, so a set*id call can only set
 // what it already is, and seccomp's no_new_privs plus spawn=deny keep it
 // from executing a set-user-ID program.
+//
+// A write error on the overlay pauses the guest (werror=stop; EFBIG past
+// the owner's cap, which the supervisor sets as QEMU's RLIMIT_FSIZE): the
+// supervisor hears it on its monitor and ends the VM with a reason.
 func qemuArgs(c *containerState, dir string, nics []NIC) []string {
 	cpu := "max"
 	if c.Accel == "kvm" {
@@ -60,7 +64,7 @@ func qemuArgs(c *containerState, dir string, nics []NIC) []string {
 			a = append(a, "-append", c.Boot.Cmdline)
 		}
 	} else {
-		a = append(a, "-drive", "file="+filepath.Join(dir, overlayFile)+",format=qcow2,if=virtio,cache=writeback,discard=unmap")
+		a = append(a, "-drive", "file="+filepath.Join(dir, overlayFile)+",format=qcow2,if=virtio,cache=writeback,discard=unmap,werror=stop")
 	}
 	for i, n := range nics {
 		id := fmt.Sprintf("net%d", i)

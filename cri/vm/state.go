@@ -91,6 +91,9 @@ type containerState struct {
 	Cgroup string `json:"cgroup,omitempty"`
 	// UID is QEMU's uid and gid (runas.go), given at start.
 	UID uint32 `json:"uid,omitempty"`
+	// OverlayMax caps the overlay's size in bytes (the owner's knob when
+	// the container was created).
+	OverlayMax int64 `json:"overlayMax,omitempty"`
 }
 
 // store reads and writes the state files. It takes no locks: the backend

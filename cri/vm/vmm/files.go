@@ -52,7 +52,15 @@ type Spec struct {
 	UID     uint32 `json:"uid,omitempty"`
 	GID     uint32 `json:"gid,omitempty"`
 	Monitor string `json:"monitor,omitempty"`
+	// MaxFileSize caps every file QEMU writes (RLIMIT_FSIZE), so the
+	// overlay: the device owner's evelet.policy.vm-overlay-max-size. 0:
+	// no cap.
+	MaxFileSize int64 `json:"maxFileSize,omitempty"`
 }
+
+// RuleOverlayMaxSize names the limit in the exit message of a VM stopped
+// for writing past it.
+const RuleOverlayMaxSize = "vm-overlay-max-size"
 
 // Exit is how QEMU ended, as the container status reports it.
 type Exit struct {

@@ -6,9 +6,12 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
+	"golang.org/x/sys/unix"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/wait"
 )
 
@@ -60,10 +63,64 @@ func (s *supervisor) release(pid int) (*qmp.SocketMonitor, error) {
 	return mon, nil
 }
 
-// watch reads QEMU's events until the monitor closes.
+// watch reads QEMU's events until the monitor closes. A disk write error
+// (QEMU's drive has werror=stop: the guest is paused on it) ends the VM:
+// past the overlay's cap it is EFBIG, and a guest left paused would look
+// Running to Kubernetes forever.
 func (s *supervisor) watch(events <-chan qmp.Event) {
-	for range events {
+	for e := range events {
+		// Only errors that paused the guest: a read error is reported to
+		// the guest (rerror's default) and it goes on.
+		if action, _ := e.Data["action"].(string); e.Event != "BLOCK_IO_ERROR" || action != "stop" {
+			continue
+		}
+		d := &diskError{}
+		d.device, _ = e.Data["device"].(string)
+		d.operation, _ = e.Data["operation"].(string)
+		d.reason, _ = e.Data["reason"].(string)
+		s.mu.Lock()
+		first := s.diskErr == nil
+		if first {
+			s.diskErr = d
+		}
+		s.mu.Unlock()
+		if first {
+			s.log.WithFields(map[string]any{"device": d.device, "operation": d.operation, "reason": d.reason}).Warn("disk I/O error: stopping the VM")
+			syscall.Kill(s.qemuPID, syscall.SIGKILL)
+		}
 	}
+}
+
+// diskError is a BLOCK_IO_ERROR event of QEMU.
+type diskError struct{ device, operation, reason string }
+
+// limitFileSize caps the size of every file QEMU writes (its overlay).
+// The guest has not run yet (QEMU is paused until release).
+func (s *supervisor) limitFileSize(pid int) error {
+	if s.spec.MaxFileSize <= 0 {
+		return nil
+	}
+	n := uint64(s.spec.MaxFileSize)
+	if err := unix.Prlimit(pid, unix.RLIMIT_FSIZE, &unix.Rlimit{Cur: n, Max: n}, nil); err != nil {
+		return fmt.Errorf("capping QEMU's file size: %w", err)
+	}
+	return nil
+}
+
+// diskStop gives the container's exit reason and message when the VM was
+// stopped for a disk write error, or "".
+func (s *supervisor) diskStop() (string, string) {
+	s.mu.Lock()
+	d := s.diskErr
+	s.mu.Unlock()
+	if d == nil {
+		return "", ""
+	}
+	if d.reason == unix.EFBIG.Error() || strings.EqualFold(d.reason, "File too large") {
+		return "OverlayLimitExceeded", fmt.Sprintf("evelet guardrail %q: the guest wrote past its writable overlay's cap of %d bytes (%s); QEMU got %q writing disk %s and the VM was stopped; the device owner sets the cap with config item evelet.policy.vm-overlay-max-size",
+			RuleOverlayMaxSize, s.spec.MaxFileSize, resource.NewQuantity(s.spec.MaxFileSize, resource.BinarySI), d.reason, d.device)
+	}
+	return "DiskError", fmt.Sprintf("QEMU could not %s disk %s (%s); the VM was stopped", d.operation, d.device, d.reason)
 }
 
 // checkUnprivileged says why process pid does not run as uid/gid

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/digitalocean/go-qemu/qmp"
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -59,6 +60,9 @@ type supervisor struct {
 	stdin   io.WriteCloser
 	// qemuDone is closed once QEMU has been reaped.
 	qemuDone chan struct{}
+	qemuPID  int
+	// diskErr is the first disk write error QEMU reported (watch).
+	diskErr *diskError
 }
 
 // run returns the exit code, reason and message for the container status.
@@ -89,7 +93,10 @@ func (s *supervisor) run() (int32, string, string) {
 	reopen := make(chan os.Signal, 1)
 	signal.Notify(reopen, syscall.SIGUSR1)
 	// The shim's session may be torn down; the VM must not go with it.
-	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+	// SIGXFSZ is ignored so that QEMU inherits it ignored: past its
+	// RLIMIT_FSIZE a write fails with EFBIG (which QEMU reports, and
+	// watch acts on) instead of killing QEMU with a core dump.
+	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE, syscall.SIGXFSZ)
 	go func() {
 		for range reopen {
 			if err := s.openLog(); err != nil {
@@ -103,6 +110,7 @@ func (s *supervisor) run() (int32, string, string) {
 		return 128, "StartError", err.Error()
 	}
 	WritePID(filepath.Join(s.dir, QEMUPIDFile), cmd.Process.Pid)
+	s.qemuPID = cmd.Process.Pid
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -118,7 +126,11 @@ func (s *supervisor) run() (int32, string, string) {
 	go s.acceptConsole(ln)
 	pumped := make(chan struct{})
 	go func() { s.pump(stdout); close(pumped) }()
-	mon, relErr := s.release(cmd.Process.Pid)
+	relErr := s.limitFileSize(cmd.Process.Pid)
+	var mon *qmp.SocketMonitor
+	if relErr == nil {
+		mon, relErr = s.release(cmd.Process.Pid)
+	}
 	if relErr != nil {
 		cmd.Process.Kill()
 	} else {
@@ -140,6 +152,9 @@ func (s *supervisor) run() (int32, string, string) {
 	s.mu.Unlock()
 	if relErr != nil {
 		return 128, "StartError", relErr.Error()
+	}
+	if reason, msg := s.diskStop(); reason != "" {
+		return 137, reason, msg
 	}
 	if err == nil {
 		return 0, "Completed", ""
