@@ -105,11 +105,15 @@ func TestValidID(t *testing.T) {
 // TestQEMUArgs: the guest gets the overlay or the kernel, the sockets in
 // its directory, the pod's taps with their MACs, and nothing by default.
 func TestQEMUArgs(t *testing.T) {
-	c := &containerState{Metadata: &runtimeapi.ContainerMetadata{Name: "g,uest"}, VCPUs: 2, MemoryMiB: 300, Accel: "tcg"}
+	c := &containerState{Metadata: &runtimeapi.ContainerMetadata{Name: "g,uest"}, VCPUs: 2, MemoryMiB: 300, Accel: "tcg", UID: 3000000007}
 	a := strings.Join(qemuArgs(c, "/s/vm/x", []NIC{{Tap: "vmtap0", MAC: "02:00:00:00:00:01"}}), " ")
 	for _, want := range []string{"-nodefaults", "-no-user-config", "-display none", "-accel tcg,tb-size=16", "-smp 2", "-m 300", "guest=g_uest",
 		"file=/s/vm/x/overlay.qcow2,format=qcow2", "unix:/s/vm/x/qmp.sock", "path=/s/vm/x/qga.sock", "name=org.qemu.guest_agent.0",
-		"tap,id=net0,ifname=vmtap0,script=no,downscript=no", "mac=02:00:00:00:00:01", "-sandbox on"} {
+		"tap,id=net0,ifname=vmtap0,script=no,downscript=no", "mac=02:00:00:00:00:01", "-sandbox on",
+		// QEMU drops to the VM's uid, paused until the supervisor resumes it
+		// on its monitor; a write error pauses the guest for the supervisor.
+		"-runas 3000000007:3000000007", "-S ", "path=/s/vm/x/vmm.qmp,server=on,wait=off", "-mon chardev=vmm,mode=control",
+		"elevateprivileges=allow,spawn=deny", "werror=stop"} {
 		if !strings.Contains(a, want) {
 			t.Errorf("QEMU args lack %q: %s", want, a)
 		}
