@@ -49,7 +49,8 @@ func (b *Backend) pruneDisksLogged(ctx context.Context) {
 }
 
 // pruneDisks removes the unused entries of the disk cache and what a crash
-// mid-extraction left (<hex>.tmp); it returns the directories removed.
+// mid-extraction left (<hex>.tmp), unless that can be resumed for an image
+// containerd still has; it returns the directories removed.
 func (b *Backend) pruneDisks(ctx context.Context) ([]string, error) {
 	// Exclusive against CreateContainer between resolving a disk and saving
 	// the container that uses it, and against an extraction starting.
@@ -81,9 +82,21 @@ func (b *Backend) pruneDisks(ctx context.Context) ([]string, error) {
 	var known map[string]bool // asked once, when an entry is unused
 	for _, e := range ents {
 		dir := filepath.Join(root, e.Name())
-		if strings.HasSuffix(e.Name(), ".tmp") {
-			if _, ok := b.extracting.Load(strings.TrimSuffix(e.Name(), ".tmp")); ok {
+		if hex, ok := strings.CutSuffix(e.Name(), ".tmp"); ok {
+			if _, ok := b.extracting.Load(hex); ok {
 				continue // being extracted now
+			}
+			// A cut extraction of an image containerd still has is resumed
+			// by the kubelet's next CreateContainer (extract.go).
+			if _, err := os.Lstat(filepath.Join(root, hex)); os.IsNotExist(err) && hasCheckpoint(dir, hex) {
+				if known == nil {
+					if known, err = b.images.manifestDigests(ctx); err != nil {
+						return removed, err
+					}
+				}
+				if known["sha256:"+hex] {
+					continue
+				}
 			}
 			if err := os.RemoveAll(dir); err != nil {
 				return removed, err

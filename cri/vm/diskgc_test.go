@@ -69,11 +69,26 @@ func TestDiskCachePruned(t *testing.T) {
 	if filepath.Dir(dirA) != filepath.Join(h.stateDir, imagesDir) || dirA == dirB {
 		t.Fatalf("disks at %s and %s, want two entries under %s", dirA, dirB, filepath.Join(h.stateDir, imagesDir))
 	}
-	// What a crash mid-extraction leaves.
-	partial := filepath.Join(h.stateDir, imagesDir, "0123abcd.tmp")
-	if err := os.MkdirAll(partial, 0o700); err != nil {
+	// What a crash mid-extraction leaves: without a checkpoint, with the
+	// checkpoint of an image containerd does not have, and a resumable one
+	// of C's image, which containerd has (extract.go).
+	cut := func(hex string, checkpoint bool) string {
+		p := filepath.Join(h.stateDir, imagesDir, hex+".tmp")
+		if err := os.MkdirAll(filepath.Join(p, tmpFilesDir), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if checkpoint {
+			os.WriteFile(filepath.Join(p, progressFile), []byte(`{"version":1,"manifest":"`+hex+`"}`), 0o600)
+		}
+		return p
+	}
+	partial := cut("0123abcd", false)
+	gone := cut("4567cdef", true)
+	hC, _, err := b.images.manifest(ctx, refs[2])
+	if err != nil {
 		t.Fatal(err)
 	}
+	resumableC := cut(hC.Hex, true)
 
 	// B's container goes but its image stays: the disk is kept.
 	removeContainer(ctrB)
@@ -83,8 +98,11 @@ func TestDiskCachePruned(t *testing.T) {
 	if !exists(dirB) {
 		t.Errorf("disk of an image containerd still has was removed")
 	}
-	if exists(partial) {
-		t.Errorf("half-extracted %s kept", partial)
+	if exists(partial) || exists(gone) {
+		t.Errorf("half-extracted %s or %s kept", partial, gone)
+	}
+	if !exists(resumableC) {
+		t.Errorf("the resumable extraction of an image containerd has was removed")
 	}
 
 	// A's image goes while its VM container exists: the disk is kept...
@@ -106,6 +124,9 @@ func TestDiskCachePruned(t *testing.T) {
 
 	// C's image goes while no backend listens; the next backend sweeps.
 	ctrC, dirC := create("gc-c", refs[2])
+	if exists(resumableC) {
+		t.Errorf("%s left after C's extraction", resumableC)
+	}
 	removeContainer(ctrC)
 	if _, err := b.pruneDisks(ctx); err != nil || !exists(dirC) {
 		t.Fatalf("disk of an image containerd still has: exists %v, err %v", exists(dirC), err)

@@ -1,23 +1,20 @@
 package vm
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"strings"
-	"syscall"
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	imagesapi "github.com/containerd/containerd/api/services/images/v1"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -177,177 +174,6 @@ func (r *blobReader) Close() error {
 	return nil
 }
 
-// extractDisk writes the image's /disk/* files into dir (which must not
-// exist): the layers are applied in order, whiteouts included, and only
-// regular files directly under /disk/ are kept. The files are made read
-// only: the image's disk is a base that is never written.
-func (s *imageStore) extractDisk(ctx context.Context, m *v1.Manifest, dir string) error {
-	tmp := dir + ".tmp"
-	os.RemoveAll(tmp)
-	if err := os.MkdirAll(tmp, 0o700); err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmp)
-	for _, l := range m.Layers {
-		r, err := s.blob(ctx, l.Digest.String())
-		if err != nil {
-			return err
-		}
-		err = applyLayer(r, string(l.MediaType), tmp)
-		r.Close()
-		if err != nil {
-			return fmt.Errorf("layer %s: %w", l.Digest, err)
-		}
-	}
-	ents, _ := os.ReadDir(tmp)
-	for _, e := range ents {
-		os.Chmod(filepath.Join(tmp, e.Name()), 0o400)
-	}
-	return os.Rename(tmp, dir)
-}
-
-// applyLayer applies the disk/ part of one layer tarball to dir.
-func applyLayer(r io.Reader, mediaType, dir string) error {
-	if !strings.Contains(mediaType, "zstd") {
-		br := bufioPeek(r)
-		if gz, err := isGzip(br); err != nil {
-			return err
-		} else if gz {
-			zr, err := gzip.NewReader(br)
-			if err != nil {
-				return err
-			}
-			defer zr.Close()
-			r = zr
-		} else {
-			r = br
-		}
-	} else {
-		return fmt.Errorf("zstd layers are not supported for VM disks")
-	}
-	tr := tar.NewReader(r)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		name := path.Clean(strings.TrimPrefix(h.Name, "/"))
-		d, base := path.Split(name)
-		if path.Clean(d) != diskDir {
-			if name == diskDir && strings.HasPrefix(base, ".wh.") {
-				continue
-			}
-			if strings.HasSuffix(name, "/.wh..wh..opq") && path.Dir(name) == diskDir {
-				clearDir(dir)
-			}
-			continue
-		}
-		switch {
-		case base == ".wh..wh..opq":
-			clearDir(dir)
-		case strings.HasPrefix(base, ".wh."):
-			os.Remove(filepath.Join(dir, strings.TrimPrefix(base, ".wh.")))
-		case h.Typeflag == tar.TypeReg:
-			if err := writeFile(filepath.Join(dir, base), tr); err != nil {
-				return err
-			}
-		default:
-			// Links and devices under /disk/ are not followed: a disk is a
-			// plain file, and a link could name anything on the host.
-			os.Remove(filepath.Join(dir, base))
-		}
-	}
-}
-
-func clearDir(dir string) {
-	ents, _ := os.ReadDir(dir)
-	for _, e := range ents {
-		os.RemoveAll(filepath.Join(dir, e.Name()))
-	}
-}
-
-// minFreeAfterExtract is the room an extraction leaves on the state
-// file system: a tenant's image must not fill the device's /persist.
-const minFreeAfterExtract = 512 << 20
-
-// sparseBlock is the unit writeFile leaves as a hole when it is all zero.
-const sparseBlock = 64 << 10
-
-// writeFile writes r to a new file p, sparse: all-zero blocks become holes
-// (a 2 GiB raw disk of a small image takes what its data takes, not 2
-// GiB). It fails, before the file system fills, once less than
-// minFreeAfterExtract would be left.
-func writeFile(p string, r io.Reader) (err error) {
-	os.Remove(p)
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-	}()
-	buf := make([]byte, sparseBlock)
-	var off, sinceCheck int64
-	for {
-		n, rerr := io.ReadFull(r, buf)
-		if n > 0 {
-			if !allZero(buf[:n]) {
-				if sinceCheck == 0 {
-					if err := checkFree(p, int64(len(buf))); err != nil {
-						return err
-					}
-				}
-				if _, err := f.WriteAt(buf[:n], off); err != nil {
-					return err
-				}
-				sinceCheck += int64(n)
-				if sinceCheck >= 64<<20 {
-					sinceCheck = 0
-				}
-			}
-			off += int64(n)
-		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			break
-		}
-		if rerr != nil {
-			return rerr
-		}
-	}
-	if err := f.Truncate(off); err != nil {
-		return err
-	}
-	return f.Sync()
-}
-
-func allZero(b []byte) bool {
-	for _, x := range b {
-		if x != 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// checkFree fails when writing next more bytes (and the next 64 MiB) at p
-// would leave less than minFreeAfterExtract on its file system.
-func checkFree(p string, next int64) error {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(filepath.Dir(p), &st); err != nil {
-		return err
-	}
-	free := int64(st.Bavail) * st.Bsize
-	if free-next-(64<<20) < minFreeAfterExtract {
-		return fmt.Errorf("not enough room to extract the VM disk: %d MiB free on the state file system, and %d MiB must stay free", free>>20, minFreeAfterExtract>>20)
-	}
-	return nil
-}
-
 // bufioPeek returns a reader whose first bytes can be inspected.
 func bufioPeek(r io.Reader) *peekBuf { return &peekBuf{r: r} }
 
@@ -406,7 +232,15 @@ func (b *Backend) diskCache(ctx context.Context, ref string) (string, error) {
 		b.imageMu.Unlock()
 		defer b.extracting.Delete(h.Hex)
 		// Not the caller's ctx: the extraction is shared and outlives it.
-		if err := b.images.extractDisk(context.WithoutCancel(ctx), m, dir); err != nil {
+		st, err := b.images.extractDisk(context.WithoutCancel(ctx), m, dir)
+		if st.Resumed {
+			b.log.WithFields(logrus.Fields{"image": ref, "layer": st.From.Layer, "entry": st.From.Entry, "offset": st.From.Offset,
+				"kept": st.Kept, "written": st.Written, "repaired": st.Repaired}).Info("VM disk extraction resumed from a cut run")
+		}
+		if st.Repaired > 0 {
+			b.log.WithField("image", ref).Warnf("the cut extraction's files differed from the image in %d bytes it had checkpointed: rewritten", st.Repaired)
+		}
+		if err != nil {
 			return "", fmt.Errorf("image %s: extracting /disk: %w", ref, err)
 		}
 		return dir, nil

@@ -83,7 +83,7 @@ func TestExtractEndsEveryStream(t *testing.T) {
 	h, _ := v1.NewHash(digest)
 	m := &v1.Manifest{Layers: []v1.Descriptor{{MediaType: "application/vnd.oci.image.layer.v1.tar", Digest: h}}}
 	dir := filepath.Join(t.TempDir(), "img")
-	if err := s.extractDisk(context.Background(), m, dir); err != nil {
+	if _, err := s.extractDisk(context.Background(), m, dir); err != nil {
 		t.Fatal(err)
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, "boot.raw")); err != nil || !bytes.Equal(b, disk) {
