@@ -84,7 +84,7 @@ func (s *supervisor) watch(events <-chan qmp.Event) {
 			s.diskErr = d
 		}
 		s.mu.Unlock()
-		if first {
+		if first && s.qemuPID > 0 { // never kill(0, ...): that is our process group
 			s.log.WithFields(map[string]any{"device": d.device, "operation": d.operation, "reason": d.reason}).Warn("disk I/O error: stopping the VM")
 			syscall.Kill(s.qemuPID, syscall.SIGKILL)
 		}
