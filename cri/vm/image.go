@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	contentapi "github.com/containerd/containerd/api/services/content/v1"
 	imagesapi "github.com/containerd/containerd/api/services/images/v1"
@@ -232,7 +233,11 @@ func (b *Backend) diskCache(ctx context.Context, ref string) (string, error) {
 		b.imageMu.Unlock()
 		defer b.extracting.Delete(h.Hex)
 		// Not the caller's ctx: the extraction is shared and outlives it.
+		start := time.Now()
 		st, err := b.images.extractDisk(context.WithoutCancel(ctx), m, dir)
+		if err == nil {
+			b.log.WithFields(logrus.Fields{"image": ref, "took": time.Since(start).Round(time.Millisecond), "written": st.Written}).Info("VM disk extracted")
+		}
 		if st.Resumed {
 			b.log.WithFields(logrus.Fields{"image": ref, "layer": st.From.Layer, "entry": st.From.Entry, "offset": st.From.Offset,
 				"kept": st.Kept, "written": st.Written, "repaired": st.Repaired}).Info("VM disk extraction resumed from a cut run")
