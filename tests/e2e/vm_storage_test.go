@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/lf-edge/evelet/images/vmguest"
 	"github.com/lf-edge/evelet/policy"
@@ -284,19 +285,24 @@ func TestVMHostileGuestAgentBounded(t *testing.T) {
 		t.Errorf("kubectl exec with a 43 MB answer: %v, output %q; want an error saying %q", err, tail(out, 3), tooLarge)
 	}
 	// Several probes with the huge answer (each one an Unhealthy event).
-	waitFor(t, 5*time.Minute, "three probes with the huge answer", func() (bool, error) {
+	// Not fatal: the RSS below is the figure to see either way.
+	probeErrors := int32(0)
+	err = wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
 		ev, err := cs.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + p.Name})
 		if err != nil {
-			return false, err
+			return false, nil
 		}
-		n := int32(0)
+		probeErrors = 0
 		for _, e := range ev.Items {
 			if e.Reason == "Unhealthy" && strings.Contains(e.Message, tooLarge) {
-				n += max(e.Count, 1)
+				probeErrors += max(e.Count, 1)
 			}
 		}
-		return n >= 3, fmt.Errorf("%d probe errors naming the bound", n)
+		return probeErrors >= 3, nil
 	})
+	if err != nil {
+		t.Errorf("%d exec probe errors naming the bound (%q) in 3 min, want 3: %v", probeErrors, tooLarge, err)
+	}
 	close(stop)
 	<-sampled
 	if out, err := env.cp.Kubectl(ctx, "exec", "-n", "default", p.Name, "--", "/bin/rm", "/tmp/hostile"); err != nil {
