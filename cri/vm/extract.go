@@ -55,8 +55,9 @@ type progress struct {
 	Offset   int64    `json:"offset"`   // bytes of that entry's file
 }
 
-// before says whether position (layer, entry) comes before the checkpoint's,
-// and if it is the checkpoint's entry, up to which offset.
+// verifiedUpTo says up to which offset the cut run had written and synced
+// the file of tar entry (layer, entry): all of it before the checkpoint's
+// entry, the checkpoint's offset in it, nothing after (or without one).
 func (p *progress) verifiedUpTo(layer, entry int) int64 {
 	switch {
 	case p == nil:
