@@ -4,6 +4,7 @@
 //	evelet kubelet  the vendored kubelet (started by the agent)
 //	evelet kube-proxy  the vendored kube-proxy (started by the agent)
 //	evelet cri      the CRI shim alone (debugging, benchmarks)
+//	evelet dns      the node-local DNS server (started by the agent)
 //	evelet vmm      the supervisor of one VM pod's QEMU (started by the CRI shim)
 //	evelet status   what the agent is doing
 //	evelet version  evelet's and the vendored kubelet's versions
@@ -20,13 +21,14 @@ var commands = map[string]func(args []string) int{
 	"kubelet":    runKubelet,
 	"kube-proxy": runKubeProxy,
 	"cri":        runCRI,
+	"dns":        runDNS,
 	"status":     runStatus,
 	"version":    runVersion,
 	"vmm":        runVMM,
 }
 
 func usage() {
-	fmt.Fprintf(os.Stderr, "usage: evelet <agent|kubelet|kube-proxy|cri|status|version> [flags]\n")
+	fmt.Fprintf(os.Stderr, "usage: evelet <agent|kubelet|kube-proxy|dns|cri|status|version> [flags]\n")
 }
 
 func main() {

@@ -9,6 +9,7 @@ const (
 	AgentZedRouter = "zedrouter"
 	AgentBaseOsMgr = "baseosmgr"
 	AgentNodeAgent = "nodeagent"
+	AgentNIM       = "nim"
 
 	TopicEdgeNodeClusterConfig = "EdgeNodeClusterConfig"
 	TopicEdgeNodeClusterStatus = "EdgeNodeClusterStatus"
@@ -21,6 +22,7 @@ const (
 	TopicNodeDrainRequest      = "NodeDrainRequest"
 	TopicNodeDrainStatus       = "NodeDrainStatus"
 	TopicControllerCert        = "ControllerCert"
+	TopicDeviceNetworkStatus   = "DeviceNetworkStatus"
 
 	// KeyGlobal is the key of single-instance topics.
 	KeyGlobal = "global"
@@ -170,3 +172,9 @@ func (r Root) Checkpoint() string { return filepath.Join(r.Persist, "checkpoint"
 // DeviceECDHKey is <Persist>/certs/ecdh.key.pem, the device's ECDH key on
 // devices without a TPM.
 func (r Root) DeviceECDHKey() string { return filepath.Join(r.Persist, "certs", "ecdh.key.pem") }
+
+// DeviceNetworkStatus is <Run>/nim/DeviceNetworkStatus/global.json: the
+// device's ports as nim brought them up, with the DNS servers each got.
+func (r Root) DeviceNetworkStatus() string {
+	return keyFile(r.TopicDir(AgentNIM, TopicDeviceNetworkStatus), KeyGlobal)
+}

@@ -487,3 +487,22 @@ type NodeDrainStatus struct {
 	Status      DrainStatus
 	RequestedBy DrainRequester
 }
+
+// DeviceNetworkStatus is the subset of pillar's types.DeviceNetworkStatus
+// (published by nim under the key "global") evelet reads: the ports and
+// the resolvers EVE uses on each.
+type DeviceNetworkStatus struct {
+	// Testing: nim is still testing this port configuration.
+	Testing bool
+	Ports   []NetworkPortStatus
+}
+
+// NetworkPortStatus is the subset of pillar's types.NetworkPortStatus
+// evelet reads. DNSServers come from DHCP or the port's static config.
+type NetworkPortStatus struct {
+	IfName       string
+	Logicallabel string
+	IsMgmt       bool
+	Up           bool
+	DNSServers   []net.IP
+}

@@ -1,0 +1,33 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/lf-edge/evelet/nodedns/server"
+)
+
+// runDNS is `evelet dns <Corefile>`: the node-local DNS server (CoreDNS
+// with the plugins nodedns/server links). The agent starts and supervises
+// it (agent/nodedns.go); it is not for users.
+func runDNS(args []string) int {
+	if len(args) != 1 {
+		fmt.Fprintln(os.Stderr, "usage: evelet dns <Corefile>")
+		return 2
+	}
+	corefile, err := os.ReadFile(args[0])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "evelet dns:", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := server.Run(ctx, string(corefile), os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "evelet dns:", err)
+		return 1
+	}
+	return 0
+}
