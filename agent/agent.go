@@ -71,6 +71,8 @@ type Config struct {
 	// CoordinateOSUpdates runs the upgrade coordinator (upgrade_hook.go) on
 	// EVERoot; set when the join source is the EVE channel.
 	CoordinateOSUpdates bool
+	// NodeDNS configures the node-local DNS server (agent/nodedns.go).
+	NodeDNS NodeDNSOptions
 }
 
 // PolicyFile is the guardrail policy for the kubelet's hostPath guard.
@@ -142,6 +144,7 @@ type Agent struct {
 	runtimeDirs []policy.NamedDir
 	addr        nodeAddr // the node IP the kubelet runs with (nodeaddr.go)
 
+	dnsAddr  string               // the kubelet's clusterDNS (agent/nodedns.go)
 	niKick   chan struct{}        // the owner's NI list changed (agent/nilabels.go)
 	upgrader *upgrade.Coordinator // running while the node has credentials (EVE channel)
 }
@@ -382,6 +385,7 @@ func (a *Agent) join(ctx context.Context, job *joinJob) {
 		a.fail(&bootstrap.PermanentError{Err: err}, "pod networking (evelet-cni) not set up")
 		return
 	}
+	defer a.startNodeDNS(ctx, j)()
 	k, err := a.newKubelet(j)
 	if err != nil {
 		a.fail(&bootstrap.PermanentError{Err: err}, "kubelet configuration refused")
@@ -416,6 +420,7 @@ func (a *Agent) kubelet(j *intent.Join) (kubeletProc, error) {
 		Port: a.cfg.KubeletPort, HealthzPort: a.cfg.KubeletHealthzPort,
 		CgroupRoot:  a.cfg.KubeletCgroupRoot,
 		ConfigItems: a.configItems(), PolicyFile: a.cfg.PolicyFile(),
+		ClusterDNS: a.clusterDNS(), ClusterDomain: a.cfg.NodeDNS.ClusterDomain,
 	}
 	// Refused items were logged when they arrived (publishConfigErrors).
 	a.writePolicyFile()

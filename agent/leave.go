@@ -100,6 +100,9 @@ func (a *Agent) leave(ctx context.Context, stopKubelet func()) {
 	if err := a.removeNodeRules(); err != nil {
 		errs = append(errs, fmt.Errorf("eve-ni nftables table: %w", err))
 	}
+	if err := a.removeNodeDNS(); err != nil {
+		errs = append(errs, fmt.Errorf("node-local DNS interface: %w", err))
+	}
 	if err := store.Wipe(); err != nil {
 		errs = append(errs, fmt.Errorf("wipe credentials: %w", err))
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/lf-edge/evelet/agent"
 	"github.com/lf-edge/evelet/eve"
 	"github.com/lf-edge/evelet/eve/pubsub"
+	"github.com/lf-edge/evelet/nodedns"
 	"github.com/lf-edge/evelet/version"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -55,6 +56,9 @@ func runAgent(args []string) int {
 	noVM := fs.Bool("no-vm-pods", false, "turn VM pods (RuntimeClass handler eve-vm) off")
 	kvmDev := fs.String("vm-kvm-device", "/dev/kvm", "KVM device for VM pods; a path that does not exist turns KVM off (software emulation, if the owner allows it)")
 	kubeProxy := fs.Bool("kube-proxy", false, "run kube-proxy (nftables mode) for Services on the device; needs nft and the RBAC binding in deploy/evelet-kube-proxy-rbac.yaml (docs/services.md)")
+	nodeDNS := fs.Bool("node-dns", true, "run the node-local DNS server (CoreDNS) on --node-dns-address and give it to pods as their cluster DNS")
+	nodeDNSAddr := fs.String("node-dns-address", nodedns.DefaultAddress, "link-local IPv4 address of the node-local DNS server, on interface "+nodedns.DefaultLinkName)
+	clusterDomain := fs.String("cluster-domain", "cluster.local", "the cluster's DNS domain")
 	level := fs.String("log-level", "info", "log level")
 	var cniOpts agent.CNIOptions
 	cniFlags(fs, &cniOpts)
@@ -103,6 +107,7 @@ func runAgent(args []string) int {
 		EVERoot:   eveRoot,
 		// Only the EVE channel says EVE is about to reboot the device.
 		CoordinateOSUpdates: *joinFile == "",
+		NodeDNS:             agent.NodeDNSOptions{Enabled: *nodeDNS, Address: *nodeDNSAddr, ClusterDomain: *clusterDomain},
 	})
 	if err := a.Run(ctx); err != nil && ctx.Err() == nil {
 		log.WithError(err).Error("agent stopped")

@@ -89,7 +89,10 @@ func (d *device) start() {
 		src = []string{"--join-file=" + d.joinPath}
 	}
 	args := append([]string{"agent", "--state-dir=" + d.stateDir(), "--run-dir=" + d.runDir(),
-		"--containerd=" + env.ctrd.Endpoint(), "--log-level=debug", "--drain-timeout=1m"}, src...)
+		"--containerd=" + env.ctrd.Endpoint(), "--log-level=debug", "--drain-timeout=1m",
+		// In the host's network namespace: the node-local DNS would put
+		// its interface on the host (devnet devices run it in their own).
+		"--node-dns=false"}, src...)
 	d.cmd = exec.Command(env.evelet, args...)
 	d.cmd.Stdout, d.cmd.Stderr = f, f
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -317,7 +317,9 @@ func serve(root, dir string) error {
 		"--eve-run="+sim.Root.Run, "--eve-persist="+sim.Root.Persist,
 		"--containerd="+ctrd.Endpoint(),
 		"--kubelet-port="+strconv.Itoa(kubeletPort), "--kubelet-healthz-port="+strconv.Itoa(kubeletHealthzPort),
-		"--kubelet-cgroup-root="+cgroupRoot, "--metrics-addr=127.0.0.1:"+strconv.Itoa(metricsPort))
+		"--kubelet-cgroup-root="+cgroupRoot, "--metrics-addr=127.0.0.1:"+strconv.Itoa(metricsPort),
+		// The demo device shares the host's network namespace.
+		"--node-dns=false")
 	ag.Stdout, ag.Stderr = alog, alog
 	ag.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := ag.Start(); err != nil {

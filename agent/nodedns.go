@@ -1,0 +1,151 @@
+package agent
+
+import (
+	"cmp"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"sync"
+	"time"
+
+	"github.com/lf-edge/evelet/bootstrap/intent"
+	"github.com/lf-edge/evelet/internal/atomicfile"
+	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
+	"github.com/lf-edge/evelet/nodedns"
+	"github.com/sirupsen/logrus"
+)
+
+// NodeDNSOptions configure the node-local DNS server (docs/cluster-dns.md).
+type NodeDNSOptions struct {
+	// Enabled runs it (cmd/evelet turns it on by default). Off: the
+	// kubelet gets no clusterDNS and ClusterFirst pods fall back to the
+	// device's resolv.conf.
+	Enabled bool
+	// Address ("" : nodedns.DefaultAddress) and LinkName ("":
+	// nodedns.DefaultLinkName) are where the server listens.
+	Address, LinkName string
+	// ClusterDomain is the cluster's DNS domain ("": cluster.local); the
+	// join material does not carry it.
+	ClusterDomain string
+	// ResolvConf is the upstream fallback when EVE publishes no DNS
+	// servers ("": /etc/resolv.conf).
+	ResolvConf string
+	// Log receives `evelet dns` output (nil: the kubelet's log).
+	Log io.Writer
+}
+
+// upstreamsEvery is how often EVE's resolvers are re-read.
+const upstreamsEvery = 10 * time.Second
+
+func (o NodeDNSOptions) address() string  { return cmp.Or(o.Address, nodedns.DefaultAddress) }
+func (o NodeDNSOptions) linkName() string { return cmp.Or(o.LinkName, nodedns.DefaultLinkName) }
+
+// nodeDNSKubeconfig is what the DNS server reads the cluster with: the
+// node's own credentials. The one place to point it elsewhere (a local
+// caching proxy in front of the apiserver).
+func (a *Agent) nodeDNSKubeconfig() string { return a.store.KubeconfigPath() }
+
+func (a *Agent) nodeDNSCorefile() string { return filepath.Join(a.cfg.RunDir, "nodedns", "Corefile") }
+
+// clusterDNS is the kubelet's clusterDNS: the node-local server's address
+// once its interface exists, else none.
+func (a *Agent) clusterDNS() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.dnsAddr == "" {
+		return nil
+	}
+	return []string{a.dnsAddr}
+}
+
+// startNodeDNS puts the address on evelet's interface and keeps `evelet
+// dns` running for j until ctx ends; the returned func waits for it.
+// Without the interface the kubelet gets no clusterDNS (pods resolve with
+// the device's resolv.conf) rather than an address nobody answers on.
+func (a *Agent) startNodeDNS(ctx context.Context, j *intent.Join) (wait func()) {
+	o := a.cfg.NodeDNS
+	log := a.log.WithFields(logrus.Fields{"node": j.NodeName, "component": "dns"})
+	a.mu.Lock()
+	a.dnsAddr = ""
+	a.mu.Unlock()
+	if !o.Enabled {
+		return func() {}
+	}
+	if err := nodedns.EnsureLink(o.linkName(), o.address()); err != nil {
+		log.WithError(err).Error("node-local DNS off: its interface could not be set up; pods use the device's resolvers")
+		return func() {}
+	}
+	a.mu.Lock()
+	a.dnsAddr = o.address()
+	a.mu.Unlock()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); a.runNodeDNS(ctx, log) }()
+	return wg.Wait
+}
+
+// runNodeDNS writes the Corefile and supervises `evelet dns`, restarting it
+// when EVE's resolvers change (CoreDNS reads its forward list once).
+func (a *Agent) runNodeDNS(ctx context.Context, log *logrus.Entry) {
+	o := a.cfg.NodeDNS
+	out := o.Log
+	if out == nil {
+		out = a.cfg.KubeletLog
+	}
+	upstreams := func() []string {
+		return nodedns.Upstreams(a.cfg.EVERoot, cmp.Or(o.ResolvConf, "/etc/resolv.conf"), o.address())
+	}
+	var current []string
+	for ctx.Err() == nil {
+		if ups := upstreams(); len(ups) > 0 || current == nil {
+			current = ups
+		}
+		cfg := nodedns.Config{Address: o.address(), ClusterDomain: o.ClusterDomain, Kubeconfig: a.nodeDNSKubeconfig(), Upstreams: current}
+		corefile, err := cfg.Corefile()
+		if err == nil {
+			err = os.MkdirAll(filepath.Dir(a.nodeDNSCorefile()), 0o700)
+		}
+		if err == nil {
+			err = atomicfile.WriteFile(a.nodeDNSCorefile(), []byte(corefile), 0o600)
+		}
+		if err != nil {
+			log.WithError(err).Error("node-local DNS not configured")
+			if !a.sleep(ctx, a.cfg.RetryMax) {
+				return
+			}
+			continue
+		}
+		log.WithField("upstreams", current).Info("node-local DNS configured")
+		runCtx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		sup := &kubeletshim.Supervisor{Log: log, Command: func() *exec.Cmd {
+			cmd := exec.Command(a.cfg.Self, "dns", a.nodeDNSCorefile())
+			cmd.Stdout, cmd.Stderr = out, out
+			return cmd
+		}}
+		go func() { defer close(done); sup.Run(runCtx) }()
+		for changed := false; !changed && ctx.Err() == nil; {
+			if !a.sleep(ctx, upstreamsEvery) {
+				break
+			}
+			ups := upstreams()
+			changed = len(ups) > 0 && !reflect.DeepEqual(ups, current)
+		}
+		stop()
+		<-done
+	}
+}
+
+// removeNodeDNS takes evelet's DNS interface away (on leave).
+func (a *Agent) removeNodeDNS() error {
+	a.mu.Lock()
+	a.dnsAddr = ""
+	a.mu.Unlock()
+	if !a.cfg.NodeDNS.Enabled {
+		return nil
+	}
+	return nodedns.RemoveLink(a.cfg.NodeDNS.linkName())
+}
