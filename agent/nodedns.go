@@ -62,10 +62,12 @@ func (a *Agent) clusterDNS() []string {
 }
 
 // startNodeDNS puts the address on evelet's interface and keeps `evelet
-// dns` running for j until ctx ends; the returned func waits for it.
+// dns` running for j until ctx ends or the returned func is called, which
+// stops it and waits (a join that fails after this must not leave a DNS
+// server running without its kubelet).
 // Without the interface the kubelet gets no clusterDNS (pods resolve with
 // the device's resolv.conf) rather than an address nobody answers on.
-func (a *Agent) startNodeDNS(ctx context.Context, j *intent.Join) (wait func()) {
+func (a *Agent) startNodeDNS(ctx context.Context, j *intent.Join) (stop func()) {
 	o := a.cfg.NodeDNS
 	log := a.log.WithFields(logrus.Fields{"node": j.NodeName, "component": "dns"})
 	a.mu.Lock()
@@ -81,10 +83,11 @@ func (a *Agent) startNodeDNS(ctx context.Context, j *intent.Join) (wait func()) 
 	a.mu.Lock()
 	a.dnsAddr = o.address()
 	a.mu.Unlock()
+	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); a.runNodeDNS(ctx, log) }()
-	return wg.Wait
+	return func() { cancel(); wg.Wait() }
 }
 
 // runNodeDNS writes the Corefile and supervises `evelet dns`, restarting it
