@@ -22,13 +22,14 @@ var commands = map[string]func(args []string) int{
 	"kube-proxy": runKubeProxy,
 	"cri":        runCRI,
 	"dns":        runDNS,
+	"doctor":     runDoctor,
 	"status":     runStatus,
 	"version":    runVersion,
 	"vmm":        runVMM,
 }
 
 func usage() {
-	fmt.Fprintf(os.Stderr, "usage: evelet <agent|kubelet|kube-proxy|dns|cri|status|version> [flags]\n")
+	fmt.Fprintf(os.Stderr, "usage: evelet <agent|kubelet|kube-proxy|dns|cri|doctor|status|version> [flags]\n")
 }
 
 func main() {
