@@ -21,9 +21,9 @@ var kubeletV1Controllers = []string{"cpu", "cpuacct", "cpuset", "memory", "pids"
 // On cgroup v2 the same needs, named as v2 names them.
 var kubeletV2Controllers = []string{"cpu", "cpuset", "memory", "pids"}
 
-// VM pods put QEMU into the pod's cgroup in these v1 hierarchies, and
-// refuse the pod without them (cri/vm checkConfinement).
-var vmV1Controllers = []string{"cpu", "cpuacct", "memory"}
+// VM pods put QEMU into the pod's cgroup in the v1 cpu, cpuacct and
+// memory hierarchies and refuse the pod without them, so on cgroup v2
+// (cri/vm checkConfinement); the kubelet needs those on v1 too.
 
 // Cgroups says which cgroup version the host mounts, with which
 // controllers, and whether that is enough for the kubelet and VM pods.
@@ -67,9 +67,6 @@ func Cgroups(cfg Config) Result {
 		if miss := missing(v1, kubeletV1Controllers); len(miss) > 0 {
 			return fail(r, r.Found+"; missing "+strings.Join(miss, ",")+" (the kubelet refuses to start)",
 				"mount the cgroup v1 hierarchies for "+strings.Join(miss, ",")+" (EVE's kernel and init do; a custom kernel needs CONFIG_CGROUP_* for them)")
-		}
-		if miss := missing(v1, vmV1Controllers); cfg.VMPods && len(miss) > 0 {
-			return fail(r, r.Found+"; VM pods need "+strings.Join(miss, ","), "mount those v1 hierarchies, or run the agent with --no-vm-pods")
 		}
 		r.Status = OK
 		return r
