@@ -86,7 +86,9 @@ func probeAPIServer(ctx context.Context, cfg Config) probe {
 			return nil
 		},
 	}
-	client := &http.Client{Timeout: cfg.Timeout, Transport: &http.Transport{TLSClientConfig: tc, Proxy: nil}}
+	tr := &http.Transport{TLSClientConfig: tc, Proxy: nil}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Timeout: cfg.Timeout, Transport: tr}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rec.APIServer+"/version", nil)
 	if err != nil {
 		p.err = err

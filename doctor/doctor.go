@@ -72,6 +72,10 @@ type Config struct {
 	Now func() time.Time
 	// Timeout bounds each network probe; 0 means 5s.
 	Timeout time.Duration
+
+	// kvmProbe says whether the KVM device creates VMs; tests, which
+	// have no KVM device, replace it.
+	kvmProbe func(path string) error
 }
 
 func (c *Config) defaults() {
@@ -89,6 +93,9 @@ func (c *Config) defaults() {
 	}
 	if c.Timeout == 0 {
 		c.Timeout = 5 * time.Second
+	}
+	if c.kvmProbe == nil {
+		c.kvmProbe = createVM
 	}
 	if c.KVMDevice == "" {
 		c.KVMDevice = "/dev/kvm"

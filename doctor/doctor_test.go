@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -209,5 +210,15 @@ func TestOutput(t *testing.T) {
 	var back []Result
 	if err := json.Unmarshal(b.Bytes(), &back); err != nil || len(back) != 2 || back[0] != rs[0] {
 		t.Errorf("json output %s: %v", b.String(), err)
+	}
+}
+
+// TestCreateVM runs the real KVM probe on devices that are not KVM.
+func TestCreateVM(t *testing.T) {
+	if err := createVM(filepath.Join(t.TempDir(), "kvm")); err == nil || !strings.HasPrefix(err.Error(), "no ") {
+		t.Errorf("missing device: %v", err)
+	}
+	if err := createVM("/dev/null"); err == nil || !strings.Contains(err.Error(), "KVM_CREATE_VM on /dev/null fails") {
+		t.Errorf("/dev/null: %v", err)
 	}
 }

@@ -61,6 +61,14 @@ func newDevice(t *testing.T) *device {
 		MountInfo:      p("proc", "mountinfo"),
 		CPUInfo:        p("proc", "cpuinfo"),
 		Timeout:        3 * time.Second,
+		// A regular file stands for the KVM device: it must open.
+		kvmProbe: func(path string) error {
+			f, err := os.OpenFile(path, os.O_RDWR, 0)
+			if err != nil {
+				return fmt.Errorf("no %s", path)
+			}
+			return f.Close()
+		},
 		LookPath: func(name string) (string, error) {
 			if path, ok := d.tools[name]; ok {
 				return path, nil

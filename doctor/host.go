@@ -133,16 +133,31 @@ func KVM(cfg Config) Result {
 	if flag == "" {
 		return warn(r, "the CPU reports neither vmx nor svm in "+cfg.CPUInfo+": VM pods need evelet.policy.allow-vm-emulation", fmt.Sprintf(fix, cfg.KVMDevice))
 	}
-	dev, err := os.OpenFile(cfg.KVMDevice, os.O_RDWR|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		what := "cannot open"
-		if errors.Is(err, os.ErrNotExist) {
-			what = "no"
-		}
-		return warn(r, fmt.Sprintf("CPU has %s but %s %s (%v): VM pods need evelet.policy.allow-vm-emulation", flag, what, cfg.KVMDevice, errors.Unwrap(err)), fmt.Sprintf(fix, cfg.KVMDevice))
+	if err := cfg.kvmProbe(cfg.KVMDevice); err != nil {
+		return warn(r, fmt.Sprintf("CPU has %s but %s: VM pods need evelet.policy.allow-vm-emulation", flag, err), fmt.Sprintf(fix, cfg.KVMDevice))
 	}
-	dev.Close()
-	return ok(r, fmt.Sprintf("CPU has %s, %s opens: VM pods use KVM", flag, cfg.KVMDevice))
+	return ok(r, fmt.Sprintf("CPU has %s, %s creates VMs: VM pods use KVM", flag, cfg.KVMDevice))
+}
+
+// createVM opens the KVM device and creates (and drops) a VM, as QEMU
+// will: the device can exist and still refuse (nested virtualisation off,
+// another hypervisor holding VT-x).
+func createVM(path string) error {
+	dev, err := os.OpenFile(path, os.O_RDWR|syscall.O_CLOEXEC, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("no %s", path)
+	}
+	if err != nil {
+		return fmt.Errorf("cannot open %s: %w", path, errors.Unwrap(err))
+	}
+	defer dev.Close()
+	const kvmCreateVM = 0xAE01 // _IO(KVMIO, 0x01)
+	fd, _, errno := syscall.Syscall(syscall.SYS_IOCTL, dev.Fd(), kvmCreateVM, 0)
+	if errno != 0 {
+		return fmt.Errorf("KVM_CREATE_VM on %s fails: %w", path, errno)
+	}
+	syscall.Close(int(fd))
+	return nil
 }
 
 // cpuVirtFlag returns "vmx" or "svm" if a CPU in cpuinfo has it.
