@@ -168,9 +168,10 @@ func clockSkew(p probe) Result {
 		}
 		return warn(r, "not checked: no Date header from the apiserver", "see the apiserver check")
 	}
-	// The server stamped its Date somewhere during the round trip.
+	// The server stamped its Date somewhere during the round trip, and
+	// truncated it to the second: compare the middles.
 	local := p.sentAt.Add(p.rtt / 2)
-	skew := local.Sub(p.date)
+	skew := local.Sub(p.date.Add(500 * time.Millisecond))
 	abs := skew.Abs()
 	found := fmt.Sprintf("local clock is %s %s the apiserver's (Date header, 1s resolution)", abs.Round(100*time.Millisecond), map[bool]string{true: "ahead of", false: "behind"}[skew >= 0])
 	fix := "synchronise the device's clock (EVE's NTP servers in its controller config) and the control plane's"
