@@ -59,6 +59,10 @@ type Config struct {
 
 	KubeProxy bool
 
+	// KubeletCgroupRoot and CgroupDriver are the agent's
+	// --kubelet-cgroup-root and --cgroup-driver.
+	KubeletCgroupRoot, CgroupDriver string
+
 	// KubeletVersion is the vendored kubelet's version (version.Kubelet).
 	KubeletVersion string
 

@@ -45,15 +45,19 @@ func TestEachMissingPrerequisite(t *testing.T) {
 		found, fix string
 	}{
 		{"cgroup v1 memory hierarchy", func(d *device) {
-			d.write("proc/mountinfo", strings.ReplaceAll(v1MountInfo, "27 25 0:25 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory\n", ""))
+			d.mountInfo(strings.ReplaceAll(v1MountInfo, "27 25 0:25 / DIR/sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory\n", ""))
 		}, "cgroups", Fail, "missing memory (the kubelet refuses to start)", "mount the cgroup v1 hierarchies for memory"},
 		{"any cgroup filesystem", func(d *device) {
-			d.write("proc/mountinfo", "25 1 0:23 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs rw,mode=755\n")
+			d.mountInfo("25 1 0:23 / DIR/sys/fs/cgroup rw,nosuid - tmpfs tmpfs rw,mode=755\n")
 		}, "cgroups", Fail, "no cgroup filesystem mounted", "mount cgroup v1 hierarchies"},
 		{"cgroup v1 (v2 host, VM pods on)", func(d *device) { d.useCgroup2("cpuset cpu io memory pids") },
 			"cgroups", Fail, "VM pods are refused on cgroup v2", "run the agent with --no-vm-pods"},
 		{"cgroup v2 pids controller", func(d *device) { d.cfg.VMPods = false; d.useCgroup2("cpuset cpu io memory") },
 			"cgroups", Fail, "missing pids", "cgroup.subtree_control"},
+		{"the kubelet's cgroup root in one hierarchy", func(d *device) { d.remove(filepath.Join(d.cgroupMount("pids"), "evelet")) },
+			"cgroups", Fail, "--kubelet-cgroup-root /evelet is missing from 1 hierarch(ies)", "mkdir -p " + "\x00pids"},
+		{"the cgroupfs driver (VM pods on)", func(d *device) { d.cfg.CgroupDriver = "systemd" },
+			"cgroups", Fail, "systemd cgroup driver: VM pods are refused", "--cgroup-driver=cgroupfs"},
 		{"containerd socket", func(d *device) { d.remove(d.cri.socket) },
 			"containerd", Fail, "no containerd socket", "start EVE's user containerd"},
 		{"containerd's CNI network", func(d *device) { d.cri.networkReady = false },
@@ -117,12 +121,13 @@ func TestEachMissingPrerequisite(t *testing.T) {
 			tc.remove(d)
 			rs := d.run()
 			r := find(t, rs, tc.check)
-			found := tc.found
+			found, fix := tc.found, tc.fix
 			if found == d0URL {
 				found = d.api.URL
 			}
-			if r.Status != tc.status || !strings.Contains(r.Found, found) || !strings.Contains(r.Fix, tc.fix) {
-				t.Errorf("%s: %s %q (fix %q), want %s, found containing %q, fix containing %q", r.Check, r.Status, r.Found, r.Fix, tc.status, found, tc.fix)
+			fix = strings.ReplaceAll(fix, "\x00pids", filepath.Join(d.cgroupMount("pids"), "evelet"))
+			if r.Status != tc.status || !strings.Contains(r.Found, found) || !strings.Contains(r.Fix, fix) {
+				t.Errorf("%s: %s %q (fix %q), want %s, found containing %q, fix containing %q", r.Check, r.Status, r.Found, r.Fix, tc.status, found, fix)
 			}
 			if got := Failed(rs); got != (tc.status == Fail) {
 				t.Errorf("Failed() = %v with %s %s", got, tc.check, tc.status)

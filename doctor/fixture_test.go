@@ -16,6 +16,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -57,10 +58,13 @@ func newDevice(t *testing.T) *device {
 		VMCNIBinDirs:   []string{p("vm", "bin1"), p("vm", "bin2")},
 		KVMDevice:      p("dev", "kvm"),
 		KubeProxy:      true,
-		KubeletVersion: "v1.35.4",
-		MountInfo:      p("proc", "mountinfo"),
-		CPUInfo:        p("proc", "cpuinfo"),
-		Timeout:        3 * time.Second,
+		// The fixture's hierarchies are mounted under the temp dir.
+		KubeletCgroupRoot: "/evelet",
+		CgroupDriver:      "cgroupfs",
+		KubeletVersion:    "v1.35.4",
+		MountInfo:         p("proc", "mountinfo"),
+		CPUInfo:           p("proc", "cpuinfo"),
+		Timeout:           3 * time.Second,
 		// A regular file stands for the KVM device: it must open.
 		kvmProbe: func(path string) error {
 			f, err := os.OpenFile(path, os.O_RDWR, 0)
@@ -80,7 +84,10 @@ func newDevice(t *testing.T) *device {
 	for _, tool := range []string{"qemu-system-x86_64", "qemu-img", "nft"} {
 		d.tools[tool] = "/usr/bin/" + tool
 	}
-	d.write("proc/mountinfo", v1MountInfo)
+	d.mountInfo(v1MountInfo)
+	for _, h := range []string{"cpu,cpuacct", "memory", "cpuset", "pids", "devices"} {
+		d.writeMode(filepath.Join(d.cgroupMount(h), "evelet", "tasks"), "", 0o644)
+	}
 	d.write("proc/cpuinfo", "processor\t: 0\nflags\t\t: fpu vme de pse vmx sse\n\n")
 	d.write("dev/kvm", "")
 	for _, plugin := range []string{"bridge", "host-local", "portmap", "static"} {
@@ -103,13 +110,22 @@ func newDevice(t *testing.T) *device {
 	return d
 }
 
-const v1MountInfo = `25 1 0:23 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs rw,mode=755
-26 25 0:24 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct
-27 25 0:25 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
-28 25 0:26 / /sys/fs/cgroup/cpuset rw,nosuid - cgroup cgroup rw,cpuset
-29 25 0:27 / /sys/fs/cgroup/pids rw,nosuid - cgroup cgroup rw,pids
-30 25 0:28 / /sys/fs/cgroup/devices rw,nosuid - cgroup cgroup rw,devices
+// v1MountInfo is a cgroup v1 host's mount table, its hierarchies under
+// the fixture's sys/fs/cgroup (the mountinfo format escapes nothing here).
+const v1MountInfo = `25 1 0:23 / DIR/sys/fs/cgroup rw,nosuid - tmpfs tmpfs rw,mode=755
+26 25 0:24 / DIR/sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct
+27 25 0:25 / DIR/sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
+28 25 0:26 / DIR/sys/fs/cgroup/cpuset rw,nosuid - cgroup cgroup rw,cpuset
+29 25 0:27 / DIR/sys/fs/cgroup/pids rw,nosuid - cgroup cgroup rw,pids
+30 25 0:28 / DIR/sys/fs/cgroup/devices rw,nosuid - cgroup cgroup rw,devices
 `
+
+func (d *device) cgroupMount(h string) string { return d.path("sys/fs/cgroup/" + h) }
+
+// mountInfo writes a mount table, DIR standing for the fixture's root.
+func (d *device) mountInfo(table string) {
+	d.write("proc/mountinfo", strings.ReplaceAll(table, "DIR", d.dir))
+}
 
 func (d *device) path(rel string) string { return filepath.Join(d.dir, rel) }
 
@@ -144,7 +160,8 @@ func (d *device) remove(path string) {
 func (d *device) useCgroup2(controllers string) {
 	d.cgroup2 = d.path("cgroup2")
 	d.write("cgroup2/cgroup.controllers", controllers+"\n")
-	d.write("proc/mountinfo", "25 1 0:23 / "+d.cgroup2+" rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n")
+	d.write("cgroup2/evelet/cgroup.procs", "")
+	d.mountInfo("25 1 0:23 / DIR/cgroup2 rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n")
 }
 
 // fakeCRI is a CRI runtime service on a unix socket: Version and Status.

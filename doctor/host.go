@@ -42,17 +42,38 @@ func Cgroups(cfg Config) Result {
 	v1 := map[string]bool{}
 	var v2 []string
 	v2Mounted := false
+	var hierarchies []string // mount points the kubelet's cgroup root must be in
+	var v2Mount string
 	for _, m := range mounts {
 		switch m.FSType {
 		case "cgroup":
 			for _, o := range strings.Split(m.VFSOptions, ",") {
 				v1[o] = true
+				// The kubelet validates its root in the hierarchies of
+				// the controllers it uses (not name=systemd, ...).
+				if slices.Contains(kubeletV1Controllers, o) && !slices.Contains(hierarchies, m.Mountpoint) {
+					hierarchies = append(hierarchies, m.Mountpoint)
+				}
 			}
 		case "cgroup2":
 			v2Mounted = true
+			v2Mount = m.Mountpoint
 			if b, err := os.ReadFile(filepath.Join(m.Mountpoint, "cgroup.controllers")); err == nil {
 				v2 = append(v2, strings.Fields(string(b))...)
 			}
+		}
+	}
+	if len(v1) == 0 && v2Mounted {
+		// Pure v2; on a hybrid host the kubelet uses the v1 hierarchies.
+		hierarchies = append(hierarchies, v2Mount)
+	}
+	if len(hierarchies) > 0 {
+		if f := checkCgroupRoot(cfg, hierarchies); f != nil {
+			return fail(r, f.Found, f.Fix)
+		}
+		if cfg.VMPods && cfg.CgroupDriver == "systemd" {
+			return fail(r, "the kubelet uses the systemd cgroup driver: VM pods are refused (QEMU is confined with cgroupfs paths only)",
+				"use --cgroup-driver=cgroupfs (EVE's), or run the agent with --no-vm-pods")
 		}
 	}
 	switch {
@@ -88,6 +109,26 @@ func Cgroups(cfg Config) Result {
 		return r
 	}
 	return fail(r, "no cgroup filesystem mounted", "mount cgroup v1 hierarchies (cpu,cpuacct,cpuset,memory,pids) or cgroup2 at /sys/fs/cgroup")
+}
+
+// checkCgroupRoot: the kubelet refuses to start when its --cgroup-root
+// is missing from a hierarchy, and the agent does not create it.
+func checkCgroupRoot(cfg Config, hierarchies []string) *Result {
+	if cfg.KubeletCgroupRoot == "" || cfg.KubeletCgroupRoot == "/" {
+		return nil
+	}
+	var miss []string
+	for _, h := range hierarchies {
+		p := filepath.Join(h, cfg.KubeletCgroupRoot)
+		if _, err := os.Stat(p); err != nil {
+			miss = append(miss, p)
+		}
+	}
+	if len(miss) == 0 {
+		return nil
+	}
+	return &Result{Found: fmt.Sprintf("--kubelet-cgroup-root %s is missing from %d hierarch(ies): %s (the kubelet refuses to start)", cfg.KubeletCgroupRoot, len(miss), strings.Join(miss, " ")),
+		Fix: "create it in every hierarchy (mkdir -p " + strings.Join(miss, " ") + "), or drop --kubelet-cgroup-root"}
 }
 
 func missing(have map[string]bool, need []string) []string {

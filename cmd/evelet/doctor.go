@@ -34,6 +34,8 @@ func runDoctor(args []string) int {
 	noVM := fs.Bool("no-vm-pods", false, "VM pods are off: skip the VM checks")
 	kvmDev := fs.String("vm-kvm-device", "/dev/kvm", "KVM device for VM pods")
 	kubeProxy := fs.Bool("kube-proxy", false, "the agent runs kube-proxy: check nft")
+	cgroupRoot := fs.String("kubelet-cgroup-root", "", "the kubelet's cgroup root: must exist in every hierarchy")
+	cgroupDriver := fs.String("cgroup-driver", "cgroupfs", "cgroup driver shared by the kubelet and containerd")
 	timeout := fs.Duration("timeout", 5*time.Second, "bound of each network probe")
 	out := fs.String("o", "", "output format: '' (text) or json")
 	var cniOpts agent.CNIOptions
@@ -41,7 +43,7 @@ func runDoctor(args []string) int {
 	// The agent's other flags, accepted so its whole command line can be
 	// given; no check depends on them.
 	for _, name := range []string{"run-dir", "eve-controller-certs", "join-file-absent-for", "drain-timeout", "metrics-addr",
-		"kubelet-port", "kubelet-healthz-port", "kubelet-cgroup-root", "cgroup-driver", "log-level"} {
+		"kubelet-port", "kubelet-healthz-port", "log-level"} {
 		fs.String(name, "", "the agent's flag; not used by doctor")
 	}
 	if err := fs.Parse(args); err != nil {
@@ -68,7 +70,8 @@ func runDoctor(args []string) int {
 		// The agent installs these into --cni-bin-dir itself.
 		OwnPlugins: []string{meta.PluginType, "eve-ni"},
 		VMPods:     !vm.Disabled, VMCNIConfDir: vm.CNIConfDir, VMCNIBinDirs: vm.CNIBinDirs, KVMDevice: vm.KVMDevice,
-		KubeProxy:      *kubeProxy,
+		KubeProxy:         *kubeProxy,
+		KubeletCgroupRoot: *cgroupRoot, CgroupDriver: *cgroupDriver,
 		KubeletVersion: version.Kubelet(),
 		Timeout:        *timeout,
 	}
