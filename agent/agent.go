@@ -21,6 +21,7 @@ import (
 	"github.com/lf-edge/evelet/bootstrap"
 	"github.com/lf-edge/evelet/bootstrap/intent"
 	"github.com/lf-edge/evelet/cni/eveni"
+	"github.com/lf-edge/evelet/cni/podnet"
 	"github.com/lf-edge/evelet/cri"
 	"github.com/lf-edge/evelet/cri/containerd"
 	"github.com/lf-edge/evelet/eve/pubsub"
@@ -125,8 +126,11 @@ type Agent struct {
 	// once the node has left (eve-ni's table); a no-op in unit tests,
 	// which share the host's ruleset with the CNI packages' tests.
 	removeNodeRules func() error
-	sleep           func(ctx context.Context, d time.Duration) bool
-	heartbeat       time.Duration
+	// podnetNFT reaches nftables for the pod network's masquerade
+	// (podnet.go); nil: nft(8) in the agent's network namespace.
+	podnetNFT podnet.NFT
+	sleep     func(ctx context.Context, d time.Duration) bool
+	heartbeat time.Duration
 
 	writeMu sync.Mutex
 	written *Status // last status written to status.json
@@ -400,7 +404,9 @@ func (a *Agent) join(ctx context.Context, job *joinJob) {
 	})
 	waitUpgrade := a.startUpgrade(ctx, j)
 	waitProxy := a.startKubeProxy(ctx, j)
+	waitPodNet := a.startPodNetwork(ctx, j)
 	k.Run(ctx)
+	waitPodNet()
 	waitProxy()
 	waitUpgrade()
 	a.mu.Lock()
@@ -575,6 +581,8 @@ func (a *Agent) publishConfigErrors(items map[string]string) {
 	_, errs := policy.FromConfigItems(items)
 	errs = append(errs, (&kubeletshim.Options{ConfigItems: items}).ConfigItemErrors()...)
 	errs = append(errs, upgradeItemErrors(items)...)
+	_, podNetErrs := podnet.FromConfigItems(items)
+	errs = append(errs, podNetErrs...)
 	for _, err := range errs {
 		a.log.WithError(err).Error("config item ignored; it keeps its default")
 		msgs = append(msgs, err.Error())

@@ -75,10 +75,7 @@ func (a *Agent) setupCNI(j *intent.Join) error {
 	if err := a.writeNetworkKubeconfig(j); err != nil {
 		return err
 	}
-	def := o.DefaultNetwork
-	if def == "" {
-		def = "evelet-default"
-	}
+	def := a.defaultNetworkName()
 	conf := map[string]any{
 		"cniVersion": "1.0.0", // what containerd 1.6's libcni reads; the plugin speaks up to 1.1.0
 		"name":       cniNetworkName,

@@ -94,6 +94,9 @@ func (a *Agent) leave(ctx context.Context, stopKubelet func()) {
 	if err := a.removeServiceRules(ctx); err != nil {
 		errs = append(errs, err)
 	}
+	if err := a.removePodNetwork(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	a.forgetUpgrade()
 	// eve-ni's anti-spoofing table goes with the node once no pod is
 	// attached; with the kubelet stopped no ADD races the removal.

@@ -1,0 +1,135 @@
+package agent
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/lf-edge/evelet/bootstrap/intent"
+	"github.com/lf-edge/evelet/cni/podnet"
+	"github.com/lf-edge/evelet/internal/layout"
+)
+
+// podCIDRWait bounds how long the agent waits for the controller-manager
+// to give the Node a podCIDR before it reports that the cluster gives none.
+// podCIDRPoll is how often it asks.
+var (
+	podCIDRWait = 10 * time.Minute
+	podCIDRPoll = 2 * time.Second
+)
+
+// podNetSettings are the owner's evelet.pod-network items in force
+// (refused values were reported by publishConfigErrors and keep defaults).
+func (a *Agent) podNetSettings() podnet.Settings {
+	s, _ := podnet.FromConfigItems(a.configItems())
+	return s
+}
+
+// defaultNetworkName is evelet-cni's delegate for eth0: the network the
+// agent writes from the Node's podCIDRs in podcidr mode, else the owner's
+// conflist (--cni-default-network).
+func (a *Agent) defaultNetworkName() string {
+	if a.podNetSettings().Mode == podnet.ModePodCIDR {
+		return podnet.NetworkName
+	}
+	return cmp.Or(a.cfg.CNI.DefaultNetwork, "evelet-default")
+}
+
+func (a *Agent) podNetNFT() podnet.NFT {
+	if a.podnetNFT != nil {
+		return a.podnetNFT
+	}
+	return podnet.SystemNFT
+}
+
+// startPodNetwork, in podcidr mode, waits for the node's credential and
+// its Node's podCIDRs, then writes the default pod network and its
+// masquerade. Until then pod sandboxes fail their CNI ADD ("no CNI config
+// named evelet-podcidr") and the kubelet retries them.
+func (a *Agent) startPodNetwork(ctx context.Context, j *intent.Join) (wait func()) {
+	s := a.podNetSettings()
+	if !a.cfg.CNI.enabled() || s.Mode != podnet.ModePodCIDR {
+		return func() {}
+	}
+	log := a.log.WithFields(logrus.Fields{"node": j.NodeName, "component": "pod-network"})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		kubeconfig := a.store.KubeconfigPath()
+		if err := waitForFile(ctx, kubeconfig); err != nil {
+			return
+		}
+		cs, err := nodeClient(kubeconfig)
+		if err != nil {
+			log.WithError(err).Error("pod network not set up")
+			return
+		}
+		cidrs, err := podnet.WaitPodCIDRs(ctx, cs, j.NodeName, podCIDRPoll, podCIDRWait)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			log.WithError(err).Error("pod network not set up: the Node's podCIDR could not be read")
+			return
+		case len(cidrs) == 0:
+			log.WithField("waited", podCIDRWait).Error("pod network not set up: the Node has no podCIDR; the cluster must run the controller-manager with --allocate-node-cidrs (docs/pod-network.md)")
+			return
+		}
+		if err := a.applyPodNetwork(ctx, cidrs, s.ClusterCIDRs); err != nil {
+			log.WithError(err).Error("pod network not set up")
+			return
+		}
+		log.WithFields(logrus.Fields{"podCIDRs": cidrs, "clusterCIDRs": s.ClusterCIDRs}).Info("default pod network from the Node's podCIDRs")
+	}()
+	return func() { <-done }
+}
+
+// applyPodNetwork writes the masquerade first, so no pod ever leaves
+// unmasqueraded, then the conflist.
+func (a *Agent) applyPodNetwork(ctx context.Context, cidrs, clusterCIDRs []netip.Prefix) error {
+	if err := podnet.Masquerade(ctx, a.podNetNFT(), cidrs, clusterCIDRs); err != nil {
+		return err
+	}
+	n := podnet.Network{PodCIDRs: cidrs, IPAMDir: a.podNetIPAMDir()}
+	_, err := n.WriteConflist(a.cfg.CNI.ConfDir)
+	return err
+}
+
+func (a *Agent) podNetIPAMDir() string {
+	return filepath.Join(layout.State{Dir: a.cfg.StateDir}.CNI().Dir, "podnet-ipam")
+}
+
+// removePodNetwork undoes applyPodNetwork when the node leaves (the
+// kubelet has stopped): the conflist, the masquerade table and the
+// addresses handed out. Nothing to do when podcidr mode never wrote one.
+func (a *Agent) removePodNetwork(ctx context.Context) error {
+	if !a.cfg.CNI.enabled() {
+		return nil
+	}
+	path := filepath.Join(a.cfg.CNI.ConfDir, podnet.ConflistFile)
+	_, statErr := os.Stat(path)
+	if errors.Is(statErr, os.ErrNotExist) && a.podNetSettings().Mode != podnet.ModePodCIDR {
+		return nil
+	}
+	var errs []error
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	if err := os.RemoveAll(a.podNetIPAMDir()); err != nil {
+		errs = append(errs, err)
+	}
+	if err := podnet.RemoveMasquerade(ctx, a.podNetNFT()); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("pod network: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,161 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"sigs.k8s.io/knftables"
+
+	"github.com/lf-edge/evelet/bootstrap/intent"
+	"github.com/lf-edge/evelet/cni/podnet"
+)
+
+// nftFakes is a podnet.NFT over one knftables fake per family.
+type nftFakes map[knftables.Family]*knftables.Fake
+
+func (f nftFakes) nft(fam knftables.Family) (knftables.Interface, error) {
+	if f[fam] == nil {
+		f[fam] = knftables.NewFake(fam, podnet.Table)
+	}
+	return f[fam], nil
+}
+
+// kubeconfigStore is a fakeStore whose node kubeconfig is a real file.
+type kubeconfigStore struct {
+	fakeStore
+	path string
+}
+
+func (s *kubeconfigStore) KubeconfigPath() string { return s.path }
+
+func readDelegate(t *testing.T, a *Agent) string {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(a.cfg.CNI.ConfDir, CNIConflistName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		Plugins []struct {
+			Delegate string `json:"delegate"`
+		} `json:"plugins"`
+	}
+	if err := json.Unmarshal(raw, &c); err != nil || len(c.Plugins) != 1 {
+		t.Fatalf("conflist %s: %v", raw, err)
+	}
+	return c.Plugins[0].Delegate
+}
+
+// In podcidr mode evelet-cni delegates eth0 to the network the agent
+// writes, whatever --cni-default-network says.
+func TestPodCIDRModeIsEveletCNIsDelegate(t *testing.T) {
+	a, _ := cniAgent(t)
+	j := &intent.Join{NodeName: "node1", DeviceUUID: "u"}
+	if err := a.setupCNI(j); err != nil {
+		t.Fatal(err)
+	}
+	if d := readDelegate(t, a); d != "evelet-default" {
+		t.Fatalf("delegate %q without the item", d)
+	}
+	a.items = map[string]string{podnet.ItemMode: "podcidr"}
+	if err := a.setupCNI(j); err != nil {
+		t.Fatal(err)
+	}
+	if d := readDelegate(t, a); d != podnet.NetworkName {
+		t.Fatalf("delegate %q in podcidr mode, want %q", d, podnet.NetworkName)
+	}
+	// A refused value keeps the owner's conflist.
+	a.items = map[string]string{podnet.ItemMode: "flannel"}
+	if err := a.setupCNI(j); err != nil {
+		t.Fatal(err)
+	}
+	if d := readDelegate(t, a); d != "evelet-default" {
+		t.Fatalf("delegate %q with a refused mode", d)
+	}
+}
+
+// The agent reads its Node from the apiserver until the controller-manager
+// has set spec.podCIDRs, then writes the conflist and the masquerade; on
+// leave both go, with the IPAM state.
+func TestStartPodNetworkFromNodeAndRemove(t *testing.T) {
+	var gets atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/api/v1/nodes/node1" {
+			http.NotFound(w, r)
+			return
+		}
+		spec := `{}`
+		if gets.Add(1) >= 3 { // the node IPAM controller got to it
+			spec = `{"podCIDR": "10.244.21.0/24", "podCIDRs": ["10.244.21.0/24"]}`
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"kind": "Node", "apiVersion": "v1", "metadata": {"name": "node1"}, "spec": ` + spec + `}`))
+	}))
+	defer srv.Close()
+	a, dir := cniAgent(t)
+	kubeconfig := filepath.Join(dir, "node.kubeconfig")
+	kc := "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"" + srv.URL + "\"}}]\n" +
+		"users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n"
+	if err := os.WriteFile(kubeconfig, []byte(kc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.store = &kubeconfigStore{path: kubeconfig}
+	f := nftFakes{}
+	a.podnetNFT = f.nft
+	a.items = map[string]string{podnet.ItemMode: "podcidr", podnet.ItemClusterCIDR: "10.244.0.0/16"}
+	oldPoll := podCIDRPoll
+	podCIDRPoll = 10 * time.Millisecond
+	defer func() { podCIDRPoll = oldPoll }()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a.startPodNetwork(ctx, &intent.Join{NodeName: "node1"})()
+
+	path := filepath.Join(a.cfg.CNI.ConfDir, podnet.ConflistFile)
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("no conflist after the Node got its podCIDR (%d GETs): %v", gets.Load(), err)
+	}
+	if !strings.Contains(string(raw), `"subnet": "10.244.21.0/24"`) || !strings.Contains(string(raw), a.podNetIPAMDir()) {
+		t.Errorf("conflist %s", raw)
+	}
+	rules := f[knftables.IPv4Family].Dump()
+	if !strings.Contains(rules, "ip saddr 10.244.21.0/24 ip daddr != { 10.244.21.0/24, 10.244.0.0/16, 224.0.0.0/4 } masquerade") {
+		t.Errorf("masquerade rules:\n%s", rules)
+	}
+
+	if err := os.MkdirAll(a.podNetIPAMDir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.removePodNetwork(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{path, a.podNetIPAMDir()} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s left after leave: %v", p, err)
+		}
+	}
+	if f[knftables.IPv4Family].Table != nil {
+		t.Errorf("masquerade table left after leave:\n%s", f[knftables.IPv4Family].Dump())
+	}
+}
+
+// Without podcidr mode nothing is started and leave touches no nftables.
+func TestPodNetworkOffByDefault(t *testing.T) {
+	a, _ := cniAgent(t)
+	a.podnetNFT = func(knftables.Family) (knftables.Interface, error) {
+		t.Fatal("nftables reached with the mode off")
+		return nil, nil
+	}
+	a.startPodNetwork(context.Background(), &intent.Join{NodeName: "node1"})()
+	if err := a.removePodNetwork(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
