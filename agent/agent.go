@@ -151,6 +151,7 @@ type Agent struct {
 	dnsAddr  string               // the kubelet's clusterDNS (agent/nodedns.go)
 	niKick   chan struct{}        // the owner's NI list changed (agent/nilabels.go)
 	upgrader *upgrade.Coordinator // running while the node has credentials (EVE channel)
+	apiCache apiCacheState        // the local API cache in front of the apiserver (apicache.go)
 }
 
 func New(cfg Config) *Agent {
@@ -434,14 +435,14 @@ func (a *Agent) kubelet(j *intent.Join) (kubeletProc, error) {
 		return nil, err
 	}
 	a.followNodeIP(opts.NodeIP, j.NodeIP != "")
-	return &kubeletshim.Supervisor{
+	return a.withAPICache(j, opts, &kubeletshim.Supervisor{
 		Log: a.log.WithFields(logrus.Fields{"node": j.NodeName, "component": "kubelet"}),
 		Command: func() *exec.Cmd {
 			cmd := exec.Command(a.cfg.Self, append([]string{"kubelet"}, opts.Args()...)...)
 			cmd.Stdout, cmd.Stderr = a.cfg.KubeletLog, a.cfg.KubeletLog
 			return cmd
 		},
-	}, nil
+	}), nil
 }
 
 // runCRI keeps evelet's CRI server up; it outlives kubelet restarts. The

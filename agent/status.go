@@ -45,6 +45,9 @@ type Status struct {
 	// Heartbeat is when the agent last wrote the file; it does so at least
 	// every 10 s while it runs, changed or not.
 	Heartbeat time.Time `json:"heartbeat"`
+	// APICache is the local API cache in front of the apiserver
+	// (agent/apicache.go); absent while the kubelet does not run.
+	APICache *APICacheStatus `json:"apiCache,omitempty"`
 	// AgentPID is the agent's process id.
 	AgentPID int `json:"agentPID,omitempty"`
 }

@@ -106,7 +106,7 @@ func TestProxyOfflineRestart(t *testing.T) {
 	tokenReq := func(cs kubernetes.Interface) (*authnv1.TokenRequest, error) {
 		return cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "default", &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
 			ExpirationSeconds: ptr.To[int64](3600),
-			BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pods[0].Name, UID: pods[0].UID}}}, metav1.CreateOptions{})
+			BoundObjectRef:    &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pods[0].Name, UID: pods[0].UID}}}, metav1.CreateOptions{})
 	}
 
 	// Online: the node's client reads through the proxy.

@@ -52,6 +52,10 @@ type Options struct {
 	// ConfigItems are the device owner's "evelet." config items; the
 	// "evelet.kubelet." ones set reservations and limits (items.go).
 	ConfigItems map[string]string
+	// APICacheKubeconfig, when set, is the kubelet's kubeconfig to the
+	// agent's local API cache (apicache): the kubelet talks through it and
+	// does not bootstrap (its client certificate exists already).
+	APICacheKubeconfig string
 	// PolicyFile is the guardrail policy the agent keeps current
 	// (WritePolicyFile); the kubelet's hostPath guard reads it. Empty: the
 	// guard allows no host path at all.
@@ -223,10 +227,13 @@ func (o *Options) Args() []string {
 		// evelet kubelet takes this one itself (kubelet-shim.Run).
 		a = append(a, PolicyFileFlag+"="+o.PolicyFile)
 	}
+	a = append(a, "--config="+o.ConfigPath())
+	if o.APICacheKubeconfig != "" {
+		a = append(a, "--kubeconfig="+o.APICacheKubeconfig)
+	} else {
+		a = append(a, "--bootstrap-kubeconfig="+o.creds().BootstrapKubeconfig(), "--kubeconfig="+o.Kubeconfig())
+	}
 	a = append(a,
-		"--config="+o.ConfigPath(),
-		"--bootstrap-kubeconfig="+o.creds().BootstrapKubeconfig(),
-		"--kubeconfig="+o.Kubeconfig(),
 		"--cert-dir="+o.creds().CertDir(),
 		"--root-dir="+o.RootDir(),
 		"--hostname-override="+o.NodeName,

@@ -56,6 +56,17 @@ func runStatus(args []string) int {
 		if s.KubeletPID != 0 {
 			row("Kubelet", fmt.Sprintf("pid %d, %d restarts", s.KubeletPID, s.KubeletRestarts))
 		}
+		if c := s.APICache; c != nil {
+			conn := "online"
+			if !c.Online {
+				conn = "OFFLINE"
+				if c.LastContact != nil {
+					conn += fmt.Sprintf(", last contact %s (%s ago)", c.LastContact.Format(time.RFC3339), time.Since(*c.LastContact).Round(time.Second))
+				}
+			}
+			row("Apiserver", conn)
+			row("API cache", fmt.Sprintf("%d objects, %d hits, %d misses offline, %d reconnects", c.Objects, c.Hits, c.Misses, c.Reconnects))
+		}
 		row("Last error", s.LastError)
 		for _, e := range s.ConfigErrors {
 			row("Config item refused", e)

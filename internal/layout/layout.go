@@ -51,6 +51,18 @@ func (c Credentials) CertDir() string { return filepath.Join(c.Dir, "pki") }
 // kubelet's client CA for its own API.
 func (c Credentials) ClusterCA() string { return filepath.Join(c.Dir, "ca.crt") }
 
+// APICache is the local API cache (apicache): one directory per client,
+// Secrets and tokens among its files, so it lives with the credentials and
+// goes when they are wiped.
+func (c Credentials) APICache() string { return filepath.Join(c.Dir, "apicache") }
+
+// KubeletAPICacheKubeconfig is the kubelet's kubeconfig to the local API
+// cache, rewritten before every kubelet start (the cache's port and
+// serving certificate are new at every agent start).
+func (c Credentials) KubeletAPICacheKubeconfig() string {
+	return filepath.Join(c.Dir, "kubelet-apicache.kubeconfig")
+}
+
 // JoinRecord says which cluster the credentials belong to.
 func (c Credentials) JoinRecord() string { return filepath.Join(c.Dir, "join.json") }
 
