@@ -478,7 +478,7 @@ func (a *Agent) serveCRIOnce(ctx context.Context) error {
 	handlers, closeVM := a.vmHandlers(be)
 	defer closeVM()
 	srv, err := cri.NewServer(cri.Config{Socket: a.cfg.CRISocket(), Backend: be, Handlers: handlers, Log: log, Metrics: a.cfg.Metrics,
-		Pods: &cri.KubeconfigPods{Path: a.cfg.Credentials().KubeconfigPath()}})
+		Pods: a.criPods()})
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"sync"
 	"syscall"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/lf-edge/evelet/apicache"
 	"github.com/lf-edge/evelet/bootstrap/intent"
+	"github.com/lf-edge/evelet/cri"
 	"github.com/lf-edge/evelet/internal/layout"
 	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
 	"github.com/prometheus/client_golang/prometheus"
@@ -171,6 +173,29 @@ func (k *cachedKubelet) nodeEvent(_ apicache.Client, offlineFor time.Duration, r
 	if _, err := cs.CoreV1().Events(metav1.NamespaceDefault).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
 		k.a.log.WithError(err).Warn("reconnect event not recorded on the Node")
 	}
+}
+
+// cachedPods is the CRI shim's pod source: through the local API cache
+// while it serves, so a pod the kubelet starts again offline is checked
+// against the spec the cache holds (the shim's own last-read copy is gone
+// after a reboot); directly with the node's kubeconfig otherwise.
+type cachedPods struct {
+	a              *Agent
+	direct, cached cri.KubeconfigPods
+}
+
+func (a *Agent) criPods() cri.PodSource {
+	creds := layout.Credentials{Dir: a.cfg.Credentials().Dir}
+	return &cachedPods{a: a, direct: cri.KubeconfigPods{Path: creds.Kubeconfig()}, cached: cri.KubeconfigPods{Path: creds.KubeletAPICacheKubeconfig()}}
+}
+
+func (c *cachedPods) Pod(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
+	if _, running := c.a.apiCacheStats(); running {
+		if _, err := os.Stat(c.cached.Path); err == nil {
+			return c.cached.Pod(ctx, namespace, name)
+		}
+	}
+	return c.direct.Pod(ctx, namespace, name)
 }
 
 func (a *Agent) setAPICache(p *apicache.Proxy) {

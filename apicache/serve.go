@@ -62,7 +62,8 @@ func (p *Proxy) miss(w http.ResponseWriter, r *http.Request, info *request.Reque
 			what += " " + info.Namespace + "/" + info.Name
 		}
 	}
-	w.Header().Set("Retry-After", "5")
+	// No Retry-After: client-go would retry within the caller's timeout
+	// instead of failing fast and keeping its own back-off.
 	writeStatus(w, r, http.StatusServiceUnavailable, "ServiceUnavailable",
 		"evelet apicache: the apiserver is unreachable and the node's cache cannot answer "+what)
 }

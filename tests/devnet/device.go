@@ -93,6 +93,7 @@ type Device struct {
 	imported  bool
 	closed    bool
 	boots     int
+	cut       bool // the link is cut (SetLink): the veth stays off the bridge
 }
 
 // NewDevice prepares device n (1..200; one Device per number at a time,
@@ -350,6 +351,11 @@ func (d *Device) ensureNetNSLocked() error {
 		deleteNetNS(d.nsName)
 		return err
 	}
+	if d.cut {
+		if err := setBridged(d.hostVeth, "", false); err != nil {
+			return err
+		}
+	}
 	ino, err := netnsInode(netnsPath(d.nsName))
 	if err != nil {
 		return fmt.Errorf("devnet: %w", err)
@@ -464,6 +470,21 @@ func (d *Device) Reboot(o RebootOptions) error {
 		return fmt.Errorf("devnet: rebooting %s: %w", d.nsName, err)
 	}
 	return d.Start()
+}
+
+// SetLink connects (true) or cuts (false) the device's link to the
+// cluster: its host-side veth is attached to or detached from the bridge,
+// so the device keeps its carrier and address but nothing it sends
+// arrives (as when an uplink fails beyond the device). A cut holds across
+// Reboot until SetLink(true).
+func (d *Device) SetLink(up bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.cut = !up
+	if d.netnsIno == 0 {
+		return nil // applied when the device next boots
+	}
+	return setBridged(d.hostVeth, d.net.bridge, up)
 }
 
 // powerOffLocked is the hard half of a reboot, also the last step of Close.

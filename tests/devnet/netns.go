@@ -71,6 +71,29 @@ func netnsInode(path string) (uint64, error) {
 // plugDevice creates the veth pair of a device: hostSide on the bridge, the
 // other end moved into the namespace as eth0 with addr, lo up, and a
 // default route via gw.
+// setBridged attaches the link hostSide to bridge, or detaches it from
+// any bridge.
+func setBridged(hostSide, bridge string, on bool) error {
+	l, err := netlink.LinkByName(hostSide)
+	if err != nil {
+		return fmt.Errorf("devnet: %s: %w", hostSide, err)
+	}
+	if !on {
+		if err := netlink.LinkSetNoMaster(l); err != nil {
+			return fmt.Errorf("devnet: detaching %s: %w", hostSide, err)
+		}
+		return nil
+	}
+	br, err := netlink.LinkByName(bridge)
+	if err != nil {
+		return fmt.Errorf("devnet: bridge %s: %w", bridge, err)
+	}
+	if err := netlink.LinkSetMaster(l, br); err != nil {
+		return fmt.Errorf("devnet: attaching %s to %s: %w", hostSide, bridge, err)
+	}
+	return nil
+}
+
 func plugDevice(nsName, bridge, hostSide string, addr *net.IPNet, gw net.IP) error {
 	br, err := netlink.LinkByName(bridge)
 	if err != nil {
