@@ -144,4 +144,3 @@ func writePair(t *testing.T, path string) tls.Certificate {
 	}
 	return c
 }
-
