@@ -168,6 +168,11 @@ func (o *Options) Config() *kubeletv1beta1.KubeletConfiguration {
 		SeccompDefault:        ptr.To(true),
 		SerializeImagePulls:   ptr.To(false),
 		MaxParallelImagePulls: ptr.To[int32](2),
+		// No KUBE-FIREWALL jumps in EVE's INPUT/OUTPUT chains, no hint or
+		// canary chains in its iptables tables: they serve iptables-mode
+		// kube-proxy (route_localnet), and evelet's kube-proxy runs in
+		// nftables mode in its own tables (docs/services.md).
+		MakeIPTablesUtilChains: ptr.To(false),
 	}
 	k := o.kubeletItems()
 	c.SystemReserved, c.KubeReserved, c.PodPidsLimit = k.systemReserved, k.kubeReserved, ptr.To(k.podPidsLimit)
