@@ -129,8 +129,11 @@ type Agent struct {
 	// podnetNFT reaches nftables for the pod network's masquerade
 	// (podnet.go); nil: nft(8) in the agent's network namespace.
 	podnetNFT podnet.NFT
-	sleep     func(ctx context.Context, d time.Duration) bool
-	heartbeat time.Duration
+	// podnetRoutes reach the kernel's routes for host-gw (podnet.go);
+	// nil: netlink in the agent's network namespace.
+	podnetRoutes *hostGWOps
+	sleep        func(ctx context.Context, d time.Duration) bool
+	heartbeat    time.Duration
 
 	writeMu sync.Mutex
 	written *Status // last status written to status.json

@@ -11,6 +11,10 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/lf-edge/evelet/bootstrap/intent"
 	"github.com/lf-edge/evelet/cni/podnet"
@@ -53,7 +57,7 @@ func (a *Agent) podNetNFT() podnet.NFT {
 // its Node's podCIDRs, then writes the default pod network and its
 // masquerade. Until then pod sandboxes fail their CNI ADD ("no CNI config
 // named evelet-podcidr") and the kubelet retries them.
-func (a *Agent) startPodNetwork(ctx context.Context, j *intent.Join) (wait func()) {
+func (a *Agent) startPodNetwork(ctx context.Context, j *intent.Join) (waitDone func()) {
 	s := a.podNetSettings()
 	if !a.cfg.CNI.enabled() || s.Mode != podnet.ModePodCIDR {
 		return func() {}
@@ -86,9 +90,68 @@ func (a *Agent) startPodNetwork(ctx context.Context, j *intent.Join) (wait func(
 			log.WithError(err).Error("pod network not set up")
 			return
 		}
-		log.WithFields(logrus.Fields{"podCIDRs": cidrs, "clusterCIDRs": s.ClusterCIDRs}).Info("default pod network from the Node's podCIDRs")
+		log.WithFields(logrus.Fields{"podCIDRs": cidrs, "clusterCIDRs": s.ClusterCIDRs, "hostGW": s.HostGW}).Info("default pod network from the Node's podCIDRs")
+		if s.HostGW {
+			// A resync, not a wait: Nodes come and go for as long as the
+			// node runs.
+			wait.UntilWithContext(ctx, func(ctx context.Context) {
+				if err := a.syncHostGW(ctx, cs, j.NodeName, cidrs); err != nil {
+					log.WithError(err).Warn("host-gw routes not synced")
+				}
+			}, hostGWResync)
+		}
 	}()
 	return func() { <-done }
+}
+
+// hostGWResync is how often the host-gw routes follow the Node list.
+var hostGWResync = 15 * time.Second
+
+// syncHostGW routes every other Node's podCIDRs via its InternalIP when it
+// is on the link that holds this node's own InternalIP.
+func (a *Agent) syncHostGW(ctx context.Context, cs kubernetes.Interface, self string, own []netip.Prefix) error {
+	nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	link := ""
+	var onLink []netip.Prefix
+	for i := range nodes.Items {
+		if nodes.Items[i].Name != self {
+			continue
+		}
+		for _, ad := range nodes.Items[i].Status.Addresses {
+			ip, err := netip.ParseAddr(ad.Address)
+			if ad.Type != corev1.NodeInternalIP || err != nil {
+				continue
+			}
+			l, p, err := a.hostGW().onLink(ip)
+			if err != nil {
+				return err
+			}
+			if link == "" || l == link {
+				link, onLink = l, append(onLink, p...)
+			}
+		}
+	}
+	if link == "" {
+		return fmt.Errorf("node %s has no InternalIP on this device", self)
+	}
+	return a.hostGW().sync(link, podnet.HostGWRoutes(self, own, onLink, nodes.Items))
+}
+
+// hostGWOps reach the kernel's routes (podnet's functions; fakes in tests).
+type hostGWOps struct {
+	onLink func(netip.Addr) (string, []netip.Prefix, error)
+	sync   func(link string, want []podnet.HostGWRoute) error
+	remove func() error
+}
+
+func (a *Agent) hostGW() hostGWOps {
+	if a.podnetRoutes != nil {
+		return *a.podnetRoutes
+	}
+	return hostGWOps{onLink: podnet.OnLink, sync: podnet.SyncHostGWRoutes, remove: podnet.RemoveHostGWRoutes}
 }
 
 // applyPodNetwork writes the masquerade first, so no pod ever leaves
@@ -107,8 +170,8 @@ func (a *Agent) podNetIPAMDir() string {
 }
 
 // removePodNetwork undoes applyPodNetwork when the node leaves (the
-// kubelet has stopped): the conflist, the masquerade table and the
-// addresses handed out. Nothing to do when podcidr mode never wrote one.
+// kubelet has stopped): the conflist, the masquerade table, the host-gw
+// routes and the addresses handed out. Nothing to do when podcidr mode never wrote one.
 func (a *Agent) removePodNetwork(ctx context.Context) error {
 	if !a.cfg.CNI.enabled() {
 		return nil
@@ -126,6 +189,9 @@ func (a *Agent) removePodNetwork(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	if err := podnet.RemoveMasquerade(ctx, a.podNetNFT()); err != nil {
+		errs = append(errs, err)
+	}
+	if err := a.hostGW().remove(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -109,6 +110,8 @@ func TestStartPodNetworkFromNodeAndRemove(t *testing.T) {
 	a.store = &kubeconfigStore{path: kubeconfig}
 	f := nftFakes{}
 	a.podnetNFT = f.nft
+	var removed atomic.Int32
+	a.podnetRoutes = &hostGWOps{remove: func() error { removed.Add(1); return nil }}
 	a.items = map[string]string{podnet.ItemMode: "podcidr", podnet.ItemClusterCIDR: "10.244.0.0/16"}
 	oldPoll := podCIDRPoll
 	podCIDRPoll = 10 * time.Millisecond
@@ -145,6 +148,83 @@ func TestStartPodNetworkFromNodeAndRemove(t *testing.T) {
 	if f[knftables.IPv4Family].Table != nil {
 		t.Errorf("masquerade table left after leave:\n%s", f[knftables.IPv4Family].Dump())
 	}
+	if removed.Load() != 1 {
+		t.Errorf("host-gw routes removed %d times on leave, want 1", removed.Load())
+	}
+}
+
+// With evelet.pod-network.host-gw=true the agent routes the podCIDRs of
+// the other Nodes on its link via their InternalIPs, and follows the list.
+func TestHostGWRoutesFollowNodes(t *testing.T) {
+	var lists atomic.Int32
+	node := func(name, ip, cidr string) string {
+		return `{"metadata": {"name": "` + name + `"}, "spec": {"podCIDRs": ["` + cidr + `"]}, "status": {"addresses": [{"type": "InternalIP", "address": "` + ip + `"}]}}`
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch r.URL.Path {
+		case "/api/v1/nodes/node1":
+			w.Write([]byte(`{"kind": "Node", "apiVersion": "v1", ` + strings.TrimPrefix(node("node1", "10.250.0.11", "10.244.21.0/24"), "{")))
+		case "/api/v1/nodes":
+			items := []string{node("node1", "10.250.0.11", "10.244.21.0/24"), node("node2", "10.250.0.12", "10.244.22.0/24"),
+				node("cloud", "192.168.1.5", "10.244.1.0/24")}
+			if lists.Add(1) >= 2 { // node3 joins the link
+				items = append(items, node("node3", "10.250.0.13", "10.244.23.0/24"))
+			}
+			w.Write([]byte(`{"kind": "NodeList", "apiVersion": "v1", "metadata": {}, "items": [` + strings.Join(items, ",") + `]}`))
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	a, dir := cniAgent(t)
+	kubeconfig := filepath.Join(dir, "node.kubeconfig")
+	kc := "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"" + srv.URL + "\"}}]\n" +
+		"users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n"
+	if err := os.WriteFile(kubeconfig, []byte(kc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.store = &kubeconfigStore{path: kubeconfig}
+	a.podnetNFT = nftFakes{}.nft
+	syncs := make(chan string, 100)
+	a.podnetRoutes = &hostGWOps{
+		onLink: func(ip netip.Addr) (string, []netip.Prefix, error) {
+			if ip != netip.MustParseAddr("10.250.0.11") {
+				t.Errorf("onLink asked for %s, not the node's InternalIP", ip)
+			}
+			return "eth0", []netip.Prefix{netip.MustParsePrefix("10.250.0.0/24")}, nil
+		},
+		sync: func(link string, want []podnet.HostGWRoute) error {
+			var s []string
+			for _, r := range want {
+				s = append(s, r.Dst.String()+" via "+r.Via.String())
+			}
+			syncs <- link + ": " + strings.Join(s, ", ")
+			return nil
+		},
+		remove: func() error { return nil },
+	}
+	a.items = map[string]string{podnet.ItemMode: "podcidr", podnet.ItemHostGW: "true"}
+	oldPoll, oldResync := podCIDRPoll, hostGWResync
+	podCIDRPoll, hostGWResync = 10*time.Millisecond, 10*time.Millisecond
+	defer func() { podCIDRPoll, hostGWResync = oldPoll, oldResync }()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	done := a.startPodNetwork(ctx, &intent.Join{NodeName: "node1"})
+	want := []string{"eth0: 10.244.22.0/24 via 10.250.0.12", "eth0: 10.244.22.0/24 via 10.250.0.12, 10.244.23.0/24 via 10.250.0.13"}
+	for _, w := range want {
+		select {
+		case got := <-syncs:
+			if got != w {
+				t.Fatalf("sync %q, want %q", got, w)
+			}
+		case <-ctx.Done():
+			t.Fatalf("no sync %q", w)
+		}
+	}
+	cancel()
+	done()
 }
 
 // Without podcidr mode nothing is started and leave touches no nftables.

@@ -85,6 +85,39 @@ func internalIPOnLink(n *corev1.Node, v4 bool, onLink []netip.Prefix) (netip.Add
 	return netip.Addr{}, false
 }
 
+// OnLink finds the link that holds ip (the node's InternalIP) and the
+// prefixes on it: the device's uplink, where host-gw routes go.
+func OnLink(ip netip.Addr) (link string, onLink []netip.Prefix, err error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return "", nil, fmt.Errorf("host-gw: addresses: %w", err)
+	}
+	index := -1
+	for _, a := range addrs {
+		if got, ok := netip.AddrFromSlice(a.IP); ok && got.Unmap() == ip {
+			index = a.LinkIndex
+		}
+	}
+	if index < 0 {
+		return "", nil, fmt.Errorf("host-gw: no link holds %s", ip)
+	}
+	l, err := netlink.LinkByIndex(index)
+	if err != nil {
+		return "", nil, fmt.Errorf("host-gw: link of %s: %w", ip, err)
+	}
+	for _, a := range addrs {
+		if a.LinkIndex != index {
+			continue
+		}
+		addr, _ := netip.AddrFromSlice(a.IP)
+		ones, _ := a.Mask.Size()
+		if p, err := addr.Unmap().Prefix(ones); err == nil && !p.Addr().IsLinkLocalUnicast() {
+			onLink = append(onLink, p)
+		}
+	}
+	return l.Attrs().Name, onLink, nil
+}
+
 // SyncHostGWRoutes makes evelet's routes in the main table exactly want,
 // through link: wanted ones replaced in place, evelet's others deleted.
 // Routes of any other protocol are never touched.

@@ -13,6 +13,7 @@ import (
 
 // inNewNetns runs f on a locked thread in a fresh, unnamed network
 // namespace, which goes when f returns (nothing named, nothing left).
+// A bridge stands for the uplink (the dummy module may not be loaded).
 // Root and the heavy-test lock: flock /tmp/evelet-heavy.lock go test ...
 func inNewNetns(t *testing.T, f func()) {
 	t.Helper()
@@ -62,7 +63,7 @@ func keys(m map[string]netlink.RouteProtocol) []string {
 
 func TestSyncHostGWRoutesInNetns(t *testing.T) {
 	inNewNetns(t, func() {
-		link := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "evhg0"}}
+		link := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "evhg0"}}
 		if err := netlink.LinkAdd(link); err != nil {
 			t.Fatal(err)
 		}
@@ -72,6 +73,13 @@ func TestSyncHostGWRoutesInNetns(t *testing.T) {
 		}
 		if err := netlink.LinkSetUp(link); err != nil {
 			t.Fatal(err)
+		}
+		name, onLink, err := OnLink(netip.MustParseAddr("10.250.0.11"))
+		if err != nil || name != "evhg0" || len(onLink) != 1 || onLink[0] != netip.MustParsePrefix("10.250.0.0/24") {
+			t.Fatalf("OnLink: %s %v %v", name, onLink, err)
+		}
+		if _, _, err := OnLink(netip.MustParseAddr("10.250.0.99")); err == nil {
+			t.Fatal("OnLink found a link for an address nobody holds")
 		}
 		// Someone else's route (the owner's, protocol static): never touched.
 		_, foreign, _ := net.ParseCIDR("10.244.99.0/24")

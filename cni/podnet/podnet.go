@@ -28,6 +28,10 @@ const (
 	// ItemClusterCIDR lists the cluster's whole pod network (one CIDR per
 	// family); traffic from device pods to it is not masqueraded.
 	ItemClusterCIDR = "evelet.pod-network.cluster-cidr"
+	// ItemHostGW ("true"/"false", default false), in podcidr mode, has the
+	// agent route other nodes' podCIDRs via their InternalIPs on the
+	// device's own link (hostgw.go).
+	ItemHostGW = "evelet.pod-network.host-gw"
 
 	// ModeConflist uses the owner's conflist (--cni-default-network).
 	ModeConflist = "conflist"
@@ -50,6 +54,7 @@ const (
 type Settings struct {
 	Mode         string
 	ClusterCIDRs []netip.Prefix
+	HostGW       bool
 }
 
 // FromConfigItems reads the owner's items. A value that does not parse is
@@ -71,6 +76,14 @@ func FromConfigItems(items map[string]string) (Settings, []error) {
 			errs = append(errs, fmt.Errorf("config item %s=%q refused: %w", ItemClusterCIDR, v, err))
 		} else {
 			s.ClusterCIDRs = cidrs
+		}
+	}
+	if v, ok := items[ItemHostGW]; ok {
+		switch v = strings.TrimSpace(v); v {
+		case "true", "false":
+			s.HostGW = v == "true"
+		default:
+			errs = append(errs, fmt.Errorf("config item %s=%q refused: want \"true\" or \"false\"", ItemHostGW, v))
 		}
 	}
 	return s, errs

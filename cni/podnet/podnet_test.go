@@ -44,6 +44,8 @@ func TestFromConfigItems(t *testing.T) {
 			Settings{Mode: ModePodCIDR, ClusterCIDRs: prefixes(t, "10.244.0.0/16", "fd00:10:244::/56")}, ""},
 		{"host bits refused", map[string]string{ItemClusterCIDR: "10.244.1.0/16"}, Settings{Mode: ModeConflist}, "host bits set (the network is 10.244.0.0/16)"},
 		{"garbage refused whole", map[string]string{ItemClusterCIDR: "10.244.0.0/16,nope"}, Settings{Mode: ModeConflist}, `evelet.pod-network.cluster-cidr="10.244.0.0/16,nope" refused`},
+		{"host-gw", map[string]string{ItemMode: "podcidr", ItemHostGW: "true"}, Settings{Mode: ModePodCIDR, HostGW: true}, ""},
+		{"host-gw refused", map[string]string{ItemHostGW: "yes"}, Settings{Mode: ModeConflist}, `evelet.pod-network.host-gw="yes" refused`},
 		{"empty list is unset", map[string]string{ItemClusterCIDR: " "}, Settings{Mode: ModeConflist}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
