@@ -18,6 +18,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/lf-edge/evelet/cni/nad"
 )
 
 func prefixes(t *testing.T, s ...string) []netip.Prefix {
@@ -129,6 +131,14 @@ func TestConflist(t *testing.T) {
 	cl, err := libcni.ConfListFromBytes(raw)
 	if err != nil {
 		t.Fatalf("libcni refuses the conflist: %v\n%s", err, raw)
+	}
+	// What evelet-cni does with its delegate: found by name, parsed.
+	byName, err := nad.FromConfDir(dir, NetworkName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nad.Parse(byName); err != nil {
+		t.Fatalf("evelet-cni refuses the conflist: %v", err)
 	}
 	if cl.Name != NetworkName || len(cl.Plugins) != 2 || cl.Plugins[0].Network.Type != "bridge" || cl.Plugins[1].Network.Type != "portmap" {
 		t.Fatalf("conflist %s", raw)
