@@ -18,12 +18,14 @@ package containerd
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/lf-edge/evelet/tests/internal/proc"
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -588,4 +590,48 @@ func Cleanup(o Options) error {
 	}
 	c := &Containerd{l: l}
 	return errors.Join(c.forceCleanup()...)
+}
+
+// RemovePodsLoggingUnder stops and removes the pods whose log directory
+// lies under dir: the pods one device's kubelet made on a containerd that
+// several test devices share. A device's agent leaves its pods running when
+// it stops (as on a real device), so a test ends its own with this, or they
+// would run, and write logs into the test's removed directory, until the
+// harness stops.
+func (c *Containerd) RemovePodsLoggingUnder(ctx context.Context, dir string) error {
+	conn, err := dial(c.l.socket)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	rs := runtimeapi.NewRuntimeServiceClient(conn)
+	list, err := rs.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
+	if err != nil {
+		return fmt.Errorf("containerd: list pods: %w", err)
+	}
+	prefix := filepath.Clean(dir) + "/"
+	var errs []error
+	for _, sb := range list.GetItems() {
+		st, err := rs.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: sb.GetId(), Verbose: true})
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// containerd's verbose status carries the sandbox's CRI config.
+		var info struct {
+			Config struct {
+				LogDirectory string `json:"log_directory"`
+			} `json:"config"`
+		}
+		if json.Unmarshal([]byte(st.GetInfo()["info"]), &info) != nil || !strings.HasPrefix(info.Config.LogDirectory, prefix) {
+			continue
+		}
+		if _, err := rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sb.GetId()}); err != nil {
+			errs = append(errs, fmt.Errorf("containerd: stop pod %s: %w", sb.GetId(), err))
+			continue
+		}
+		if _, err := rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sb.GetId()}); err != nil {
+			errs = append(errs, fmt.Errorf("containerd: remove pod %s: %w", sb.GetId(), err))
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -61,6 +61,13 @@ func newBareDevice(t testing.TB) *device {
 			os.WriteFile(keep, []byte(d.log()), 0o644)
 			t.Logf("agent log tail (whole log: %s):\n%s", keep, tail(d.log(), 60))
 		}
+		// The agent leaves its pods running when it stops, as on a
+		// device; on the shared containerd they are this test's to end.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if err := env.ctrd.RemovePodsLoggingUnder(ctx, dir); err != nil {
+			t.Errorf("removing the device's pods: %v", err)
+		}
 		unmountAll(t, dir)
 		os.RemoveAll(dir)
 	})

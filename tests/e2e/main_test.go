@@ -27,6 +27,7 @@ var env struct {
 	evelet  string // evelet binary
 	cp      *controlplane.ControlPlane
 	ctrd    *containerd.Containerd
+	work    string // the run's directory under /tmp
 	skipWhy string
 	// devnet is the bridge the control plane listens on, so devices in
 	// network namespaces of their own (tests/devnet) reach it; images are
@@ -81,6 +82,7 @@ func setup() error {
 	if err != nil {
 		return err
 	}
+	env.work = work
 	if env.devnet, err = devnet.NewNet(devnet.NetOptions{}); err != nil {
 		return err
 	}
@@ -128,6 +130,15 @@ func teardown() {
 	}
 	if env.devnet != nil {
 		env.devnet.Close()
+	}
+	// The run's directory (control plane, containerd) goes too, unless
+	// something is still mounted in it: then it is kept and named.
+	if env.work != "" {
+		if ms, err := containerd.Mounts(env.work); err != nil || len(ms) > 0 {
+			fmt.Fprintf(os.Stderr, "e2e: kept %s: mounts %v (%v)\n", env.work, ms, err)
+		} else {
+			os.RemoveAll(env.work)
+		}
 	}
 }
 
