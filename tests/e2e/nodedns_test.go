@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -97,9 +98,9 @@ func TestNodeDNS(t *testing.T) {
 			return strings.Contains(out, "Address: "+ip), fmt.Errorf("%v: %s", err, out)
 		})
 	}
-	// The short name, through the search path (busybox's nslookup does not
-	// search; ask for the name the search path makes of it).
-	t.Logf("resolved %v through %s", want, nodedns.DefaultAddress)
+	// busybox's nslookup does not apply the search path: the names asked
+	// are the ones the pod's search path makes of "kubernetes.default".
+	t.Logf("resolved %v through %s; evelet dns: %s", want, nodedns.DefaultAddress, dnsProcMemory(d))
 
 	// Cut the device off: its veth on the host bridge goes down (docs:
 	// "host veth evdev<n>h"), and the outside resolver stops.
@@ -152,6 +153,35 @@ func TestNodeDNS(t *testing.T) {
 	if left := d.Leftovers(); len(left) > 0 {
 		t.Errorf("left behind: %v", left)
 	}
+}
+
+// dnsProcMemory reports the RSS and anonymous memory of the device's
+// `evelet dns` (found by its command line and the device's netns).
+func dnsProcMemory(d *devnet.Device) string {
+	st, err := os.Stat(filepath.Join("/run/netns", d.NetNS()))
+	if err != nil {
+		return err.Error()
+	}
+	ns := fmt.Sprintf("net:[%d]", st.Sys().(*syscall.Stat_t).Ino)
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, dir := range dirs {
+		cmd, _ := os.ReadFile(filepath.Join(dir, "cmdline"))
+		if !strings.Contains(string(cmd), "\x00dns\x00") {
+			continue
+		}
+		if l, _ := os.Readlink(filepath.Join(dir, "ns", "net")); l != ns {
+			continue
+		}
+		roll, _ := os.ReadFile(filepath.Join(dir, "smaps_rollup"))
+		var out []string
+		for _, line := range strings.Split(string(roll), "\n") {
+			if strings.HasPrefix(line, "Rss:") || strings.HasPrefix(line, "Anonymous:") {
+				out = append(out, strings.Join(strings.Fields(line), " "))
+			}
+		}
+		return strings.Join(out, ", ")
+	}
+	return "process not found"
 }
 
 // podLookup runs busybox's nslookup inside the pod's mount and network
