@@ -215,6 +215,36 @@ func TestServices(t *testing.T) {
 		t.Errorf("externalTrafficPolicy Local NodePort on device 1 (no local endpoint) answered %q", s)
 	}
 
+	// Figures for docs/benchmarks.md: kube-proxy's RSS with these seven
+	// Services, and 100 fetches from the pod through a ClusterIP vs to
+	// the same endpoint's pod IP (each a busybox wget: process start
+	// included, so the ratio understates the NAT's share).
+	if pid := kubeProxyPID(d1); pid == 0 {
+		t.Errorf("no kube-proxy process of device 1 found")
+	} else {
+		t.Logf("kube-proxy of device 1: pid %d, RSS %d KiB (settled)", pid, settledRSSKB(pid))
+	}
+	// /proc/uptime (10 ms steps) is the pod's only sub-second clock
+	// (busybox's date has no %N); 100 fetches make the steps ~1 %.
+	timed := func(url string) time.Duration {
+		var d time.Duration
+		inPod("100 timed fetches of "+url, fmt.Sprintf("cut -d' ' -f1 /proc/uptime; for i in $(seq 100); do wget -q -O /dev/null %s || exit 1; done; cut -d' ' -f1 /proc/uptime", url),
+			func(s string) bool {
+				f := strings.Fields(s)
+				if len(f) != 2 {
+					return false
+				}
+				a, err1 := strconv.ParseFloat(f[0], 64)
+				b, err2 := strconv.ParseFloat(f[1], 64)
+				d = time.Duration((b - a) * float64(time.Second))
+				return err1 == nil && err2 == nil
+			})
+		return d
+	}
+	direct, viaSvc := timed("http://"+pod2.Status.PodIP+":8080/"), timed("http://"+remote.Spec.ClusterIP+"/")
+	t.Logf("100 HTTP fetches from device 1's pod to device 2's pod: direct %v, through the ClusterIP %v, ratio %.3f",
+		direct, viaSvc, float64(viaSvc)/float64(direct))
+
 	// Leave: the owner removes the cluster from device 1.
 	if err := d1.EVE().RemoveCluster(); err != nil {
 		t.Fatal(err)
@@ -339,4 +369,23 @@ func uniq(ss []string) []string {
 		}
 	}
 	return out
+}
+
+// kubeProxyPID finds the kube-proxy the device's agent runs (by its
+// config file, which is under the device's run directory).
+func kubeProxyPID(d *devnet.Device) int {
+	want := "--config=" + filepath.Join(d.EveletRunDir(), "kube-proxy", "config.yaml")
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		args := strings.Split(string(b), "\x00")
+		if len(args) > 2 && args[1] == "kube-proxy" && args[2] == want {
+			return pid
+		}
+	}
+	return 0
 }
