@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -51,9 +52,30 @@ func TestServices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// What kube-proxy reads and a node's own identity may not: the reason
+	// for the binding, checked against this apiserver's Node authorizer
+	// and RBAC, before and after it is applied.
+	mayList := func(group, resource string) bool {
+		t.Helper()
+		r, err := cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
+			User: "system:node:evdev-1", Groups: []string{"system:nodes", "system:authenticated"},
+			ResourceAttributes: &authzv1.ResourceAttributes{Verb: "list", Group: group, Resource: resource},
+		}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Status.Allowed
+	}
+	if mayList("discovery.k8s.io", "endpointslices") || mayList("networking.k8s.io", "servicecidrs") {
+		t.Fatal("a node may already list EndpointSlices or ServiceCIDRs without deploy/evelet-kube-proxy-rbac.yaml (left from an earlier run?)")
+	}
 	applyYAML(t, ctx, dc, rbac)
 	t.Cleanup(func() {
 		cs.RbacV1().ClusterRoleBindings().Delete(context.Background(), "evelet:node-proxier", metav1.DeleteOptions{})
+	})
+	waitFor(t, 30*time.Second, "the binding to let nodes list what kube-proxy watches", func() (bool, error) {
+		return mayList("discovery.k8s.io", "endpointslices") && mayList("networking.k8s.io", "servicecidrs") &&
+			mayList("", "services") && mayList("", "nodes"), nil
 	})
 
 	opts := devnet.DeviceOptions{ControlPlane: env.cp, Evelet: env.evelet, Images: env.images, NoJoin: true,
