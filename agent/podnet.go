@@ -145,13 +145,24 @@ type hostGWOps struct {
 	onLink func(netip.Addr) (string, []netip.Prefix, error)
 	sync   func(link string, want []podnet.HostGWRoute) error
 	remove func() error
+	// removeBridge deletes the podcidr network's bridge on leave.
+	removeBridge func() error
 }
 
 func (a *Agent) hostGW() hostGWOps {
 	if a.podnetRoutes != nil {
 		return *a.podnetRoutes
 	}
-	return hostGWOps{onLink: podnet.OnLink, sync: podnet.SyncHostGWRoutes, remove: podnet.RemoveHostGWRoutes}
+	return hostGWOps{onLink: podnet.OnLink, sync: podnet.SyncHostGWRoutes, remove: podnet.RemoveHostGWRoutes, removeBridge: podnet.RemoveBridge}
+}
+
+// removePodBridge deletes the bridge unless a test stubbed the host ops
+// without it.
+func (a *Agent) removePodBridge() error {
+	if rb := a.hostGW().removeBridge; rb != nil {
+		return rb()
+	}
+	return nil
 }
 
 // applyPodNetwork writes the masquerade first, so no pod ever leaves
@@ -192,6 +203,9 @@ func (a *Agent) removePodNetwork(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	if err := a.hostGW().remove(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := a.removePodBridge(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -110,8 +110,8 @@ func TestStartPodNetworkFromNodeAndRemove(t *testing.T) {
 	a.store = &kubeconfigStore{path: kubeconfig}
 	f := nftFakes{}
 	a.podnetNFT = f.nft
-	var removed atomic.Int32
-	a.podnetRoutes = &hostGWOps{remove: func() error { removed.Add(1); return nil }}
+	var removed, bridges atomic.Int32
+	a.podnetRoutes = &hostGWOps{remove: func() error { removed.Add(1); return nil }, removeBridge: func() error { bridges.Add(1); return nil }}
 	a.items = map[string]string{podnet.ItemMode: "podcidr", podnet.ItemClusterCIDR: "10.244.0.0/16"}
 	oldPoll := podCIDRPoll
 	podCIDRPoll = 10 * time.Millisecond
@@ -150,6 +150,9 @@ func TestStartPodNetworkFromNodeAndRemove(t *testing.T) {
 	}
 	if removed.Load() != 1 {
 		t.Errorf("host-gw routes removed %d times on leave, want 1", removed.Load())
+	}
+	if bridges.Load() != 1 {
+		t.Errorf("pod bridge removed %d times on leave, want 1", bridges.Load())
 	}
 }
 
