@@ -2,38 +2,15 @@ package nodedns
 
 import (
 	"net"
-	"os"
-	"runtime"
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+
+	"github.com/lf-edge/evelet/internal/netnstest"
 )
 
-// inNewNetns runs f on a locked thread in a throwaway network namespace.
-func inNewNetns(t *testing.T, f func()) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("needs root (network namespaces); make test runs as root")
-	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	defer netns.Set(orig)
-	f()
-}
-
 func TestLinkCreatedIdempotentAndRemoved(t *testing.T) {
-	inNewNetns(t, func() {
+	netnstest.Run(t, func() {
 		if err := EnsureLink(DefaultLinkName, DefaultAddress); err != nil {
 			t.Fatal(err)
 		}
@@ -75,7 +52,7 @@ func TestLinkCreatedIdempotentAndRemoved(t *testing.T) {
 }
 
 func TestLinkNotOursIsLeftAlone(t *testing.T) {
-	inNewNetns(t, func() {
+	netnstest.Run(t, func() {
 		la := netlink.NewLinkAttrs()
 		la.Name = DefaultLinkName
 		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {

@@ -1,36 +1,22 @@
 package podnet
 
 import (
-	"os"
-	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+
+	"github.com/lf-edge/evelet/internal/netnstest"
 )
 
 // TestRemoveBridge, in a throwaway network namespace: the bridge goes when
 // it has no port, stays (with the reason) while a port is on it, and a
 // link of that name that is not a bridge is never deleted.
 func TestRemoveBridge(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	defer netns.Set(orig)
+	netnstest.Run(t, func() { testRemoveBridge(t) })
+}
 
+func testRemoveBridge(t *testing.T) {
 	if err := RemoveBridge(); err != nil {
 		t.Fatalf("no bridge: %v", err)
 	}

@@ -3,39 +3,13 @@ package podnet
 import (
 	"net"
 	"net/netip"
-	"runtime"
 	"sort"
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-)
 
-// inNewNetns runs f on a locked thread in a fresh, unnamed network
-// namespace, which goes when f returns (nothing named, nothing left).
-// A bridge stands for the uplink (the dummy module may not be loaded).
-// Root and the heavy-test lock: flock /tmp/evelet-heavy.lock go test ...
-func inNewNetns(t *testing.T, f func()) {
-	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatalf("new netns (needs root): %v", err)
-	}
-	defer ns.Close()
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			panic(err)
-		}
-	}()
-	f()
-}
+	"github.com/lf-edge/evelet/internal/netnstest"
+)
 
 func routesByProto(t *testing.T) map[string]netlink.RouteProtocol {
 	t.Helper()
@@ -62,7 +36,7 @@ func keys(m map[string]netlink.RouteProtocol) []string {
 }
 
 func TestSyncHostGWRoutesInNetns(t *testing.T) {
-	inNewNetns(t, func() {
+	netnstest.Run(t, func() {
 		link := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "evhg0"}}
 		if err := netlink.LinkAdd(link); err != nil {
 			t.Fatal(err)
