@@ -39,6 +39,11 @@ type APICacheStatus struct {
 	Hits        uint64     `json:"hits"`
 	Misses      uint64     `json:"misses"`
 	Reconnects  uint64     `json:"reconnects,omitempty"`
+	// KubeletThroughCache: the running kubelet talks to the apiserver
+	// through the cache. False right after a join: the kubelet bootstraps
+	// directly and is restarted onto the cache once it has its client
+	// certificate (until then a reboot offline would find nothing cached).
+	KubeletThroughCache bool `json:"kubeletThroughCache"`
 }
 
 // cachedKubelet runs the kubelet behind the local API cache: the cache
@@ -53,6 +58,7 @@ type cachedKubelet struct {
 	mu     sync.Mutex
 	proxy  *apicache.Proxy
 	direct bool // the running kubelet was started without the cache
+	moved  int  // pid of the direct kubelet told to restart onto the cache
 }
 
 // withAPICache puts the kubelet of sup (built from opts) behind the cache.
@@ -129,15 +135,18 @@ func (k *cachedKubelet) watch(ctx context.Context) {
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	for {
-		k.a.publishAPICache()
+		pid := k.PID()
 		k.mu.Lock()
-		direct := k.direct
+		direct, moved := k.direct, k.moved
 		k.mu.Unlock()
-		if pid := k.PID(); direct && pid > 0 {
+		// direct is the running kubelet's, set when it was started: a
+		// kubelet told to restart counts as direct until the new one runs.
+		k.a.publishAPICache(pid, pid > 0 && !direct)
+		if direct && pid > 0 && pid != moved {
 			if _, ok, _ := k.a.store.ClientCredentials(time.Now()); ok {
 				k.a.log.WithField("pid", pid).Info("kubelet has its client certificate; restarting it to go through the local API cache")
 				k.mu.Lock()
-				k.direct = false
+				k.moved = pid
 				k.mu.Unlock()
 				_ = syscall.Kill(pid, syscall.SIGTERM)
 			}
@@ -220,17 +229,25 @@ func (a *Agent) apiCacheStats() (apicache.Stats, bool) {
 	return p.Stats(), true
 }
 
-func (a *Agent) publishAPICache() {
+// publishAPICache shows the cache's state and whether kubelet pid goes
+// through it; the pid is published with it, so the two never disagree.
+func (a *Agent) publishAPICache(pid int, kubeletThrough bool) {
 	st, ok := a.apiCacheStats()
 	if !ok {
 		return
 	}
-	s := &APICacheStatus{Online: st.Online, Objects: st.Objects, Hits: st.Hits, Misses: st.Misses, Reconnects: st.Reconnects}
+	s := &APICacheStatus{Online: st.Online, Objects: st.Objects, Hits: st.Hits, Misses: st.Misses, Reconnects: st.Reconnects,
+		KubeletThroughCache: kubeletThrough}
 	if !st.Online && !st.LastContact.IsZero() {
 		t := st.LastContact.UTC().Truncate(time.Second)
 		s.LastContact = &t
 	}
-	a.publish(func(x *Status) { x.APICache = s })
+	a.publish(func(x *Status) {
+		x.APICache = s
+		if pid > 0 {
+			x.KubeletPID = pid
+		}
+	})
 }
 
 func (a *Agent) registerAPICacheMetrics(reg prometheus.Registerer) {

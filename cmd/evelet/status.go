@@ -65,7 +65,11 @@ func runStatus(args []string) int {
 				}
 			}
 			row("Apiserver", conn)
-			row("API cache", fmt.Sprintf("%d objects, %d hits, %d misses offline, %d reconnects", c.Objects, c.Hits, c.Misses, c.Reconnects))
+			through := "kubelet through it"
+			if !c.KubeletThroughCache {
+				through = "kubelet not through it yet (bootstrapping; restarted onto it once it has its certificate)"
+			}
+			row("API cache", fmt.Sprintf("%d objects, %d hits, %d misses offline, %d reconnects; %s", c.Objects, c.Hits, c.Misses, c.Reconnects, through))
 		}
 		row("Last error", s.LastError)
 		for _, e := range s.ConfigErrors {

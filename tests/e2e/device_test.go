@@ -224,6 +224,17 @@ func readDirNames(dir string) ([]string, error) {
 // kill9 kills the agent with SIGKILL, as a crash or the OOM killer would,
 // and waits until it is reaped. The kubelet child dies with it (Pdeathsig);
 // pods keep running in containerd.
+// waitKubeletSettled waits until the node runs the kubelet it keeps: the
+// one behind the local API cache. Right after a join the kubelet
+// bootstraps directly and the agent restarts it onto the cache once it has
+// its client certificate, so a test that holds on to the kubelet's pid
+// takes it from here.
+func (d *device) waitKubeletSettled(timeout time.Duration) agent.Status {
+	return d.waitStatus(timeout, "Running with the kubelet through the API cache", func(s agent.Status) bool {
+		return s.Phase == agent.PhaseRunning && s.KubeletPID != 0 && s.APICache != nil && s.APICache.KubeletThroughCache
+	})
+}
+
 func (d *device) kill9() {
 	d.t.Helper()
 	if d.cmd == nil {

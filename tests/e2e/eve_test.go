@@ -128,7 +128,7 @@ func TestEVEBadInput(t *testing.T) {
 	}
 	d.start()
 	waitNodeReady(t, node, 3*time.Minute)
-	running := d.waitStatus(time.Minute, "Running", func(s agent.Status) bool { return s.Phase == agent.PhaseRunning && s.KubeletPID != 0 })
+	running := d.waitKubeletSettled(time.Minute)
 
 	unknownFormat := good
 	unknownFormat.Token = "hello-i-am-not-a-token"

@@ -214,7 +214,7 @@ func TestKubeletGuardrails(t *testing.T) {
 	// The owner allows a host path through EVE: the same kind of pod runs
 	// without a kubelet restart, and the guard creates its directory.
 	t.Run("allowed-host-path-follows-owner", func(t *testing.T) {
-		before, _ := d.status()
+		before := d.waitKubeletSettled(time.Minute)
 		allowed := filepath.Join(d.dir, "owner-data")
 		if err := os.Mkdir(allowed, 0o755); err != nil {
 			t.Fatal(err)
