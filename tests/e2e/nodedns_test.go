@@ -268,6 +268,12 @@ func nodeCredentialReadsWhatDNSNeeds(t *testing.T, ctx context.Context) {
 		t.Fatal(err)
 	}
 	applyYAML(t, ctx, dc, rbac)
+	// Other tests share the cluster and check what a node may read without
+	// their own binding (TestServices): this one goes with the test.
+	t.Cleanup(func() {
+		cs.RbacV1().ClusterRoleBindings().Delete(context.Background(), "evelet-nodedns", metav1.DeleteOptions{})
+		cs.RbacV1().ClusterRoles().Delete(context.Background(), "evelet-nodedns", metav1.DeleteOptions{})
+	})
 	for _, r := range needs {
 		for _, verb := range []string{"list", "watch"} {
 			waitFor(t, time.Minute, "node may "+verb+" "+r.resource, func() (bool, error) {
