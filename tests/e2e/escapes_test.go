@@ -217,6 +217,9 @@ func TestEscapes(t *testing.T) {
 		return memDir, relTo(podsDir, ms[0])
 	}
 	victimMem, victimToken := newVictim(t, "victim")
+	// The kubelet's move onto the local API cache writes its kubeconfig
+	// to the cache into the credentials: done before the snapshot.
+	d.waitKubeletSettled(2 * time.Minute)
 	watched := func() []string {
 		return []string{d.credDir(), canary, victimMem, filepath.Join(podsDir, victimToken)}
 	}

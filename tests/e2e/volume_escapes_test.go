@@ -57,6 +57,9 @@ func TestVolumeEscapes(t *testing.T) {
 		_, err := os.Stat(filepath.Join(d.credDir(), "pki", "kubelet-server-current.pem"))
 		return err == nil, err
 	})
+	// And the kubelet's move onto the local API cache, which writes its
+	// kubeconfig to the cache into the credentials.
+	d.waitKubeletSettled(2 * time.Minute)
 	watched := func() []string { return []string{d.credDir(), canary, logsDir} }
 	before := snapshotDevice(t, d.dir, watched()...)
 	podDirsBefore, _ := os.ReadDir(podsDir)
