@@ -7,6 +7,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"github.com/lf-edge/evelet/cni/eveni"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -130,6 +131,11 @@ func teardown() {
 	}
 	if env.devnet != nil {
 		env.devnet.Close()
+	}
+	// eve-ni's table, once every pod is gone: its tests end their devices
+	// without a leave, which is where the agent removes it.
+	if err := eveni.RemoveGuardTableIfEmpty(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: eve-ni's nftables table:", err)
 	}
 	// The run's directory (control plane, containerd) goes too, unless
 	// something is still mounted in it: then it is kept and named.
