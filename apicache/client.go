@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -38,13 +39,19 @@ type client struct {
 	Client
 	store *Store
 
-	mu      sync.Mutex
-	stamp   string // kubeconfig + certificate file identity the fields below come from
-	upURL   *url.URL
-	rt      http.RoundTripper
-	dialer  *connrotation.Dialer
-	certKey []byte // the client certificate's public key (PKIX DER)
-	rest    *rest.Config
+	mu    sync.Mutex
+	stamp string // kubeconfig + certificate file identity the fields below come from
+	// quick is the kubeconfig's and the certificate file's stat identity
+	// at the last load: while both are unchanged, load answers without
+	// parsing the kubeconfig or reading the certificate (it runs for every
+	// proxied request).
+	quick    string
+	certPath string
+	upURL    *url.URL
+	rt       http.RoundTripper
+	dialer   *connrotation.Dialer
+	certKey  []byte // the client certificate's public key (PKIX DER)
+	rest     *rest.Config
 }
 
 // upstream is what the proxy needs to forward one request for c.
@@ -59,6 +66,20 @@ type upstream struct {
 // either changed on disk (the kubelet rotates its certificate by replacing
 // the file kubelet-client-current.pem points to).
 func (c *client) load(dialTimeout time.Duration) (*upstream, error) {
+	c.mu.Lock()
+	certPath := c.certPath
+	c.mu.Unlock()
+	quick := quickStamp(c.Kubeconfig, certPath)
+	c.mu.Lock()
+	if c.rt != nil && quick != "" && quick == c.quick {
+		up := &upstream{url: c.upURL, rt: c.rt, certKey: c.certKey, rest: c.rest}
+		c.mu.Unlock()
+		return up, nil
+	}
+	c.mu.Unlock()
+	// Stat before reading: a file replaced after its stat makes the next
+	// quick check differ, never a stale answer.
+	kubeconfigStamp := fileStamp(c.Kubeconfig)
 	cfg, err := clientcmd.LoadFromFile(c.Kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig of %s: %w", c.Name, err)
@@ -69,8 +90,10 @@ func (c *client) load(dialTimeout time.Duration) (*upstream, error) {
 	}
 	ai := cfg.AuthInfos[ctx.AuthInfo]
 	certPEM := ai.ClientCertificateData
-	stamp := fileStamp(c.Kubeconfig)
+	stamp := kubeconfigStamp
+	quick = kubeconfigStamp
 	if ai.ClientCertificate != "" {
+		quick += "|" + fileStamp(ai.ClientCertificate)
 		if certPEM, err = os.ReadFile(ai.ClientCertificate); err != nil {
 			return nil, fmt.Errorf("client certificate of %s: %w", c.Name, err)
 		}
@@ -78,6 +101,7 @@ func (c *client) load(dialTimeout time.Duration) (*upstream, error) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.certPath, c.quick = ai.ClientCertificate, quick
 	if c.rt != nil && stamp == c.stamp {
 		return &upstream{url: c.upURL, rt: c.rt, certKey: c.certKey, rest: c.rest}, nil
 	}
@@ -123,6 +147,20 @@ func (c *client) closeConns() {
 // c's current client certificate.
 func (up *upstream) presents(cert *x509.Certificate) bool {
 	return cert != nil && bytes.Equal(cert.RawSubjectPublicKeyInfo, up.certKey)
+}
+
+// quickStamp is the stat identity of a kubeconfig and the certificate
+// file it names (none when it embeds its certificate); "" when one is
+// missing, which always takes the full load (and its error).
+func quickStamp(kubeconfig, cert string) string {
+	q := fileStamp(kubeconfig)
+	if cert != "" {
+		q += "|" + fileStamp(cert)
+	}
+	if strings.Contains(q, "missing") {
+		return ""
+	}
+	return q
 }
 
 func fileStamp(p string) string {
