@@ -14,16 +14,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"golang.org/x/sys/unix"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/lf-edge/evelet/images"
 	"github.com/lf-edge/evelet/images/vmguest/vmguesttest"
 	"github.com/lf-edge/evelet/tests/containerd"
 )
@@ -58,24 +55,16 @@ func largeDiskImage(t *testing.T, dir string) (tarPath, rawDisk string) {
 	if st, err := os.Stat(layerTar); err != nil || st.Size() > 256<<20 {
 		t.Fatalf("the sparse layer tarball: %v, %d bytes; want the data only", err, st.Size())
 	}
-	layer, err := tarball.LayerFromFile(layerTar)
+	layerBytes, err := os.ReadFile(layerTar)
 	if err != nil {
 		t.Fatal(err)
 	}
-	base, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{Architecture: "amd64", OS: "linux", RootFS: v1.RootFS{Type: "layers"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(base, layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tag, err := name.NewTag(largeDiskRef)
+	img, err := images.SingleLayerImage(layerBytes, "amd64", "TestVMLargeDisk", v1.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := filepath.Join(dir, "vm-large-disk.tar")
-	if err := tarball.WriteToFile(p, tag, img); err != nil {
+	if err := images.WriteTarball(largeDiskRef, img, p); err != nil {
 		t.Fatal(err)
 	}
 	return p, disk
