@@ -112,7 +112,7 @@ func TestProxyOfflineRestart(t *testing.T) {
 	// Online: the node's client reads through the proxy.
 	ctx1, stop1 := context.WithCancel(ctx)
 	p1, cs := start(ctx1)
-	if !p1.Online() {
+	if !waitState(t, p1, true) {
 		t.Fatal("proxy offline with the apiserver up")
 	}
 	podNames := watchPods(ctx1, t, cs)
@@ -133,7 +133,7 @@ func TestProxyOfflineRestart(t *testing.T) {
 	ctx2, stop2 := context.WithCancel(ctx)
 	defer stop2()
 	p2, cs2 := start(ctx2)
-	if p2.Online() {
+	if waitState(t, p2, false) {
 		t.Fatal("proxy online with the apiserver down")
 	}
 	podNames2 := watchPods(ctx2, t, cs2)
@@ -187,6 +187,25 @@ func TestProxyOfflineRestart(t *testing.T) {
 	if p2.Stats().Reconnects == 0 {
 		t.Error("no reconnect counted")
 	}
+}
+
+// waitState polls the proxy's state (Run probes in its own goroutine)
+// until a probe has told online from offline and, if want, until it is
+// online: a probe that timed out on a loaded machine is followed by the
+// next one. It returns Online.
+func waitState(t *testing.T, p *Proxy, want bool) bool {
+	t.Helper()
+	var known, online bool
+	_ = wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		known, online = p.known, p.online
+		return known && (online || !want), nil
+	})
+	if !known {
+		t.Fatal("no probe answered within 30 s")
+	}
+	return online
 }
 
 // watchPods runs a pod informer as the kubelet does (this node's pods, by
