@@ -177,6 +177,14 @@ func (p *Proxy) Online() bool {
 	return p.online
 }
 
+// knownOffline: a probe or a request found the apiserver unreachable and
+// none has answered since.
+func (p *Proxy) knownOffline() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.known && !p.online
+}
+
 // flipped is closed at the next online/offline change.
 func (p *Proxy) flipped() <-chan struct{} {
 	p.mu.Lock()
@@ -312,10 +320,15 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, r, http.StatusBadRequest, "BadRequest", err.Error())
 		return
 	}
-	if !p.Online() {
+	if p.knownOffline() {
 		p.serveCache(w, r, c, info)
 		return
 	}
+	// Online, or not probed yet (the kubelet moved onto the proxy right
+	// after it got its certificate): forward. A failure turns the proxy
+	// offline and answers from the cache; answering from a cache never
+	// checked against the apiserver could tell the kubelet its pods are
+	// gone.
 	p.forward(w, r, c, up, info)
 }
 

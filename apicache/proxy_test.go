@@ -109,6 +109,44 @@ func TestProxyOfflineRestart(t *testing.T) {
 			BoundObjectRef:    &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pods[0].Name, UID: pods[0].UID}}}, metav1.CreateOptions{})
 	}
 
+	// Not joined yet when the proxy starts (its client has no kubeconfig),
+	// as in the agent at a first boot: the first requests once the
+	// credentials exist are forwarded, not answered from the empty cache
+	// (an empty pod list would make a kubelet stop its containers).
+	func() {
+		jdir := t.TempDir()
+		later := filepath.Join(jdir, "kubeconfig")
+		p, err := New(Config{Dir: filepath.Join(jdir, "cache"), Clients: []Client{{Name: "kubelet", Kubeconfig: later}},
+			Log: logrus.NewEntry(logrus.StandardLogger()), ProbeEvery: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); _ = p.Run(pctx) }()
+		defer func() { stop(); <-done }()
+		b, err := os.ReadFile(upstreamKC)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(later, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		via := filepath.Join(jdir, "via-proxy.kubeconfig")
+		if err := p.WriteKubeconfig("kubelet", via); err != nil {
+			t.Fatal(err)
+		}
+		rc, err := clientcmd.BuildConfigFromFlags("", via)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := kubernetes.NewForConfigOrDie(rc).CoreV1().Pods(ns).List(ctx, metav1.ListOptions{
+			FieldSelector: fields.OneTermEqualSelector("spec.nodeName", testNode).String()})
+		if err != nil || len(l.Items) != 2 {
+			t.Fatalf("first list before any probe: %d pods, %v; want the node's 2 pods from the apiserver", len(l.Items), err)
+		}
+	}()
+
 	// Online: the node's client reads through the proxy.
 	ctx1, stop1 := context.WithCancel(ctx)
 	p1, cs := start(ctx1)
@@ -149,6 +187,10 @@ func TestProxyOfflineRestart(t *testing.T) {
 	_, err = cs2.CoreV1().ConfigMaps(ns).Get(ctx, "never-read", metav1.GetOptions{})
 	if !apierrors.IsServiceUnavailable(err) {
 		t.Fatalf("uncached get: want 503, got %v", err)
+	}
+	// A scope the node never listed online is not "empty" offline.
+	if _, err := cs2.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{}); !apierrors.IsServiceUnavailable(err) {
+		t.Fatalf("list of a scope never listed online: want 503, got %v", err)
 	}
 	st := pods[0].DeepCopy()
 	st.Status.Message = "offline write"

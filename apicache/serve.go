@@ -34,6 +34,12 @@ func (p *Proxy) serveCache(w http.ResponseWriter, r *http.Request, c *client, in
 		}
 		p.hits.Add(1)
 		writeObject(w, r, http.StatusOK, scopeOf(info).GVR.GroupVersion(), obj.DeepCopyObject())
+	case isCacheable(info) && info.Subresource == "" && (info.Verb == "list" || info.Verb == "watch") && c.store.ScopeRV(scopeOf(info)) == "":
+		// Never listed upstream: the cache does not know this scope, and
+		// an empty list would tell the kubelet its pods are gone (it
+		// would stop their containers). A 503 keeps its sources not
+		// ready, so it removes nothing.
+		p.miss(w, r, info)
 	case isCacheable(info) && info.Subresource == "" && info.Verb == "list":
 		p.hits.Add(1)
 		list, err := p.list(c, scopeOf(info))
