@@ -58,6 +58,15 @@ func (c *Containerd) forceCleanup() []error {
 			}
 		}
 	}
+	if c.l.netns == "" {
+		now, err := masqRules(c.l.network, c.l.podCIDR)
+		if err == nil {
+			err = sweepMasq(c.masqBefore, now)
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if err := c.killShims(); err != nil {
 		errs = append(errs, err)
 	}

@@ -117,6 +117,7 @@ type Containerd struct {
 	timeout    time.Duration
 
 	bridgeExisted bool
+	masqBefore    map[string]masqRule // the network's masquerade chains at Start
 
 	// skipCRICleanup makes Stop skip removing pods through the CRI, so that
 	// tests can exercise the forced cleanup path.
@@ -173,6 +174,11 @@ func Start(ctx context.Context, o Options) (*Containerd, error) {
 	}
 	if _, err := netlink.LinkByName(l.bridge); err == nil {
 		c.bridgeExisted = true
+	}
+	if l.netns == "" {
+		if c.masqBefore, err = masqRules(l.network, l.podCIDR); err != nil {
+			return fail(err)
+		}
 	}
 	c.logFile, err = os.OpenFile(l.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -509,4 +510,56 @@ func TestStartFailureReportsLog(t *testing.T) {
 	if after, _ := filepath.Glob("/tmp/evctrd-*"); len(after) > len(before) {
 		t.Errorf("short socket directories left: %v (before: %v)", after, before)
 	}
+}
+
+// TestStopSweepsMasqueradeOfVanishedNetns: the bridge plugin cannot remove
+// a pod's masquerade chain when the pod's network namespace is gone before
+// DEL (it reads the addresses from there). Stop still leaves no NAT rule of
+// the pod behind.
+func TestStopSweepsMasqueradeOfVanishedNetns(t *testing.T) {
+	needRealContainerd(t)
+	const bridge, cidr = "evtst-mq0", "10.213.3.0/24"
+	c, rs := startHarness(t, bridge, cidr, io.Discard)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p := runPod(ctx, t, rs, "vanish", "sleep 3600")
+	ctrPID := waitRunning(ctx, t, rs, p.ctrID)
+	_, sbPID := sandboxIPAndPID(ctx, t, rs, p.id)
+	st, err := rs.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: p.id, Verbose: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info struct {
+		RuntimeSpec struct {
+			Linux struct {
+				Namespaces []struct{ Type, Path string } `json:"namespaces"`
+			} `json:"linux"`
+		} `json:"runtimeSpec"`
+	}
+	if err := json.Unmarshal([]byte(st.GetInfo()["info"]), &info); err != nil {
+		t.Fatal(err)
+	}
+	netns := ""
+	for _, ns := range info.RuntimeSpec.Linux.Namespaces {
+		if ns.Type == "network" {
+			netns = ns.Path
+		}
+	}
+	if netns == "" {
+		t.Fatal("no network namespace path in the sandbox's spec")
+	}
+	if out, err := exec.Command("iptables", "-t", "nat", "-S").Output(); err != nil || !strings.Contains(string(out), p.id) {
+		t.Fatalf("no masquerade rule for the pod while it runs: %v", err)
+	}
+	// The namespace's bind mount goes (as after a crash that took it).
+	if err := syscall.Unmount(netns, syscall.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(netns); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Stop(); err != nil {
+		t.Logf("Stop: %v", err)
+	}
+	assertNothingLeft(t, c, bridge, []int{ctrPID, sbPID}, []string{p.id})
 }
