@@ -11,14 +11,22 @@ TAGS     := providerless
 export EVELET_BIN := $(CURDIR)/bin/evelet
 export KUBE_BIN_DIR := $(KUBE_BIN)
 
-.PHONY: proto all build prereqs kube test test-kvm unit e2e critest fuzz bench demo demo-down demo-bin fmt vet clean
+.PHONY: proto all build image prereqs kube test test-kvm unit e2e critest fuzz bench demo demo-down demo-bin fmt vet clean
 
 all: build
 
+# Static binaries (CGO_ENABLED=0): what the EVE service image ships (EVE's
+# root file system has no glibc), so the tests run the same builds.
 build:
-	$(GO) build -tags $(TAGS) -trimpath -ldflags '$(LDFLAGS)' -o bin/evelet ./cmd/evelet
-	$(GO) build -trimpath -ldflags '-s -w -X github.com/lf-edge/evelet/version.Version=$(VERSION)' -o bin/evelet-cni ./cmd/evelet-cni
-	$(GO) build -trimpath -ldflags '-s -w -X github.com/lf-edge/evelet/version.Version=$(VERSION)' -o bin/eve-ni ./cmd/eve-ni
+	CGO_ENABLED=0 $(GO) build -tags $(TAGS) -trimpath -ldflags '$(LDFLAGS)' -o bin/evelet ./cmd/evelet
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X github.com/lf-edge/evelet/version.Version=$(VERSION)' -o bin/evelet-cni ./cmd/evelet-cni
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X github.com/lf-edge/evelet/version.Version=$(VERSION)' -o bin/eve-ni ./cmd/eve-ni
+
+# The EVE service image (docs/eve-service.md): amd64 and arm64, OCI layout
+# and docker-archives under _output/image. Cross-builds everything static;
+# a first run compiles the vendored kubelet for each architecture.
+image:
+	sh hack/build-image.sh
 
 prereqs:
 	sh hack/install-prereqs.sh

@@ -59,13 +59,7 @@ func BuildPause(ctx context.Context, goBinary, moduleRoot, outDir string) (tarPa
 	if cached(tarPath, key) {
 		return tarPath, nil
 	}
-	layer, err := layerTar([]entry{file("/pause", 0o755, bin)})
-	if err != nil {
-		return "", err
-	}
-	img, err := singleLayerImage(layer, "evelet images.BuildPause", v1.Config{
-		Entrypoint: []string{"/pause"},
-	})
+	img, err := PauseImage(bin, runtime.GOARCH)
 	if err != nil {
 		return "", err
 	}
@@ -73,6 +67,18 @@ func BuildPause(ctx context.Context, goBinary, moduleRoot, outDir string) (tarPa
 		return "", err
 	}
 	return tarPath, nil
+}
+
+// PauseImage is the pause image of arch around its static binary: one
+// layer holding /pause, entrypoint ["/pause"].
+func PauseImage(bin []byte, arch string) (v1.Image, error) {
+	layer, err := layerTar([]entry{file("/pause", 0o755, bin)})
+	if err != nil {
+		return nil, err
+	}
+	return SingleLayerImage(layer, arch, "evelet images.BuildPause", v1.Config{
+		Entrypoint: []string{"/pause"},
+	})
 }
 
 // ModuleRoot returns the directory of the main module's go.mod as seen by
