@@ -441,7 +441,7 @@ func (a *Agent) kubelet(j *intent.Join) (kubeletProc, error) {
 	return a.withAPICache(j, opts, &kubeletshim.Supervisor{
 		Log: a.log.WithFields(logrus.Fields{"node": j.NodeName, "component": "kubelet"}),
 		Command: func() *exec.Cmd {
-			cmd := exec.Command(a.cfg.Self, append([]string{"kubelet"}, opts.Args()...)...)
+			cmd := a.roleCommand("kubelet", opts.Args()...)
 			cmd.Stdout, cmd.Stderr = a.cfg.KubeletLog, a.cfg.KubeletLog
 			return cmd
 		},

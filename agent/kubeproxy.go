@@ -82,7 +82,7 @@ func (a *Agent) kubeProxy(j *intent.Join, log *logrus.Entry) (serviceProxy, erro
 		Name: "kube-proxy",
 		Log:  log,
 		Command: func() *exec.Cmd {
-			cmd := exec.Command(a.cfg.Self, append([]string{"kube-proxy"}, opts.Args()...)...)
+			cmd := a.roleCommand("kube-proxy", opts.Args()...)
 			cmd.Env = []string{"PATH=" + path}
 			cmd.Stdout, cmd.Stderr = a.cfg.KubeletLog, a.cfg.KubeletLog
 			return cmd

@@ -125,7 +125,7 @@ func (a *Agent) runNodeDNS(ctx context.Context, log *logrus.Entry) {
 		runCtx, stop := context.WithCancel(ctx)
 		done := make(chan struct{})
 		sup := &kubeletshim.Supervisor{Log: log, Command: func() *exec.Cmd {
-			cmd := exec.Command(a.cfg.Self, "dns", a.nodeDNSCorefile())
+			cmd := a.roleCommand("dns", a.nodeDNSCorefile())
 			cmd.Stdout, cmd.Stderr = out, out
 			return cmd
 		}}

@@ -1,6 +1,8 @@
 // Package kubeletshim owns the vendored kubelet: the KubeletConfiguration and
 // command line evelet generates for it, and the child process that runs it.
-// When the kubelet runs is the agent's decision, not this package's.
+// When the kubelet runs is the agent's decision, not this package's. The
+// kubelet itself (`evelet kubelet`) is the subpackage kubeletcmd, so what
+// imports this package does not link the kubelet.
 package kubeletshim
 
 import (
@@ -229,7 +231,7 @@ func (o *Options) WriteConfig() error {
 func (o *Options) Args() []string {
 	var a []string
 	if o.PolicyFile != "" {
-		// evelet kubelet takes this one itself (kubelet-shim.Run).
+		// evelet kubelet takes this one itself (kubelet-shim/kubeletcmd.Run).
 		a = append(a, PolicyFileFlag+"="+o.PolicyFile)
 	}
 	a = append(a, "--config="+o.ConfigPath())

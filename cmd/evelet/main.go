@@ -1,35 +1,45 @@
 // Command evelet is the multi-call binary that runs on the EVE device:
 //
 //	evelet agent    the supervisor (join, CRI shim, kubelet child)
-//	evelet kubelet  the vendored kubelet (started by the agent)
-//	evelet kube-proxy  the vendored kube-proxy (started by the agent)
 //	evelet cri      the CRI shim alone (debugging, benchmarks)
-//	evelet dns      the node-local DNS server (started by the agent)
 //	evelet vmm      the supervisor of one VM pod's QEMU (started by the CRI shim)
+//	evelet doctor   preflight and diagnosis
 //	evelet status   what the agent is doing
 //	evelet version  evelet's and the vendored kubelet's versions
+//
+// and, handed on to the evelet-node binary beside it (cmd/evelet-node), which
+// holds the vendored Kubernetes code:
+//
+//	evelet kubelet     the vendored kubelet (started by the agent)
+//	evelet kube-proxy  the vendored kube-proxy (started by the agent)
+//	evelet dns         the node-local DNS server (started by the agent)
 package main
 
 import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/lf-edge/evelet/internal/nodebin"
 )
 
 var commands = map[string]func(args []string) int{
-	"agent":      runAgent,
-	"kubelet":    runKubelet,
-	"kube-proxy": runKubeProxy,
-	"cri":        runCRI,
-	"dns":        runDNS,
-	"doctor":     runDoctor,
-	"status":     runStatus,
-	"version":    runVersion,
-	"vmm":        runVMM,
+	"agent":   runAgent,
+	"cri":     runCRI,
+	"doctor":  runDoctor,
+	"status":  runStatus,
+	"version": runVersion,
+	"vmm":     runVMM,
+}
+
+func init() {
+	for _, r := range nodebin.Roles {
+		commands[r] = nodeRole(r)
+	}
 }
 
 func usage() {
-	fmt.Fprintf(os.Stderr, "usage: evelet <agent|kubelet|kube-proxy|dns|cri|doctor|status|version> [flags]\n")
+	fmt.Fprintf(os.Stderr, "usage: evelet <agent|kubelet|kube-proxy|dns|cri|doctor|status|version|vmm> [flags]\n")
 }
 
 func main() {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/lf-edge/evelet/images"
+	"github.com/lf-edge/evelet/internal/nodebin"
 	"github.com/lf-edge/evelet/tests/containerd"
 	"github.com/lf-edge/evelet/tests/controlplane"
 	"github.com/lf-edge/evelet/tests/devnet"
@@ -75,6 +76,10 @@ func setup() error {
 			return fmt.Errorf("make build: %w", err)
 		}
 		env.evelet = filepath.Join(env.root, "bin", "evelet")
+	}
+	// The agent runs the kubelet, kube-proxy and DNS from evelet-node beside it.
+	if _, err := os.Stat(nodebin.Path(env.evelet)); err != nil {
+		return fmt.Errorf("%w: `make build` puts %s next to %s", err, nodebin.Name, env.evelet)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()

@@ -10,12 +10,12 @@ import (
 	"github.com/lf-edge/evelet/nodedns/server"
 )
 
-// runDNS is `evelet dns <Corefile>`: the node-local DNS server (CoreDNS
+// runDNS is `evelet-node dns <Corefile>` (`evelet dns` hands on to it): the node-local DNS server (CoreDNS
 // with the plugins nodedns/server links). The agent starts and supervises
 // it (agent/nodedns.go); it is not for users.
 func runDNS(args []string) int {
 	if len(args) != 1 {
-		fmt.Fprintln(os.Stderr, "usage: evelet dns <Corefile>")
+		fmt.Fprintln(os.Stderr, "usage: evelet-node dns <Corefile>")
 		return 2
 	}
 	corefile, err := os.ReadFile(args[0])

@@ -5,7 +5,7 @@ import (
 	"k8s.io/kubernetes/cmd/kube-proxy/app"
 )
 
-// runKubeProxy is the vendored kube-proxy, unchanged, as its own main runs
+// runKubeProxy (`evelet-node kube-proxy`) is the vendored kube-proxy, unchanged, as its own main runs
 // it (cmd/kube-proxy/proxy.go); the agent starts it with the configuration
 // kubeproxy.Options writes.
 func runKubeProxy(args []string) int {

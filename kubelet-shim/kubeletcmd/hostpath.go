@@ -1,4 +1,4 @@
-package kubeletshim
+package kubeletcmd
 
 import (
 	"encoding/json"
@@ -15,26 +15,12 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/pkg/volume"
 
-	"github.com/lf-edge/evelet/internal/atomicfile"
 	"github.com/lf-edge/evelet/policy"
 )
 
 // hostPathPluginName is the in-tree hostPath plugin's name
 // (k8s.io/kubernetes pkg/volume/hostpath).
 const hostPathPluginName = "kubernetes.io/host-path"
-
-// WritePolicyFile stores the guardrail policy for the kubelet's hostPath
-// guard, temp-then-rename: the guard never reads half a file.
-func WritePolicyFile(path string, p policy.Policy) error {
-	b, err := json.Marshal(p)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	return atomicfile.WriteFile(path, b, 0o600)
-}
 
 // VolumeGuard is the kubelet-side half of the no-host-path rule. The
 // kubelet sets up a hostPath volume before it makes any CRI call, and for

@@ -1,4 +1,4 @@
-package kubeletshim
+package kubeletcmd
 
 import (
 	"fmt"

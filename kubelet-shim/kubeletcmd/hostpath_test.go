@@ -1,4 +1,4 @@
-package kubeletshim
+package kubeletcmd
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"k8s.io/kubernetes/cmd/kubelet/app"
 	"k8s.io/kubernetes/pkg/volume"
 
+	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
 	"github.com/lf-edge/evelet/policy"
 )
 
@@ -24,7 +25,7 @@ func guardWith(t *testing.T, allowed ...string) *VolumeGuard {
 	f := filepath.Join(t.TempDir(), "policy.json")
 	p := policy.Default()
 	p.AllowedHostPaths = allowed
-	if err := WritePolicyFile(f, p); err != nil {
+	if err := kubeletshim.WritePolicyFile(f, p); err != nil {
 		t.Fatal(err)
 	}
 	return &VolumeGuard{PolicyFile: f}
@@ -118,7 +119,7 @@ func TestVolumeGuardFollowsPolicyFile(t *testing.T) {
 	wantHostPathViolation(t, g.Admit(testPod, "h", p, corev1.HostPathDirectoryOrCreate), p)
 	pol := policy.Default()
 	pol.AllowedHostPaths = []string{allowed}
-	if err := WritePolicyFile(g.PolicyFile, pol); err != nil {
+	if err := kubeletshim.WritePolicyFile(g.PolicyFile, pol); err != nil {
 		t.Fatal(err)
 	}
 	if err := g.Admit(testPod, "h", p, corev1.HostPathDirectoryOrCreate); err != nil {
@@ -167,7 +168,7 @@ func TestWithHostPathTypeCopies(t *testing.T) {
 }
 
 func TestTakeFlag(t *testing.T) {
-	v, rest := takeFlag([]string{"--evelet-policy-file=/run/p.json", "--config=/c"}, PolicyFileFlag)
+	v, rest := takeFlag([]string{"--evelet-policy-file=/run/p.json", "--config=/c"}, kubeletshim.PolicyFileFlag)
 	if v != "/run/p.json" || len(rest) != 1 || rest[0] != "--config=/c" {
 		t.Fatalf("%q %q", v, rest)
 	}
@@ -182,7 +183,7 @@ func TestVolumeGuardRefusesKubeletDir(t *testing.T) {
 	f := filepath.Join(t.TempDir(), "policy.json")
 	p := policy.Default()
 	p.KubeletRootDir, p.AllowedHostPaths = root, []string{dir}
-	if err := WritePolicyFile(f, p); err != nil {
+	if err := kubeletshim.WritePolicyFile(f, p); err != nil {
 		t.Fatal(err)
 	}
 	g := &VolumeGuard{PolicyFile: f}

@@ -1,4 +1,8 @@
-package kubeletshim
+// Package kubeletcmd is `evelet kubelet`: the upstream kubelet with evelet's
+// volume guards put into its dependencies. It is the only package that links
+// the kubelet itself (k8s.io/kubernetes/cmd/kubelet, pkg/kubelet), so only
+// the role binary that runs the kubelet (cmd/evelet-node) imports it.
+package kubeletcmd
 
 import (
 	"context"
@@ -29,12 +33,9 @@ import (
 	"k8s.io/kubernetes/pkg/kubelet/eviction"
 	"k8s.io/kubernetes/pkg/kubelet/kubeletconfig/configfiles"
 	utilfs "k8s.io/kubernetes/pkg/util/filesystem"
-)
 
-// PolicyFileFlag names the guardrail policy file on `evelet kubelet`'s
-// command line; it is evelet's, not the kubelet's, and is taken out before
-// the kubelet's own flags are parsed.
-const PolicyFileFlag = "--evelet-policy-file"
+	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
+)
 
 // Run is `evelet kubelet`: the upstream kubelet (cmd/kubelet/app, the same
 // flags, config file, feature gates and logging), with evelet's guards put
@@ -68,7 +69,7 @@ func Run(args []string) int {
 
 func run(args []string) error {
 	ctx := context.Background()
-	policyFile, args := takeFlag(args, PolicyFileFlag)
+	policyFile, args := takeFlag(args, kubeletshim.PolicyFileFlag)
 
 	fs := pflag.NewFlagSet("kubelet", pflag.ContinueOnError)
 	fs.SetNormalizeFunc(cliflag.WordSepNormalizeFunc)

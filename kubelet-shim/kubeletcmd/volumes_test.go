@@ -1,4 +1,4 @@
-package kubeletshim
+package kubeletcmd
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 	"k8s.io/kubernetes/pkg/volume"
 	"k8s.io/utils/ptr"
 
+	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
 	"github.com/lf-edge/evelet/policy"
 )
 
@@ -86,7 +87,7 @@ func (f *fakePlugin) NewMounter(*volume.Spec, *corev1.Pod) (volume.Mounter, erro
 func guardWithPolicy(t *testing.T, p policy.Policy) *VolumeGuard {
 	t.Helper()
 	f := filepath.Join(t.TempDir(), "policy.json")
-	if err := WritePolicyFile(f, p); err != nil {
+	if err := kubeletshim.WritePolicyFile(f, p); err != nil {
 		t.Fatal(err)
 	}
 	return &VolumeGuard{PolicyFile: f}

@@ -1,0 +1,35 @@
+package main
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestAgentLinksNoKubelet: the evelet binary (agent, CRI shim, every VM's
+// supervisor) links none of the vendored processes that evelet-node runs,
+// so it does not load or initialise them (docs/benchmarks.md, footprint).
+func TestAgentLinksNoKubelet(t *testing.T) {
+	out, err := exec.Command("go", "list", "-tags", "providerless", "-deps", ".").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	forbidden := []string{
+		"k8s.io/kubernetes/cmd/kubelet/", "k8s.io/kubernetes/pkg/kubelet",
+		"k8s.io/kubernetes/cmd/kube-proxy/", "k8s.io/kubernetes/pkg/proxy",
+		"k8s.io/kubernetes/pkg/volume", "github.com/coredns/",
+		"github.com/lf-edge/evelet/kubelet-shim/kubeletcmd", "github.com/lf-edge/evelet/nodedns/server",
+	}
+	var bad []string
+	for _, p := range strings.Fields(string(out)) {
+		for _, f := range forbidden {
+			if strings.HasPrefix(p, f) {
+				bad = append(bad, p)
+				break
+			}
+		}
+	}
+	if len(bad) > 0 {
+		t.Errorf("cmd/evelet links %d packages that belong in evelet-node, e.g. %v", len(bad), bad[:min(len(bad), 5)])
+	}
+}
