@@ -15,15 +15,16 @@ export KUBE_BIN_DIR := $(KUBE_BIN)
 
 all: build
 
-# Two binaries on the device: evelet (agent, CRI shim, per-VM supervisor,
-# doctor, status) and evelet-node beside it (the kubelet, kube-proxy, the
-# node-local DNS), so the small processes do not load the kubelet
-# (docs/architecture.md). The e2e harness finds evelet-node next to EVELET_BIN.
+# evelet (agent, CRI shim, per-VM supervisor, doctor, status) and, beside
+# it, one binary per vendored process the agent runs (evelet-kubelet,
+# evelet-kube-proxy, evelet-dns), so each process loads only its own code
+# (docs/architecture.md). The e2e harness finds them next to EVELET_BIN.
+ROLES := kubelet kube-proxy dns
 # Static binaries (CGO_ENABLED=0): what the EVE service image ships (EVE's
 # root file system has no glibc), so the tests run the same builds.
 build:
 	CGO_ENABLED=0 $(GO) build -tags $(TAGS) -trimpath -ldflags '$(LDFLAGS)' -o bin/evelet ./cmd/evelet
-	CGO_ENABLED=0 $(GO) build -tags $(TAGS) -trimpath -ldflags '$(LDFLAGS)' -o bin/evelet-node ./cmd/evelet-node
+	for r in $(ROLES); do CGO_ENABLED=0 $(GO) build -tags $(TAGS) -trimpath -ldflags '$(LDFLAGS)' -o bin/evelet-$$r ./cmd/evelet-$$r || exit 1; done
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X github.com/lf-edge/evelet/version.Version=$(VERSION)' -o bin/evelet-cni ./cmd/evelet-cni
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X github.com/lf-edge/evelet/version.Version=$(VERSION)' -o bin/eve-ni ./cmd/eve-ni
 
@@ -85,7 +86,7 @@ bench: prereqs build kube
 	$(GO) test -run '^$$' -bench AddDel -benchtime 20x ./cni/meta/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
 	$(GO) test -run '^$$' -bench LocalNIAddDel -benchtime 20x ./cni/eveni/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
 	$(GO) test -run '^$$' -bench SetupTeardown -benchtime 10x ./cri/vm/vmnet/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
-	@ls -l bin/evelet bin/evelet-node | awk '{printf "binary size: %s %.1f MiB\n", $$9, $$5/1048576}' | tee -a _output/bench.txt
+	@ls -l bin/evelet $(ROLES:%=bin/evelet-%) | awk '{printf "binary size: %s %.1f MiB\n", $$9, $$5/1048576}' | tee -a _output/bench.txt
 
 # The demo prints one line per step with the time since `make demo` began
 # (EVELET_T0); the long steps of a first run say so and how long they take.

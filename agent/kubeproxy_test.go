@@ -32,7 +32,7 @@ func TestKubeProxyChild(t *testing.T) {
 	sup := p.(*kubeletshim.Supervisor)
 	cmd := sup.Command()
 	conf := filepath.Join(dir, "run", "kube-proxy", "config.yaml")
-	if want := []string{"/usr/bin/evelet-node", "kube-proxy", "--config=" + conf}; !slices.Equal(cmd.Args, want) {
+	if want := []string{"/usr/bin/evelet-kube-proxy", "kube-proxy", "--config=" + conf}; !slices.Equal(cmd.Args, want) {
 		t.Errorf("kube-proxy command %v, want %v", cmd.Args, want)
 	}
 	if want := []string{"PATH=" + filepath.Join(dir, "run", "kube-proxy", "bin")}; !slices.Equal(cmd.Env, want) {

@@ -7,12 +7,12 @@
 //	evelet status   what the agent is doing
 //	evelet version  evelet's and the vendored kubelet's versions
 //
-// and, handed on to the evelet-node binary beside it (cmd/evelet-node), which
-// holds the vendored Kubernetes code:
+// and, handed on to the role binaries beside it, which hold the vendored
+// Kubernetes code, one process each (internal/nodebin):
 //
-//	evelet kubelet     the vendored kubelet (started by the agent)
-//	evelet kube-proxy  the vendored kube-proxy (started by the agent)
-//	evelet dns         the node-local DNS server (started by the agent)
+//	evelet kubelet     evelet-kubelet, the vendored kubelet (started by the agent)
+//	evelet kube-proxy  evelet-kube-proxy, the vendored kube-proxy (started by the agent)
+//	evelet dns         evelet-dns, the node-local DNS server (started by the agent)
 package main
 
 import (

@@ -1,7 +1,7 @@
 // Package kubeletcmd is `evelet kubelet`: the upstream kubelet with evelet's
 // volume guards put into its dependencies. It is the only package that links
 // the kubelet itself (k8s.io/kubernetes/cmd/kubelet, pkg/kubelet), so only
-// the role binary that runs the kubelet (cmd/evelet-node) imports it.
+// the kubelet's own binary (cmd/evelet-kubelet) imports it.
 package kubeletcmd
 
 import (

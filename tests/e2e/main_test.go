@@ -77,9 +77,11 @@ func setup() error {
 		}
 		env.evelet = filepath.Join(env.root, "bin", "evelet")
 	}
-	// The agent runs the kubelet, kube-proxy and DNS from evelet-node beside it.
-	if _, err := os.Stat(nodebin.Path(env.evelet)); err != nil {
-		return fmt.Errorf("%w: `make build` puts %s next to %s", err, nodebin.Name, env.evelet)
+	// The agent runs the kubelet, kube-proxy and DNS from binaries beside it.
+	for _, r := range nodebin.Roles {
+		if _, err := os.Stat(nodebin.Path(env.evelet, r)); err != nil {
+			return fmt.Errorf("%w: `make build` puts %s next to %s", err, nodebin.Name(r), env.evelet)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()

@@ -1,3 +1,6 @@
+// Command evelet-dns is the node-local DNS server: CoreDNS with the plugins
+// nodedns/server links. The agent starts it as `evelet-dns dns <Corefile>`
+// (agent/nodedns.go); `evelet dns` hands on to it.
 package main
 
 import (
@@ -7,15 +10,15 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/lf-edge/evelet/internal/nodebin"
 	"github.com/lf-edge/evelet/nodedns/server"
 )
 
-// runDNS is `evelet-node dns <Corefile>` (`evelet dns` hands on to it): the node-local DNS server (CoreDNS
-// with the plugins nodedns/server links). The agent starts and supervises
-// it (agent/nodedns.go); it is not for users.
+func main() { os.Exit(runDNS(nodebin.Args("dns"))) }
+
 func runDNS(args []string) int {
 	if len(args) != 1 {
-		fmt.Fprintln(os.Stderr, "usage: evelet-node dns <Corefile>")
+		fmt.Fprintln(os.Stderr, "usage: evelet-dns [dns] <Corefile>")
 		return 2
 	}
 	corefile, err := os.ReadFile(args[0])
