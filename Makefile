@@ -15,11 +15,11 @@ export KUBE_BIN_DIR := $(KUBE_BIN)
 
 all: build
 
-# evelet (agent, CRI shim, per-VM supervisor, doctor, status) and, beside
-# it, one binary per vendored process the agent runs (evelet-kubelet,
-# evelet-kube-proxy, evelet-dns), so each process loads only its own code
+# evelet (agent, CRI shim, doctor, status) and, beside it, one binary per
+# process the agent runs (evelet-kubelet, evelet-kube-proxy, evelet-dns,
+# evelet-vmm per VM), so each process loads only its own code
 # (docs/architecture.md). The e2e harness finds them next to EVELET_BIN.
-ROLES := kubelet kube-proxy dns
+ROLES := kubelet kube-proxy dns vmm
 # Static binaries (CGO_ENABLED=0): what the EVE service image ships (EVE's
 # root file system has no glibc), so the tests run the same builds.
 build:

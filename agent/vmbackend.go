@@ -5,6 +5,7 @@ import (
 
 	"github.com/lf-edge/evelet/cri"
 	"github.com/lf-edge/evelet/cri/vm"
+	"github.com/lf-edge/evelet/internal/nodebin"
 	"github.com/lf-edge/evelet/internal/nodelabels"
 )
 
@@ -30,7 +31,7 @@ func (a *Agent) vmHandlers(images runtimeapi.ImageServiceClient) (map[string]cri
 		return nil, func() {}
 	}
 	return vm.Handlers(vm.NodeConfig{
-		StateDir: a.cfg.StateDir, RunDir: a.cfg.RunDir, ContainerdEndpoint: a.cfg.ContainerdEndpoint, Self: a.cfg.Self,
+		StateDir: a.cfg.StateDir, RunDir: a.cfg.RunDir, ContainerdEndpoint: a.cfg.ContainerdEndpoint, Self: nodebin.Path(a.cfg.Self, "vmm"),
 		CNIConfDir: a.cfg.VM.CNIConfDir, CNIBinDirs: a.cfg.VM.CNIBinDirs, KVMDevice: a.cfg.VM.KVMDevice,
 		AllowEmulation: func() bool { return a.policy().AllowVMEmulation },
 		OverlayMaxSize: func() int64 { return a.policy().VMOverlayMax() },

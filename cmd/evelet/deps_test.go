@@ -33,3 +33,18 @@ func TestAgentLinksNoKubelet(t *testing.T) {
 		t.Errorf("cmd/evelet links %d packages that belong in evelet-node, e.g. %v", len(bad), bad[:min(len(bad), 5)])
 	}
 }
+
+// TestVMMBinarySmall: evelet-vmm, one process per running VM, links neither
+// the agent nor client-go (its RSS was 88 MB as `evelet vmm` of the one
+// multi-call binary, 9 MB on its own).
+func TestVMMBinarySmall(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "../evelet-vmm").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, p := range strings.Fields(string(out)) {
+		if strings.HasPrefix(p, "k8s.io/client-go") || strings.HasPrefix(p, "github.com/lf-edge/evelet/agent") || strings.HasPrefix(p, "k8s.io/kubernetes") {
+			t.Errorf("cmd/evelet-vmm links %s", p)
+		}
+	}
+}

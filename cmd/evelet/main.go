@@ -2,7 +2,6 @@
 //
 //	evelet agent    the supervisor (join, CRI shim, kubelet child)
 //	evelet cri      the CRI shim alone (debugging, benchmarks)
-//	evelet vmm      the supervisor of one VM pod's QEMU (started by the CRI shim)
 //	evelet doctor   preflight and diagnosis
 //	evelet status   what the agent is doing
 //	evelet version  evelet's and the vendored kubelet's versions
@@ -13,6 +12,7 @@
 //	evelet kubelet     evelet-kubelet, the vendored kubelet (started by the agent)
 //	evelet kube-proxy  evelet-kube-proxy, the vendored kube-proxy (started by the agent)
 //	evelet dns         evelet-dns, the node-local DNS server (started by the agent)
+//	evelet vmm         evelet-vmm, the supervisor of one VM pod's QEMU (started by the CRI shim)
 package main
 
 import (
@@ -29,7 +29,6 @@ var commands = map[string]func(args []string) int{
 	"doctor":  runDoctor,
 	"status":  runStatus,
 	"version": runVersion,
-	"vmm":     runVMM,
 }
 
 func init() {
