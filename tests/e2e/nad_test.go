@@ -43,7 +43,7 @@ const nadDefaultNetwork = "evelet-nad-default"
 
 // applyYAML creates every object of a multi-document YAML (the kinds this
 // test ships), ignoring AlreadyExists.
-func applyYAML(t *testing.T, ctx context.Context, dc dynamic.Interface, doc []byte) {
+func applyYAML(t testing.TB, ctx context.Context, dc dynamic.Interface, doc []byte) {
 	t.Helper()
 	gvr := map[string]schema.GroupVersionResource{
 		"Namespace":                {Version: "v1", Resource: "namespaces"},
