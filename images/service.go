@@ -73,6 +73,7 @@ var ServiceConfig = ServiceConfigSpec{
 		"/persist/status:/persist/status:ro",
 		"/persist/certs:/persist/certs:ro",
 		"/run/eve-release:/run/eve-release:ro",
+		"/run/eve-hv-type:/run/eve-hv-type:ro",
 		"/run/zedagent:/run/zedagent:ro",
 		"/run/zedrouter:/run/zedrouter:ro",
 		"/run/baseosmgr:/run/baseosmgr:ro",
