@@ -29,8 +29,9 @@ import (
 )
 
 // cacheable are the resources a node's clients read and the cache keeps:
-// the node, its lease, its pods and what they use, and what the kubelet
-// (and later kube-proxy and the node DNS) watch. Kinds name their list
+// the node, its lease, its pods and what they use, and what the kubelet,
+// kube-proxy (Services, EndpointSlices, ServiceCIDRs) and the node DNS
+// (Services, EndpointSlices, Namespaces) watch. Kinds name their list
 // types for answers from an empty cache.
 var cacheable = map[schema.GroupResource]string{
 	{Resource: "pods"}:                                              "Pod",
@@ -38,6 +39,7 @@ var cacheable = map[schema.GroupResource]string{
 	{Resource: "configmaps"}:                                        "ConfigMap",
 	{Resource: "secrets"}:                                           "Secret",
 	{Resource: "services"}:                                          "Service",
+	{Resource: "namespaces"}:                                        "Namespace",
 	{Resource: "persistentvolumeclaims"}:                            "PersistentVolumeClaim",
 	{Resource: "persistentvolumes"}:                                 "PersistentVolume",
 	{Group: "coordination.k8s.io", Resource: "leases"}:              "Lease",
@@ -48,6 +50,7 @@ var cacheable = map[schema.GroupResource]string{
 	{Group: "storage.k8s.io", Resource: "volumeattachments"}:        "VolumeAttachment",
 	{Group: "resource.k8s.io", Resource: "resourceclaims"}:          "ResourceClaim",
 	{Group: "networking.k8s.io", Resource: "ingressclasses"}:        "IngressClass",
+	{Group: "networking.k8s.io", Resource: "servicecidrs"}:          "ServiceCIDR",
 	{Group: "scheduling.k8s.io", Resource: "priorityclasses"}:       "PriorityClass",
 	{Group: "certificates.k8s.io", Resource: "clustertrustbundles"}: "ClusterTrustBundle",
 }
