@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -18,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 )
 
@@ -27,6 +29,9 @@ type apiCacheState struct {
 	mu        sync.Mutex
 	proxy     *apicache.Proxy
 	metricsOn sync.Once
+	// written: the kubeconfigs to the cache handed to other processes
+	// (apiCacheKubeconfig), by name, and the cache they were written for.
+	written map[string]*apicache.Proxy
 }
 
 // APICacheStatus is the local API cache as `evelet status` shows it.
@@ -217,6 +222,52 @@ func (a *Agent) setAPICache(p *apicache.Proxy) {
 	if p == nil {
 		a.publish(func(s *Status) { s.APICache = nil })
 	}
+}
+
+// apiCacheKubeconfig gives another of the node's processes that reads the
+// cluster with the node's own identity (kube-proxy, the node DNS) a
+// kubeconfig to the running cache, so what it read survives a reboot
+// offline. It is written once per cache (a cache's port and CA are new at
+// every start) to credentials/<name>-apicache.kubeconfig. "" while no cache
+// serves or the node has no client certificate yet: the caller then reads
+// the apiserver directly. The cache knows the caller by the node's client
+// certificate, as it knows the kubelet: same identity upstream, so the two
+// share one cache (docs/offline.md).
+func (a *Agent) apiCacheKubeconfig(name string) string {
+	if _, ok, _ := a.store.ClientCredentials(time.Now()); !ok {
+		return ""
+	}
+	path := filepath.Join(a.cfg.Credentials().Dir, name+"-apicache.kubeconfig")
+	a.apiCache.mu.Lock()
+	defer a.apiCache.mu.Unlock()
+	p := a.apiCache.proxy
+	if p == nil {
+		return ""
+	}
+	if a.apiCache.written[name] == p {
+		return path
+	}
+	if err := p.WriteKubeconfig("kubelet", path); err != nil {
+		a.log.WithError(err).WithField("client", name).Error("kubeconfig to the API cache not written; reading the apiserver directly")
+		return ""
+	}
+	if a.apiCache.written == nil {
+		a.apiCache.written = map[string]*apicache.Proxy{}
+	}
+	a.apiCache.written[name] = p
+	return path
+}
+
+// waitAPICacheKubeconfig waits up to max for apiCacheKubeconfig to give a
+// path (the cache starts with the kubelet, right after the node's other
+// processes) and returns it, or "" after max.
+func (a *Agent) waitAPICacheKubeconfig(ctx context.Context, name string, max time.Duration) string {
+	var path string
+	_ = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, max, true, func(context.Context) (bool, error) {
+		path = a.apiCacheKubeconfig(name)
+		return path != "", nil
+	})
+	return path
 }
 
 func (a *Agent) apiCacheStats() (apicache.Stats, bool) {

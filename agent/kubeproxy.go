@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"os"
 	"os/exec"
@@ -32,9 +33,15 @@ type serviceProxy interface {
 
 // kubeProxyKubeconfig is how kube-proxy reaches the apiserver: the node's
 // own identity, which the cluster admin lets read what kube-proxy reads
-// (deploy/evelet-kube-proxy-rbac.yaml). The one place to point it at the
-// node's local caching proxy instead.
-func (a *Agent) kubeProxyKubeconfig() string { return a.cfg.Credentials().KubeconfigPath() }
+// (deploy/evelet-kube-proxy-rbac.yaml), through the local API cache while
+// it serves, so Services survive a reboot offline.
+func (a *Agent) kubeProxyKubeconfig() string {
+	return cmp.Or(a.apiCacheKubeconfig("kube-proxy"), a.cfg.Credentials().KubeconfigPath())
+}
+
+// apiCacheWait bounds how long kube-proxy waits for the local API cache
+// before it reads the apiserver directly.
+const apiCacheWait = 10 * time.Second
 
 func (a *Agent) kubeProxyDir() string { return filepath.Join(a.cfg.RunDir, "kube-proxy") }
 
@@ -46,17 +53,20 @@ func (a *Agent) startKubeProxy(ctx context.Context, j *intent.Join) (wait func()
 		return func() {}
 	}
 	log := a.log.WithFields(logrus.Fields{"node": j.NodeName, "component": "kube-proxy"})
-	p, err := a.kubeProxy(j, log)
-	if err != nil {
-		log.WithError(err).Error("kube-proxy not started: no Services on this node")
-		return func() {}
-	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		// With a bootstrap token the kubelet writes the node's kubeconfig
-		// once its CSR is approved; kube-proxy starts when it is there.
-		if err := waitForFile(ctx, a.kubeProxyKubeconfig()); err != nil {
+		// once its CSR is approved; kube-proxy starts when it is there,
+		// reading through the local API cache (so Services survive a
+		// reboot offline) once that serves.
+		if err := waitForFile(ctx, a.cfg.Credentials().KubeconfigPath()); err != nil {
+			return
+		}
+		a.waitAPICacheKubeconfig(ctx, "kube-proxy", apiCacheWait)
+		p, err := a.kubeProxy(j, log)
+		if err != nil {
+			log.WithError(err).Error("kube-proxy not started: no Services on this node")
 			return
 		}
 		p.Run(ctx)

@@ -44,9 +44,11 @@ func (o NodeDNSOptions) address() string  { return cmp.Or(o.Address, nodedns.Def
 func (o NodeDNSOptions) linkName() string { return cmp.Or(o.LinkName, nodedns.DefaultLinkName) }
 
 // nodeDNSKubeconfig is what the DNS server reads the cluster with: the
-// node's own credentials. The one place to point it elsewhere (a local
-// caching proxy in front of the apiserver).
-func (a *Agent) nodeDNSKubeconfig() string { return a.store.KubeconfigPath() }
+// node's own credentials, through the local API cache while it serves (so
+// cluster names resolve after a reboot offline).
+func (a *Agent) nodeDNSKubeconfig() string {
+	return cmp.Or(a.apiCacheKubeconfig("nodedns"), a.store.KubeconfigPath())
+}
 
 func (a *Agent) nodeDNSCorefile() string { return filepath.Join(a.cfg.RunDir, "nodedns", "Corefile") }
 
@@ -106,7 +108,8 @@ func (a *Agent) runNodeDNS(ctx context.Context, log *logrus.Entry) {
 		if ups := upstreams(); len(ups) > 0 || current == nil {
 			current = ups
 		}
-		cfg := nodedns.Config{Address: o.address(), ClusterDomain: o.ClusterDomain, Kubeconfig: a.nodeDNSKubeconfig(), Upstreams: current}
+		kubeconfig := a.nodeDNSKubeconfig()
+		cfg := nodedns.Config{Address: o.address(), ClusterDomain: o.ClusterDomain, Kubeconfig: kubeconfig, Upstreams: current}
 		corefile, err := cfg.Corefile()
 		if err == nil {
 			err = os.MkdirAll(filepath.Dir(a.nodeDNSCorefile()), 0o700)
@@ -121,7 +124,7 @@ func (a *Agent) runNodeDNS(ctx context.Context, log *logrus.Entry) {
 			}
 			continue
 		}
-		log.WithField("upstreams", current).Info("node-local DNS configured")
+		log.WithFields(logrus.Fields{"upstreams": current, "kubeconfig": kubeconfig}).Info("node-local DNS configured")
 		runCtx, stop := context.WithCancel(ctx)
 		done := make(chan struct{})
 		sup := &kubeletshim.Supervisor{Log: log, Command: func() *exec.Cmd {
@@ -135,7 +138,8 @@ func (a *Agent) runNodeDNS(ctx context.Context, log *logrus.Entry) {
 				break
 			}
 			ups := upstreams()
-			changed = len(ups) > 0 && !reflect.DeepEqual(ups, current)
+			// A new kubeconfig: the local API cache came up (or went).
+			changed = len(ups) > 0 && !reflect.DeepEqual(ups, current) || a.nodeDNSKubeconfig() != kubeconfig
 		}
 		stop()
 		<-done
