@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -65,6 +66,9 @@ func (b *Backend) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandb
 	}
 	if att.Hostname == "" {
 		att.Hostname = cfg.GetHostname()
+	}
+	if dns := podDNSServers(cfg.GetDnsConfig()); len(dns) > 0 {
+		att.DNS = dns
 	}
 	sb.Netns, sb.IPs, sb.Net, sb.Ready = att.Netns, att.IPs, att, true
 	if err := b.store.saveSandbox(sb); err != nil {
@@ -289,4 +293,19 @@ func matchLabels(labels, selector map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// podDNSServers are the kubelet's DNS servers for the pod (the cluster's
+// DNS, e.g. the node-local one, for dnsPolicy ClusterFirst): they take the
+// place of the CNI result's, as in the resolv.conf containerd writes for a
+// container pod. The guest gets them by DHCP. Entries that are not IPv4
+// addresses are left out (DHCPv4 carries only those).
+func podDNSServers(c *runtimeapi.DNSConfig) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range c.GetServers() {
+		if a, err := netip.ParseAddr(s); err == nil && a.Is4() {
+			out = append(out, a)
+		}
+	}
+	return out
 }
