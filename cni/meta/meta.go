@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"slices"
@@ -569,6 +570,15 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		// Nothing recorded (ADD never ran, or DEL already did): DEL of the
 		// default network is harmless and frees anything it holds.
 		def, err := defaultNetwork(c)
+		if errors.Is(err, fs.ErrNotExist) {
+			// Nor is the default network's conflist there any more (the
+			// node left, and the agent removed the one it wrote): nothing
+			// of evelet-cni's is left to undo. Failing would make the
+			// runtime's retried DEL fail for ever and its sandbox
+			// unremovable.
+			p.log().WithError(err).WithField("container", args.ContainerID).Info("DEL without a record or a default network: nothing to undo")
+			return nil
+		}
 		if err != nil {
 			return err
 		}

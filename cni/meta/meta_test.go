@@ -95,6 +95,34 @@ func TestAddCheckDel(t *testing.T) {
 	}
 }
 
+// TestDelAfterDefaultNetworkRemoved (issue 17): when the node leaves, the
+// agent removes the default network's conflist it wrote (podcidr mode)
+// while the runtime may still hold sandboxes it DELs again later (and
+// before removing them). A DEL with nothing recorded and no default
+// network left succeeds: there is nothing to undo, and failing would
+// leave the sandbox unremovable.
+func TestDelAfterDefaultNetworkRemoved(t *testing.T) {
+	e := newEnv(t)
+	args := e.sandbox(t, "gone", "")
+	if _, err := e.add(args); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.del(args); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	if err := os.Remove(filepath.Join(e.confDir, "10-h6-default.conflist")); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.del(args); err != nil {
+		t.Errorf("DEL again, the default network's conflist removed: %v", err)
+	}
+	never := e.sandbox(t, "never", "")
+	if err := e.del(never); err != nil {
+		t.Errorf("DEL of a sandbox never added, the default network's conflist removed: %v", err)
+	}
+	e.requireClean(t, args)
+}
+
 func TestCommaFormAndDefaultOnly(t *testing.T) {
 	e := newEnv(t)
 	plain := e.sandbox(t, "plain", "")

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -287,8 +288,18 @@ func FromConfDir(dir, name string) ([]byte, error) {
 			return raw, nil
 		}
 	}
-	return nil, fmt.Errorf("no CNI config named %q in %s", name, dir)
+	return nil, &noConfigError{name: name, dir: dir}
 }
+
+// noConfigError: no file in the conf dir has the network name. It is an
+// fs.ErrNotExist, as a missing conf dir is.
+type noConfigError struct{ name, dir string }
+
+func (e *noConfigError) Error() string {
+	return fmt.Sprintf("no CNI config named %q in %s", e.name, e.dir)
+}
+
+func (e *noConfigError) Is(target error) bool { return target == fs.ErrNotExist }
 
 func getMap(m map[string]any, key string) (map[string]any, bool) {
 	v, ok := tenantjson.Get(m, key)
