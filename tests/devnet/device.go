@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -52,6 +53,15 @@ type DeviceOptions struct {
 	NoJoin bool
 	// AgentArgs are appended to `evelet agent`'s command line.
 	AgentArgs []string
+	// EveletCNI makes evelet-cni the device's pod network, as on EVE: the
+	// device's containerd reads its CNI plugins from <persist>/cni-bin (the
+	// system plugins, linked) and the agent gets --cni-bin-dir and
+	// --cni-conf-dir, installs evelet-cni there and writes its conflist,
+	// which containerd loads before its own cni0 one.
+	EveletCNI bool
+	// ConfigItems are added to the cluster intent's config items (e.g.
+	// evelet.pod-network=podcidr).
+	ConfigItems map[string]string
 }
 
 // RebootOptions shape a simulated reboot.
@@ -227,11 +237,13 @@ func (d *Device) Cluster(ctx context.Context) (evesim.Cluster, error) {
 	if err != nil {
 		return evesim.Cluster{}, err
 	}
+	items := map[string]string{"evelet.apiserver-url": cp.AdvertiseURL()}
+	maps.Copy(items, d.o.ConfigItems)
 	return evesim.Cluster{
 		Name: "devnet", ID: ClusterID, JoinServerIP: d.net.HostIP(),
 		ClusterInterface: "eth0", ClusterIPPrefix: d.ip.String(), Token: k10,
 		// The test apiserver is not on 6443.
-		ConfigItems: map[string]string{"evelet.apiserver-url": cp.AdvertiseURL()},
+		ConfigItems: items,
 	}, nil
 }
 
@@ -265,6 +277,11 @@ func (d *Device) Start() error {
 	}
 	if err := cgroups.MakeRoot(d.cgroup); err != nil {
 		return err
+	}
+	if d.o.EveletCNI {
+		if err := d.ensureCNIBinDir(); err != nil {
+			return err
+		}
 	}
 	if d.ctrd == nil {
 		c, err := containerd.Start(ctx, d.ctrdOptions())
@@ -301,7 +318,7 @@ func (d *Device) Start() error {
 // persist, its state, runc root, socket and CNI IPAM in run, its CNI bridge
 // and NAT inside the device's namespace.
 func (d *Device) ctrdOptions() containerd.Options {
-	return containerd.Options{
+	o := containerd.Options{
 		Dir:          filepath.Join(d.PersistDir(), "containerd"),
 		RunDir:       filepath.Join(d.RunDir(), "containerd"),
 		NetNS:        netnsPath(d.nsName),
@@ -314,6 +331,36 @@ func (d *Device) ctrdOptions() containerd.Options {
 		// Test machines lack CAP_SYS_RESOURCE (environment.md).
 		RestrictOOMScoreAdj: true,
 	}
+	if d.o.EveletCNI {
+		o.CNIBinDir = d.cniBinDir()
+	}
+	return o
+}
+
+// cniBinDir is the runtime's CNI bin dir with EveletCNI: the agent
+// installs evelet-cni and eve-ni into it.
+func (d *Device) cniBinDir() string { return filepath.Join(d.PersistDir(), "cni-bin") }
+
+// ensureCNIBinDir links the system's CNI plugins into cniBinDir.
+func (d *Device) ensureCNIBinDir() error {
+	dir := d.cniBinDir()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("devnet: %w", err)
+	}
+	sys, err := filepath.Glob("/usr/lib/cni/*")
+	if err != nil || len(sys) == 0 {
+		return fmt.Errorf("devnet: no CNI plugins in /usr/lib/cni (%v)", err)
+	}
+	for _, p := range sys {
+		link := filepath.Join(dir, filepath.Base(p))
+		if _, err := os.Lstat(link); err == nil {
+			continue
+		}
+		if err := os.Symlink(p, link); err != nil {
+			return fmt.Errorf("devnet: %w", err)
+		}
+	}
+	return nil
 }
 
 func (d *Device) cniNetwork() string { return d.nsName }
@@ -383,6 +430,9 @@ func (d *Device) startAgentLocked() error {
 		"--eve-run=" + d.eve.Root.Run, "--eve-persist=" + d.eve.Root.Persist,
 		"--containerd=" + d.ctrd.Endpoint(), "--kubelet-cgroup-root=" + d.cgroup,
 		"--log-level=debug", "--drain-timeout=1m"}, d.o.AgentArgs...)
+	if d.o.EveletCNI {
+		args = append(args, "--cni-bin-dir="+d.cniBinDir(), "--cni-conf-dir="+d.ctrd.CNIConfDir())
+	}
 	cmd := exec.Command(nsenter, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

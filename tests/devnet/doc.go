@@ -36,7 +36,11 @@
 //     (only the network namespace: the kubelet's volume mounts live in the
 //     host mount namespace, where containerd and runc must see them); its
 //     pod network is a CNI bridge (cni0) inside the namespace over
-//     10.244.(20+n).0/24, NATed to the device's address.
+//     10.244.(20+n).0/24, NATed to the device's address. With
+//     DeviceOptions.EveletCNI it is evelet-cni instead, as on EVE: the
+//     agent installs it into persist/cni-bin (the system plugins, linked)
+//     and its conflist sorts first in containerd's CNI conf dir
+//     (DeviceOptions.ConfigItems then choose, e.g., evelet.pod-network).
 //   - its agent, `evelet agent` from the EVE channel (--eve-run,
 //     --eve-persist) in the namespace, with --kubelet-cgroup-root=/evdev-<n>
 //     (created in every cgroup hierarchy). The simulated controller gives
