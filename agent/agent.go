@@ -28,6 +28,7 @@ import (
 	"github.com/lf-edge/evelet/internal/backoff"
 	"github.com/lf-edge/evelet/internal/layout"
 	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
+	"github.com/lf-edge/evelet/kubeproxy"
 	"github.com/lf-edge/evelet/policy"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
@@ -132,6 +133,9 @@ type Agent struct {
 	// podnetRoutes reach the kernel's routes for host-gw (podnet.go);
 	// nil: netlink in the agent's network namespace.
 	podnetRoutes *hostGWOps
+	// kubeProxyRan: kube-proxy was started since the last leave, so its
+	// rules go at the next one even if the owner turned it off meanwhile.
+	kubeProxyRan atomic.Bool
 	sleep        func(ctx context.Context, d time.Duration) bool
 	heartbeat    time.Duration
 
@@ -587,6 +591,9 @@ func (a *Agent) publishConfigErrors(items map[string]string) {
 	errs = append(errs, upgradeItemErrors(items)...)
 	_, podNetErrs := podnet.FromConfigItems(items)
 	errs = append(errs, podNetErrs...)
+	if _, err := kubeproxy.EnabledFromConfigItems(items, false); err != nil {
+		errs = append(errs, err)
+	}
 	for _, err := range errs {
 		a.log.WithError(err).Error("config item ignored; it keeps its default")
 		msgs = append(msgs, err.Error())

@@ -20,6 +20,8 @@ import (
 // vendored kube-proxy (`evelet kube-proxy`, nftables mode) next to the
 // kubelet, and removes its rules when the node leaves (docs/services.md).
 type KubeProxyConfig struct {
+	// Enabled is the --kube-proxy flag: the default when the owner's
+	// evelet.kube-proxy config item is not set (kubeProxyEnabled).
 	Enabled bool
 	// HealthzBindAddress, MetricsBindAddress: kube-proxy's ("": loopback,
 	// kubeproxy.Options).
@@ -43,15 +45,24 @@ func (a *Agent) kubeProxyKubeconfig() string {
 // before it reads the apiserver directly.
 const apiCacheWait = 10 * time.Second
 
+// kubeProxyEnabled: the owner's evelet.kube-proxy config item when set
+// (a refused value is reported by publishConfigErrors), else the flag.
+// Read when the node joins or the agent starts, as the pod network's mode.
+func (a *Agent) kubeProxyEnabled() bool {
+	on, _ := kubeproxy.EnabledFromConfigItems(a.configItems(), a.cfg.KubeProxy.Enabled)
+	return on
+}
+
 func (a *Agent) kubeProxyDir() string { return filepath.Join(a.cfg.RunDir, "kube-proxy") }
 
 // startKubeProxy runs kube-proxy for j until ctx ends; the returned func
 // waits for it to stop. Off, or when it cannot be set up, it logs and the
 // node runs without Services.
 func (a *Agent) startKubeProxy(ctx context.Context, j *intent.Join) (wait func()) {
-	if !a.cfg.KubeProxy.Enabled {
+	if !a.kubeProxyEnabled() {
 		return func() {}
 	}
+	a.kubeProxyRan.Store(true)
 	log := a.log.WithFields(logrus.Fields{"node": j.NodeName, "component": "kube-proxy"})
 	done := make(chan struct{})
 	go func() {
@@ -103,7 +114,7 @@ func (a *Agent) kubeProxy(j *intent.Join, log *logrus.Entry) (serviceProxy, erro
 // removeServiceRules deletes kube-proxy's tables when the node leaves (the
 // kube-proxy process has stopped with the kubelet by then).
 func (a *Agent) removeServiceRules(ctx context.Context) error {
-	if !a.cfg.KubeProxy.Enabled {
+	if ran := a.kubeProxyRan.Swap(false); !ran && !a.kubeProxyEnabled() {
 		return nil
 	}
 	return kubeproxy.RemoveRules(ctx)

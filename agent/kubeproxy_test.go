@@ -11,6 +11,7 @@ import (
 
 	"github.com/lf-edge/evelet/bootstrap/intent"
 	kubeletshim "github.com/lf-edge/evelet/kubelet-shim"
+	"github.com/lf-edge/evelet/kubeproxy"
 )
 
 // TestKubeProxyChild: the agent starts `evelet kube-proxy` with the config
@@ -55,4 +56,34 @@ func splitLines(s string) []string {
 		out = append(out, strings.TrimSpace(l))
 	}
 	return out
+}
+
+// TestKubeProxyConfigItem: the owner's evelet.kube-proxy item turns
+// kube-proxy on or off whatever --kube-proxy says; a refused value leaves
+// the flag in force and is reported.
+func TestKubeProxyConfigItem(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		flag bool
+		item string // "": unset
+		want bool
+	}{
+		{false, "", false}, {true, "", true},
+		{false, "true", true}, {true, "false", false},
+		{true, "on", true}, {false, "on", false},
+	} {
+		a := New(Config{StateDir: filepath.Join(dir, "persist"), RunDir: filepath.Join(dir, "run"),
+			Source: &JoinFile{Path: filepath.Join(dir, "join.yaml")}, KubeProxy: KubeProxyConfig{Enabled: c.flag}})
+		if c.item != "" {
+			a.items = map[string]string{kubeproxy.ItemEnabled: c.item}
+		}
+		if got := a.kubeProxyEnabled(); got != c.want {
+			t.Errorf("flag %v, item %q: kube-proxy on = %v, want %v", c.flag, c.item, got, c.want)
+		}
+		a.publishConfigErrors(a.items)
+		refused := slices.ContainsFunc(a.status.ConfigErrors, func(s string) bool { return strings.Contains(s, kubeproxy.ItemEnabled) })
+		if refused != (c.item == "on") {
+			t.Errorf("item %q: config errors %v", c.item, a.status.ConfigErrors)
+		}
+	}
 }
