@@ -58,6 +58,11 @@ type Config struct {
 	KVMDevice    string
 
 	KubeProxy bool
+	// KernelRelease and KernelConfig are the running kernel's release
+	// ("": uname) and config files to read, first readable wins (empty:
+	// /proc/config.gz, /boot/config-<release>), for NftKernel.
+	KernelRelease string
+	KernelConfig  []string
 
 	// KubeletCgroupRoot and CgroupDriver are the agent's
 	// --kubelet-cgroup-root and --cgroup-driver.
@@ -115,7 +120,7 @@ func Run(ctx context.Context, cfg Config) []Result {
 	out = append(out, KVM(cfg))
 	out = append(out, QEMU(cfg))
 	out = append(out, CNI(cfg)...)
-	out = append(out, Nft(cfg))
+	out = append(out, Nft(cfg), NftKernel(cfg))
 	out = append(out, EVEPubsub(cfg))
 	out = append(out, Cluster(ctx, cfg)...)
 	out = append(out, ClientCert(cfg), ServingCert(cfg))

@@ -21,7 +21,7 @@ func TestHealthyDeviceAllOK(t *testing.T) {
 	if Failed(rs) {
 		t.Error("Failed() on a healthy device")
 	}
-	want := []string{"cgroups", "containerd", "kvm", "qemu", "cni", "cni-nad", "cni-vm", "nft", "eve-pubsub",
+	want := []string{"cgroups", "containerd", "kvm", "qemu", "cni", "cni-nad", "cni-vm", "nft", "nft-kernel", "eve-pubsub",
 		"apiserver", "clock", "version-skew", "client-cert", "serving-cert"}
 	if len(rs) != len(want) {
 		t.Fatalf("%d results, want %d: %+v", len(rs), len(want), rs)
@@ -72,6 +72,12 @@ func TestEachMissingPrerequisite(t *testing.T) {
 			"qemu", Fail, "qemu-img not on PATH", "qemu-utils"},
 		{"nft", func(d *device) { delete(d.tools, "nft") },
 			"nft", Fail, "nft not on PATH", "nftables 1.0.1 or later"},
+		{"kernel 5.13", func(d *device) { d.cfg.KernelRelease = "5.10.192-tegra" },
+			"nft-kernel", Fail, "kernel 5.10.192-tegra: kube-proxy's nftables mode needs 5.13 or later", "evelet.kube-proxy=false"},
+		{"NFT_NUMGEN", func(d *device) { d.kernelConfig(strings.Replace(eveKernelConfig, "CONFIG_NFT_NUMGEN=m\n", "", 1)) },
+			"nft-kernel", Fail, "lacks CONFIG_NFT_NUMGEN", "build EVE's kernel with CONFIG_NFT_NUMGEN (=m is enough)"},
+		{"the kernel's config", func(d *device) { d.remove("proc/config.gz") },
+			"nft-kernel", Warn, "its configuration is not readable", "CONFIG_NFT_NUMGEN"},
 		{"default network conflist", func(d *device) { d.remove("cni/conf/10-default.conflist") },
 			"cni", Fail, `no CNI network named "evelet-default"`, "put the default pod network's conflist"},
 		{"default network's plugin", func(d *device) { d.remove("cni/bin/bridge") },

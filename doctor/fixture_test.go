@@ -1,6 +1,8 @@
 package doctor
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -90,6 +92,9 @@ func newDevice(t *testing.T) *device {
 	}
 	d.write("proc/cpuinfo", "processor\t: 0\nflags\t\t: fpu vme de pse vmx sse\n\n")
 	d.write("dev/kvm", "")
+	d.cfg.KernelRelease = "6.1.112-linuxkit"
+	d.cfg.KernelConfig = []string{d.path("proc/config.gz")}
+	d.kernelConfig(eveKernelConfig)
 	for _, plugin := range []string{"bridge", "host-local", "portmap", "static"} {
 		d.writeMode("cni/bin/"+plugin, "#!/bin/sh\n", 0o755)
 	}
@@ -278,4 +283,30 @@ func find(t *testing.T, rs []Result, check string) Result {
 	}
 	t.Fatalf("no result for check %q in %+v", check, rs)
 	return Result{}
+}
+
+// eveKernelConfig has what kube-proxy's nftables mode needs, some of it as
+// modules, as an EVE kernel with NFT_NUMGEN added would.
+const eveKernelConfig = `# Linux kernel config
+CONFIG_NF_TABLES=y
+CONFIG_NF_TABLES_INET=y
+CONFIG_NFT_CT=y
+CONFIG_NFT_NAT=y
+CONFIG_NFT_MASQ=y
+CONFIG_NFT_REJECT=y
+CONFIG_NFT_HASH=y
+CONFIG_NFT_NUMGEN=m
+# CONFIG_NFT_FIB_IPV4 is not set
+`
+
+// kernelConfig writes the fixture's /proc/config.gz.
+func (d *device) kernelConfig(text string) {
+	d.t.Helper()
+	var b bytes.Buffer
+	zw := gzip.NewWriter(&b)
+	zw.Write([]byte(text))
+	if err := zw.Close(); err != nil {
+		d.t.Fatal(err)
+	}
+	d.write("proc/config.gz", b.String())
 }
