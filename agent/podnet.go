@@ -66,14 +66,9 @@ func (a *Agent) startPodNetwork(ctx context.Context, j *intent.Join) (waitDone f
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		kubeconfig := a.store.KubeconfigPath()
-		if err := waitForFile(ctx, kubeconfig); err != nil {
-			return
-		}
-		cs, err := nodeClient(kubeconfig)
+		cs, err := waitNodeClient(ctx, a.store.KubeconfigPath())
 		if err != nil {
-			log.WithError(err).Error("pod network not set up")
-			return
+			return // ctx ended
 		}
 		cidrs, err := podnet.WaitPodCIDRs(ctx, cs, j.NodeName, podCIDRPoll, podCIDRWait)
 		switch {
@@ -103,6 +98,30 @@ func (a *Agent) startPodNetwork(ctx context.Context, j *intent.Join) (waitDone f
 	}()
 	return func() { <-done }
 }
+
+// waitNodeClient waits until the node's kubeconfig makes a client. With
+// a bootstrap token the kubelet writes the kubeconfig naming
+// kubelet-client-current.pem, which may not be readable yet when the file
+// appears: a one-shot attempt then left the node without a pod network
+// for the rest of the join. Only ctx's end stops the wait.
+func waitNodeClient(ctx context.Context, kubeconfig string) (kubernetes.Interface, error) {
+	var cs kubernetes.Interface
+	err := wait.PollUntilContextCancel(ctx, nodeClientPoll, true, func(context.Context) (bool, error) {
+		if _, err := os.Stat(kubeconfig); err != nil {
+			return false, nil
+		}
+		c, err := nodeClient(kubeconfig)
+		if err != nil {
+			return false, nil
+		}
+		cs = c
+		return true, nil
+	})
+	return cs, err
+}
+
+// nodeClientPoll is how often waitNodeClient tries.
+var nodeClientPoll = 500 * time.Millisecond
 
 // hostGWResync is how often the host-gw routes follow the Node list.
 var hostGWResync = 15 * time.Second

@@ -242,3 +242,55 @@ func TestPodNetworkOffByDefault(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestWaitNodeClientWaitsForTheClientCert: the kubeconfig the kubelet
+// writes after a bootstrap names kubelet-client-current.pem, which can
+// appear after the file; the pod network's wait goes on until it is
+// readable (seen in BenchmarkServices: "pod network not set up: ...
+// unable to read client-cert", and the node never got its pod network),
+// and ends only with its context.
+func TestWaitNodeClientWaitsForTheClientCert(t *testing.T) {
+	old := nodeClientPoll
+	nodeClientPoll = 10 * time.Millisecond
+	t.Cleanup(func() { nodeClientPoll = old })
+	dir := t.TempDir()
+	cert := filepath.Join(dir, "kubelet-client-current.pem")
+	kc := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(kc, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://192.0.2.1:6443"}}]
+users: [{name: u, user: {client-certificate: `+cert+`, client-key: `+cert+`}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nodeClient(kc); err == nil {
+		t.Fatal("nodeClient made a client without the client certificate: the test proves nothing")
+	}
+	type res struct {
+		ok  bool
+		err error
+	}
+	got := make(chan res, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	go func() {
+		cs, err := waitNodeClient(ctx, kc)
+		got <- res{cs != nil, err}
+	}()
+	// The certificate appears later, as the kubelet writes it.
+	if err := os.WriteFile(cert, []byte("not parsed here"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-got; !r.ok || r.err != nil {
+		t.Fatalf("waitNodeClient: client %v, %v", r.ok, r.err)
+	}
+	// Never readable: only the context ends the wait.
+	os.Remove(cert)
+	short, stop := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer stop()
+	if cs, err := waitNodeClient(short, kc); cs != nil || err == nil {
+		t.Fatalf("waitNodeClient without a certificate: %v, %v", cs, err)
+	}
+}
