@@ -62,6 +62,22 @@ type DeviceOptions struct {
 	// ConfigItems are added to the cluster intent's config items (e.g.
 	// evelet.pod-network=podcidr).
 	ConfigItems map[string]string
+	// Command, when set, runs in the device's namespace instead of
+	// `evelet agent`: its argv, asked for at every start (a stock kubelet,
+	// to compare evelet with). Evelet is then not required; the process
+	// is treated as the agent (its log, Stop's SIGTERM, the power cycle).
+	Command func(CommandContext) []string
+}
+
+// CommandContext is what a DeviceOptions.Command knows of the device it
+// starts on.
+type CommandContext struct {
+	Dir        string // the device's directory (persist/, run/)
+	NodeName   string
+	IP         string // the device's address: the node IP
+	CgroupRoot string // made in every hierarchy, as for the kubelet of evelet
+	// CRIEndpoint is the device's running containerd, "unix://<socket>".
+	CRIEndpoint string
 }
 
 // RebootOptions shape a simulated reboot.
@@ -100,6 +116,7 @@ type Device struct {
 	netnsInos []uint64 // every namespace the device had: a process left in an old one is still the device's
 	agent     *exec.Cmd
 	agentDone chan struct{}
+	agentAt   time.Time // when this boot's agent (or Command) was started
 	imported  bool
 	closed    bool
 	boots     int
@@ -115,8 +132,8 @@ func (n *Net) NewDevice(t testing.TB, idx int, o DeviceOptions) *Device {
 	if idx < 1 || idx > 200 {
 		t.Fatalf("devnet: device number %d: want 1..200", idx)
 	}
-	if o.ControlPlane == nil || o.Evelet == "" {
-		t.Fatal("devnet: DeviceOptions.ControlPlane and Evelet are required")
+	if o.ControlPlane == nil || (o.Evelet == "" && o.Command == nil) {
+		t.Fatal("devnet: DeviceOptions.ControlPlane and Evelet (or Command) are required")
 	}
 	base := n.prefix + "-" + strconv.Itoa(idx)
 	if o.Name == "" {
@@ -215,6 +232,15 @@ func (d *Device) AgentPID() int {
 		return 0
 	}
 	return d.agent.Process.Pid
+}
+
+// AgentStartedAt is when the last boot's agent (or Command) process was
+// started: after containerd was up, so a join time measured from it is the
+// agent's and kubelet's, not containerd's.
+func (d *Device) AgentStartedAt() time.Time {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.agentAt
 }
 
 // Boots counts the device's starts (1 after the first Start).
@@ -433,16 +459,22 @@ func (d *Device) startAgentLocked() error {
 	if d.o.EveletCNI {
 		args = append(args, "--cni-bin-dir="+d.cniBinDir(), "--cni-conf-dir="+d.ctrd.CNIConfDir())
 	}
+	if d.o.Command != nil {
+		args = append([]string{"--net=" + netnsPath(d.nsName), "--"}, d.o.Command(CommandContext{
+			Dir: d.dir, NodeName: d.node, IP: d.ip.IP.String(), CgroupRoot: d.cgroup, CRIEndpoint: d.ctrd.Endpoint(),
+		})...)
+	}
 	cmd := exec.Command(nsenter, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	startedAt := time.Now()
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return fmt.Errorf("devnet: starting the agent of %s: %w", d.nsName, err)
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); f.Close(); close(done) }()
-	d.agent, d.agentDone = cmd, done
+	d.agent, d.agentDone, d.agentAt = cmd, done, startedAt
 	return nil
 }
 
