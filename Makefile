@@ -10,8 +10,11 @@ LDFLAGS  := $(shell sh hack/ldflags.sh -X github.com/lf-edge/evelet/version.Vers
 TAGS     := providerless
 export EVELET_BIN := $(CURDIR)/bin/evelet
 export KUBE_BIN_DIR := $(KUBE_BIN)
+# The upstream kubelet of the pinned release, unmodified, for the fleet and
+# join benchmarks' comparison (tests/e2e/stocknode_test.go).
+export STOCK_KUBELET := $(CURDIR)/_output/kube/stock-kubelet
 
-.PHONY: proto all build image prereqs kube test test-kvm unit e2e critest fuzz bench demo demo-down demo-bin fmt vet clean
+.PHONY: proto all build image prereqs kube stock-kubelet test test-kvm unit e2e critest fuzz bench demo demo-down demo-bin fmt vet clean
 
 all: build
 
@@ -39,6 +42,9 @@ prereqs:
 
 kube:
 	sh hack/build-kube.sh >/dev/null
+
+stock-kubelet:
+	$(GO) build -tags $(TAGS) -trimpath -ldflags '$(shell sh hack/ldflags.sh)' -o _output/kube/stock-kubelet k8s.io/kubernetes/cmd/kubelet
 
 # Unit and package tests with the race detector, without the suites that
 # drive the built binaries (hack/test.sh runs those too).
@@ -77,9 +83,11 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseTokenPayload$$' -fuzztime 20000x ./eve/evecrypt/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseNetworks$$' -fuzztime 20000x ./cni/annotation/
 
-bench: prereqs build kube
+bench: prereqs build kube stock-kubelet
 	mkdir -p _output
-	$(GO) test -run '^$$' -bench . -benchtime 10x -timeout 40m ./tests/e2e/ | grep -E '^(Benchmark|ok|FAIL)' | tee _output/bench.txt
+	$(GO) test -run '^$$' -bench . -skip '^Benchmark(Fleet|JoinVsStock)$$' -benchtime 10x -timeout 40m ./tests/e2e/ | grep -E '^(Benchmark|ok|FAIL)' | tee _output/bench.txt
+	$(GO) test -run '^$$' -bench '^BenchmarkJoinVsStock$$' -benchtime 10x -timeout 30m ./tests/e2e/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
+	$(GO) test -run '^$$' -bench '^BenchmarkFleet$$' -benchtime 1x -timeout 90m ./tests/e2e/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./tests/criconformance/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
 	$(GO) test -run '^$$' -bench . ./cri/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 20m ./cri/vm/ | grep -E '^(Benchmark|ok|FAIL)' | tee -a _output/bench.txt
