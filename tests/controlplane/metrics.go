@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"strings"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -47,6 +48,15 @@ func (m Metrics) Sum(name string, match map[string]string) float64 {
 // By is Sum grouped by the value of one label ("" for a single group
 // keyed "").
 func (m Metrics) By(name, label string, match map[string]string) map[string]float64 {
+	if label == "" {
+		return m.ByLabels(name, nil, match)
+	}
+	return m.ByLabels(name, []string{label}, match)
+}
+
+// ByLabels is Sum grouped by the values of several labels, joined with a
+// space ("PUT leases").
+func (m Metrics) ByLabels(name string, group []string, match map[string]string) map[string]float64 {
 	res := map[string]float64{}
 	f, ok := m[name]
 	if !ok {
@@ -71,11 +81,11 @@ func (m Metrics) By(name, label string, match map[string]string) map[string]floa
 		default:
 			continue
 		}
-		key := ""
-		if label != "" {
-			key = labels[label]
+		var key []string
+		for _, g := range group {
+			key = append(key, labels[g])
 		}
-		res[key] += v
+		res[strings.Join(key, " ")] += v
 	}
 	return res
 }

@@ -25,6 +25,10 @@ apiserver_longrunning_requests{resource="pods",verb="LIST"} 1
 	if len(by) != 2 || by["pods"] != 4 || by["nodes"] != 2 {
 		t.Errorf("watches by resource = %v, want pods 4, nodes 2", by)
 	}
+	reqs := m.ByLabels("apiserver_request_total", []string{"verb", "resource"}, map[string]string{"code": "200"})
+	if len(reqs) != 2 || reqs["PUT leases"] != 12 || reqs["PATCH nodes"] != 3 {
+		t.Errorf("requests by verb and resource = %v, want PUT leases 12, PATCH nodes 3", reqs)
+	}
 	if got := m.Sum("no_such_metric", nil); got != 0 {
 		t.Errorf("Sum of a missing family = %v, want 0", got)
 	}

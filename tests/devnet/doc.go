@@ -19,6 +19,9 @@
 //	dev.NodeName()  // the node name evelet derives from the EVE name
 //	dev.Stop(); dev.Start()                             // orderly shutdown (pods removed through the CRI) and boot
 //	err = dev.Close()                                   // nothing of it left; dev.Leftovers() says otherwise
+//	// another program in the agent's place (a stock kubelet, for comparisons):
+//	net.NewDevice(t, 2, devnet.DeviceOptions{ControlPlane: cp, NoJoin: true, Command: func(c devnet.CommandContext) []string { ... }})
+//	dev.AgentStartedAt()                                // when this boot's agent (or Command) started, containerd already up
 //
 // Device n (1..200) has, with the default prefix "evdev":
 //

@@ -24,26 +24,37 @@ import (
 //
 //   - requests: APF's apiserver_flowcontrol_dispatched_requests_total of
 //     the flow schemas that hold the nodes' group (system-nodes,
-//     system-node-high). apiserver_request_total has no user label, so it
-//     cannot tell the nodes from the controller-manager and the scheduler;
-//     the flow schemas can, and every client of an evelet device (kubelet,
-//     agent, CRI shim, evelet-cni, node DNS, the API cache) uses the node's
-//     credentials. Watches are requests here when they start.
+//     system-node-high) and of "probes" (/readyz, /healthz, /livez from
+//     anyone: here only the devices ask them, evelet's API cache every
+//     3 s; with stock kubelets alone it stays at 0). apiserver_request_total
+//     has no user label, so it cannot tell the nodes from the
+//     controller-manager, the scheduler and this harness; the flow schemas
+//     can, and every client of an evelet device (kubelet, agent, CRI shim,
+//     evelet-cni, node DNS, the API cache) uses the node's credentials.
+//     A watch counts once, when it starts. The split by verb and resource
+//     is logged from apiserver_request_total, all clients included.
 //   - open watches: apiserver_longrunning_requests{verb="WATCH"}, with
 //     the fleet up minus just before it started.
 
-// nodeFlowSchemas are the APF flow schemas matching the system:nodes
-// group (the apiserver's suggested configuration, v1.35).
-var nodeFlowSchemas = []string{"system-nodes", "system-node-high"}
+// deviceFlowSchemas are the APF flow schemas a device's requests land in
+// (the apiserver's suggested configuration, v1.35): the system:nodes
+// group's two, and the health probes'.
+var deviceFlowSchemas = []string{"system-nodes", "system-node-high", "probes"}
 
-// nodeRequests is how many requests of the nodes' group the apiserver has
+// nodeRequests is how many requests of the devices the apiserver has
 // dispatched so far.
 func nodeRequests(m controlplane.Metrics) float64 {
 	var n float64
-	for _, fs := range nodeFlowSchemas {
+	for _, fs := range deviceFlowSchemas {
 		n += m.Sum("apiserver_flowcontrol_dispatched_requests_total", map[string]string{"flow_schema": fs})
 	}
 	return n
+}
+
+// requestsByVerb are apiserver_request_total by verb and resource, all
+// clients.
+func requestsByVerb(m controlplane.Metrics) map[string]float64 {
+	return m.ByLabels("apiserver_request_total", []string{"verb", "resource", "subresource"}, nil)
 }
 
 // openWatches are the apiserver's open watches by resource.
@@ -285,14 +296,17 @@ func runFleet(b *testing.B, o fleetOptions, kind string, newDev func(k int) flee
 	m1, t1 := scrape(b)
 	time.Sleep(o.idle)
 	m2, t2 := scrape(b)
+	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
+		b.Logf("%s idle: host load average at the window's end: %s", kind, strings.TrimSpace(string(la)))
+	}
 	idleReq := nodeRequests(m2) - nodeRequests(m1)
 	fig.idlePerMin = idleReq / t2.Sub(t1).Minutes() / float64(o.n)
 	w2 := openWatches(m2)
 	fig.watches = (sumOf(w2) - sumOf(w0)) / float64(o.n)
 	fig.watchesBy = perDevice(w0, w2, o.n)
-	b.Logf("%s idle: %.1f requests/min per device (%.0f in %v for %d devices); %.1f open watches per device (%s); all clients by flow schema, per device: %s",
+	b.Logf("%s idle: %.1f requests/min per device (%.0f in %v for %d devices); %.1f open watches per device (%s); all clients, per device in the window, by flow schema: %s; by verb and resource: %s",
 		kind, fig.idlePerMin, idleReq, t2.Sub(t1).Round(time.Second), o.n, fig.watches, fig.watchesBy,
-		perDevice(byFlowSchema(m1), byFlowSchema(m2), o.n))
+		perDevice(byFlowSchema(m1), byFlowSchema(m2), o.n), perDevice(requestsByVerb(m1), requestsByVerb(m2), o.n))
 
 	// A regional outage: every link cut at once, then restored at once.
 	if err := f.each("cutting the link of", func(d fleetDevice) error { return d.SetLink(false) }); err != nil {
@@ -330,9 +344,9 @@ func measureComeback(b *testing.B, o fleetOptions, f *fleet, idlePerMin float64,
 	window := t1.Sub(since)
 	perDev = (nodeRequests(m1) - nodeRequests(m0)) / float64(len(f.devs))
 	beyondIdle = perDev - idlePerMin*window.Minutes()
-	b.Logf("%s %s: all %d nodes Ready with a renewed Lease %v after; %.1f requests per device in %v (%.1f beyond idle); by flow schema, per device: %s",
+	b.Logf("%s %s: all %d nodes Ready with a renewed Lease %v after; %.1f requests per device in %v (%.1f beyond idle); all clients, per device, by flow schema: %s; by verb and resource: %s",
 		f.kind, what, len(f.devs), back.Round(time.Millisecond), perDev, window.Round(time.Second), beyondIdle,
-		perDevice(byFlowSchema(m0), byFlowSchema(m1), len(f.devs)))
+		perDevice(byFlowSchema(m0), byFlowSchema(m1), len(f.devs)), perDevice(requestsByVerb(m0), requestsByVerb(m1), len(f.devs)))
 	return perDev, beyondIdle, back
 }
 
