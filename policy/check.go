@@ -203,6 +203,9 @@ func (c *checker) devices(subj string, cc *runtimeapi.ContainerConfig) *Violatio
 		}
 	}
 	for _, d := range cc.GetCDIDevices() {
+		if IsClaimCDIDevice(d.GetName()) {
+			continue // the shim applies these only for their own pod (ClaimViolation)
+		}
 		if !slices.Contains(c.p.AllowedDevices, d.GetName()) {
 			return &Violation{RuleDevices, subj, fmt.Sprintf("asks for CDI device %q", d.GetName()), KeyAllowedDevices, d.GetName()}
 		}

@@ -32,7 +32,7 @@ const (
 func isListKey(k string) bool {
 	switch k {
 	case KeyAllowedHostPaths, KeyAllowedVolumePlugins, KeyAllowedCapabilities, KeyAllowedDevices, KeyAllowedUnsafeSysctls, KeyAllowedHostPorts, KeyNetworkInstances,
-		KeyCNIPlugins, KeyCNIIPAM, KeyCNISharedNamespaces:
+		KeyCNIPlugins, KeyCNIIPAM, KeyCNISharedNamespaces, KeyDevices:
 		return true
 	}
 	return false
@@ -99,6 +99,8 @@ func apply(p *Policy, key, v string) error {
 		return parseList(v, &p.AllowedUnsafeSysctls, parseSysctlPattern)
 	case KeyNetworkInstances:
 		return parseList(v, &p.AllowedNetworkInstances, parseNetworkInstance)
+	case KeyDevices:
+		return parseList(v, &p.AssignedDevices, parseAdapterLabel)
 	}
 	if ok, err := applyPodSpecKey(&p.PodSpecRules, key, v); ok {
 		return err

@@ -146,6 +146,11 @@ type Policy struct {
 	// by the eve-ni CNI plugin, not by the CRI checks.
 	AllowedNetworkInstances []string
 
+	// AssignedDevices are the EVE I/O adapters (labels) the owner gives to
+	// Kubernetes (KeyDevices): the DRA driver publishes them, pods get them
+	// only through a prepared ResourceClaim (devices.go).
+	AssignedDevices []string
+
 	// PodSpecRules are the knobs of the spec-level rules (podspec.go).
 	PodSpecRules
 	// NetworkRules are the owner's NAD rules for evelet-cni (networks.go).
@@ -175,6 +180,7 @@ func (p Policy) Clone() Policy {
 	p.RuntimeDirs = slices.Clone(p.RuntimeDirs)
 	p.AllowedVolumePlugins = slices.Clone(p.AllowedVolumePlugins)
 	p.AllowedNetworkInstances = slices.Clone(p.AllowedNetworkInstances)
+	p.AssignedDevices = slices.Clone(p.AssignedDevices)
 	p.NetworkRules = p.NetworkRules.clone()
 	return p
 }
