@@ -9,6 +9,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/lf-edge/evelet/policy"
@@ -39,6 +40,9 @@ type runtimeService struct {
 	metrics *Metrics  // nil: none
 	pods    PodSource // nil: no spec-level rules
 	gate    *sandboxGate
+	// claimsDir holds the DRA driver's prepared claims (claims.go); "":
+	// none, claim devices are refused.
+	claimsDir string
 }
 
 var _ runtimeapi.RuntimeServiceServer = (*runtimeService)(nil)
@@ -153,8 +157,19 @@ func (s *runtimeService) UpdatePodSandboxResources(ctx context.Context, req *run
 
 func (s *runtimeService) CreateContainer(ctx context.Context, req *runtimeapi.CreateContainerRequest) (*runtimeapi.CreateContainerResponse, error) {
 	// The guardrails come before routing, which may ask the backends.
-	if err := s.admit(s.nameEphemeral(ctx, req, s.policy.Load().CheckContainer(req.GetSandboxConfig(), req.GetConfig()))); err != nil {
+	p := s.policy.Load()
+	if err := s.admit(s.nameEphemeral(ctx, req, p.CheckContainer(req.GetSandboxConfig(), req.GetConfig()))); err != nil {
 		return nil, err
+	}
+	// Devices of prepared ResourceClaims (claims.go), after the rules that
+	// judge what the request itself names.
+	cfg, err := applyClaims(s.claimsDir, *p, req.GetSandboxConfig(), req.GetConfig())
+	if err := s.admit(s.nameEphemeral(ctx, req, err)); err != nil {
+		return nil, err
+	}
+	if cfg != req.GetConfig() {
+		req = proto.Clone(req).(*runtimeapi.CreateContainerRequest)
+		req.Config = cfg
 	}
 	// A container lives in its sandbox's backend.
 	b, err := s.sandboxBackend(ctx, req.GetPodSandboxId())

@@ -55,6 +55,10 @@ type Config struct {
 	// spec-level guardrails (policy.PodSpecRules; podlookup.go). Nil: those
 	// rules are not checked (CRI tests without a cluster).
 	Pods PodSource
+	// ClaimsDir is where evelet's DRA driver writes the CDI specs of
+	// prepared ResourceClaims (dra/claimspec); the shim applies their
+	// devices for their own pods (claims.go). "": no claim devices.
+	ClaimsDir string
 }
 
 // Server is the CRI endpoint the kubelet talks to.
@@ -114,7 +118,7 @@ func NewServer(cfg Config) (*Server, error) {
 		pods = newLastKnownPods(cfg.Pods, log)
 	}
 	gate := &sandboxGate{}
-	runtimeapi.RegisterRuntimeServiceServer(g, &runtimeService{r: router, log: log, stopping: stopping, policy: pol, metrics: metrics, pods: pods, gate: gate})
+	runtimeapi.RegisterRuntimeServiceServer(g, &runtimeService{r: router, log: log, stopping: stopping, policy: pol, metrics: metrics, pods: pods, gate: gate, claimsDir: cfg.ClaimsDir})
 	runtimeapi.RegisterImageServiceServer(g, &imageService{r: router})
 	return &Server{socket: cfg.Socket, log: log, grpc: g, stopping: stopping, policy: pol, router: router, gate: gate}, nil
 }

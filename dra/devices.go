@@ -32,7 +32,9 @@ type Device struct {
 	// Adapter is the adapter's logical label (its physical label when it
 	// has none): what the owner named in evelet.policy.devices.
 	Adapter, Phylabel string
-	Class             string
+	// Label is the owner's entry that named it.
+	Label string
+	Class string
 	// Nodes are the host device nodes a container of the pod gets.
 	Nodes []string
 	// PCI is the adapter's PCI address (Domain:Bus:Device.Function), USB
@@ -78,6 +80,7 @@ func Select(aa AssignableAdapters, labels []string, sysfs string) Selection {
 			continue
 		}
 		d, err := toDevice(b, sysfs)
+		d.Label = label
 		if err != nil {
 			sel.Refused[label] = err.Error()
 			continue

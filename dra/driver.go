@@ -250,7 +250,7 @@ func (d *Driver) prepare(c *resourceapi.ResourceClaim) ([]kubeletplugin.Device, 
 				return nil, fmt.Errorf("device %s is already prepared for claim %s/%s", dev.Name, o.Namespace, o.Name)
 			}
 		}
-		cd := claimspec.Device{Device: dev.Name, Adapter: dev.Adapter, Class: dev.Class, PCI: dev.PCI, USB: dev.USB,
+		cd := claimspec.Device{Device: dev.Name, Adapter: dev.Adapter, Label: dev.Label, Class: dev.Class, PCI: dev.PCI, USB: dev.USB,
 			Nodes: dev.Nodes, Env: deviceEnv(dev)}
 		if _, dup := spec.Device(dev.Name); !dup {
 			spec.Devices = append(spec.Devices, cd)

@@ -3,6 +3,8 @@ package policy
 import (
 	"fmt"
 	"strings"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // KeyDevices lists the EVE I/O adapters the device owner gives to
@@ -47,6 +49,18 @@ func parseAdapterLabel(e string) (string, error) {
 // ClaimViolation is the refusal of a CDI device of evelet's claim kind that
 // was not prepared for the pod asking for it (a forged name, another pod's
 // claim, a claim already unprepared). No config item can allow it.
-func ClaimViolation(subject, device, why string) *Violation {
-	return &Violation{RuleDevices, subject, fmt.Sprintf("asks for CDI device %q, %s", device, why), "", ""}
+func ClaimViolation(sb *runtimeapi.PodSandboxConfig, container, device, why string) *Violation {
+	subj := fmt.Sprintf("container %q of %s", container, podSubject(sb))
+	return &Violation{RuleDevices, subj, fmt.Sprintf("asks for CDI device %q, %s", printable(device), why), "", ""}
+}
+
+// AssignsDevice reports whether the owner's evelet.policy.devices still
+// names the adapter label (case-insensitively, as EVE matches labels).
+func (p Policy) AssignsDevice(label string) bool {
+	for _, a := range p.AssignedDevices {
+		if strings.EqualFold(a, label) {
+			return true
+		}
+	}
+	return false
 }

@@ -42,8 +42,8 @@ func TestClaimCDIDevicesAreLeftToTheShim(t *testing.T) {
 	if err := Default().CheckContainer(sb, c); err == nil || !strings.Contains(err.Error(), RuleDevices) {
 		t.Fatalf("a host device next to a claim: %v", err)
 	}
-	v := ClaimViolation(`container "c" of pod default/p`, "eve.lf-edge.org/claim=x", "which is no claim prepared for this pod")
-	if !strings.Contains(v.Error(), `"no-devices"`) || !strings.Contains(v.Error(), "no config item can allow this") {
+	v := ClaimViolation(sb, "c", "eve.lf-edge.org/claim=x", "which is no claim prepared for this pod")
+	if !strings.Contains(v.Error(), `"no-devices": container "c" of pod default/p asks for CDI device`) || !strings.Contains(v.Error(), "no config item can allow this") {
 		t.Fatal(v)
 	}
 }

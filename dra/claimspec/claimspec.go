@@ -35,7 +35,8 @@ const (
 	annClass   = "eve.lf-edge.org/class"
 	annPCI     = "eve.lf-edge.org/pci"
 	annUSB     = "eve.lf-edge.org/usb"
-	annDevice  = "eve.lf-edge.org/device" // the ResourceSlice device name
+	annDevice  = "eve.lf-edge.org/device"      // the ResourceSlice device name
+	annLabel   = "eve.lf-edge.org/assigned-as" // the owner's evelet.policy.devices entry
 )
 
 // Claim is one prepared claim.
@@ -51,10 +52,10 @@ type Pod struct{ UID, Namespace, Name string }
 
 // Device is one allocated adapter of a claim.
 type Device struct {
-	// Device is the ResourceSlice device name; Adapter the EVE adapter
-	// label the owner assigned.
-	Device, Adapter, Class string
-	PCI, USB               string
+	// Device is the ResourceSlice device name; Adapter the EVE adapter's
+	// label; Label the owner's evelet.policy.devices entry that gave it.
+	Device, Adapter, Label, Class string
+	PCI, USB                      string
 	// Nodes are host device nodes, given to containers at the same path.
 	Nodes []string
 	// Env is KEY=VALUE for the containers.
@@ -112,7 +113,7 @@ func Write(dir string, c Claim) error {
 		cd := cdispec.Device{
 			Name: c.UID + "_" + d.Device,
 			Annotations: map[string]string{
-				annDevice: d.Device, annAdapter: d.Adapter, annClass: d.Class,
+				annDevice: d.Device, annAdapter: d.Adapter, annClass: d.Class, annLabel: d.Label,
 			},
 			ContainerEdits: cdispec.ContainerEdits{Env: d.Env},
 		}
@@ -170,7 +171,7 @@ func Read(dir, uid string) (Claim, error) {
 		if !ok || cu != uid {
 			return Claim{}, fmt.Errorf("%s: device %q is not of claim %s", f, d.Name, uid)
 		}
-		dev := Device{Device: d.Annotations[annDevice], Adapter: d.Annotations[annAdapter], Class: d.Annotations[annClass],
+		dev := Device{Device: d.Annotations[annDevice], Adapter: d.Annotations[annAdapter], Label: d.Annotations[annLabel], Class: d.Annotations[annClass],
 			PCI: d.Annotations[annPCI], USB: d.Annotations[annUSB], Env: d.ContainerEdits.Env}
 		for _, n := range d.ContainerEdits.DeviceNodes {
 			dev.Nodes = append(dev.Nodes, n.HostPath)
