@@ -75,6 +75,8 @@ type Config struct {
 	CoordinateOSUpdates bool
 	// NodeDNS configures the node-local DNS server (agent/nodedns.go).
 	NodeDNS NodeDNSOptions
+	// DRA configures the DRA driver for the owner's devices (agent/dra.go).
+	DRA DRAConfig
 }
 
 // PolicyFile is the guardrail policy for the kubelet's hostPath guard.
@@ -413,7 +415,9 @@ func (a *Agent) join(ctx context.Context, job *joinJob) {
 	waitUpgrade := a.startUpgrade(ctx, j)
 	waitProxy := a.startKubeProxy(ctx, j)
 	waitPodNet := a.startPodNetwork(ctx, j)
+	waitDRA := a.startDRA(ctx, j)
 	k.Run(ctx)
+	waitDRA()
 	waitPodNet()
 	waitProxy()
 	waitUpgrade()
@@ -485,7 +489,7 @@ func (a *Agent) serveCRIOnce(ctx context.Context) error {
 	handlers, closeVM := a.vmHandlers(be)
 	defer closeVM()
 	srv, err := cri.NewServer(cri.Config{Socket: a.cfg.CRISocket(), Backend: be, Handlers: handlers, Log: log, Metrics: a.cfg.Metrics,
-		Pods: a.criPods()})
+		Pods: a.criPods(), ClaimsDir: a.cfg.cdiDir()})
 	if err != nil {
 		return err
 	}
@@ -547,7 +551,7 @@ func (a *Agent) policy() policy.Policy {
 	p.KubeletRootDir, p.PodLogsDir = dirs.KubeletRoot(), dirs.PodLogs()
 	// Every directory this device's components write or follow: no host
 	// path may lie in or above one (policy/protected.go).
-	p.ProtectedDirs = []string{a.cfg.StateDir, a.cfg.RunDir, a.cfg.CNI.BinDir, a.cfg.CNI.ConfDir, a.cfg.VM.CNIConfDir}
+	p.ProtectedDirs = []string{a.cfg.StateDir, a.cfg.RunDir, a.cfg.CNI.BinDir, a.cfg.CNI.ConfDir, a.cfg.VM.CNIConfDir, a.cfg.cdiDir()}
 	p.ProtectedDirs = append(p.ProtectedDirs, a.cfg.VM.CNIBinDirs...)
 	p.RuntimeDirs = a.protectedRuntimeDirs()
 	if sock := strings.TrimPrefix(a.cfg.ContainerdEndpoint, "unix://"); filepath.IsAbs(sock) {

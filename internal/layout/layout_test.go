@@ -25,6 +25,7 @@ func TestPathsAreStable(t *testing.T) {
 		s.CNI().NetworkKubeconfig(): "/persist/evelet/cni/evelet-network.kubeconfig",
 		s.VM():                      "/persist/evelet/vm",
 		s.VMNet():                   "/persist/evelet/vm-net",
+		s.CDI():                     "/persist/evelet/dra/cdi",
 		r.CRISocket():               "/run/evelet/cri.sock",
 		r.Status():                  "/run/evelet/status.json",
 		r.KubeletPolicy():           "/run/evelet/kubelet-policy.json",

@@ -39,3 +39,8 @@ func (s State) VM() string { return filepath.Join(s.Dir, "vm") }
 
 // VMNet is the VM backend's libcni cache (cri/vm/vmnet).
 func (s State) VMNet() string { return filepath.Join(s.Dir, "vm-net") }
+
+// CDI holds the CDI specs of the ResourceClaims evelet's DRA driver
+// prepared (dra/claimspec), read by the CRI shim. Under the state
+// directory: the kubelet does not prepare a claim again after a reboot.
+func (s State) CDI() string { return filepath.Join(s.Dir, "dra", "cdi") }
