@@ -70,6 +70,9 @@ type Config struct {
 	OverlayMaxSize func() int64
 	// KVMDevice is /dev/kvm unless a test says otherwise.
 	KVMDevice string
+	// Sysfs is /sys unless a test says otherwise (IOMMU groups of claimed
+	// PCI adapters, passthrough.go).
+	Sysfs string
 	// StreamAddr is the exec/attach streaming server's address
 	// (DefaultStreamAddr when empty).
 	StreamAddr string

@@ -58,7 +58,11 @@ func (b *Backend) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		}
 	}
 	if len(cfg.GetDevices()) > 0 || len(cfg.GetCDIDevices()) > 0 {
-		return nil, status.Error(codes.InvalidArgument, "a VM pod gets no host devices (device passthrough is not supported)")
+		return nil, status.Error(codes.InvalidArgument, "a VM pod gets no host device nodes; PCI and USB adapters come through a ResourceClaim (docs/devices.md)")
+	}
+	pass, err := passthroughOf(cfg, b.cfg.sysfs())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	accel, err := b.accel()
 	if err != nil {
@@ -93,7 +97,8 @@ func (b *Backend) CreateContainer(ctx context.Context, req *runtimeapi.CreateCon
 		Labels: cfg.GetLabels(), Annotations: cfg.GetAnnotations(), CreatedAt: time.Now().UnixNano(),
 		Boot: boot, VCPUs: vcpus, MemoryMiB: memMiB, Accel: accel,
 		MemoryLimit: cgroupMemoryLimit(r), CPUQuota: r.GetCpuQuota(), CPUPeriod: r.GetCpuPeriod(), CPUShares: r.GetCpuShares(),
-		OverlayMax: b.cfg.OverlayMaxSize(),
+		OverlayMax:  b.cfg.OverlayMaxSize(),
+		Passthrough: pass,
 	}
 	if sb.LogDirectory != "" && cfg.GetLogPath() != "" {
 		c.LogPath = filepath.Join(sb.LogDirectory, cfg.GetLogPath())

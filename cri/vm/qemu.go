@@ -72,7 +72,7 @@ func qemuArgs(c *containerState, dir string, nics []NIC) []string {
 			"-netdev", fmt.Sprintf("tap,id=%s,ifname=%s,script=no,downscript=no", id, n.Tap),
 			"-device", fmt.Sprintf("virtio-net-pci,netdev=%s,mac=%s", id, n.MAC))
 	}
-	return a
+	return append(a, c.Passthrough.qemuArgs()...)
 }
 
 // tcgCacheMiB is TCG's translation cache. QEMU's default (up to 1 GiB,

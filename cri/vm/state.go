@@ -94,6 +94,8 @@ type containerState struct {
 	// OverlayMax caps the overlay's size in bytes (the owner's knob when
 	// the container was created).
 	OverlayMax int64 `json:"overlayMax,omitempty"`
+	// Passthrough are the claimed PCI and USB devices (passthrough.go).
+	Passthrough Passthrough `json:"passthrough,omitempty"`
 }
 
 // store reads and writes the state files. It takes no locks: the backend
