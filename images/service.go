@@ -78,6 +78,7 @@ var ServiceConfig = ServiceConfigSpec{
 		"/run/zedrouter:/run/zedrouter:ro",
 		"/run/baseosmgr:/run/baseosmgr:ro",
 		"/run/nodeagent:/run/nodeagent:ro",
+		"/run/domainmgr:/run/domainmgr:ro",
 		"/run/zedkube:/run/zedkube",
 		"/run/evelet:/run/evelet:rshared,rbind",
 		"/run/containerd-user:/run/containerd-user",
