@@ -15,7 +15,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/utils/ptr"
 
 	"github.com/lf-edge/evelet/internal/nodebin"
@@ -93,7 +92,7 @@ func BenchmarkFootprint(b *testing.B) {
 
 func measureFootprint(b *testing.B) {
 	ctx := testCtx(b, 30*time.Minute)
-	footprintRBAC(b, ctx)
+	applyNodeReadBindings(b, ctx)
 	stockDir := stockNodeBinaries(b)
 	footprint.sizes = map[string]int64{}
 	for name, path := range map[string]string{
@@ -282,28 +281,6 @@ func stockNodeBinaries(b *testing.B) string {
 		b.Fatal(err)
 	}
 	return dir
-}
-
-// footprintRBAC applies what kube-proxy and the node-local DNS need
-// (deploy/), removed again at the end as TestServices and TestNodeDNS do.
-func footprintRBAC(b *testing.B, ctx context.Context) {
-	dc, err := dynamic.NewForConfig(env.cp.RESTConfig())
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, f := range []string{"evelet-kube-proxy-rbac.yaml", "evelet-nodedns-rbac.yaml"} {
-		doc, err := os.ReadFile(filepath.Join(env.root, "deploy", f))
-		if err != nil {
-			b.Fatal(err)
-		}
-		applyYAML(b, ctx, dc, doc)
-	}
-	b.Cleanup(func() {
-		rbac := env.cp.Client().RbacV1()
-		rbac.ClusterRoleBindings().Delete(context.Background(), "evelet:node-proxier", metav1.DeleteOptions{})
-		rbac.ClusterRoleBindings().Delete(context.Background(), "evelet-nodedns", metav1.DeleteOptions{})
-		rbac.ClusterRoles().Delete(context.Background(), "evelet-nodedns", metav1.DeleteOptions{})
-	})
 }
 
 // cpuTime is the user + system time of pid (/proc/<pid>/stat fields 14

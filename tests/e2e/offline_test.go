@@ -565,7 +565,7 @@ func runningGuest(ctx context.Context, rs runtimeapi.RuntimeServiceClient, uid t
 // applyNodeReadBindings lets nodes read what kube-proxy and the node DNS
 // read (deploy/evelet-kube-proxy-rbac.yaml, deploy/evelet-nodedns-rbac.yaml)
 // for the test's length: other tests check a node cannot without them.
-func applyNodeReadBindings(t *testing.T, ctx context.Context) {
+func applyNodeReadBindings(t testing.TB, ctx context.Context) {
 	t.Helper()
 	dc, err := dynamic.NewForConfig(env.cp.RESTConfig())
 	if err != nil {
