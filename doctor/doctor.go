@@ -58,6 +58,11 @@ type Config struct {
 	KVMDevice    string
 
 	KubeProxy bool
+	// NodeDNS is the agent's --node-dns.
+	NodeDNS bool
+	// Self is the evelet executable the agent runs as; the role binaries
+	// are beside it (internal/nodebin).
+	Self string
 	// KernelRelease and KernelConfig are the running kernel's release
 	// ("": uname) and config files to read, first readable wins (empty:
 	// /proc/config.gz, /boot/config-<release>), for NftKernel.
@@ -115,6 +120,7 @@ func (c *Config) defaults() {
 func Run(ctx context.Context, cfg Config) []Result {
 	cfg.defaults()
 	var out []Result
+	out = append(out, RoleBinaries(cfg))
 	out = append(out, Cgroups(cfg))
 	out = append(out, Containerd(ctx, cfg))
 	out = append(out, KVM(cfg))

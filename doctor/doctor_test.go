@@ -21,7 +21,7 @@ func TestHealthyDeviceAllOK(t *testing.T) {
 	if Failed(rs) {
 		t.Error("Failed() on a healthy device")
 	}
-	want := []string{"cgroups", "containerd", "kvm", "qemu", "cni", "cni-nad", "cni-vm", "nft", "nft-kernel", "eve-pubsub",
+	want := []string{"role-binaries", "cgroups", "containerd", "kvm", "qemu", "cni", "cni-nad", "cni-vm", "nft", "nft-kernel", "eve-pubsub",
 		"apiserver", "clock", "version-skew", "client-cert", "serving-cert"}
 	if len(rs) != len(want) {
 		t.Fatalf("%d results, want %d: %+v", len(rs), len(want), rs)
@@ -44,6 +44,10 @@ func TestEachMissingPrerequisite(t *testing.T) {
 		status     Status
 		found, fix string
 	}{
+		{"the kubelet's binary beside evelet", func(d *device) { d.remove("bin/evelet-kubelet") },
+			"role-binaries", Fail, "evelet-kubelet: stat", "install the role binaries of the same build beside"},
+		{"an executable evelet-vmm (VM pods on)", func(d *device) { d.remove("bin/evelet-vmm"); d.writeMode("bin/evelet-vmm", "", 0o644) },
+			"role-binaries", Fail, "evelet-vmm: not an executable file", "make build puts"},
 		{"cgroup v1 memory hierarchy", func(d *device) {
 			d.mountInfo(strings.ReplaceAll(v1MountInfo, "27 25 0:25 / DIR/sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory\n", ""))
 		}, "cgroups", Fail, "missing memory (the kubelet refuses to start)", "mount the cgroup v1 hierarchies for memory"},

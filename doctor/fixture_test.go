@@ -92,6 +92,11 @@ func newDevice(t *testing.T) *device {
 	}
 	d.write("proc/cpuinfo", "processor\t: 0\nflags\t\t: fpu vme de pse vmx sse\n\n")
 	d.write("dev/kvm", "")
+	// The installed build: evelet and its role binaries side by side.
+	d.cfg.Self, d.cfg.NodeDNS = p("bin", "evelet"), true
+	for _, b := range []string{"evelet", "evelet-kubelet", "evelet-kube-proxy", "evelet-dns", "evelet-vmm"} {
+		d.writeMode(filepath.Join("bin", b), "#!/bin/false\n", 0o755)
+	}
 	d.cfg.KernelRelease = "6.1.112-linuxkit"
 	d.cfg.KernelConfig = []string{d.path("proc/config.gz")}
 	d.kernelConfig(eveKernelConfig)

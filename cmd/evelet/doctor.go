@@ -40,6 +40,7 @@ func runDoctor(args []string) int {
 		}
 		return def
 	}
+	self, _ := os.Executable() // "": the role-binaries check says so
 	cfg := doctor.Config{
 		StateDir: *f.stateDir, JoinFile: *f.joinFile,
 		EVERoot:            pubsub.Root{Run: *f.eveRun, Persist: *f.evePersist},
@@ -51,6 +52,8 @@ func runDoctor(args []string) int {
 		OwnPlugins: []string{meta.PluginType, "eve-ni"},
 		VMPods:     !vm.Disabled, VMCNIConfDir: vm.CNIConfDir, VMCNIBinDirs: vm.CNIBinDirs, KVMDevice: vm.KVMDevice,
 		KubeProxy:         *f.kubeProxy,
+		NodeDNS:           *f.nodeDNS,
+		Self:              self,
 		KubeletCgroupRoot: *f.cgroupRoot, CgroupDriver: *f.cgroupDriver,
 		KubeletVersion: version.Kubelet(),
 		Timeout:        *timeout,
