@@ -130,7 +130,7 @@ func busyboxDeployment(name, node string, cmd string) *appsv1.Deployment {
 	}
 }
 
-func runningPod(t *testing.T, app string, timeout time.Duration) *corev1.Pod {
+func runningPod(t testing.TB, app string, timeout time.Duration) *corev1.Pod {
 	t.Helper()
 	var pod *corev1.Pod
 	waitFor(t, timeout, "pod of "+app+" Running", func() (bool, error) {

@@ -98,6 +98,11 @@ func setup() error {
 	env.cp, err = controlplane.Start(ctx, controlplane.Options{
 		Dir: filepath.Join(work, "cp"), BinDir: os.Getenv("KUBE_BIN_DIR"),
 		NodeMonitorGracePeriod: 20 * time.Second,
+		// Node IPAM, as kubeadm with networking.podSubnet: every Node gets
+		// a podCIDR, for devices in evelet.pod-network=podcidr mode
+		// (TestServices). The last --allocate-node-cidrs wins.
+		ClusterCIDR: podClusterCIDR,
+		ExtraArgs:   map[string][]string{controlplane.ControllerManager: {"--allocate-node-cidrs=true"}},
 		// Reachable from the host and from devnet's namespaces alike.
 		AdvertiseAddress: env.devnet.HostIP(), BindAddress: env.devnet.HostIP(),
 	})

@@ -240,7 +240,7 @@ func csrForNode(req []byte, node string) bool {
 // criContainerPID asks the device's containerd (not evelet) for the pid of
 // a container ("<runtime>://<id>" as the pod status names it; evelet's
 // shim passes containerd's ids through).
-func criContainerPID(t *testing.T, d *devnet.Device, id string) int {
+func criContainerPID(t testing.TB, d *devnet.Device, id string) int {
 	t.Helper()
 	conn, err := d.Containerd().DialCRI()
 	if err != nil {

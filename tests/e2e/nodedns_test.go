@@ -156,11 +156,28 @@ func TestNodeDNS(t *testing.T) {
 }
 
 // dnsProcMemory reports the RSS and anonymous memory of the device's
-// `evelet dns` (found by its command line and the device's netns).
+// `evelet dns`.
 func dnsProcMemory(d *devnet.Device) string {
-	st, err := os.Stat(filepath.Join("/run/netns", d.NetNS()))
+	pid, err := dnsPID(d)
 	if err != nil {
 		return err.Error()
+	}
+	roll, _ := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	var out []string
+	for _, line := range strings.Split(string(roll), "\n") {
+		if strings.HasPrefix(line, "Rss:") || strings.HasPrefix(line, "Anonymous:") {
+			out = append(out, strings.Join(strings.Fields(line), " "))
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+// dnsPID finds the device's `evelet dns` by its command line and the
+// device's netns.
+func dnsPID(d *devnet.Device) (int, error) {
+	st, err := os.Stat(filepath.Join("/run/netns", d.NetNS()))
+	if err != nil {
+		return 0, err
 	}
 	ns := fmt.Sprintf("net:[%d]", st.Sys().(*syscall.Stat_t).Ino)
 	dirs, _ := filepath.Glob("/proc/[0-9]*")
@@ -172,16 +189,9 @@ func dnsProcMemory(d *devnet.Device) string {
 		if l, _ := os.Readlink(filepath.Join(dir, "ns", "net")); l != ns {
 			continue
 		}
-		roll, _ := os.ReadFile(filepath.Join(dir, "smaps_rollup"))
-		var out []string
-		for _, line := range strings.Split(string(roll), "\n") {
-			if strings.HasPrefix(line, "Rss:") || strings.HasPrefix(line, "Anonymous:") {
-				out = append(out, strings.Join(strings.Fields(line), " "))
-			}
-		}
-		return strings.Join(out, ", ")
+		return strconv.Atoi(filepath.Base(dir))
 	}
-	return "process not found"
+	return 0, fmt.Errorf("no evelet dns process in %s", d.NetNS())
 }
 
 // podLookup runs busybox's nslookup inside the pod's mount and network
@@ -196,7 +206,7 @@ func podLookup(pid int, name string) (string, error) {
 
 // testResolver answers outsideName on hostIP:53 (UDP and TCP), standing in
 // for the resolver EVE's uplink gives the device.
-func testResolver(t *testing.T, hostIP string) (stop func()) {
+func testResolver(t testing.TB, hostIP string) (stop func()) {
 	t.Helper()
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		m := new(dns.Msg)
