@@ -264,6 +264,11 @@ func runFleet(b *testing.B, o fleetOptions, kind string, newDev func(k int) flee
 		f.devs = append(f.devs, newDev(k))
 	}
 	defer func() {
+		if b.Failed() {
+			// devnet's Cleanup closes them after keeping each agent's log
+			// (/tmp/evelet-devnet-failed-*.log); closing here would lose it.
+			return
+		}
 		if err := f.each("closing", func(d fleetDevice) error {
 			if err := d.Close(); err != nil {
 				return err
