@@ -1,12 +1,15 @@
 package vm
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/lf-edge/evelet/cri"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -84,5 +87,34 @@ func TestPassthroughRefusesSharedIOMMUGroup(t *testing.T) {
 	}
 	if _, err := passthroughOf(claimed("", "1:2/../3"), sysfs); err == nil {
 		t.Error("a USB address with a path was accepted")
+	}
+}
+
+// TestCreateContainerPassthrough: the backend keeps a VM pod's claimed
+// devices in its state (so QEMU gets them at start, and after a restart),
+// and refuses a PCI adapter sharing its IOMMU group before making anything.
+func TestCreateContainerPassthrough(t *testing.T) {
+	b := diskDirBackend(t)
+	b.cfg.Sysfs = fakeIOMMU(t, []string{"0000:03:00.0"}, []string{"0000:04:00.0", "0000:04:00.1"})
+	ctx := context.Background()
+	sb, err := b.RunPodSandbox(ctx, sandboxReq("p"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := containerConfig("vm", "disk:1", 0)
+	bad.Annotations = map[string]string{cri.PassthroughPCIAnnotation: "0000:04:00.1"}
+	_, err = b.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sb.PodSandboxId, Config: bad})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "also holds 0000:04:00.0") {
+		t.Fatalf("shared IOMMU group: %v", err)
+	}
+	good := containerConfig("vm", "disk:1", 0)
+	good.Annotations = map[string]string{cri.PassthroughPCIAnnotation: "0000:03:00.0", cri.PassthroughUSBAnnotation: "1:2.3"}
+	c, err := b.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sb.PodSandboxId, Config: good})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := b.store.container(c.ContainerId)
+	if err != nil || strings.Join(st.Passthrough.PCI, ",") != "0000:03:00.0" || strings.Join(st.Passthrough.USB, ",") != "1:2.3" {
+		t.Fatalf("saved passthrough %+v (%v)", st.Passthrough, err)
 	}
 }
