@@ -200,6 +200,7 @@ func TestHostPaths(t *testing.T) {
 		{"link out of an allowed dir", []string{"/data/link-to-config/x"}, withPaths("/data"), `(a link to "/config/x")`},
 
 		{"config allowed, still refused", []string{"/config"}, withPaths("/config"), "no config item can allow this"},
+		{"stock CDI spec dir, allowed, still refused", []string{"/etc/cdi/x.json"}, withPaths("/etc"), `inside the stock CDI spec directory ("/etc/cdi"); no config item can allow this`},
 		{"config subPath allowed, still refused", []string{pod1 + "/volume-subpaths/cfg/main/0"}, withPaths("/config"), "no config item can allow this"},
 		{"data allowed", []string{"/data/x", pod1 + "/volume-subpaths/dat/main/10"}, withPaths("/data"), ""},
 		{"local PV allowed", []string{pod1 + "/volumes/kubernetes.io~local-volume/pv1"}, withPaths("/data"), ""},
