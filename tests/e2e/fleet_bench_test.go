@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -223,6 +224,9 @@ func BenchmarkFleet(b *testing.B) {
 		b.Skip(env.skipWhy)
 	}
 	o := fleetOptionsFromEnv(b)
+	if err := inotifyRoom(o.n); err != nil {
+		b.Fatal(err)
+	}
 	stock := stockKubeletBin(b)
 	b.Logf("fleet: %d devices of each kind, idle window %v, outage %v, window after a reconnect or restart %v", o.n, o.idle, o.outage, o.after)
 	var ev, st fleetFigures
@@ -421,4 +425,36 @@ func timeJoin(node string, start func() error, startedAt func() time.Time) (time
 		return 0, err
 	}
 	return at.Sub(startedAt()), nil
+}
+
+// inotifyPerDevice is how many inotify instances one device holds: its
+// kubelet 4 (cAdvisor, its config and certificate watchers), its
+// containerd 1, one to spare (measured with 20 evelet devices).
+const inotifyPerDevice = 6
+
+// inotifyRoom refuses a fleet the host's inotify limit cannot hold. Every
+// device runs as root, so they share root's fs.inotify.max_user_instances
+// (128 by default); past it a kubelet fails at cAdvisor's start with
+// "inotify_init: too many open files" and never registers its Node.
+func inotifyRoom(n int) error {
+	raw, err := os.ReadFile("/proc/sys/fs/inotify/max_user_instances")
+	if err != nil {
+		return err
+	}
+	limit, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+	if err != nil {
+		return fmt.Errorf("fs.inotify.max_user_instances: %w", err)
+	}
+	used := 0
+	fds, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+	for _, fd := range fds {
+		if l, err := os.Readlink(fd); err == nil && l == "anon_inode:inotify" {
+			used++
+		}
+	}
+	if need := used + n*inotifyPerDevice; need > limit {
+		return fmt.Errorf("%d devices need about %d inotify instances, %d are in use, fs.inotify.max_user_instances is %d: lower FLEET_N or raise the limit (sysctl fs.inotify.max_user_instances=%d)",
+			n, n*inotifyPerDevice, used, limit, need+64)
+	}
+	return nil
 }
