@@ -72,6 +72,13 @@ type Config struct {
 	// ProbeEvery is how often the apiserver is probed (default 3 s); a
 	// probe times out after ProbeTimeout (default 3 s).
 	ProbeEvery, ProbeTimeout time.Duration
+	// QuietFor: while online, a probe is skipped if the apiserver
+	// answered a forwarded request within this long (default 15 s, more
+	// than the kubelet's 10 s Lease renewals): a fleet of idle devices
+	// then costs the apiserver no probes, and an outage is still noticed
+	// by the first forwarded request that fails or, with none, by the
+	// next probe.
+	QuietFor time.Duration
 	// DialTimeout bounds one upstream connect (default 5 s).
 	DialTimeout time.Duration
 	// OnReconnect runs (in its own goroutine) when the apiserver answers
@@ -108,6 +115,9 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if cfg.ProbeTimeout == 0 {
 		cfg.ProbeTimeout = 3 * time.Second
+	}
+	if cfg.QuietFor == 0 {
+		cfg.QuietFor = 15 * time.Second
 	}
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = 5 * time.Second
@@ -265,9 +275,19 @@ func (p *Proxy) probeLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			p.probeOnce(ctx)
+			if p.needProbe(time.Now()) {
+				p.probeOnce(ctx)
+			}
 		}
 	}
+}
+
+// needProbe: offline or not yet known, always; online, only when no
+// forwarded request has been answered for QuietFor.
+func (p *Proxy) needProbe(now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return !p.known || !p.online || now.Sub(p.lastContact) >= p.cfg.QuietFor
 }
 
 // probeOnce asks the apiserver through the first client that has

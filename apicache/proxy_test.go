@@ -341,3 +341,30 @@ func nodeKubeconfig(ctx context.Context, t *testing.T, cp *controlplane.ControlP
 	}
 	return kc
 }
+
+// TestProbeOnlyWhenQuiet: online, the proxy probes only once nothing has
+// answered for QuietFor (forwarded requests are proof enough, so an idle
+// fleet costs the apiserver no probes); offline or not yet known, it
+// always probes, to notice the apiserver coming back.
+func TestProbeOnlyWhenQuiet(t *testing.T) {
+	p := &Proxy{cfg: Config{QuietFor: 15 * time.Second}}
+	now := time.Now()
+	for _, tc := range []struct {
+		name          string
+		known, online bool
+		last          time.Time
+		want          bool
+	}{
+		{"not probed yet", false, false, time.Time{}, true},
+		{"offline", true, false, now.Add(-time.Second), true},
+		{"online, answered 1 s ago", true, true, now.Add(-time.Second), false},
+		{"online, answered 14 s ago", true, true, now.Add(-14 * time.Second), false},
+		{"online, quiet for 15 s", true, true, now.Add(-15 * time.Second), true},
+		{"online, never answered", true, true, time.Time{}, true},
+	} {
+		p.known, p.online, p.lastContact = tc.known, tc.online, tc.last
+		if got := p.needProbe(now); got != tc.want {
+			t.Errorf("%s: needProbe = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
