@@ -270,6 +270,12 @@ func (a *Agent) waitAPICacheKubeconfig(ctx context.Context, name string, max tim
 	return path
 }
 
+// apiCacheOnline: a cache runs and the apiserver answered it last.
+func (a *Agent) apiCacheOnline() bool {
+	st, ok := a.apiCacheStats()
+	return ok && st.Online
+}
+
 func (a *Agent) apiCacheStats() (apicache.Stats, bool) {
 	a.apiCache.mu.Lock()
 	p := a.apiCache.proxy

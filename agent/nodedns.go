@@ -139,7 +139,14 @@ func (a *Agent) runNodeDNS(ctx context.Context, log *logrus.Entry) {
 			}
 			ups := upstreams()
 			// A new kubeconfig: the local API cache came up (or went).
-			changed = len(ups) > 0 && !reflect.DeepEqual(ups, current) || a.nodeDNSKubeconfig() != kubeconfig
+			// A server reading the apiserver directly moves onto the
+			// cache only while the cache is online: restarted onto it
+			// offline, it would find none of its lists there and lose
+			// the names it still answers from memory.
+			next := a.nodeDNSKubeconfig()
+			moveToCache := next != kubeconfig && next != a.store.KubeconfigPath()
+			changed = len(ups) > 0 && !reflect.DeepEqual(ups, current) ||
+				next != kubeconfig && (!moveToCache || a.apiCacheOnline())
 		}
 		stop()
 		<-done

@@ -73,6 +73,9 @@ func TestRebuiltClusterAtSameAddress(t *testing.T) {
 		n, err := cp1.Client().CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
 		return err == nil && isReady(n), err
 	})
+	// The kubelet kept is the one the agent moves onto the local API
+	// cache once it has its client certificate, not the bootstrap one.
+	d.waitKubeletSettled(2 * time.Minute)
 	kubelet1 := d.oneKubelet(t)
 
 	// Same cluster, new token: the kubelet process stays.
