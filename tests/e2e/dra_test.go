@@ -105,25 +105,6 @@ func nodeDevices(ctx context.Context, cs kubernetes.Interface, node string) ([]r
 	return out, nil
 }
 
-func waitEventOf(t *testing.T, ctx context.Context, cs kubernetes.Interface, name, reason, want string) {
-	t.Helper()
-	waitFor(t, 2*time.Minute, name+" event "+reason, func() (bool, error) {
-		ev, err := cs.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + name})
-		if err != nil {
-			return false, err
-		}
-		var msgs []string
-		for _, e := range ev.Items {
-			if e.Reason == reason && strings.Contains(e.Message, want) {
-				t.Logf("%s: %s: %s", name, e.Reason, e.Message)
-				return true, nil
-			}
-			msgs = append(msgs, e.Reason+": "+e.Message)
-		}
-		return false, fmt.Errorf("events: %q", msgs)
-	})
-}
-
 // TestDeviceClaims: the owner gives a serial port to Kubernetes
 // (evelet.policy.devices); evelet's DRA driver publishes it in the node's
 // ResourceSlice; a pod with a ResourceClaim gets the device node and talks
@@ -223,7 +204,7 @@ func TestDeviceClaims(t *testing.T) {
 		t.Fatal(err)
 	}
 	cleanup("pod", "dra-b")
-	waitEventOf(t, ctx, cs, "dra-b", "FailedScheduling", "cannot allocate all claims")
+	waitPodEventReason(t, ctx, "dra-b", "FailedScheduling", "cannot allocate all claims", 2*time.Minute)
 	if c, err := cs.ResourceV1().ResourceClaims("default").Get(ctx, "serial-b", metav1.GetOptions{}); err != nil || c.Status.Allocation != nil {
 		t.Fatalf("second claim for the same port: allocation %+v (%v)", c.Status.Allocation, err)
 	}
@@ -233,7 +214,7 @@ func TestDeviceClaims(t *testing.T) {
 	if err := sim.SetConfigItems(map[string]string{"evelet.apiserver-url": env.cp.URL()}); err != nil {
 		t.Fatal(err)
 	}
-	waitEventOf(t, ctx, cs, "dra-a", dra.ReasonDeviceWithdrawn, "COM1")
+	waitPodEventReason(t, ctx, "dra-a", dra.ReasonDeviceWithdrawn, "COM1", 2*time.Minute)
 	waitFor(t, 2*time.Minute, "dra-a evicted", func() (bool, error) {
 		_, err := cs.CoreV1().Pods("default").Get(ctx, "dra-a", metav1.GetOptions{})
 		return apierrors.IsNotFound(err), err
