@@ -103,6 +103,11 @@ func (a *Agent) runNodeDNS(ctx context.Context, log *logrus.Entry) {
 	upstreams := func() []string {
 		return nodedns.Upstreams(a.cfg.EVERoot, cmp.Or(o.ResolvConf, "/etc/resolv.conf"), o.address())
 	}
+	// Start on the local API cache when it comes up soon (it starts with
+	// the kubelet), as kube-proxy does: a server that starts on it lists
+	// through it while online, so its scopes are there for an offline
+	// reboot, and it never has to be restarted onto it.
+	a.waitAPICacheKubeconfig(ctx, "nodedns", apiCacheWait)
 	var current []string
 	for ctx.Err() == nil {
 		if ups := upstreams(); len(ups) > 0 || current == nil {
