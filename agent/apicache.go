@@ -137,8 +137,6 @@ func (k *cachedKubelet) Run(ctx context.Context) error {
 // cache: the first session after a join must be cached too, or a reboot
 // offline would find nothing to start.
 func (k *cachedKubelet) watch(ctx context.Context) {
-	t := time.NewTicker(2 * time.Second)
-	defer t.Stop()
 	for {
 		pid := k.PID()
 		k.mu.Lock()
@@ -156,10 +154,18 @@ func (k *cachedKubelet) watch(ctx context.Context) {
 				_ = syscall.Kill(pid, syscall.SIGTERM)
 			}
 		}
+		// While the kubelet bootstraps directly, look often: the node
+		// registers and becomes Ready moments after the certificate, and
+		// a kubelet restarted once pods are starting on it leaves them a
+		// created-but-never-started container (a restart in their count).
+		every := 2 * time.Second
+		if direct && pid != moved {
+			every = 100 * time.Millisecond
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-time.After(every):
 		}
 	}
 }

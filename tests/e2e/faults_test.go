@@ -65,6 +65,9 @@ func TestFaults(t *testing.T) {
 	d := newDevice(t, joinFor(node, newToken(t)))
 	d.start()
 	waitNodeReady(t, node, 3*time.Minute)
+	// The faults below hit a steady node: the kubelet the agent keeps,
+	// past its one move onto the local API cache after the join.
+	d.waitKubeletSettled(2 * time.Minute)
 	if _, err := cs.AppsV1().Deployments("default").Create(ctx, busyboxDeployment("steady", node, "echo steady; exec sleep 3600"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
