@@ -3,9 +3,10 @@ package images
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 
 	"github.com/lf-edge/evelet/internal/atomicfile"
 
@@ -135,7 +136,7 @@ func ServiceImage(a ServiceArch) (v1.Image, error) {
 		files map[string]string
 		dir   string
 	}{{a.Bin, ServiceBinDir}, {a.CNI, ServiceCNIDir}} {
-		for _, name := range sortedKeys(set.files) {
+		for _, name := range slices.Sorted(maps.Keys(set.files)) {
 			if name == "" || filepath.Base(name) != name {
 				return nil, fmt.Errorf("images: service image (%s): bad file name %q", a.Arch, name)
 			}
@@ -237,7 +238,7 @@ func WriteService(ref string, arches []ServiceArch, outDir string) (v1.Hash, err
 		return v1.Hash{}, fmt.Errorf("images: %w", err)
 	}
 	_ = os.RemoveAll(old)
-	for _, arch := range sortedKeys(imgs) {
+	for _, arch := range slices.Sorted(maps.Keys(imgs)) {
 		if err := WriteTarball(ref, imgs[arch], filepath.Join(outDir, "evelet-service-"+arch+".tar")); err != nil {
 			return v1.Hash{}, err
 		}
@@ -246,13 +247,4 @@ func WriteService(ref string, arches []ServiceArch, outDir string) (v1.Hash, err
 		return v1.Hash{}, err
 	}
 	return digest, nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
