@@ -16,6 +16,7 @@ import (
 	"github.com/lf-edge/evelet/tests/controlplane"
 	"github.com/lf-edge/evelet/tests/devnet"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // The fleet benchmarks compare what a device costs the control plane when
@@ -152,6 +153,46 @@ func (f *fleet) waitBack(since time.Time, timeout time.Duration) (time.Duration,
 	return time.Since(since), err
 }
 
+// leaseRenewEvery is how often a kubelet renews its node's Lease (the
+// default: a quarter of its 40 s duration).
+const leaseRenewEvery = 10 * time.Second
+
+// window waits out a measurement window of about d (none for d <= 0),
+// counted in the nodes' own Lease renewals: it ends once every node has
+// renewed its Lease after each of d/10 s steps (the figures divide by the
+// window's measured length). A stalled device or host
+// shows as an error at the deadline, not as a quiet window.
+func (f *fleet) window(d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	deadline := 2*d + time.Minute
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	for i := time.Duration(0); i < max(d/leaseRenewEvery, 1); i++ {
+		since := time.Now()
+		if err := f.each("waiting for a Lease renewal of", func(fd fleetDevice) error {
+			return fd.WaitLeaseRenewedAfter(ctx, since, deadline)
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// waitNotReady waits until the cluster marks every node of the fleet not
+// Ready (its Ready condition no longer True).
+func (f *fleet) waitNotReady(timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return f.each("waiting for the cluster to mark not Ready", func(d fleetDevice) error {
+		return wait.PollUntilContextCancel(ctx, time.Second, true, func(ctx context.Context) (bool, error) {
+			n, err := env.cp.Client().CoreV1().Nodes().Get(ctx, d.NodeName(), metav1.GetOptions{})
+			return err == nil && !isReady(n), nil
+		})
+	})
+}
+
 func waitReadyCtx(ctx context.Context, node string) error {
 	for {
 		n, err := env.cp.Client().CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
@@ -182,9 +223,10 @@ type fleetFigures struct {
 
 // fleetOptions: FLEET_N devices of each kind; FLEET_IDLE the idle window
 // (5 min by default: the kubelet re-sends its full NodeStatus every 5 min,
-// so a shorter window misses or double-counts it); FLEET_OUTAGE how long
-// the links stay cut; FLEET_AFTER the window counted after a reconnect or
-// restart.
+// so a shorter window misses or double-counts it); FLEET_OUTAGE bounds how
+// long the links stay cut before the cluster must have marked every node
+// not Ready (the outage lasts until it has); FLEET_AFTER the window counted
+// after a reconnect or restart. Windows are counted in Lease renewals.
 type fleetOptions struct {
 	n                   int
 	idle, outage, after time.Duration
@@ -300,10 +342,14 @@ func runFleet(b *testing.B, o fleetOptions, kind string, newDev func(k int) flee
 	b.Logf("%s: %d nodes Ready %v after their start", kind, o.n, back.Round(time.Millisecond))
 	// The join's own bursts (serving CSR, first lists) are over by then:
 	// the idle window measures the steady state.
-	time.Sleep(o.warmup)
+	if err := f.window(o.warmup); err != nil {
+		b.Fatal(err)
+	}
 
 	m1, t1 := scrape(b)
-	time.Sleep(o.idle)
+	if err := f.window(o.idle); err != nil {
+		b.Fatal(err)
+	}
 	m2, t2 := scrape(b)
 	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
 		b.Logf("%s idle: host load average at the window's end: %s", kind, strings.TrimSpace(string(la)))
@@ -321,7 +367,11 @@ func runFleet(b *testing.B, o fleetOptions, kind string, newDev func(k int) flee
 	if err := f.each("cutting the link of", func(d fleetDevice) error { return d.SetLink(false) }); err != nil {
 		b.Fatal(err)
 	}
-	time.Sleep(o.outage)
+	// The outage holds until the cluster has seen it: every node marked
+	// not Ready by the node lifecycle controller.
+	if err := f.waitNotReady(o.outage + 2*time.Minute); err != nil {
+		b.Fatal(err)
+	}
 	fig.reconnect, fig.reconnectIdle, fig.backAfter = measureComeback(b, o, f, fig.idlePerMin, "reconnect", func(d fleetDevice) error { return d.SetLink(true) })
 
 	// All of them restarting at once: Stop (SIGTERM: the agent stops its
@@ -346,8 +396,8 @@ func measureComeback(b *testing.B, o fleetOptions, f *fleet, idlePerMin float64,
 	if err != nil {
 		b.Fatal(err)
 	}
-	if rest := o.after - time.Since(since); rest > 0 {
-		time.Sleep(rest)
+	if err := f.window(o.after - time.Since(since)); err != nil {
+		b.Fatal(err)
 	}
 	m1, t1 := scrape(b)
 	window := t1.Sub(since)
